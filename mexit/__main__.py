@@ -1,0 +1,5 @@
+import sys
+
+from mexit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Atomic, checksummed files: nothing stored is ever half-written or used silently when damaged.
+
+Every file is written to a temporary name in the same directory, flushed to disk and renamed into
+place, so a reader sees the old file or the new one, never a mix. Tensor files (``.pt``) start with
+a header holding their size and sha256; :func:`load_tensors` refuses a file that does not match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_MAGIC = "mexit-ckpt-v1"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A stored checkpoint is truncated, altered or not a mexit checkpoint."""
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def save_tensors(path: Path, value: Any) -> None:
+    """``torch.save`` ``value`` atomically, behind a header holding its size and sha256."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    payload = buffer.getvalue()
+    header = f"{_MAGIC} {len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode()
+    write_bytes_atomic(path, header + payload)
+
+
+def load_tensors(path: Path) -> Any:
+    """Load what :func:`save_tensors` wrote, after checking its size and hash."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    header, _, payload = path.read_bytes().partition(b"\n")
+    fields = header.decode(errors="replace").split(" ")
+    if len(fields) != 3 or fields[0] != _MAGIC or not fields[1].isdigit():
+        raise CorruptCheckpointError(f"{path} is not a mexit checkpoint (bad header); remove it to retrain")
+    size, digest = int(fields[1]), fields[2]
+    if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
+        raise CorruptCheckpointError(
+            f"{path} is corrupted ({len(payload)} bytes, expected {size} with sha256 {digest[:12]}...); "
+            "remove it (mexit runs remove KEY) to retrain"
+        )
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)

@@ -1,0 +1,96 @@
+"""The ``mexit`` command: train runs, list/show/remove stored runs, build the book.
+
+    mexit train --config mnist5k-quick --regimes disjoint joint mixed --seeds 0 1 2
+    mexit train --config my.yaml train.epochs=30 model.placement=[2,4,6]
+    mexit runs list | show KEY | remove KEY
+    mexit book --profile quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mexit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="run store directory (default: $MEXIT_RUNS or ./runs)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or load) runs")
+    train.add_argument("--config", default="mnist5k-quick", help=f"a YAML file or one of: {', '.join(shipped_configs())}")
+    train.add_argument("--regimes", nargs="+", choices=tuple(REGIMES), help="train each of these regimes")
+    train.add_argument("--seeds", nargs="+", type=int, help="train each of these seeds")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.epochs=30")
+
+    runs = commands.add_parser("runs", help="list, show or remove stored runs")
+    runs.add_argument("action", choices=("list", "show", "remove"))
+    runs.add_argument("key", nargs="?", help="a run key (or a unique prefix of one)")
+
+    book = commands.add_parser("book", help="execute the notebooks at a profile and build the book")
+    book.add_argument("--profile", default="quick")
+    book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "runs":
+            return _runs(args)
+        from mexit.book import build_book
+
+        return build_book(args.profile, runs_root=args.root, build=not args.no_build)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"mexit: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mexit.store import RunStore
+
+    base = load_config(args.config, args.overrides)
+    regimes = args.regimes or [base.train.regime]
+    seeds = args.seeds if args.seeds is not None else [base.train.seed]
+    configs = regime_configs(base, regimes, seeds) if (args.regimes or args.seeds) else [base]
+    for config in configs:  # every config is checked before any training starts
+        config.validate()
+    store = RunStore(args.root)
+    for config in configs:
+        started = time.perf_counter()
+        label = f"{config.train.regime if config.train.phases is None else '+'.join(config.train.phases)} s{config.train.seed} "
+        run = store.get(config, device=args.device, progress_label=label)
+        acc = run.metrics["test_acc"]
+        print(
+            f"{run.key}  {label.strip():<14} test acc final {acc[-1]:.2f}%  best exit {max(acc):.2f}%  "
+            f"train {sum(run.metrics['phase_wall_time_s']):.1f}s  (this call {time.perf_counter() - started:.1f}s)"
+        )
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from mexit.store import Run, RunStore
+
+    store = RunStore(args.root)
+    if args.action == "list":
+        table = store.table()
+        print(table.to_string(index=False) if len(table) else f"no runs in {store.root}")
+        return 0
+    if not args.key:
+        raise ValueError(f"'mexit runs {args.action}' needs a run key")
+    if args.action == "show":
+        run = Run(store.find(args.key))
+        print(json.dumps({"key": run.key, "config": run.config.to_dict(), "metrics": run.metrics, "costs": run.costs}, indent=2))
+        return 0
+    for path in store.remove(args.key):
+        print(f"removed {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Run configuration: every trained model is a run, keyed by a stable hash of its full config.
+
+A :class:`RunConfig` composes what is trained on (:class:`mexit.data.DataConfig`), what is trained
+(:class:`ModelConfig`) and how (:class:`TrainConfig`). Configs round-trip through plain dicts, so they
+load from YAML, take ``key=value`` overrides from the command line and hash stably.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mexit import __version__
+from mexit.data import DataConfig
+
+REGIMES: dict[str, tuple[str, ...]] = {
+    "disjoint": ("P1", "P3"),
+    "joint": ("P2",),
+    "mixed": ("P1", "P2"),
+}
+PHASES: tuple[str, ...] = ("P1", "P2", "P3")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+LOSS_WEIGHTS: tuple[str, ...] = ("auto", "uniform", "linear", "sdn")
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :func:`mexit.models.build` (``num_classes`` and the input come from the data)."""
+
+    backbone: str = "resnet20"
+    placement: str | list[int] = "every"
+    head: str = "pooled"
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "sdn"
+    checkpoint: str | None = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and regularisation of one phase."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    batch_size: int = 128
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    clip_grad: float | None = None
+    bf16: bool = False
+
+    def validate(self, where: str) -> None:
+        _check_choice(f"{where}.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice(f"{where}.schedule", self.schedule, SCHEDULES)
+        if not self.lr > 0:
+            raise ValueError(f"{where}.lr must be > 0, got {self.lr}")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"{where}.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"{where}.batch_size must be >= 1, got {self.batch_size}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"{where}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"{where}.mixup and {where}.cutmix must be >= 0")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"{where}.clip_grad must be > 0 or null, got {self.clip_grad}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class TrainConfig:
+    """How a multi-exit model is trained: a regime (a list of phases) and their budgets.
+
+    ``regime`` names one of :data:`REGIMES`; ``phases`` overrides it with any list of ``P1``
+    (backbone alone, final head's loss), ``P2`` (backbone and all ICs together) and ``P3`` (ICs
+    only, backbone frozen). ``epochs`` is the maximum epoch count of every phase, or one count per
+    phase (:func:`split_epochs` divides a fixed budget for the phase-length ablation).
+    ``phase_optim`` overrides optimiser fields per phase, e.g. ``{"P2": {"lr": 0.02}}``.
+    ``patience`` enables the paper's early stopping (evaluations without any head improving);
+    ``None`` trains for the full epoch count and keeps the last state.
+    """
+
+    regime: str = "mixed"
+    phases: list[str] | None = None
+    epochs: int | list[int] = 20
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    phase_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loss_weights: str = "auto"
+    gradient_equilibrium: bool = False
+    patience: int | None = None
+    eval_every: int | None = None
+    eval_batch_size: int = 512
+    dominance_every: int = 0
+    seed: int = 0
+
+    @property
+    def phase_list(self) -> tuple[str, ...]:
+        return tuple(self.phases) if self.phases is not None else REGIMES[self.regime]
+
+    @property
+    def phase_epochs(self) -> tuple[int, ...]:
+        if isinstance(self.epochs, int):
+            return (self.epochs,) * len(self.phase_list)
+        return tuple(self.epochs)
+
+    def optim_for(self, phase_index: int) -> OptimConfig:
+        """The optimiser settings of one phase: the shared ones with that phase's overrides."""
+        overrides = self.phase_optim.get(self.phase_list[phase_index], {})
+        return dataclasses.replace(self.optim, **overrides)
+
+    def validate(self) -> None:
+        if self.phases is None:
+            _check_choice("train.regime", self.regime, tuple(REGIMES))
+        else:
+            if not self.phases:
+                raise ValueError("train.phases must list at least one phase of " + ", ".join(PHASES))
+            for phase in self.phases:
+                _check_choice("train.phases", phase, PHASES)
+        epochs = self.phase_epochs
+        if len(epochs) != len(self.phase_list):
+            raise ValueError(
+                f"train.epochs has {len(epochs)} entries for {len(self.phase_list)} phases {self.phase_list}"
+            )
+        if any(not isinstance(e, int) or e < 1 for e in epochs):
+            raise ValueError(f"train.epochs must be positive integers, got {self.epochs}")
+        for name in self.phase_optim:
+            _check_choice("train.phase_optim", name, PHASES)
+            unknown = set(self.phase_optim[name]) - {f.name for f in dataclasses.fields(OptimConfig)}
+            if unknown:
+                raise ValueError(f"train.phase_optim.{name} has unknown fields {sorted(unknown)}")
+        for index, phase in enumerate(self.phase_list):
+            self.optim_for(index).validate(f"train.optim[{phase}]")
+        _check_choice("train.loss_weights", self.loss_weights, LOSS_WEIGHTS)
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"train.patience must be >= 1 (or null to disable), got {self.patience}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"train.eval_every must be >= 1 (or null), got {self.eval_every}")
+        if self.dominance_every < 0:
+            raise ValueError(f"train.dominance_every must be >= 0, got {self.dominance_every}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a trained run; :meth:`key` names it in the run store."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Check every parameter that can be checked without building anything heavy."""
+        from mexit import data, models
+
+        data.validate(self.data)
+        models.validate(
+            self.model.backbone, placement=self.model.placement, head=self.model.head, method=self.model.method
+        )
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        unknown = set(values) - {"data", "model", "train"}
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: data, model, train")
+        train = dict(values.get("train", {}))
+        optim = OptimConfig(**_known(OptimConfig, train.pop("optim", {}), "train.optim"))
+        return cls(
+            data=DataConfig(**_known(DataConfig, values.get("data", {}), "data")),
+            model=ModelConfig(**_known(ModelConfig, values.get("model", {}), "model")),
+            train=TrainConfig(optim=optim, **_known(TrainConfig, train, "train")),
+        )
+
+    def with_overrides(self, overrides: Sequence[str]) -> RunConfig:
+        """A copy with ``section.field=value`` overrides applied (values parsed as YAML)."""
+        import yaml
+
+        values = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form section.field=value")
+            dotted, raw = item.split("=", 1)
+            *parents, leaf = dotted.split(".")
+            node = values
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"override {dotted!r}: {part!r} is not a config section")
+                node = node[part]
+            node[leaf] = yaml.safe_load(raw)
+        return RunConfig.from_dict(values)
+
+    def key(self) -> str:
+        """Stable 12-hex-digit hash of the full config and the mexit version."""
+        return stable_hash({"config": self.to_dict(), "mexit": __version__})
+
+
+def stable_hash(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def split_epochs(total: int, fractions: Sequence[float]) -> list[int]:
+    """Split a fixed epoch budget between phases, e.g. ``split_epochs(200, [0.25, 0.75]) == [50, 150]``."""
+    if total < len(fractions):
+        raise ValueError(f"total epochs {total} cannot give every one of {len(fractions)} phases an epoch")
+    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be positive and sum to 1, got {list(fractions)}")
+    epochs = [max(1, round(total * f)) for f in fractions]
+    epochs[-1] = total - sum(epochs[:-1])
+    if epochs[-1] < 1:
+        raise ValueError(f"fractions {list(fractions)} leave no epoch for the last phase of {total}")
+    return epochs
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _known(cls: type, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"unknown {section} fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return dict(values)
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """A run config from a shipped name (see :func:`shipped_configs`) or a YAML file, with overrides."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ValueError(f"config {name_or_path!r} is neither a file nor one of: {', '.join(shipped_configs())}")
+    return RunConfig.from_dict(yaml.safe_load(path.read_text()) or {}).with_overrides(overrides)
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A profile: the parameter values every notebook of the book is executed with."""
+    import yaml
+
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown profile {name!r}; allowed: {known}")
+    return yaml.safe_load(path.read_text())
+
+
+def regime_configs(
+    base: RunConfig, regimes: Sequence[str], seeds: Sequence[int]
+) -> list[RunConfig]:
+    """One config per (regime, seed), everything else as in ``base``."""
+    for regime in regimes:
+        _check_choice("regime", regime, tuple(REGIMES))
+    return [
+        dataclasses.replace(base, train=dataclasses.replace(base.train, regime=regime, phases=None, seed=seed))
+        for seed in seeds
+        for regime in regimes
+    ]

@@ -1,0 +1,27 @@
+"""Early-exit evaluation from stored per-exit logits: sweeps, ZTW ensembling and budget tables.
+
+Costs are MACs (one multiply-add = 1, fvcore's "flop"); ``cost_pct`` is % of the backbone-only
+model's MACs; accuracies are %. A curve and a table from three stored runs (``runs``: a list of
+:class:`ExitOutputs`, e.g. one per regime, from the run store)::
+
+    curves = pd.concat([sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs])
+    singles = pd.concat([single_exits(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs])
+    ax = flops_accuracy(curves, hue="regime", singles=singles)       # from mexit.plots
+    table = budget_table(runs, by=("regime",), grid="dense")
+    format_budget_table(table)                                       # from mexit.plots
+"""
+
+from mexit.evaluate.sweeps import confidences, patience_sweep, single_exits, sweep, threshold_grid
+from mexit.evaluate.tables import ExitOutputs, budget_table
+from mexit.evaluate.ztw import ztw_ensemble
+
+__all__ = [
+    "ExitOutputs",
+    "budget_table",
+    "confidences",
+    "patience_sweep",
+    "single_exits",
+    "sweep",
+    "threshold_grid",
+    "ztw_ensemble",
+]

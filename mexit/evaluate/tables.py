@@ -1,0 +1,142 @@
+"""Stored per-exit outputs of a run and the budget table over seeds (the paper's Table 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mexit.evaluate.sweeps import check_exit_arrays, check_labels, sweep, to_numpy
+
+FITS: tuple[str, ...] = ("test", "val")
+
+
+@dataclass
+class ExitOutputs:
+    """Every exit's logits of one trained run, with the costs of leaving at each exit.
+
+    ``test_logits`` [E, N, C] (last = final exit), ``test_labels`` [N], ``costs`` [E] cumulative
+    MACs of leaving at each exit (ICs included), ``backbone_cost`` MACs of the backbone-only model,
+    optional ``val_logits`` [E, M, C] / ``val_labels`` [M], and ``tags`` naming the run
+    (e.g. ``{"regime": "mixed", "method": "sdn", "seed": 0}``). Arrays are stored as numpy.
+    """
+
+    test_logits: np.ndarray
+    test_labels: np.ndarray
+    costs: np.ndarray
+    backbone_cost: float
+    val_logits: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.test_logits, self.test_labels, self.costs, self.backbone_cost = check_exit_arrays(
+            self.test_logits, self.test_labels, self.costs, self.backbone_cost, name="test_logits"
+        )
+        if (self.val_logits is None) != (self.val_labels is None):
+            raise ValueError("val_logits and val_labels must be given together, or neither")
+        if self.val_logits is not None:
+            self.val_logits = to_numpy(self.val_logits)
+            n_exits, _, n_classes = self.test_logits.shape
+            if self.val_logits.ndim != 3 or self.val_logits.shape[::2] != (n_exits, n_classes):
+                raise ValueError(
+                    f"val_logits must have shape [E={n_exits}, M, C={n_classes}], got {self.val_logits.shape}"
+                )
+            self.val_labels = check_labels(self.val_labels, self.val_logits.shape[1], n_classes, name="val_logits")
+
+
+def budget_table(
+    outputs: Sequence[ExitOutputs],
+    *,
+    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    by: Sequence[str] = ("regime", "method"),
+    fit: str = "test",
+    grid: str = "paper",
+    rule: str = "maxprob",
+) -> pd.DataFrame:
+    """Accuracy at fractions of the backbone-only cost, summarised over the runs of each group.
+
+    For each run and budget b, the operating point is the last threshold (in increasing order,
+    so the most accurate) whose expected cost is at most b x ``backbone_cost``, picked on the test
+    split (``fit="test"``, as the paper) or on the validation split (``fit="val"``); the test
+    accuracy and cost at that threshold are reported. Runs are grouped by their ``tags`` values
+    for the keys in ``by``; the other runs of a group (seeds) are the replicates.
+
+    One row per (group, budget), groups in order of first appearance: the ``by`` columns,
+    ``budget`` (fraction), ``accuracy_mean``, ``accuracy_std`` (ddof 1), ``accuracy_ci95``
+    (half-width of the 95% t-interval over runs; NaN with one run), ``n`` (runs), ``cost_pct_mean``
+    (test cost, % of backbone), ``final_accuracy_mean``/``_std``/``_ci95`` (the final exit on its
+    own, whose cost exceeds 100% of the backbone), ``fit`` and ``note``. Where no threshold fits a
+    budget in some run of a group, the group's accuracy at that budget is NaN and ``note`` says so.
+    """
+    if len(outputs) == 0:
+        raise ValueError("outputs must hold at least one ExitOutputs")
+    budgets = np.asarray(budgets, dtype=np.float64)
+    if budgets.ndim != 1 or budgets.size == 0 or np.any((budgets <= 0) | (budgets > 1)):
+        raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    by = list(by)
+    for out in outputs:
+        missing = [key for key in by if key not in out.tags]
+        if missing:
+            raise ValueError(f"by names tags {missing} that a run lacks; its tags are {out.tags}")
+        if fit == "val" and out.val_logits is None:
+            raise ValueError("fit='val' needs val_logits and val_labels on every run")
+
+    groups: dict[tuple, list[dict[str, np.ndarray | float]]] = {}
+    for out in outputs:
+        key = tuple(out.tags[k] for k in by)
+        groups.setdefault(key, []).append(_run_points(out, budgets, fit, grid, rule))
+
+    rows = []
+    for key, runs in groups.items():
+        final = _summary(np.array([run["final"] for run in runs]))
+        for b, budget in enumerate(budgets):
+            accuracy = np.array([run["accuracy"][b] for run in runs])
+            cost = np.array([run["cost_pct"][b] for run in runs])
+            unfit = int(np.isnan(accuracy).sum())
+            rows.append(
+                {
+                    **dict(zip(by, key)),
+                    "budget": budget,
+                    **{f"accuracy_{k}": v for k, v in _summary(accuracy).items()},
+                    "n": len(runs),
+                    "cost_pct_mean": cost.mean(),
+                    **{f"final_accuracy_{k}": v for k, v in final.items()},
+                    "fit": fit,
+                    "note": f"no threshold fits in {unfit} of {len(runs)} runs" if unfit else "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict:
+    """One run's test accuracy and cost (%) at each budget's picked threshold, and its final exit."""
+    test = sweep(out.test_logits, out.test_labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
+    picking = test
+    if fit == "val":
+        picking = sweep(out.val_logits, out.val_labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
+    accuracy = np.full(len(budgets), np.nan)
+    cost_pct = np.full(len(budgets), np.nan)
+    fits = picking["cost_macs"].to_numpy()[None, :] <= budgets[:, None] * out.backbone_cost
+    for b, row_fits in enumerate(fits):
+        if row_fits.any():
+            last = np.flatnonzero(row_fits)[-1]
+            accuracy[b] = test["accuracy"].iloc[last]
+            cost_pct[b] = test["cost_pct"].iloc[last]
+    final = 100.0 * np.mean(out.test_logits[-1].argmax(axis=-1) == out.test_labels)
+    return {"accuracy": accuracy, "cost_pct": cost_pct, "final": final}
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    """Mean, std (ddof 1) and 95% t-interval half-width over runs; NaN if any run is NaN."""
+    n = len(values)
+    if n < 2 or np.isnan(values).any():
+        return {"mean": float(values.mean()), "std": np.nan, "ci95": np.nan}
+    std = float(values.std(ddof=1))
+    return {"mean": float(values.mean()), "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))}

@@ -1,0 +1,89 @@
+"""Zero Time Waste ensembling of per-exit outputs (our implementation).
+
+Follows the geometric ensembling of Wołczyk et al., "Zero Time Waste: Recycling Predictions in
+Early Exit Neural Networks", NeurIPS 2021: exit i outputs
+
+    p_i(y | x)  ∝  exp(b_i[y]) * prod_{j <= i} p_j(y | x) ** w_ij,    w_ij >= 0,
+
+a weighted geometric mean of its own and all earlier exits' softmax outputs with a per-class bias.
+The weights and biases of each exit are fitted by minimising the negative log-likelihood on a
+fitting split, each exit separately; this is our implementation, not the authors' code: a convex
+problem solved by L-BFGS-B from the plain output (w_ii = 1, other weights and biases 0), and the
+plain output is kept wherever fitting does not lower the fitting NLL. Unlike the ZTW paper, the
+final exit is ensembled too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+
+from mexit.evaluate.sweeps import check_labels, to_numpy
+
+MAX_ITER = 500
+
+
+def ztw_ensemble(
+    logits: Any, labels: Any, *, fit_logits: Any | None = None, fit_labels: Any | None = None
+) -> np.ndarray:
+    """Ensembled per-exit log-probabilities [E, N, C] of ``logits`` [E, N, C].
+
+    The weights are fitted on ``fit_logits``/``fit_labels`` (e.g. the validation split) when
+    given, otherwise on ``logits``/``labels`` themselves (in-sample). Deterministic.
+    """
+    logits = _check_logits(logits, "logits")
+    if (fit_logits is None) != (fit_labels is None):
+        raise ValueError("fit_logits and fit_labels must be given together, or neither")
+    if fit_logits is None:
+        fit_logits, fit_labels = logits, labels
+    else:
+        fit_logits = _check_logits(fit_logits, "fit_logits")
+        if fit_logits.shape[0] != logits.shape[0] or fit_logits.shape[2] != logits.shape[2]:
+            raise ValueError(
+                f"fit_logits must have the exits and classes of logits {logits.shape}, got {fit_logits.shape}"
+            )
+        check_labels(labels, logits.shape[1], logits.shape[2])
+    fit_labels = check_labels(fit_labels, fit_logits.shape[1], fit_logits.shape[2], name="fit_logits")
+    fit_logp = log_softmax(fit_logits.astype(np.float64), axis=-1)
+    out = np.empty(logits.shape, dtype=np.result_type(logits.dtype, np.float32))
+    for i in range(logits.shape[0]):
+        weights, bias = _fit_exit(fit_logp[: i + 1], fit_labels)
+        logp = log_softmax(logits[: i + 1].astype(np.float64), axis=-1)
+        out[i] = log_softmax(np.tensordot(weights, logp, axes=1) + bias, axis=-1)
+    return out
+
+
+def _check_logits(logits: Any, name: str) -> np.ndarray:
+    logits = to_numpy(logits)
+    if logits.ndim != 3 or 0 in logits.shape or not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"{name} must be floating point of shape [E exits, N samples, C classes], got {logits.shape}")
+    return logits
+
+
+def _nll(params: np.ndarray, logp: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean NLL of the ensemble and its gradient; ``params`` = weights [J] then bias [C]."""
+    n_members, n, n_classes = logp.shape
+    weights, bias = params[:n_members], params[n_members:]
+    log_q = log_softmax(np.tensordot(weights, logp, axes=1) + bias, axis=-1)
+    rows = np.arange(n)
+    grad_z = np.exp(log_q)
+    grad_z[rows, labels] -= 1.0
+    grad_z /= n
+    grad = np.concatenate([np.tensordot(logp, grad_z, axes=([1, 2], [0, 1])), grad_z.sum(axis=0)])
+    return float(-log_q[rows, labels].mean()), grad
+
+
+def _fit_exit(logp: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [J] and bias [C] of one exit's ensemble over its J members' log-probabilities."""
+    n_members, _, n_classes = logp.shape
+    start = np.zeros(n_members + n_classes)
+    start[n_members - 1] = 1.0  # the plain output of this exit
+    bounds = [(0.0, None)] * n_members + [(None, None)] * n_classes
+    result = minimize(
+        _nll, start, args=(logp, labels), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER}
+    )
+    best = result.x if _nll(result.x, logp, labels)[0] <= _nll(start, logp, labels)[0] else start
+    return best[:n_members], best[n_members:]

@@ -1,0 +1,336 @@
+"""The run store: every trained model is a run, keyed by a stable hash of its full config.
+
+Layout under ``root`` (default ``runs/``, or ``$MEXIT_RUNS``)::
+
+    runs/<run key>/     config.json, phases.json, logits.pt (per-exit logits on val and test),
+                        costs.json (per-exit MACs), metrics.json (written last: the run is complete)
+    phases/<phase key>/ state.pt (weights after the phase), partial.pt (resume point),
+                        phase.json (wall time, epochs, early stop), trace.csv, probes.csv
+
+A phase is keyed by the config up to and including it, so regimes that begin alike share work:
+disjoint (P1, P3) and mixed (P1, P2) of the same seed train P1 once. Asking for a run that exists
+loads it; an interrupted one resumes; two processes asking for the same run take turns on a file
+lock, and the second finds the first one's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from filelock import FileLock
+
+from mexit import checkpoint, data, distributed
+from mexit.config import RunConfig, stable_hash
+from mexit.train import PhaseResult, Probe, collect_logits, exit_accuracy, seed_everything, train_phase
+
+DEFAULT_ROOT = "runs"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("MEXIT_RUNS", DEFAULT_ROOT))
+
+
+def phase_keys(config: RunConfig) -> list[str]:
+    """The key of the state after each phase: a hash of everything that phase's weights depend on."""
+    from mexit import __version__
+
+    train = config.train
+    common = {
+        "data": dataclasses.asdict(config.data),
+        "model": dataclasses.asdict(config.model),
+        "seed": train.seed,
+        "patience": train.patience,
+        "eval_every": train.eval_every,
+        "mexit": __version__,
+    }
+    keys: list[str] = []
+    prefix: list[dict[str, Any]] = []
+    for index, name in enumerate(train.phase_list):
+        step: dict[str, Any] = {
+            "phase": name,
+            "epochs": train.phase_epochs[index],
+            "optim": dataclasses.asdict(train.optim_for(index)),
+        }
+        if name != "P1":  # settings that only matter once ICs train
+            step.update(loss_weights=train.loss_weights, dominance_every=train.dominance_every)
+        if name == "P2":
+            step["gradient_equilibrium"] = train.gradient_equilibrium
+        prefix.append(step)
+        keys.append(stable_hash({**common, "phases": prefix}))
+    return keys
+
+
+class Run:
+    """A completed run read back from the store."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.key = path.name
+        self.config = RunConfig.from_dict(checkpoint.read_json(path / "config.json"))
+        self.metrics: dict[str, Any] = checkpoint.read_json(path / "metrics.json")
+        self._phase_dirs = [path.parent.parent / "phases" / key for key in checkpoint.read_json(path / "phases.json")]
+        self._logits: dict[str, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        train = self.config.train
+        return f"Run({self.key}: {self.config.model.backbone} on {self.config.data.name}, {'+'.join(train.phase_list)}, seed {train.seed})"
+
+    def _load_logits(self) -> dict[str, torch.Tensor]:
+        if self._logits is None:
+            self._logits = checkpoint.load_tensors(self.path / "logits.pt")
+        return self._logits
+
+    def logits(self, split: str = "test") -> torch.Tensor:
+        """Every exit's logits on ``val`` or ``test``: ``[exits, samples, classes]``."""
+        _check_split(split)
+        return self._load_logits()[split]
+
+    def labels(self, split: str = "test") -> torch.Tensor:
+        _check_split(split)
+        return self._load_logits()[f"{split}_labels"]
+
+    @property
+    def costs(self) -> dict[str, Any]:
+        """Per-exit cumulative MACs (``macs``) and the backbone-only MACs (``backbone_macs``)."""
+        return checkpoint.read_json(self.path / "costs.json")
+
+    def trace(self) -> pd.DataFrame:
+        """Per-exit training loss and validation accuracy at every evaluation, all phases."""
+        return pd.concat([pd.read_csv(d / "trace.csv") for d in self._phase_dirs], ignore_index=True)
+
+    def probes(self) -> pd.DataFrame:
+        """Rows recorded by training probes (gradient dominance), all phases; empty if none ran."""
+        frames = [pd.read_csv(d / "probes.csv") for d in self._phase_dirs if (d / "probes.csv").exists()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The trained multi-exit model (eval mode)."""
+        model = build_model(self.config, tuple(self.metrics["input_shape"]), self.metrics["num_classes"])
+        model.load_state_dict(checkpoint.load_tensors(self._phase_dirs[-1] / "state.pt")["model"])
+        return model.to(device).eval()
+
+    def outputs(self, **tags: Any):
+        """The run's test (and validation) logits, labels and costs for :mod:`mexit.evaluate`."""
+        from mexit.evaluate import ExitOutputs
+
+        train = self.config.train
+        default_tags = {
+            "regime": train.regime if train.phases is None else "+".join(train.phases),
+            "method": self.config.model.method,
+            "seed": train.seed,
+            "backbone": self.config.model.backbone,
+            "run": self.key,
+        }
+        costs = self.costs
+        return ExitOutputs(
+            test_logits=self.logits("test").numpy(),
+            test_labels=self.labels("test").numpy(),
+            costs=costs["macs"],
+            backbone_cost=costs["backbone_macs"],
+            val_logits=self.logits("val").numpy(),
+            val_labels=self.labels("val").numpy(),
+            tags={**default_tags, **tags},
+        )
+
+
+def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    from mexit import models
+
+    m = config.model
+    return models.build(
+        m.backbone,
+        num_classes,
+        in_chans=input_shape[0],
+        img_size=input_shape[1],
+        placement=m.placement,
+        head=m.head,
+        head_kwargs=m.head_kwargs,
+        method=m.method,
+        checkpoint=m.checkpoint,
+        **m.backbone_kwargs,
+    )
+
+
+class RunStore:
+    """Trains or loads runs by config; see the module docstring for the layout."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    def get(self, config: RunConfig, *, device: str = "auto", progress_label: str = "") -> Run:
+        """The run of ``config``: loaded if stored, resumed if interrupted, trained otherwise."""
+        config.validate()
+        run_dir = self.root / "runs" / config.key()
+        if (run_dir / "metrics.json").exists():
+            return Run(run_dir)
+        ctx = distributed.context(device)
+        with self._lock(run_dir, ctx.is_main):
+            if (run_dir / "metrics.json").exists():
+                return Run(run_dir)
+            self._train(config, run_dir, ctx, progress_label)
+        ctx.barrier()
+        return Run(run_dir)
+
+    def runs(self) -> list[Run]:
+        base = self.root / "runs"
+        if not base.exists():
+            return []
+        return [Run(d) for d in sorted(base.iterdir()) if (d / "metrics.json").exists()]
+
+    def table(self) -> pd.DataFrame:
+        """One row per stored run: key, data, backbone, regime, seed, final and best exit accuracy."""
+        rows = []
+        for run in self.runs():
+            train = run.config.train
+            rows.append(
+                {
+                    "key": run.key,
+                    "dataset": run.config.data.name,
+                    "backbone": run.config.model.backbone,
+                    "method": run.config.model.method,
+                    "phases": "+".join(train.phase_list),
+                    "epochs": "/".join(map(str, train.phase_epochs)),
+                    "seed": train.seed,
+                    "final_acc": run.metrics["test_acc"][-1],
+                    "best_exit_acc": max(run.metrics["test_acc"]),
+                    "train_s": round(sum(run.metrics["phase_wall_time_s"]), 1),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def find(self, key_prefix: str) -> Path:
+        matches = [d for d in (self.root / "runs").glob(f"{key_prefix}*") if d.is_dir()] if key_prefix else []
+        if len(matches) != 1:
+            found = "no run" if not matches else f"{len(matches)} runs"
+            raise KeyError(f"{found} in {self.root / 'runs'} match key {key_prefix!r}")
+        return matches[0]
+
+    def remove(self, key_prefix: str) -> list[Path]:
+        """Delete a run and every phase no other run uses; returns the removed directories."""
+        run_dir = self.find(key_prefix)
+        mine = set(checkpoint.read_json(run_dir / "phases.json"))
+        others = {
+            key
+            for d in (self.root / "runs").iterdir()
+            if d != run_dir and (d / "phases.json").exists()
+            for key in checkpoint.read_json(d / "phases.json")
+        }
+        removed = [run_dir] + [self.root / "phases" / key for key in sorted(mine - others)]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+    @contextmanager
+    def _lock(self, directory: Path, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory / ".lock")):
+            yield
+
+    def _train(self, config: RunConfig, run_dir: Path, ctx: distributed.DistContext, label: str) -> None:
+        splits = data.load(config.data)
+        seed_everything(config.train.seed)
+        model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
+        keys = phase_keys(config)
+        results: list[dict[str, Any]] = []
+        for index, key in enumerate(keys):
+            phase_dir = self.root / "phases" / key
+            with self._lock(phase_dir, ctx.is_main):
+                if not (phase_dir / "phase.json").exists():
+                    result = train_phase(
+                        model,
+                        index,
+                        splits.train,
+                        splits.val,
+                        config.train,
+                        config.model.method,
+                        ctx,
+                        partial_path=phase_dir / "partial.pt",
+                        probe=_dominance_probe(config, splits) if config.train.dominance_every else None,
+                        label=label,
+                    )
+                    if ctx.is_main:
+                        _save_phase(phase_dir, result)
+                ctx.barrier()
+            model.load_state_dict(checkpoint.load_tensors(phase_dir / "state.pt")["model"])
+            results.append(checkpoint.read_json(phase_dir / "phase.json"))
+        if ctx.is_main:
+            self._write_outputs(config, run_dir, model, splits, ctx, keys, results)
+
+    def _write_outputs(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        model: torch.nn.Module,
+        splits: data.Splits,
+        ctx: distributed.DistContext,
+        keys: list[str],
+        results: list[dict[str, Any]],
+    ) -> None:
+        from mexit.flops import exit_costs
+
+        batch = config.train.eval_batch_size
+        val, val_labels = collect_logits(model, splits.val, batch, ctx.device)
+        test, test_labels = collect_logits(model, splits.test, batch, ctx.device)
+        checkpoint.write_json(run_dir / "config.json", config.to_dict())
+        checkpoint.write_json(run_dir / "phases.json", keys)
+        checkpoint.save_tensors(
+            run_dir / "logits.pt", {"val": val, "val_labels": val_labels, "test": test, "test_labels": test_labels}
+        )
+        costs = exit_costs(model.cpu(), splits.input_shape)
+        checkpoint.write_json(run_dir / "costs.json", {"macs": list(costs.macs), "backbone_macs": costs.backbone_macs, "unit": "MACs"})
+        checkpoint.write_json(
+            run_dir / "metrics.json",
+            {
+                "key": run_dir.name,
+                "val_acc": exit_accuracy(val, val_labels).tolist(),
+                "test_acc": exit_accuracy(test, test_labels).tolist(),
+                "phase_wall_time_s": [r["wall_time_s"] for r in results],
+                "phase_epochs_run": [r["epochs_run"] for r in results],
+                "phase_stopped_early": [r["stopped_early"] for r in results],
+                "phases": list(config.train.phase_list),
+                "input_shape": list(splits.input_shape),
+                "num_classes": splits.num_classes,
+                "device": str(ctx.device),
+                "world_size": ctx.world_size,
+            },
+        )
+
+
+def _save_phase(phase_dir: Path, result: PhaseResult) -> None:
+    checkpoint.save_tensors(phase_dir / "state.pt", {"model": result.state})
+    checkpoint.write_bytes_atomic(phase_dir / "trace.csv", pd.DataFrame(result.trace).to_csv(index=False).encode())
+    if result.probes:
+        checkpoint.write_bytes_atomic(phase_dir / "probes.csv", pd.DataFrame(result.probes).to_csv(index=False).encode())
+    checkpoint.write_json(
+        phase_dir / "phase.json",
+        {
+            "wall_time_s": result.wall_time_s,
+            "epochs_run": result.epochs_run,
+            "steps": result.steps,
+            "stopped_early": result.stopped_early,
+            "best_step": result.best_step,
+        },
+    )
+    (phase_dir / "partial.pt").unlink(missing_ok=True)
+
+
+def _dominance_probe(config: RunConfig, splits: data.Splits) -> Probe:
+    from mexit.analysis.dominance import training_probe
+
+    return training_probe(splits.train_eval, seed=config.train.seed)
+
+
+def _check_split(split: str) -> None:
+    if split not in ("val", "test"):
+        raise ValueError(f"unknown split {split!r}; allowed: val, test")

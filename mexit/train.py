@@ -1,0 +1,297 @@
+"""One training loop for every phase: early stopping, resumable checkpoints, DDP, progress.
+
+Convergence follows the paper: the model is evaluated on the validation split every
+``min(batches per epoch, 300)`` steps; the state is kept whenever any trained head improves; the
+phase stops when every trained head has gone ``patience`` evaluations without improving, and the best
+state is reloaded. Without ``patience`` the phase runs its maximum epoch count and keeps the last state.
+
+Each epoch's shuffling and augmentation are seeded from ``(seed, phase, epoch)``; a checkpoint is
+written at the end of every epoch, so a phase killed at any point resumes from its last completed
+epoch and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from mexit import checkpoint
+from mexit.config import OptimConfig, TrainConfig
+from mexit.distributed import DistContext
+from mexit.progress import PhaseProgress
+from mexit.regimes import PHASE_SPECS, apply_phase, default_weighting, exit_weights, multi_exit_loss
+
+Probe = Callable[[nn.Module, int], list[dict[str, Any]]]
+
+
+@dataclass
+class PhaseResult:
+    """What one finished phase leaves: the kept weights and how it got there."""
+
+    state: dict[str, Tensor]
+    trace: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    wall_time_s: float
+    epochs_run: int
+    steps: int
+    stopped_early: bool
+    best_step: int
+
+
+@dataclass
+class _Progress:
+    """Everything the loop needs to resume a phase: saved at the end of every epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    wall_time_s: float = 0.0
+    best_acc: list[float] = field(default_factory=list)
+    bad_evals: list[int] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
+    best_step: int = 0
+    stopped_early: bool = False
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(*parts: int) -> int:
+    """Seed torch, numpy and random from a tuple of integers; returns the derived seed."""
+    seed = int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return seed
+
+
+def epoch_batches(
+    num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """This rank's share of every global batch of one epoch (a seeded permutation, last batch kept)."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[start : start + batch_size] for start in range(0, num_samples, batch_size)]
+    return [batch[rank::world_size] for batch in batches if len(batch[rank::world_size]) > 0]
+
+
+@torch.no_grad()
+def collect_logits(
+    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Every exit's logits on ``dataset`` in eval mode: ``([E, N, C] float32, [N] int64)`` on CPU."""
+    was_training = model.training
+    model.eval()
+    outputs: list[Tensor] = []
+    labels: list[Tensor] = []
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits = model(images.to(device))
+        outputs.append(torch.stack([out.float().cpu() for out in logits]))
+        labels.append(torch.as_tensor(targets))
+    model.train(was_training)
+    return torch.cat(outputs, dim=1), torch.cat(labels)
+
+
+def exit_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Accuracy (%) of every exit from ``[E, N, C]`` logits and ``[N]`` labels."""
+    return (logits.argmax(-1) == labels).float().mean(1) * 100
+
+
+def learning_rate(optim: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up for ``warmup_epochs``, then cosine to ``min_lr`` (or constant)."""
+    warmup = optim.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return optim.lr * (step + 1) / warmup
+    if optim.schedule == "constant":
+        return optim.lr
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def train_phase(
+    model: nn.Module,
+    phase_index: int,
+    train_set: Dataset,
+    val_set: Dataset,
+    config: TrainConfig,
+    method: str,
+    dist: DistContext,
+    partial_path: Path | None = None,
+    probe: Probe | None = None,
+    label: str = "",
+) -> PhaseResult:
+    """Train ``model`` (a :class:`~mexit.models.MultiExit`, already on ``dist.device``) for one phase.
+
+    ``partial_path`` is where the end-of-epoch resume checkpoint lives (only rank 0 writes it).
+    ``probe(model, step)`` is called every ``config.dominance_every`` steps and its rows are kept.
+    """
+    phase_name = config.phase_list[phase_index]
+    phase = PHASE_SPECS[phase_name]
+    optim = config.optim_for(phase_index)
+    max_epochs = config.phase_epochs[phase_index]
+    num_exits = model.num_exits
+    exits = phase.exits_in_loss(num_exits)
+    scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+    handle = apply_phase(model, phase)
+    model.gradient_equilibrium = config.gradient_equilibrium and phase.trains_backbone and phase.trains_ics
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, optim)
+    network: nn.Module = model
+    if dist.enabled:
+        network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    train_targets = len(train_set)  # type: ignore[arg-type]
+    global_batches = math.ceil(train_targets / optim.batch_size)
+    eval_every = config.eval_every or min(global_batches, 300)
+    total_steps = global_batches * max_epochs
+    mixup = _mixup(optim, model.num_classes)
+
+    state = _Progress(best_acc=[-1.0] * num_exits, bad_evals=[0] * num_exits)
+    if partial_path is not None and partial_path.exists():
+        saved = checkpoint.load_tensors(partial_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["progress"]
+
+    bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
+    running = torch.zeros(num_exits)
+    running_count = 0
+    try:
+        while state.epoch < max_epochs and not state.stopped_early:
+            started = time.perf_counter()
+            order_seed = seed_everything(config.seed, phase_index, state.epoch)
+            batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size)
+            seed_everything(config.seed, phase_index, state.epoch, dist.rank)  # augmentation, per rank
+            model.train()
+            for images, targets in DataLoader(train_set, batch_sampler=_Batches(batches)):
+                images, targets = images.to(dist.device), torch.as_tensor(targets).to(dist.device)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(optim, state.step, total_steps, global_batches)
+                smoothing = optim.label_smoothing
+                if mixup is not None:
+                    images, targets = mixup(images, targets)
+                    smoothing = 0.0
+                progress = state.step / max(1, total_steps)
+                weights = exit_weights(scheme, exits, num_exits, progress)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=optim.bf16 and dist.device.type == "cuda"):
+                    logits = network(images)
+                    loss, per_exit = multi_exit_loss(logits, targets, exits, weights, smoothing)
+                    if phase.trains_ics:
+                        extra = model.auxiliary_loss(logits, targets)
+                        if extra is not None:
+                            loss = loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if optim.clip_grad is not None:
+                    nn.utils.clip_grad_norm_(params, optim.clip_grad)
+                optimizer.step()
+                state.step += 1
+                running += per_exit.cpu()
+                running_count += 1
+                if probe is not None and config.dominance_every and state.step % config.dominance_every == 0:
+                    state.probes.extend(probe(model, state.step))
+                    model.train()
+                if state.step % eval_every == 0:
+                    _evaluate(model, val_set, config, dist, state, exits, phase_name, running / running_count)
+                    running.zero_()
+                    running_count = 0
+                    if state.stopped_early:
+                        break
+            state.epoch += 1
+            state.wall_time_s += time.perf_counter() - started
+            bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{i}"] for i in exits} if state.trace else {})
+            if partial_path is not None and dist.is_main:
+                checkpoint.save_tensors(
+                    partial_path,
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": state},
+                )
+    finally:
+        bar.close()
+        handle.remove()
+        model.gradient_equilibrium = False
+
+    if config.patience is not None and state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return PhaseResult(
+        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        trace=state.trace,
+        probes=state.probes,
+        wall_time_s=state.wall_time_s,
+        epochs_run=state.epoch,
+        steps=state.step,
+        stopped_early=state.stopped_early,
+        best_step=state.best_step if config.patience is not None else state.step,
+    )
+
+
+def _evaluate(
+    model: nn.Module,
+    val_set: Dataset,
+    config: TrainConfig,
+    dist: DistContext,
+    state: _Progress,
+    exits: Sequence[int],
+    phase_name: str,
+    train_loss: Tensor,
+) -> None:
+    """Validation accuracy of every exit; updates the early-stopping state and the trace."""
+    logits, labels = collect_logits(model, val_set, config.eval_batch_size, dist.device)
+    accuracy = exit_accuracy(logits, labels)
+    row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
+    row.update({f"train_loss_{i}": float(train_loss[i]) for i in range(len(accuracy))})
+    row.update({f"val_acc_{i}": float(accuracy[i]) for i in range(len(accuracy))})
+    state.trace.append(row)
+    improved = False
+    for i in exits:
+        if accuracy[i] > state.best_acc[i]:
+            state.best_acc[i] = float(accuracy[i])
+            state.bad_evals[i] = 0
+            improved = True
+        else:
+            state.bad_evals[i] += 1
+    if config.patience is None:
+        return
+    if improved:
+        state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        state.best_step = state.step
+    state.stopped_early = all(state.bad_evals[i] >= config.patience for i in exits)
+
+
+class _Batches:
+    """A batch sampler over precomputed index lists."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _mixup(optim: OptimConfig, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    if optim.mixup <= 0 and optim.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=optim.mixup,
+        cutmix_alpha=optim.cutmix,
+        label_smoothing=optim.label_smoothing,
+        num_classes=num_classes,
+    )

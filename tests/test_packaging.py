@@ -1,0 +1,55 @@
+"""The install files agree, and the console script and shipped configs work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from mexit.config import load_config, load_profile, shipped_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_requirements() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _conda_requirements() -> list[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    return [req for req in pip_section if not req.startswith("-e")]
+
+
+def test_environment_yml_names_the_same_pins_as_pyproject() -> None:
+    assert sorted(_conda_requirements()) == sorted(_pyproject_requirements())
+
+
+def test_required_pins_are_exact() -> None:
+    requirements = _pyproject_requirements()
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "jupyter-book>=1,<2"):
+        assert pin in requirements
+    for name in ("timm", "papermill", "seaborn", "nbval", "pytest", "mlxtend", "scikit-learn", "tqdm", "fvcore", "ipywidgets"):
+        assert name in requirements
+
+
+def test_console_script_runs() -> None:
+    out = subprocess.run([Path(sys.executable).with_name("mexit"), "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "runs" in out.stdout and "book" in out.stdout
+
+
+def test_every_shipped_config_and_profile_is_valid() -> None:
+    for name in shipped_configs():
+        load_config(name).validate()
+    for name in ("tiny", "quick", "paper"):
+        profile = load_profile(name)
+        assert profile["config"] in shipped_configs()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make book" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
