@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -65,6 +66,8 @@ def _train(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         label = f"{config.train.regime if config.train.phases is None else '+'.join(config.train.phases)} s{config.train.seed} "
         run = store.get(config, device=args.device, progress_label=label)
+        if os.environ.get("RANK", "0") != "0":
+            continue
         acc = run.metrics["test_acc"]
         print(
             f"{run.key}  {label.strip():<14} test acc final {acc[-1]:.2f}%  best exit {max(acc):.2f}%  "

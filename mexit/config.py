@@ -38,6 +38,7 @@ class ModelConfig:
     head: str = "pooled"
     head_kwargs: dict[str, Any] = field(default_factory=dict)
     method: str = "sdn"
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -166,8 +167,10 @@ class RunConfig:
         from mexit import data, models
 
         data.validate(self.data)
+        m = self.model
         models.validate(
-            self.model.backbone, placement=self.model.placement, head=self.model.head, method=self.model.method
+            m.backbone, placement=m.placement, head=m.head, head_kwargs=m.head_kwargs, method=m.method,
+            method_kwargs=m.method_kwargs,
         )
         self.train.validate()
 
@@ -189,8 +192,6 @@ class RunConfig:
 
     def with_overrides(self, overrides: Sequence[str]) -> RunConfig:
         """A copy with ``section.field=value`` overrides applied (values parsed as YAML)."""
-        import yaml
-
         values = self.to_dict()
         for item in overrides:
             if "=" not in item:
@@ -202,7 +203,7 @@ class RunConfig:
                 if not isinstance(node.get(part), dict):
                     raise ValueError(f"override {dotted!r}: {part!r} is not a config section")
                 node = node[part]
-            node[leaf] = yaml.safe_load(raw)
+            node[leaf] = _parse_value(raw)
         return RunConfig.from_dict(values)
 
     def key(self) -> str:
@@ -226,6 +227,19 @@ def split_epochs(total: int, fractions: Sequence[float]) -> list[int]:
     if epochs[-1] < 1:
         raise ValueError(f"fractions {list(fractions)} leave no epoch for the last phase of {total}")
     return epochs
+
+
+def _parse_value(raw: str) -> Any:
+    """A command-line value as YAML, with numbers like ``1e-3`` (a string in YAML 1.1) as floats."""
+    import yaml
+
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:

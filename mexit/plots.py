@@ -61,7 +61,7 @@ def flops_accuracy(
             ax.scatter(frame["cost_pct"], frame["accuracy"], color=colours.get(level, "grey"), s=18, zorder=3)
         ax.scatter([], [], color="grey", s=18, label="single exits")
     if backbone is not None:
-        ax.scatter([backbone[0]], [backbone[1]], marker="*", s=160, color="black", zorder=4, label="backbone only")
+        ax.scatter(*backbone, marker="*", s=160, color="black", zorder=4, label="backbone only")
     ax.set_xlabel(COST_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
     ax.legend(title=hue)

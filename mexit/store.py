@@ -154,6 +154,7 @@ def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classe
         head=m.head,
         head_kwargs=m.head_kwargs,
         method=m.method,
+        method_kwargs=m.method_kwargs,
         checkpoint=m.checkpoint,
         **m.backbone_kwargs,
     )

@@ -338,7 +338,7 @@ def test_folder_datasets_follow_their_annotations(roots: dict[str, str]) -> None
     image = tiny.test[3][0] * torch.tensor([0.2302, 0.2265, 0.2262])[:, None, None]
     image += torch.tensor([0.4802, 0.4481, 0.3975])[:, None, None]
     with Image.open(Path(roots["tinyimagenet"]) / "tiny-imagenet-200" / "val" / "images" / "val_3.JPEG") as file:
-        expected = torch.from_numpy(np.asarray(file.convert("RGB"))).permute(2, 0, 1).float() / 255
+        expected = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1).float() / 255
     assert torch.allclose(image, expected, atol=1e-5)
     imagenet = load(config_for("imagenet", roots))
     for split in ("train_eval", "test"):

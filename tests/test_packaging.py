@@ -32,7 +32,7 @@ def test_required_pins_are_exact() -> None:
     requirements = _pyproject_requirements()
     for pin in ("torch==2.14.1", "torchvision==0.29.1", "jupyter-book>=1,<2"):
         assert pin in requirements
-    for name in ("timm", "papermill", "seaborn", "nbval", "pytest", "mlxtend", "scikit-learn", "tqdm", "fvcore", "ipywidgets"):
+    for name in ("timm>=1.0.20", "papermill", "seaborn", "nbval", "pytest", "mlxtend", "scikit-learn", "tqdm", "fvcore", "ipywidgets"):
         assert name in requirements
 
 

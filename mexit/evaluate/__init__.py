@@ -2,13 +2,13 @@
 
 Costs are MACs (one multiply-add = 1, fvcore's "flop"); ``cost_pct`` is % of the backbone-only
 model's MACs; accuracies are %. A curve and a table from three stored runs (``runs``: a list of
-:class:`ExitOutputs`, e.g. one per regime, from the run store)::
+:class:`ExitOutputs` from the run store, one per regime)::
 
-    curves = pd.concat([sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs])
-    singles = pd.concat([single_exits(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs])
-    ax = flops_accuracy(curves, hue="regime", singles=singles)       # from mexit.plots
-    table = budget_table(runs, by=("regime",), grid="dense")
-    format_budget_table(table)                                       # from mexit.plots
+    from mexit.evaluate import budget_table, sweep
+    from mexit.plots import flops_accuracy, format_budget_table
+    curves = pd.concat(sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs)
+    flops_accuracy(curves, hue="regime")
+    format_budget_table(budget_table(runs, by=("regime",), grid="dense"))
 """
 
 from mexit.evaluate.sweeps import confidences, patience_sweep, single_exits, sweep, threshold_grid

@@ -102,6 +102,8 @@ def confidences(logits: Any, rule: str = "maxprob") -> tuple[np.ndarray, np.ndar
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     logits = to_numpy(logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape [E exits, N samples, C classes], got {logits.shape}")
     n_exits, n, n_classes = logits.shape
     if rule == "entropy" and n_classes < 2:
         raise ValueError("rule='entropy' needs at least 2 classes")
@@ -121,7 +123,9 @@ def confidences(logits: Any, rule: str = "maxprob") -> tuple[np.ndarray, np.ndar
     return conf, preds
 
 
-def _first_above(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_above(
+    scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Exit counts [T, E] and correct counts [T] when each sample leaves at the first exit whose
     score is strictly above the threshold, else at the final exit; ``thresholds`` sorted ascending.
 
@@ -149,14 +153,24 @@ def _interval_counts(lo: np.ndarray, hi: np.ndarray, n_thr: int) -> np.ndarray:
 
 
 def points_frame(
-    key: str, values: np.ndarray, counts: np.ndarray, hits: np.ndarray, costs: np.ndarray, backbone_cost: float
+    key: str,
+    values: np.ndarray,
+    counts: np.ndarray,
+    hits: np.ndarray,
+    costs: np.ndarray,
+    backbone_cost: float,
 ) -> pd.DataFrame:
     """The sweep frame from exit counts [T, E] and correct counts [T] (see the module docstring)."""
     n = counts[0].sum()
     shares = counts / n
     cost = (shares * costs).sum(axis=1)
     frame = pd.DataFrame(
-        {key: values, "cost_macs": cost, "cost_pct": 100.0 * cost / backbone_cost, "accuracy": 100.0 * hits / n}
+        {
+            key: values,
+            "cost_macs": cost,
+            "cost_pct": 100.0 * cost / backbone_cost,
+            "accuracy": 100.0 * hits / n,
+        }
     )
     for e in range(counts.shape[1]):
         frame[f"exit_share_{e}"] = shares[:, e]

@@ -46,7 +46,8 @@ class ExitOutputs:
                 raise ValueError(
                     f"val_logits must have shape [E={n_exits}, M, C={n_classes}], got {self.val_logits.shape}"
                 )
-            self.val_labels = check_labels(self.val_labels, self.val_logits.shape[1], n_classes, name="val_logits")
+            n_val = self.val_logits.shape[1]
+            self.val_labels = check_labels(self.val_labels, n_val, n_classes, name="val_logits")
 
 
 def budget_table(
@@ -139,4 +140,5 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     if n < 2 or np.isnan(values).any():
         return {"mean": float(values.mean()), "std": np.nan, "ci95": np.nan}
     std = float(values.std(ddof=1))
-    return {"mean": float(values.mean()), "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))}
+    half_width = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+    return {"mean": float(values.mean()), "std": std, "ci95": half_width}

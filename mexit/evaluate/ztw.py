@@ -48,18 +48,20 @@ def ztw_ensemble(
         check_labels(labels, logits.shape[1], logits.shape[2])
     fit_labels = check_labels(fit_labels, fit_logits.shape[1], fit_logits.shape[2], name="fit_logits")
     fit_logp = log_softmax(fit_logits.astype(np.float64), axis=-1)
+    logp = fit_logp if fit_logits is logits else log_softmax(logits.astype(np.float64), axis=-1)
     out = np.empty(logits.shape, dtype=np.result_type(logits.dtype, np.float32))
     for i in range(logits.shape[0]):
         weights, bias = _fit_exit(fit_logp[: i + 1], fit_labels)
-        logp = log_softmax(logits[: i + 1].astype(np.float64), axis=-1)
-        out[i] = log_softmax(np.tensordot(weights, logp, axes=1) + bias, axis=-1)
+        out[i] = log_softmax(np.tensordot(weights, logp[: i + 1], axes=1) + bias, axis=-1)
     return out
 
 
 def _check_logits(logits: Any, name: str) -> np.ndarray:
     logits = to_numpy(logits)
     if logits.ndim != 3 or 0 in logits.shape or not np.issubdtype(logits.dtype, np.floating):
-        raise ValueError(f"{name} must be floating point of shape [E exits, N samples, C classes], got {logits.shape}")
+        raise ValueError(
+            f"{name} must be floating point of shape [E exits, N samples, C classes], got {logits.shape}"
+        )
     return logits
 
 

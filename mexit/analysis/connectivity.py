@@ -1,0 +1,249 @@
+"""Mode connectivity: the loss and accuracy of every exit along a path between two runs' weights.
+
+Definitions (ours, following Garipov et al., NeurIPS 2018, and Frankle et al., ICML 2020):
+
+- The linear path is ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b`` for ``alpha`` in [0, 1],
+  over every floating-point parameter and buffer (integer buffers are model ``a``'s).
+- At every point, BatchNorm running statistics are recomputed before evaluation: reset, then
+  accumulated as an exact average (``momentum=None``) over the same ``bn_batches`` seeded batches of
+  training data with eval transforms, with only the BatchNorm layers in train mode. The end points
+  get the same treatment, so they are not the stored models' exact statistics.
+- The barrier of exit ``i`` is ``max_alpha [L_i(alpha) - ((1 - alpha) L_i(0) + alpha L_i(1))]``: how
+  far the loss rises above the straight line between the end losses (0 for a convex path). The same
+  on the error rate (100 - accuracy, in percentage points) is the error barrier.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mexit.analysis.features import sample_indices, stack_items
+
+
+def linear_path(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    train_set: Dataset,
+    eval_set: Dataset,
+    points: int = 21,
+    bn_batches: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every exit's loss (mean cross-entropy, nats) and accuracy (%) on ``eval_set`` along the linear path.
+
+    ``train_set`` gives the BatchNorm batches (training samples with eval transforms). Both models
+    must have the same architecture; neither is changed. Columns: alpha, exit, loss, accuracy.
+    """
+    _check_path_arguments(points, bn_batches, batch_size)
+    state_a, state_b = _end_states(model_a, model_b)
+    return _evaluate_path(
+        model_a,
+        lambda alpha: _interpolate(state_a, state_b, alpha),
+        train_set, eval_set, points, bn_batches, batch_size, seed,
+    )
+
+
+def bezier_path(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    train_set: Dataset,
+    eval_set: Dataset,
+    steps: int = 200,
+    lr: float = 1e-3,
+    points: int = 21,
+    bn_batches: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Like :func:`linear_path`, along a quadratic Bezier curve trained to connect the two models.
+
+    The curve is ``(1-t)^2 theta_a + 2t(1-t) theta_c + t^2 theta_b`` (Garipov et al., 2018); its
+    control point ``theta_c`` starts at the midpoint (where the curve is the linear path) and takes
+    ``steps`` Adam steps on the uniform mean of the exits' cross-entropies, each at a random ``t``
+    and on a random batch of ``train_set``, with BatchNorm layers in train mode (batch statistics)
+    and everything else in eval mode. ``alpha`` in the table is ``t``.
+    """
+    _check_path_arguments(points, bn_batches, batch_size)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    state_a, state_b = _end_states(model_a, model_b)
+    control = {name: nn.Parameter((state_a[name] + state_b[name]) / 2) for name, _ in model_a.named_parameters()}
+
+    def on_curve(t: float) -> dict[str, Tensor]:
+        return {n: (1 - t) ** 2 * state_a[n] + 2 * t * (1 - t) * c + t**2 * state_b[n] for n, c in control.items()}
+
+    work = copy.deepcopy(model_a).eval()
+    for module in work.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+    device = next(model_a.parameters()).device
+    optimizer = torch.optim.Adam(control.values(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = torch.randint(len(train_set), (batch_size,), generator=generator)  # type: ignore[arg-type]
+        images, labels = stack_items(train_set, batch)
+        t = float(torch.rand((), generator=generator))
+        logits = torch.func.functional_call(work, on_curve(t), (images.to(device),))
+        targets = labels.to(device)
+        loss = torch.stack([F.cross_entropy(out.float(), targets) for out in logits]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return _evaluate_path(
+        model_a,
+        lambda t: {**_interpolate(state_a, state_b, t), **on_curve(t)},
+        train_set, eval_set, points, bn_batches, batch_size, seed,
+    )
+
+
+@torch.no_grad()
+def _evaluate_path(
+    model: nn.Module,
+    state_at: Callable[[float], dict[str, Tensor]],
+    train_set: Dataset,
+    eval_set: Dataset,
+    points: int,
+    bn_batches: int,
+    batch_size: int,
+    seed: int,
+) -> pd.DataFrame:
+    work = copy.deepcopy(model)
+    bn_indices = sample_indices(len(train_set), bn_batches * batch_size, seed)  # type: ignore[arg-type]
+    bn_loader = DataLoader(Subset(train_set, bn_indices.tolist()), batch_size=batch_size)
+    eval_loader = DataLoader(eval_set, batch_size=batch_size)
+    frames = []
+    for alpha in np.linspace(0.0, 1.0, points):
+        work.load_state_dict(state_at(float(alpha)))
+        recompute_batchnorm(work, bn_loader)
+        frames.append(evaluate_exits(work, eval_loader).assign(alpha=float(alpha)))
+    return pd.concat(frames, ignore_index=True)[["alpha", "exit", "loss", "accuracy"]]
+
+
+def barrier(path: pd.DataFrame) -> pd.DataFrame:
+    """Loss and error barrier of every exit of a path table (columns alpha, exit, loss, accuracy).
+
+    Columns: exit, loss_barrier, loss_barrier_alpha (where the loss rises most above the line),
+    error_barrier (percentage points), loss_start, loss_end.
+    """
+    missing = {"alpha", "exit", "loss", "accuracy"} - set(path.columns)
+    if missing:
+        raise ValueError(f"path lacks columns {sorted(missing)}; expected alpha, exit, loss, accuracy")
+    rows = []
+    for exit_index, curve in path.sort_values("alpha").groupby("exit"):
+        alpha = curve["alpha"].to_numpy()
+        if not (np.isclose(alpha[0], 0.0) and np.isclose(alpha[-1], 1.0)):
+            raise ValueError(f"the path of exit {exit_index} must run from alpha=0 to alpha=1")
+        loss = curve["loss"].to_numpy()
+        error = 100.0 - curve["accuracy"].to_numpy()
+        loss_excess = loss - ((1 - alpha) * loss[0] + alpha * loss[-1])
+        error_excess = error - ((1 - alpha) * error[0] + alpha * error[-1])
+        top = int(np.argmax(loss_excess))
+        rows.append(
+            {
+                "exit": int(exit_index),
+                "loss_barrier": float(loss_excess[top]),
+                "loss_barrier_alpha": float(alpha[top]),
+                "error_barrier": float(error_excess.max()),
+                "loss_start": float(loss[0]),
+                "loss_end": float(loss[-1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, loader: DataLoader) -> None:
+    """Reset every BatchNorm layer's running statistics and re-estimate them as an exact average over ``loader``.
+
+    Only BatchNorm layers run in train mode; the model is left in eval mode. A model without
+    BatchNorm is left untouched (apart from eval mode).
+    """
+    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = next(model.parameters()).device
+    for images, _ in loader:
+        model(images.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        m.eval()
+
+
+@torch.no_grad()
+def evaluate_exits(model: nn.Module, loader: DataLoader) -> pd.DataFrame:
+    """Mean cross-entropy (nats) and accuracy (%) of every exit, in the model's current mode.
+
+    Columns: exit, loss, accuracy.
+    """
+    device = next(model.parameters()).device
+    loss_sum: Tensor | None = None
+    correct: Tensor | None = None
+    count = 0
+    for images, labels in loader:
+        targets = torch.as_tensor(labels).to(device)
+        logits = torch.stack([out.float() for out in model(images.to(device))])
+        losses = torch.stack([F.cross_entropy(out, targets, reduction="sum") for out in logits]).double().cpu()
+        hits = (logits.argmax(-1) == targets).sum(1).double().cpu()
+        loss_sum = losses if loss_sum is None else loss_sum + losses
+        correct = hits if correct is None else correct + hits
+        count += len(targets)
+    if loss_sum is None or correct is None:
+        raise ValueError("the evaluation set is empty")
+    return pd.DataFrame(
+        {
+            "exit": range(len(loss_sum)),
+            "loss": (loss_sum / count).tolist(),
+            "accuracy": (100 * correct / count).tolist(),
+        }
+    )
+
+
+def _interpolate(state_a: dict[str, Tensor], state_b: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    return {
+        key: (1 - alpha) * a + alpha * state_b[key] if a.is_floating_point() else a
+        for key, a in state_a.items()
+    }
+
+
+def _check_path_arguments(points: int, bn_batches: int, batch_size: int) -> None:
+    if points < 2:
+        raise ValueError(f"points must be >= 2, got {points}")
+    if bn_batches < 1:
+        raise ValueError(f"bn_batches must be >= 1, got {bn_batches}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _end_states(model_a: nn.Module, model_b: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Both models' state dicts, detached, on model ``a``'s device, after checking they match."""
+    state_a = {key: value.detach() for key, value in model_a.state_dict().items()}
+    state_b = model_b.state_dict()
+    _check_same_architecture(state_a, state_b)
+    device = next(model_a.parameters()).device
+    return state_a, {key: value.detach().to(device) for key, value in state_b.items()}
+
+
+def _check_same_architecture(state_a: dict[str, Tensor], state_b: dict[str, Tensor]) -> None:
+    if state_a.keys() != state_b.keys():
+        differ = sorted(set(state_a) ^ set(state_b))[:5]
+        raise ValueError(f"model_b's architecture differs from model_a's: parameters {differ} are not in both")
+    shapes = [key for key in state_a if state_a[key].shape != state_b[key].shape]
+    if shapes:
+        raise ValueError(f"model_b's architecture differs from model_a's: shapes of {shapes[:5]} differ")

@@ -1,0 +1,126 @@
+"""Multi-exit models: backbones split into blocks, internal classifiers (ICs), exit methods.
+
+Build a model, get every exit's logits in one pass, or exit early::
+
+    import torch
+    from mexit.models import build
+
+    model = build("resnet20", num_classes=10, in_chans=1, img_size=32, placement="every")
+    logits = model(torch.randn(8, 1, 32, 32))      # list of 9 tensors (8, 10); last = backbone's head
+    model.eval()
+    out = model.early_exit(torch.randn(8, 1, 32, 32), threshold=0.9)   # out.preds, out.exit_index
+
+    vit = build("timm/vit_tiny_patch16_224", 100, img_size=32, patch_size=4, head="linear")
+    r50 = build("resnet50", 200, img_size=64, placement="resnet50-paper", head="conv",
+                head_kwargs={"num_layers": 2}, method="ztw")
+
+Backbones (`BACKBONES`): small-image ResNets `resnet20/32/56/18/34/50` (3x3 stride-1 stem, no
+max-pool), torchvision ResNets `tv/<name>`, and `timm/<name>` for any timm ResNet or ViT
+(randomly initialised; `checkpoint=` loads a local state dict). Heads (`HEADS`): "pooled" and
+"conv" for CNNs, "linear" and "mlp" for ViTs. Placements: see `resolve_placement`. Methods
+(`METHODS`): "sdn", "pbee", "gpf", "ztw". Per-exit costs: `mexit.flops.exit_costs(model)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mexit.models.backbones import BACKBONES, TIMM_FAMILIES, BackboneParts, backbone_features, create_backbone
+from mexit.models.exit_rules import EXIT_RULES
+from mexit.models.heads import HEADS, check_head, make_head
+from mexit.models.methods import METHODS, make_method
+from mexit.models.multiexit import EarlyExit, MultiExit
+from mexit.models.placement import check_placement, resolve_placement
+
+__all__ = [
+    "BACKBONES", "EXIT_RULES", "HEADS", "METHODS", "TIMM_FAMILIES",
+    "EarlyExit", "MultiExit", "build", "resolve_placement", "validate",
+]
+
+
+def validate(
+    backbone: str,
+    *,
+    placement: str | Sequence[int] = "every",
+    head: str = "pooled",
+    head_kwargs: Mapping[str, Any] | None = None,
+    method: str = "sdn",
+    method_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+    """Check names and options without building anything (indices vs depth are checked by `build`)."""
+    check_head(head, backbone_features(backbone), backbone, head_kwargs)
+    make_method(method, method_kwargs)
+    check_placement(placement)
+
+
+def build(
+    backbone: str,
+    num_classes: int,
+    *,
+    in_chans: int = 3,
+    img_size: int = 32,
+    placement: str | Sequence[int] = "every",
+    head: str = "pooled",
+    head_kwargs: Mapping[str, Any] | None = None,
+    method: str = "sdn",
+    method_kwargs: Mapping[str, Any] | None = None,
+    checkpoint: str | None = None,
+    **backbone_kwargs: Any,
+) -> MultiExit:
+    """A multi-exit model: `backbone` with one `head` IC after each block of `placement`.
+
+    Args:
+        backbone: a name from `BACKBONES`, or "timm/<name>" for a timm ResNet or ViT.
+        num_classes: classes of every exit.
+        in_chans, img_size: input images are (in_chans, img_size, img_size).
+        placement: 1-based block indices, or a scheme ("every", "every<k>", "resnet50-paper").
+        head: an IC head from `HEADS`, fitting the backbone (feature maps or ViT tokens).
+        head_kwargs: the head's options (e.g. {"num_layers": 3} for "conv").
+        method: an exit method from `METHODS`; method_kwargs: its options ({"state_dim"} for gpf).
+        checkpoint: a local file with the backbone's own state dict (timm/torchvision format).
+        backbone_kwargs: passed to the timm or torchvision constructor (e.g. patch_size=4).
+
+    Every argument is checked before any module is built, except that placement indices are
+    checked against the depth once the backbone exists.
+    """
+    for key, value in {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    features = backbone_features(backbone)
+    kwargs = check_head(head, features, backbone, head_kwargs)
+    exit_method = make_method(method, method_kwargs)
+    check_placement(placement)
+    parts = create_backbone(
+        backbone, num_classes, in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, **backbone_kwargs
+    )
+    indices = resolve_placement(placement, len(parts.blocks))
+    input_shape = (in_chans, img_size, img_size)
+    widths = _block_widths(parts, input_shape, indices)
+
+    def make(k: int, out_features: int, extra_features: int) -> nn.Module:
+        return make_head(
+            head, widths[k], out_features, extra_features=extra_features,
+            token_pool=parts.token_pool, num_prefix_tokens=parts.num_prefix_tokens, **kwargs,
+        )
+
+    ics = exit_method.build_ics(make, len(indices), num_classes)
+    return MultiExit(parts.stem, parts.blocks, parts.final_head, ics, indices, exit_method, num_classes, input_shape)
+
+
+@torch.no_grad()
+def _block_widths(parts: BackboneParts, input_shape: tuple[int, int, int], indices: Sequence[int]) -> list[int]:
+    """Channels (maps) or embedding width (tokens) of the blocks at `indices`, from one eval pass."""
+    modules = [parts.stem, *parts.blocks[: max(indices, default=0)]]
+    for module in modules:
+        module.eval()
+    x = torch.zeros(1, *input_shape)
+    widths = {}
+    for index, module in enumerate(modules):
+        x = module(x)
+        widths[index] = x.shape[1] if parts.features == "map" else x.shape[-1]
+    for module in modules:
+        module.train()
+    return [widths[i] for i in indices]

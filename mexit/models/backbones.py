@@ -1,0 +1,218 @@
+"""Backbones by name, split into a stem, an ordered list of blocks and a final head.
+
+Names:
+- small-image ResNets: `resnet20`, `resnet32`, `resnet56`, `resnet18`, `resnet34`, `resnet50`;
+- torchvision ResNets: `tv/<name>` (`tv/resnet18`, `tv/wide_resnet50_2`, ...), ImageNet stem;
+- timm: `timm/<name>` for any model of timm's `resnet` family (ResNet, ResNeXt, SE-ResNet, ...)
+  or `vision_transformer` family (ViT-T/S/B/..., any patch and image size: pass `patch_size` as a
+  keyword; the image size comes from `build(img_size=...)`).
+
+Weights are never downloaded: models are created with `pretrained=False`, and `checkpoint` loads a
+local file holding the native model's state dict (timm, torchvision, or `SmallImageResNet`).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import timm
+import torchvision
+from timm.layers import global_pool_nlc
+from timm.models.resnet import ResNet as TimmResNet
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
+
+FeatureKind = Literal["map", "tokens"]
+
+TIMM_PREFIX = "timm/"
+TV_PREFIX = "tv/"
+TIMM_FAMILIES: dict[str, FeatureKind] = {"resnet": "map", "vision_transformer": "tokens"}
+TV_RESNETS: tuple[str, ...] = tuple(
+    name for name in torchvision.models.list_models(module=torchvision.models)
+    if name.startswith(("resnet", "resnext", "wide_resnet"))
+)
+BACKBONES: tuple[str, ...] = (
+    *SMALL_RESNETS,
+    *(TV_PREFIX + name for name in TV_RESNETS),
+    TIMM_PREFIX + "<any timm resnet or vision_transformer model>",
+)
+
+
+@dataclass
+class BackboneParts:
+    """A backbone cut into `stem`, `blocks` and `final_head`.
+
+    `features` says what a block outputs: "map" (N, C, H, W) or "tokens" (N, L, D). For tokens,
+    `token_pool` says how an internal classifier summarises them ("token": the class token,
+    "avg": the mean of the patch tokens) and `num_prefix_tokens` counts class/register tokens.
+    """
+
+    stem: nn.Module
+    blocks: list[nn.Module]
+    final_head: nn.Module
+    features: FeatureKind
+    token_pool: str = "token"
+    num_prefix_tokens: int = 0
+
+
+def backbone_features(name: str) -> FeatureKind:
+    """What the blocks of backbone `name` output; raises ValueError for an unknown name."""
+    if name in SMALL_RESNETS or (name.startswith(TV_PREFIX) and name.removeprefix(TV_PREFIX) in TV_RESNETS):
+        return "map"
+    if name.startswith(TIMM_PREFIX):
+        arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
+        for family, features in TIMM_FAMILIES.items():
+            if arch in timm.list_models(module=family):
+                return features
+        raise ValueError(
+            f"backbone={name!r}: {arch!r} is not a timm model of the accepted families "
+            f"{sorted(TIMM_FAMILIES)} (timm.list_models(module='resnet') or "
+            "module='vision_transformer' lists them)"
+        )
+    raise ValueError(
+        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-1])}, or "
+        f"'{TIMM_PREFIX}<name>' for any timm model of the families {sorted(TIMM_FAMILIES)}"
+    )
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    in_chans: int = 3,
+    img_size: int = 32,
+    checkpoint: str | Path | None = None,
+    **kwargs: Any,
+) -> BackboneParts:
+    """Creates backbone `name` (randomly initialised or from a local `checkpoint`) and splits it."""
+    features = backbone_features(name)
+    downloads = {"pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"} & set(kwargs)
+    if downloads:
+        raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: weights are "
+                         "never downloaded; pass a local state dict file as checkpoint=")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
+    if name in SMALL_RESNETS:
+        if kwargs:
+            raise ValueError(f"backbone={name!r} takes no backbone keyword arguments, got {sorted(kwargs)}")
+        small = SmallImageResNet(SMALL_RESNETS[name], num_classes, in_chans)
+        _maybe_load(small, checkpoint, classifier="final_head.fc")
+        return BackboneParts(small.stem, list(small.blocks), small.final_head, "map")
+    if name.startswith(TV_PREFIX):
+        arch = name.removeprefix(TV_PREFIX)
+        tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
+        if in_chans != 3:
+            old = tv.conv1
+            tv.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+            nn.init.kaiming_normal_(tv.conv1.weight, mode="fan_out", nonlinearity="relu")
+        _maybe_load(tv, checkpoint, classifier="fc")
+        return split_torchvision_resnet(tv)
+    arch = name.removeprefix(TIMM_PREFIX)
+    if features == "tokens":
+        kwargs = {"img_size": img_size, **kwargs}
+    model = _construct(
+        name, timm.create_model, arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+    )
+    if isinstance(model, VisionTransformer):
+        _maybe_load(model, checkpoint, classifier="head")
+        return split_timm_vit(model)
+    if isinstance(model, TimmResNet):
+        _maybe_load(model, checkpoint, classifier="fc")
+        return split_timm_resnet(model)
+    raise ValueError(f"backbone={name!r} built a {type(model).__name__}, not a timm ResNet or VisionTransformer")
+
+
+def _construct(name: str, factory: Any, arch: str, **kwargs: Any) -> nn.Module:
+    try:
+        return factory(arch, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"backbone={name!r} rejected its keyword arguments {sorted(kwargs)}: {error}") from error
+
+
+def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str) -> None:
+    """Loads a local state dict strictly, except a classifier whose shape differs (kept fresh)."""
+    if checkpoint is None:
+        return
+    state = timm.models.load_state_dict(str(checkpoint), weights_only=True)
+    own = model.state_dict()
+    mismatched = [key for key in state if key in own and state[key].shape != own[key].shape]
+    fresh = [key for key in mismatched if key.startswith(classifier + ".")]
+    problems = {
+        "missing keys": [key for key in own if key not in state],
+        "unexpected keys": [key for key in state if key not in own],
+        "keys of another shape": [key for key in mismatched if key not in fresh],
+    }
+    if any(problems.values()):
+        found = "; ".join(f"{what} {keys[:5]}" for what, keys in problems.items() if keys)
+        raise ValueError(f"checkpoint={str(checkpoint)!r} does not match the backbone: {found}")
+    model.load_state_dict({key: value for key, value in state.items() if key not in fresh}, strict=False)
+
+
+def split_torchvision_resnet(model: torchvision.models.ResNet) -> BackboneParts:
+    """Splits a torchvision ResNet (ImageNet stem with max-pool) into stem, blocks and head."""
+    stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool))
+    blocks = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
+    head = nn.Sequential(OrderedDict(pool=model.avgpool, flatten=nn.Flatten(1), fc=model.fc))
+    return BackboneParts(stem, blocks, head, "map")
+
+
+def split_timm_resnet(model: TimmResNet) -> BackboneParts:
+    """Splits a timm ResNet into stem, blocks and head (pool, dropout, fc)."""
+    stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, act1=model.act1, maxpool=model.maxpool))
+    blocks = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
+    head = nn.Sequential(OrderedDict(
+        global_pool=model.global_pool, drop=nn.Dropout(float(model.drop_rate)), fc=model.fc
+    ))
+    return BackboneParts(stem, blocks, head, "map")
+
+
+def split_timm_vit(model: VisionTransformer) -> BackboneParts:
+    """Splits a timm ViT into embedding, encoder blocks and head (final norm, pooling, classifier)."""
+    head = ViTClassifier(model)
+    blocks = list(model.blocks)
+    token_pool = "token" if model.cls_token is not None else "avg"
+    return BackboneParts(ViTEmbedding(model), blocks, head, "tokens", token_pool, model.num_prefix_tokens)
+
+
+class ViTClassifier(nn.Module):
+    """The end of a timm ViT: final LayerNorm, token pooling, fc-norm, dropout and classifier."""
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        self.norm = vit.norm
+        self.attn_pool = vit.attn_pool
+        self.fc_norm = vit.fc_norm
+        self.head_drop = vit.head_drop
+        self.head = vit.head
+        self.global_pool = vit.global_pool
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.pool_include_prefix = vit.pool_include_prefix
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        if self.attn_pool is not None:
+            x = self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens:])
+        else:
+            x = global_pool_nlc(x, self.global_pool, self.num_prefix_tokens, self.pool_include_prefix)
+        return self.head(self.head_drop(self.fc_norm(x)))
+
+
+class ViTEmbedding(nn.Module):
+    """The start of a timm ViT: patch embedding, class/register tokens and position embedding."""
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        vit.blocks = nn.Sequential()
+        vit.norm = nn.Identity()
+        vit.attn_pool = None
+        vit.fc_norm = nn.Identity()
+        vit.head_drop = nn.Identity()
+        vit.head = nn.Identity()
+        self.vit = vit
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit.forward_features(x)

@@ -1,0 +1,164 @@
+"""Internal classifier (IC) heads: a body that turns block features into a vector, then one Linear.
+
+Heads for feature maps (CNN blocks, N x C x H x W):
+- "pooled": the SDN head (Kaya et al., ICML 2019): a learnable scalar mix a*maxpool + (1-a)*avgpool
+  down to `pool_size` x `pool_size` (adaptive, so maps smaller than that work too), flatten, Linear.
+- "conv": `num_layers` (1-5) 3x3 conv + BatchNorm + ReLU layers, then the pooled head. Channel
+  halvings and strides per depth follow the authors' IC-size ablation; padding 1 keeps small maps
+  valid.
+
+Heads for tokens (ViT blocks, N x L x D), reading the class token (or the mean of the patch tokens
+for a ViT without one) of the residual stream, i.e. before the backbone's final LayerNorm:
+- "linear": the paper's "1L" head, LayerNorm then one Linear.
+- "mlp": LayerNorm, then `layers` - 1 Linear + GELU layers of width `hidden`, then a Linear.
+  The LayerNorm is ours (the backbone's own classifier reads a normalised token; the residual
+  stream's scale grows with depth); `norm=False` drops it, as in the authors' code.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mexit.models.backbones import FeatureKind
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a head reads and the keyword arguments it takes, with their defaults."""
+
+    features: FeatureKind
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+HEADS: dict[str, HeadSpec] = {
+    "pooled": HeadSpec("map", {"pool_size": 4}),
+    "conv": HeadSpec("map", {"num_layers": 1, "pool_size": 4}),
+    "linear": HeadSpec("tokens", {"norm": True}),
+    "mlp": HeadSpec("tokens", {"hidden": 1024, "layers": 2, "norm": True}),
+}
+
+# (channel divisor, stride) of each conv layer, by number of layers.
+CONV_LAYOUTS: dict[int, tuple[tuple[int, int], ...]] = {
+    1: ((2, 2),),
+    2: ((1, 2), (2, 1)),
+    3: ((1, 2), (1, 1), (2, 1)),
+    4: ((2, 1), (1, 1), (1, 2), (2, 1)),
+    5: ((2, 1), (1, 1), (1, 1), (1, 1), (1, 1)),
+}
+
+
+def check_head(
+    name: str, features: FeatureKind, backbone: str, head_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Validates head `name` and its keyword arguments for a backbone; returns the full kwargs."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head={name!r}; supported: {', '.join(HEADS)}")
+    spec = HEADS[name]
+    if spec.features != features:
+        fitting = [other for other, s in HEADS.items() if s.features == features]
+        raise ValueError(
+            f"head={name!r} reads {'feature maps' if spec.features == 'map' else 'ViT tokens'} and does not "
+            f"fit backbone={backbone!r}; heads for this backbone: {', '.join(fitting)}"
+        )
+    kwargs = dict(head_kwargs or {})
+    unknown = set(kwargs) - set(spec.defaults)
+    if unknown:
+        raise ValueError(
+            f"head_kwargs {sorted(unknown)} not accepted by head={name!r}; it takes {sorted(spec.defaults)}"
+        )
+    kwargs = {**spec.defaults, **kwargs}
+    ranges = {"pool_size": (1, 64), "num_layers": (1, max(CONV_LAYOUTS)), "hidden": (1, 1 << 20), "layers": (2, 5)}
+    for key, value in kwargs.items():
+        if key == "norm":
+            if not isinstance(value, bool):
+                raise ValueError(f"head_kwargs['norm'] must be True or False, got {value!r}")
+            continue
+        low, high = ranges[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"head_kwargs[{key!r}] must be an integer in {low}..{high}, got {value!r}")
+    return kwargs
+
+
+class MixedPool(nn.Module):
+    """a * adaptive max-pool + (1 - a) * adaptive avg-pool, with a learnable scalar a (starts at 0.5)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.max = nn.AdaptiveMaxPool2d(size)
+        self.avg = nn.AdaptiveAvgPool2d(size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alpha * self.max(x) + (1 - self.alpha) * self.avg(x)
+
+
+class TokenSummary(nn.Module):
+    """The class token (`pool="token"`) or the mean of the patch tokens (`pool="avg"`)."""
+
+    def __init__(self, pool: str, num_prefix_tokens: int) -> None:
+        super().__init__()
+        self.pool = pool
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
+
+
+class Head(nn.Module):
+    """An IC: `body` maps block features to `body_features` values, then one Linear.
+
+    With `extra_features` > 0 the Linear also reads a vector passed as `extra` (ZTW's cascade).
+    """
+
+    def __init__(self, body: nn.Module, body_features: int, out_features: int, extra_features: int = 0) -> None:
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(body_features + extra_features, out_features)
+
+    def forward(self, x: Tensor, extra: Tensor | None = None) -> Tensor:
+        x = self.body(x)
+        if extra is not None:
+            x = torch.cat([x, extra], dim=-1)
+        return self.fc(x)
+
+
+def make_head(
+    name: str,
+    in_dim: int,
+    out_features: int,
+    *,
+    extra_features: int = 0,
+    token_pool: str = "token",
+    num_prefix_tokens: int = 1,
+    **kwargs: Any,
+) -> Head:
+    """Builds head `name` for blocks with `in_dim` channels (maps) or embedding width (tokens).
+
+    `kwargs` are the head's keyword arguments as returned by `check_head`.
+    """
+    layers: list[nn.Module] = []
+    if name in ("pooled", "conv"):
+        channels = in_dim
+        for divisor, stride in CONV_LAYOUTS[kwargs["num_layers"]] if name == "conv" else ():
+            out = max(1, channels // divisor)
+            layers += [
+                nn.Conv2d(channels, out, kernel_size=3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        size = kwargs["pool_size"]
+        layers += [MixedPool(size), nn.Flatten(1)]
+        width = channels * size * size
+    else:
+        layers += [TokenSummary(token_pool, num_prefix_tokens)]
+        layers += [nn.LayerNorm(in_dim) if kwargs["norm"] else nn.Identity()]
+        width = in_dim
+        for _ in range(kwargs.get("layers", 1) - 1):
+            layers += [nn.Linear(width, kwargs["hidden"]), nn.GELU()]
+            width = kwargs["hidden"]
+    return Head(nn.Sequential(*layers), width, out_features, extra_features)

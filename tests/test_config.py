@@ -1,0 +1,74 @@
+"""Run configs: validation before any training, overrides, stable keys, epoch splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from mexit.config import RunConfig, load_config, regime_configs, split_epochs
+
+
+def test_key_is_stable_and_sensitive() -> None:
+    a, b = load_config("tiny"), load_config("tiny")
+    assert a.key() == b.key() and len(a.key()) == 12
+    assert a.with_overrides(["train.seed=1"]).key() != a.key()
+    assert RunConfig.from_dict(a.to_dict()).key() == a.key()
+
+
+def test_overrides_parse_yaml_values() -> None:
+    config = load_config("tiny", ["train.epochs=[2, 3]", "train.regime=disjoint", "model.placement=[1,2]", "train.optim.lr=0.1"])
+    assert config.train.phase_epochs == (2, 3)
+    assert config.model.placement == [1, 2]
+    assert config.train.optim.lr == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("train.regime=alternating", "train.regime"),
+        ("train.phases=[P1, P4]", "train.phases"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.epochs=-3", "train.epochs"),
+        ("train.optim.lr=0", "lr"),
+        ("train.optim.lr=-0.1", "lr"),
+        ("train.patience=0", "train.patience"),
+        ("train.optim.optimizer=lion", "train.optim"),
+        ("train.loss_weights=cubic", "train.loss_weights"),
+    ],
+)
+def test_bad_parameters_name_themselves(override: str, names: str) -> None:
+    with pytest.raises(ValueError, match=names.replace(".", r"\.")):
+        load_config("tiny", [override]).validate()
+
+
+def test_unknown_fields_and_sections_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown train fields"):
+        load_config("tiny", ["train.epoch=3"])
+    with pytest.raises(ValueError, match="allowed: data, model, train"):
+        RunConfig.from_dict({"optimizer": {}})
+    with pytest.raises(ValueError, match="neither a file nor one of"):
+        load_config("no-such-config")
+
+
+def test_phase_lists_and_per_phase_optimiser() -> None:
+    config = load_config("tiny", ["train.regime=disjoint", "train.phase_optim={P3: {lr: 0.5}}"])
+    assert config.train.phase_list == ("P1", "P3")
+    assert config.train.optim_for(0).lr == 0.05 and config.train.optim_for(1).lr == 0.5
+    custom = load_config("tiny", ["train.phases=[P1, P2, P3]", "train.epochs=[1, 2, 1]"])
+    custom.validate()
+    assert custom.train.phase_list == ("P1", "P2", "P3")
+
+
+def test_split_epochs_for_the_phase_length_ablation() -> None:
+    assert split_epochs(200, [0.25, 0.75]) == [50, 150]
+    assert split_epochs(200, [0.5, 0.5]) == [100, 100]
+    assert sum(split_epochs(7, [1 / 3, 1 / 3, 1 / 3])) == 7
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_epochs(10, [0.5, 0.6])
+
+
+def test_regime_configs_cross_regimes_and_seeds() -> None:
+    configs = regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0, 1])
+    assert [(c.train.regime, c.train.seed) for c in configs][:3] == [("disjoint", 0), ("joint", 0), ("mixed", 0)]
+    assert len({c.key() for c in configs}) == 6
+    with pytest.raises(ValueError, match="allowed: disjoint, joint, mixed"):
+        regime_configs(load_config("tiny"), ["sequential"], [0])

@@ -1,0 +1,299 @@
+"""Early-exit sweeps, ZTW ensembling and budget tables, on hand-checked and random logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import log_softmax
+
+from mexit.evaluate import (
+    ExitOutputs,
+    budget_table,
+    confidences,
+    patience_sweep,
+    single_exits,
+    sweep,
+    threshold_grid,
+    ztw_ensemble,
+)
+
+# 2 exits x 4 samples x 2 classes. Exit 0 max-probs 0.9, 0.6, 0.7, 0.5 (predictions 0, 0, 1, 0);
+# the final exit predicts 1, 1, 0, 1. Sample 3's logits are [0, 0], so its max-prob is exactly 0.5.
+PROBS = np.array(
+    [
+        [[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]],
+        [[0.2, 0.8], [0.1, 0.9], [0.95, 0.05], [0.3, 0.7]],
+    ]
+)
+LOGITS = np.log(PROBS / PROBS[..., :1])  # log-odds against class 0: sample 3 at exit 0 is [0, 0]
+LABELS = np.array([0, 1, 1, 1])  # exit 0 right on samples 0, 2; final exit right on 1, 3
+COSTS = np.array([10.0, 30.0])
+BACKBONE = 25.0
+
+
+def test_hand_checked_thresholds():
+    df = sweep(LOGITS, LABELS, COSTS, BACKBONE, thresholds=[0.0, 0.5, 0.65, 0.8, 1.0])
+    # t=0: all at exit 0; t=0.5: sample 3 (max-prob exactly 0.5) stays, strict >; t=0.65: samples 1, 3
+    # go on; t=0.8: only sample 0 leaves early; t=1: all at the final exit.
+    assert df["threshold"].tolist() == [0.0, 0.5, 0.65, 0.8, 1.0]
+    assert df["exit_share_0"].tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert df["exit_share_1"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert df["accuracy"].tolist() == [50.0, 75.0, 100.0, 75.0, 50.0]
+    assert df["cost_macs"].tolist() == [10.0, 15.0, 20.0, 25.0, 30.0]
+    np.testing.assert_allclose(df["cost_pct"], [40.0, 60.0, 80.0, 100.0, 120.0])
+
+
+def test_threshold_extremes_on_random_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 30, size=(5, 200, 7))  # many samples with max-prob rounding to 1.0
+    labels = rng.integers(0, 7, 200)
+    costs = np.arange(1.0, 6.0)
+    df = sweep(logits, labels, costs, 4.5)
+    first, last = df.iloc[0], df.iloc[-1]
+    assert first["threshold"] == 0.0 and first["exit_share_0"] == 1.0
+    assert last["threshold"] == 1.0 and last["exit_share_4"] == 1.0 and last["cost_macs"] == 5.0
+    singles = single_exits(logits, labels, costs, 4.5)
+    assert first["accuracy"] == singles["accuracy"].iloc[0]
+    assert last["accuracy"] == singles["accuracy"].iloc[-1]
+
+
+def test_grids():
+    assert len(sweep(LOGITS, LABELS, COSTS, BACKBONE)) == 100
+    dense = threshold_grid("dense")
+    assert len(dense) == 105 and np.all(np.diff(dense) > 0)
+    np.testing.assert_allclose(dense[-6:-1], [0.99, 0.999, 0.9999, 0.99999, 0.999999])
+    assert set(np.linspace(0, 1, 100)) <= set(dense)
+    assert sweep(LOGITS, LABELS, COSTS, BACKBONE, grid="dense")["threshold"].tolist() == dense.tolist()
+
+
+def test_entropy_rule():
+    probs = np.array([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]])
+    conf, preds = confidences(np.log(probs), rule="entropy")
+    np.testing.assert_allclose(conf[0], [1 - 1.5 * np.log(2) / np.log(3), 0.0], atol=1e-12)
+    assert preds[0].tolist() == [0, 0]
+    logits = np.stack([np.log(probs[0]), np.log(probs[0])])
+    df = sweep(logits, np.array([0, 1]), [1.0, 2.0], 2.0, rule="entropy", thresholds=[0.0, 0.05, 0.06])
+    assert df["exit_share_0"].tolist() == [0.5, 0.5, 0.0]  # the uniform sample never leaves early
+    with pytest.raises(ValueError, match="logits must have shape"):
+        confidences(probs[0])
+
+
+def naive_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exit index [T, N]: the first exit whose score is strictly above t, else the last."""
+    n_exits, n = scores.shape
+    exits = np.full((len(thresholds), n), n_exits - 1)
+    for t, threshold in enumerate(thresholds):
+        for i in range(n):
+            for e in range(n_exits - 1):
+                if scores[e, i] > threshold:
+                    exits[t, i] = e
+                    break
+    return exits
+
+
+def check_against(df: pd.DataFrame, exits: np.ndarray, logits, labels, costs, backbone) -> None:
+    n_exits, n = logits.shape[:2]
+    correct = logits.argmax(-1) == labels
+    np.testing.assert_allclose(df["cost_macs"], costs[exits].mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(df["cost_pct"], 100 * costs[exits].mean(axis=1) / backbone, rtol=1e-12)
+    np.testing.assert_allclose(df["accuracy"], 100 * correct[exits, np.arange(n)].mean(axis=1), rtol=1e-12)
+    for e in range(n_exits):
+        np.testing.assert_allclose(df[f"exit_share_{e}"], (exits == e).mean(axis=1))
+
+
+@pytest.mark.parametrize("rule", ["maxprob", "entropy"])
+def test_vectorised_equals_naive(rule):
+    rng = np.random.default_rng(1)
+    logits = rng.integers(-2, 3, size=(4, 60, 5)).astype(np.float32)  # ties in confidence
+    labels = rng.integers(0, 5, 60)
+    costs = np.array([1.0, 2.5, 3.0, 7.0])
+    conf, _ = confidences(logits, rule)
+    # the grid, plus thresholds exactly at observed confidences (strict > must hold there too)
+    thresholds = np.unique(np.concatenate([threshold_grid("dense"), conf[:, :10].ravel()]))
+    df = sweep(logits, labels, costs, 6.0, thresholds=thresholds, rule=rule)
+    assert df["threshold"].tolist() == thresholds.tolist()
+    check_against(df, naive_exits(conf, thresholds), logits, labels, costs, 6.0)
+
+
+def test_patience_hand_checked():
+    preds = np.array([[0, 0, 0, 1], [0, 1, 1, 1], [0, 1, 2, 2], [2, 2, 1, 1]]).T  # [E=4, N=4]
+    logits = 5.0 * np.eye(3)[preds]
+    labels = np.array([0, 1, 2, 1])
+    df = patience_sweep(logits, labels, [1.0, 2.0, 3.0, 4.0], 4.0)
+    # exits: p=0 [0,0,0,0]; p=1 [1,2,3,1]; p=2 [2,3,3,3]; p=3 all final
+    assert df["patience"].tolist() == [0, 1, 2, 3]
+    assert df["exit_share_0"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert df["exit_share_1"].tolist() == [0.0, 0.5, 0.0, 0.0]
+    assert df["exit_share_2"].tolist() == [0.0, 0.25, 0.25, 0.0]
+    assert df["exit_share_3"].tolist() == [0.0, 0.25, 0.75, 1.0]
+    assert df["accuracy"].tolist() == [25.0, 75.0, 100.0, 75.0]
+    assert df["cost_macs"].tolist() == [1.0, 2.75, 3.75, 4.0]
+    only = patience_sweep(logits, labels, [1.0, 2.0, 3.0, 4.0], 4.0, patiences=[2])
+    assert only["patience"].tolist() == [2] and only["accuracy"].tolist() == [100.0]
+
+
+def test_patience_equals_naive():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, 80, 3))
+    logits[1:] += 2 * logits[:-1]  # correlated predictions, so agreement runs occur
+    labels = rng.integers(0, 3, 80)
+    preds = logits.argmax(-1)
+    runs = np.zeros(preds.shape)
+    for e in range(1, 6):
+        runs[e] = np.where(preds[e] == preds[e - 1], runs[e - 1] + 1, 0)
+    exits = np.stack([naive_exits(runs >= p, np.array([0.5]))[0] for p in range(6)])
+    costs = np.arange(1.0, 7.0)
+    check_against(patience_sweep(logits, labels, costs, 5.5), exits, logits, labels, costs, 5.5)
+
+
+def test_single_exits():
+    df = single_exits(LOGITS, LABELS, COSTS, BACKBONE)
+    assert df["exit"].tolist() == [0, 1]
+    assert df["accuracy"].tolist() == [50.0, 50.0]
+    assert df["cost_pct"].tolist() == [40.0, 120.0]
+
+
+def test_accepts_torch_and_lists():
+    expected = sweep(LOGITS, LABELS, COSTS, BACKBONE)
+    from_torch = sweep(torch.from_numpy(LOGITS), torch.from_numpy(LABELS), COSTS, BACKBONE)
+    pd.testing.assert_frame_equal(from_torch, expected)
+    pd.testing.assert_frame_equal(sweep(list(LOGITS), LABELS.tolist(), COSTS.tolist(), BACKBONE), expected)
+
+
+def outputs(labels, seed, regime="mixed", **kwargs) -> ExitOutputs:
+    tags = {"regime": regime, "method": "sdn", "seed": seed}
+    return ExitOutputs(LOGITS, np.array(labels), COSTS, BACKBONE, tags=tags, **kwargs)
+
+
+# Same logits, so the same thresholds fit; exit-0 accuracy 50, 75, 100 and final accuracy 50, 25, 0.
+SEED_LABELS = ([0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1, 0])
+
+
+def test_budget_picking_and_seed_statistics():
+    runs = [outputs(labels, seed) for seed, labels in enumerate(SEED_LABELS)]
+    df = budget_table(runs)
+    assert df["budget"].tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert (df["regime"] == "mixed").all() and (df["method"] == "sdn").all() and (df["n"] == 3).all()
+    # 0.25 x 25 = 6.25 MACs: even exit 0 (10) does not fit
+    assert np.isnan(df["accuracy_mean"].iloc[0]) and df["note"].iloc[0] == "no threshold fits in 3 of 3 runs"
+    # 12.5 MACs: only thresholds below 0.5 (all at exit 0, cost 10)
+    half = df.iloc[1]
+    assert half["accuracy_mean"] == 75.0 and half["accuracy_std"] == 25.0 and half["cost_pct_mean"] == 40.0
+    assert half["accuracy_ci95"] == pytest.approx(4.302653 * 25.0 / np.sqrt(3), rel=1e-6)
+    assert half["note"] == ""
+    # 18.75 MACs: the last fitting threshold is below 0.6 (cost 15);
+    # 25 MACs: the last fitting one is below 0.9 (cost 25, fits exactly)
+    assert df["cost_pct_mean"].tolist()[2:] == [60.0, 100.0]
+    assert df["accuracy_mean"].iloc[3] == np.mean([75.0, 50.0, 25.0])  # exits [0, 1, 1, 1]
+    assert (df["final_accuracy_mean"] == 25.0).all() and (df["final_accuracy_std"] == 25.0).all()
+    assert (df["fit"] == "test").all()
+
+
+def test_budget_table_groups_and_single_seed():
+    runs = [
+        outputs(SEED_LABELS[0], 0, "joint"),
+        outputs(SEED_LABELS[1], 0, "mixed"),
+        outputs(SEED_LABELS[2], 1, "mixed"),
+    ]
+    df = budget_table(runs, budgets=[0.5], by=["regime"])
+    assert df["regime"].tolist() == ["joint", "mixed"] and df["n"].tolist() == [1, 2]
+    assert df["accuracy_mean"].tolist() == [50.0, 87.5]
+    assert np.isnan(df["accuracy_std"].iloc[0]) and np.isnan(df["accuracy_ci95"].iloc[0])
+    everything = budget_table(runs, budgets=[0.5], by=())
+    assert everything["n"].tolist() == [3] and "regime" not in everything.columns
+
+
+def test_budget_fit_on_validation():
+    # validation exit-0 max-probs are all 0.95, so at 50% every threshold below 0.95 fits on val;
+    # on test those thresholds send every sample to the final exit
+    val_logits = np.stack([np.log(np.array([[0.95, 0.05]] * 4)), LOGITS[1]])
+    run = outputs(SEED_LABELS[1], 0, val_logits=val_logits, val_labels=np.zeros(4, dtype=int))
+    test_fit = budget_table([run], budgets=[0.5])
+    val_fit = budget_table([run], budgets=[0.5], fit="val")
+    assert test_fit["accuracy_mean"].tolist() == [75.0] and test_fit["cost_pct_mean"].tolist() == [40.0]
+    assert val_fit["accuracy_mean"].tolist() == [25.0] and val_fit["cost_pct_mean"].tolist() == [120.0]
+    assert val_fit["fit"].tolist() == ["val"]
+
+
+def test_ztw_never_worse_on_fitting_split_and_deterministic():
+    rng = np.random.default_rng(3)
+    n, c = 300, 4
+    labels = rng.integers(0, c, n)
+    signal = 1.5 * np.eye(c)[labels]
+    logits = np.stack([signal + rng.normal(0, 1.5, (n, c)) for _ in range(3)]).astype(np.float32)
+    ens = ztw_ensemble(logits, labels)
+    assert ens.shape == logits.shape and ens.dtype == np.float32
+    np.testing.assert_allclose(np.exp(ens).sum(-1), 1.0, rtol=1e-5)
+
+    def nll(logp):
+        return -logp[:, np.arange(n), labels].mean(axis=1)
+
+    plain, fitted = nll(log_softmax(logits.astype(np.float64), axis=-1)), nll(ens.astype(np.float64))
+    assert np.all(fitted <= plain + 1e-6)
+    assert fitted[2] < plain[2] - 0.05  # three independent noisy views beat one
+    np.testing.assert_array_equal(ztw_ensemble(logits, labels), ens)
+
+
+def test_ztw_fits_on_given_split():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 100)
+    logits = rng.normal(size=(2, 100, 3))
+    fit_logits = 3.0 * np.eye(3)[labels][None].repeat(2, axis=0) + rng.normal(size=(2, 100, 3))
+    in_sample = ztw_ensemble(logits, labels)
+    on_val = ztw_ensemble(logits, labels, fit_logits=fit_logits, fit_labels=labels)
+    assert not np.allclose(in_sample, on_val)
+    with pytest.raises(ValueError, match="fit_logits and fit_labels"):
+        ztw_ensemble(logits, labels, fit_logits=fit_logits)
+    with pytest.raises(ValueError, match="fit_logits must have"):
+        ztw_ensemble(logits, labels, fit_logits=fit_logits[:1], fit_labels=labels)
+
+
+def test_exit_outputs_converts_and_checks():
+    run = ExitOutputs(torch.from_numpy(LOGITS), torch.from_numpy(LABELS), [10, 30], 25)
+    assert isinstance(run.test_logits, np.ndarray) and run.costs.dtype == np.float64 and run.tags == {}
+    with pytest.raises(ValueError, match="val_logits and val_labels"):
+        ExitOutputs(LOGITS, LABELS, COSTS, BACKBONE, val_logits=LOGITS)
+    with pytest.raises(ValueError, match="val_logits must have shape"):
+        ExitOutputs(LOGITS, LABELS, COSTS, BACKBONE, val_logits=LOGITS[:1], val_labels=LABELS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"labels": LABELS[:3]}, "labels must have shape"),
+        ({"labels": LABELS + 5}, "labels must lie in"),
+        ({"costs": [30.0, 10.0]}, "costs must be positive and strictly increasing"),
+        ({"costs": [10.0, 10.0]}, "costs must be positive and strictly increasing"),
+        ({"costs": [10.0, 20.0, 30.0]}, "costs must have one value per exit"),
+        ({"backbone_cost": 0.0}, "backbone_cost"),
+        ({"logits": LOGITS[0]}, "logits must have shape"),
+        ({"rule": "margin"}, "rule must be one of"),
+        ({"grid": "fine"}, "grid must be one of"),
+        ({"thresholds": [0.5, 1.5]}, "thresholds must be"),
+    ],
+)
+def test_sweep_rejects_bad_input(kwargs, match):
+    args = {"logits": LOGITS, "labels": LABELS, "costs": COSTS, "backbone_cost": BACKBONE} | kwargs
+    with pytest.raises(ValueError, match=match):
+        sweep(**args)
+
+
+def test_patience_and_table_reject_bad_input():
+    with pytest.raises(ValueError, match="patiences must lie in"):
+        patience_sweep(LOGITS, LABELS, COSTS, BACKBONE, patiences=[2])
+    run = outputs(SEED_LABELS[0], 0)
+    for budgets in ([0.0], [1.5], [-0.25]):
+        with pytest.raises(ValueError, match=r"budgets must be fractions of the backbone cost in \(0, 1\]"):
+            budget_table([run], budgets=budgets)
+    with pytest.raises(ValueError, match="outputs must hold"):
+        budget_table([])
+    with pytest.raises(ValueError, match="fit must be one of"):
+        budget_table([run], fit="train")
+    with pytest.raises(ValueError, match="fit='val' needs"):
+        budget_table([run], fit="val")
+    with pytest.raises(ValueError, match="by names tags"):
+        budget_table([run], by=("dataset",))
+    with pytest.raises(ValueError, match="grid must be one of"):
+        budget_table([run], grid="fine")

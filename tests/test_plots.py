@@ -1,0 +1,91 @@
+"""The book's figure and table helpers: lines, markers, labels and table cells (not pixels)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from mexit.evaluate import ExitOutputs, budget_table, patience_sweep, single_exits, sweep  # noqa: E402
+from mexit.plots import format_budget_table, flops_accuracy, set_style  # noqa: E402
+
+RNG = np.random.default_rng(0)
+LABELS = RNG.integers(0, 4, 50)
+COSTS = np.array([2.0, 5.0, 11.0])
+
+
+def run(regime: str, seed: int) -> ExitOutputs:
+    logits = np.random.default_rng(seed).normal(0, 2, size=(3, 50, 4))
+    return ExitOutputs(logits, LABELS, COSTS, 10.0, tags={"regime": regime, "method": "sdn", "seed": seed})
+
+
+RUNS = [run(regime, seed) for regime in ("disjoint", "joint", "mixed") for seed in (0, 1)]
+
+
+def frames(fn) -> pd.DataFrame:
+    """``fn`` (a sweep or single_exits) over every run, tagged."""
+    return pd.concat(fn(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in RUNS)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_set_style():
+    plt.rcParams["axes.spines.top"] = True
+    set_style()
+    assert plt.rcParams["axes.spines.top"] is False and plt.rcParams["axes.grid"]
+
+
+def test_flops_accuracy_lines_markers_labels():
+    curves, singles = frames(sweep), frames(single_exits)
+    ax = flops_accuracy(curves, hue="regime", singles=singles, backbone=(100.0, 50.0))
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["disjoint", "joint", "mixed"]
+    # one line per regime, averaged over its two seeds threshold by threshold
+    mixed = curves[curves["regime"] == "mixed"].groupby("threshold")[["cost_pct", "accuracy"]].mean()
+    np.testing.assert_allclose(lines[2].get_xdata(), mixed["cost_pct"])
+    np.testing.assert_allclose(lines[2].get_ydata(), mixed["accuracy"])
+    # 3 regimes x 3 exits x 2 seeds single-exit dots, in the line's colour
+    dots = ax.collections[:3]
+    assert sum(len(c.get_offsets()) for c in dots) == 18
+    np.testing.assert_allclose(dots[0].get_facecolor()[0][:3], lines[0].get_color())
+    star = ax.collections[-1]
+    assert star.get_label() == "backbone only" and star.get_offsets().tolist() == [[100.0, 50.0]]
+    assert "MACs" in ax.get_xlabel() and "%" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["disjoint", "joint", "mixed", "single exits", "backbone only"]
+
+
+def test_flops_accuracy_patience_curves_on_given_axes():
+    _, ax = plt.subplots()
+    assert flops_accuracy(frames(patience_sweep), ax=ax) is ax
+    assert len(ax.get_lines()) == 3 and len(ax.get_lines()[0].get_xdata()) == 3  # patience 0..2
+
+
+def test_flops_accuracy_rejects_missing_columns():
+    with pytest.raises(ValueError, match="curves must have columns 'dataset'"):
+        flops_accuracy(frames(sweep), hue="dataset")
+    with pytest.raises(ValueError, match="singles must have columns"):
+        flops_accuracy(frames(sweep), singles=frames(single_exits).drop(columns="regime"))
+
+
+def test_format_budget_table():
+    table = format_budget_table(budget_table(RUNS, budgets=(0.1, 0.5, 1.0), by=("regime",)))
+    assert list(table.columns) == ["10%", "50%", "100%", "final exit"]
+    assert table.index.name == "regime" and table.index.tolist() == ["disjoint", "joint", "mixed"]
+    assert table.loc["mixed", "10%"] == "–"  # exit 0 alone costs 20% of the backbone
+    mixed = budget_table(RUNS[4:], budgets=(0.5,), by=("regime",)).iloc[0]
+    assert table.loc["mixed", "50%"] == f"{mixed['accuracy_mean']:.1f} ± {mixed['accuracy_std']:.1f}"
+    single = format_budget_table(budget_table(RUNS[:1], budgets=(1.0,), by=("regime", "method")), digits=2)
+    assert single.index.names == ["regime", "method"]
+    assert " ± " not in single.iloc[0]["100%"] and len(single.iloc[0]["final exit"].split(".")[1]) == 2
+    with pytest.raises(ValueError, match="budget_table"):
+        format_budget_table(pd.DataFrame({"x": [1]}))

@@ -1,0 +1,189 @@
+"""Training through the run store: load instead of retrain, sharing, resume, locking, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mexit import checkpoint
+from mexit.checkpoint import CorruptCheckpointError
+from mexit.config import load_config, regime_configs
+from mexit.store import RunStore, phase_keys
+
+
+def _mexit(*args: str, root: Path) -> list[str]:
+    return [sys.executable, "-m", "mexit", "--root", str(root), *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    configs = regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0])
+    runs = [store.get(c) for c in configs]
+    assert len(list((tmp_path / "phases").iterdir())) == 4  # P1 (shared), P3, P2 of joint, P2 of mixed
+    assert phase_keys(configs[0])[0] == phase_keys(configs[2])[0]
+    for run in runs:
+        assert run.logits("test").ndim == 3
+        assert len(run.metrics["test_acc"]) == run.logits("test").shape[0]
+        assert run.costs["unit"] == "MACs" and run.costs["macs"] == sorted(run.costs["macs"])
+        assert set(run.trace()["phase"]) == set(run.config.train.phase_list)
+    started = time.perf_counter()
+    again = store.get(configs[2])
+    assert time.perf_counter() - started < 1.0
+    assert torch.equal(again.logits("test"), runs[2].logits("test"))
+    assert len(store.table()) == 3
+
+
+def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
+    config = load_config("tiny", ["train.regime=joint"])
+    first = RunStore(tmp_path / "a").get(config)
+    second = RunStore(tmp_path / "b").get(config)
+    assert torch.equal(first.logits("val"), second.logits("val"))
+    assert torch.equal(first.logits("test"), second.logits("test"))
+
+
+def test_model_reloads_with_the_stored_weights(tmp_path: Path) -> None:
+    run = RunStore(tmp_path).get(load_config("tiny"))
+    model = run.model()
+    from mexit.data import load
+
+    splits = load(run.config.data)
+    images = torch.stack([splits.test[i][0] for i in range(8)])
+    with torch.no_grad():
+        logits = torch.stack(model(images))
+    assert torch.allclose(logits, run.logits("test")[:, :8], atol=1e-5)
+
+
+def test_corrupted_checkpoint_is_detected_not_used(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run = store.get(load_config("tiny"))
+    state = tmp_path / "phases" / phase_keys(run.config)[-1] / "state.pt"
+    blob = bytearray(state.read_bytes())
+    blob[-100] ^= 0xFF
+    state.write_bytes(bytes(blob))
+    with pytest.raises(CorruptCheckpointError, match="corrupted"):
+        run.model()
+    state.write_bytes(bytes(blob[: len(blob) // 2]))
+    with pytest.raises(CorruptCheckpointError, match="corrupted"):
+        run.model()
+
+
+def test_early_stopping_follows_the_papers_rule_and_reloads_the_best_state(tmp_path: Path) -> None:
+    patience = 2
+    config = load_config("tiny", ["train.regime=joint", "train.epochs=30", f"train.patience={patience}", "train.eval_every=2", "train.optim.lr=0.002"])
+    run = RunStore(tmp_path).get(config)
+    trace = run.trace()
+    accuracy = trace[[f"val_acc_{i}" for i in range(3)]].to_numpy()
+    best, bad, last_improvement, stop = [-1.0] * 3, [0] * 3, None, None
+    for row, values in enumerate(accuracy):  # replay the rule on the recorded evaluations
+        improved = [v > b for v, b in zip(values, best)]
+        best = [max(v, b) for v, b in zip(values, best)]
+        bad = [0 if imp else n + 1 for imp, n in zip(improved, bad)]
+        last_improvement = row if any(improved) else last_improvement
+        if all(n >= patience for n in bad):
+            stop = row
+            break
+    assert stop == len(trace) - 1, "training did not stop at the first evaluation where every head had stalled"
+    assert run.metrics["phase_stopped_early"] == [True] and run.metrics["phase_epochs_run"][0] < 30
+    assert run.metrics["val_acc"] == pytest.approx(list(accuracy[last_improvement]), abs=1e-4)
+
+
+def test_remove_keeps_phases_other_runs_use(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    disjoint, mixed = (store.get(c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
+    removed = store.remove(mixed.key)
+    assert tmp_path / "phases" / phase_keys(mixed.config)[0] not in removed  # P1 is disjoint's too
+    assert len(removed) == 2
+    assert [r.key for r in store.runs()] == [disjoint.key]
+    with pytest.raises(KeyError, match="no run"):
+        store.find(mixed.key)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    overrides = ["train.regime=joint", "train.epochs=40"]
+    killed_root = tmp_path / "killed"
+    process = subprocess.Popen(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    partial = None
+    while time.time() < deadline and process.poll() is None:
+        partial = next(killed_root.glob("phases/*/partial.pt"), None)
+        if partial is not None:
+            break
+        time.sleep(0.02)
+    assert partial is not None and process.poll() is None, "the run finished before it could be interrupted"
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    progress = checkpoint.load_tensors(partial)["progress"]
+    assert 0 < progress.epoch < 40
+    assert subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True).returncode == 0
+    config = load_config("tiny", overrides)
+    resumed = RunStore(killed_root).get(config)
+    fresh = RunStore(tmp_path / "fresh").get(config)
+    assert torch.equal(resumed.logits("test"), fresh.logits("test"))
+    assert not partial.exists()
+
+
+def test_two_processes_asking_for_one_run_train_it_once(tmp_path: Path) -> None:
+    command = _mexit("train", "--config", "tiny", "train.regime=joint", "train.epochs=3", root=tmp_path)
+    processes = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0]
+    epoch_lines = [line for _, err in outputs for line in err.splitlines() if "epoch 1/3" in line]
+    assert len(epoch_lines) == 1, "the run was trained twice"
+    assert outputs[0][0].split()[0] == outputs[1][0].split()[0]  # the same run key
+
+
+def test_progress_is_one_line_per_epoch_outside_a_terminal(tmp_path: Path) -> None:
+    result = subprocess.run(_mexit("train", "--config", "tiny", "train.regime=mixed", "train.epochs=2", root=tmp_path), env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "epoch" in line]
+    assert len(lines) == 4 and "val_acc%" in lines[0]
+    assert "\r" not in result.stderr
+
+
+def test_cli_lists_shows_and_removes(tmp_path: Path) -> None:
+    trained = subprocess.run(_mexit("train", "--config", "tiny", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
+    key = trained.stdout.split()[0]
+    listed = subprocess.run(_mexit("runs", "list", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
+    assert key in listed.stdout
+    shown = subprocess.run(_mexit("runs", "show", key[:6], root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
+    assert '"test_acc"' in shown.stdout
+    subprocess.run(_mexit("runs", "remove", key, root=tmp_path), env=_env(), check=True, capture_output=True)
+    listed = subprocess.run(_mexit("runs", "list", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
+    assert "no runs" in listed.stdout
+
+
+def test_cli_refuses_bad_parameters_before_training(tmp_path: Path) -> None:
+    result = subprocess.run(_mexit("train", "--config", "tiny", "train.optim.lr=0", root=tmp_path), env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "lr must be > 0" in result.stderr
+    assert not tmp_path.exists() or not any(tmp_path.rglob("*.pt"))
+
+
+def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
+    overrides = ["train.regime=joint", "train.epochs=2", "train.optim.lr=0.001"]
+    single = RunStore(tmp_path / "single").get(load_config("tiny", overrides))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "mexit", "--root", str(tmp_path / "ddp"), "train", "--config", "tiny", "--device", "cpu", *overrides,
+    ]  # fmt: skip
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = RunStore(tmp_path / "ddp").runs()
+    assert len(ddp) == 1 and ddp[0].metrics["world_size"] == 2
+    # Same global batches and gradient average, but BatchNorm sees half-batches per rank and each
+    # rank draws its own augmentation: close, not equal (measured ~14% of the logit scale).
+    diff = (ddp[0].logits("test") - single.logits("test")).abs().max()
+    scale = single.logits("test").abs().max()
+    assert diff < 0.25 * scale, f"max |diff| {diff:.4f} vs logit scale {scale:.4f}"
+    assert ddp[0].metrics["test_acc"] == pytest.approx(single.metrics["test_acc"], abs=5)
