@@ -137,7 +137,8 @@ def train_phase(
     """Train ``model`` (a :class:`~mexit.models.MultiExit`, already on ``dist.device``) for one phase.
 
     ``partial_path`` is where the end-of-epoch resume checkpoint lives (only rank 0 writes it).
-    ``probe(model, step)`` is called every ``config.dominance_every`` steps and its rows are kept.
+    ``probe(model, step)`` is called every ``config.dominance_every`` steps of a phase that trains
+    backbone and ICs together (P2) and its rows are kept, with the phase's name.
     """
     phase_name = config.phase_list[phase_index]
     phase = PHASE_SPECS[phase_name]
@@ -159,6 +160,8 @@ def train_phase(
     eval_every = config.eval_every or min(global_batches, 300)
     total_steps = global_batches * max_epochs
     mixup = _mixup(optim, model.num_classes)
+    # Gradient dominance is measured where exits compete for the backbone: phases training both.
+    probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
 
     state = _Progress(best_acc=[-1.0] * num_exits, bad_evals=[0] * num_exits)
     if partial_path is not None and partial_path.exists():
@@ -202,8 +205,8 @@ def train_phase(
                 state.step += 1
                 running += per_exit.cpu()
                 running_count += 1
-                if probe is not None and config.dominance_every and state.step % config.dominance_every == 0:
-                    state.probes.extend(probe(model, state.step))
+                if probing and state.step % config.dominance_every == 0:
+                    state.probes.extend({"phase": phase_name, **row} for row in probe(model, state.step))
                     model.train()
                 if state.step % eval_every == 0:
                     _evaluate(model, val_set, config, dist, state, exits, phase_name, running / running_count)

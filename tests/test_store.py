@@ -187,3 +187,14 @@ def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
     scale = single.logits("test").abs().max()
     assert diff < 0.25 * scale, f"max |diff| {diff:.4f} vs logit scale {scale:.4f}"
     assert ddp[0].metrics["test_acc"] == pytest.approx(single.metrics["test_acc"], abs=5)
+
+
+def test_gradient_dominance_is_traced_during_training(tmp_path: Path) -> None:
+    plain = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed"]))
+    traced = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=5"]))
+    assert plain.probes().empty
+    probes = traced.probes()
+    assert set(probes["phase"]) == {"P2"} and set(probes["step"]) == {5, 10}  # P2 only: exits compete there
+    shares = probes.groupby(["phase", "step", "block"])["share"].sum()
+    assert (shares - 1).abs().max() < 1e-5
+    assert torch.equal(plain.logits("test"), traced.logits("test")), "the probe changed training"

@@ -32,7 +32,7 @@ from mexit.analysis.features import sample_indices, stack_items
 from mexit.train import Probe
 
 
-def exit_blocks(model: nn.Module) -> list[int]:
+def _exit_blocks(model: nn.Module) -> list[int]:
     """The 1-based block feeding each exit of a :class:`~mexit.models.MultiExit` (the final exit: the last block)."""
     return [*model.placement, len(model.blocks)]
 
@@ -56,7 +56,7 @@ def gradient_dominance(
     if images.shape[0] != labels.shape[0] or labels.ndim != 1:
         raise ValueError(f"labels must be [batch={images.shape[0]}], got shape {tuple(labels.shape)}")
     device = next(model.parameters()).device
-    positions = exit_blocks(model)
+    positions = _exit_blocks(model)
     params = [list(block.parameters()) for block in model.blocks]
     flags = {p: p.requires_grad for group in params for p in group}
     was_training = model.training

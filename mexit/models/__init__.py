@@ -13,11 +13,15 @@ Build a model, get every exit's logits in one pass, or exit early::
     vit = build("timm/vit_tiny_patch16_224", 100, img_size=32, patch_size=4, head="linear")
     r50 = build("resnet50", 200, img_size=64, placement="resnet50-paper", head="conv",
                 head_kwargs={"num_layers": 2}, method="ztw")
+    msd = build("msdnet", 100, placement="every", num_blocks=5)   # MSDNet's classifiers as ICs
 
 Backbones (`BACKBONES`): small-image ResNets `resnet20/32/56/18/34/50` (3x3 stride-1 stem, no
-max-pool), torchvision ResNets `tv/<name>`, and `timm/<name>` for any timm ResNet or ViT
-(randomly initialised; `checkpoint=` loads a local state dict). Heads (`HEADS`): "pooled" and
-"conv" for CNNs, "linear" and "mlp" for ViTs. Placements: see `resolve_placement`. Methods
+max-pool), MSDNets `msdnet` (CIFAR) and `msdnet-imagenet`, torchvision ResNets `tv/<name>`, and
+`timm/<name>` for any timm ResNet or ViT (randomly initialised; `checkpoint=` loads a local state
+dict). Heads (`HEADS`): "pooled" and "conv" for CNNs (and MSDNets' coarsest scale), "linear" and
+"mlp" for ViTs, "msdnet" (MSDNet's classifier) for MSDNets; `head=None` takes the backbone's
+default (`DEFAULT_HEADS`: "pooled", "linear", "msdnet"), so an MSDNet's ICs are MSDNet's own
+classifiers unless another head is named. Placements: see `resolve_placement`. Methods
 (`METHODS`): "sdn", "pbee", "gpf", "ztw". Per-exit costs: `mexit.flops.exit_costs(model)`.
 """
 from __future__ import annotations
@@ -30,13 +34,13 @@ from torch import nn
 
 from mexit.models.backbones import BACKBONES, TIMM_FAMILIES, BackboneParts, backbone_features, create_backbone
 from mexit.models.exit_rules import EXIT_RULES
-from mexit.models.heads import HEADS, check_head, make_head
+from mexit.models.heads import DEFAULT_HEADS, HEADS, check_head, make_head
 from mexit.models.methods import METHODS, make_method
 from mexit.models.multiexit import EarlyExit, MultiExit
 from mexit.models.placement import check_placement, resolve_placement
 
 __all__ = [
-    "BACKBONES", "EXIT_RULES", "HEADS", "METHODS", "TIMM_FAMILIES",
+    "BACKBONES", "DEFAULT_HEADS", "EXIT_RULES", "HEADS", "METHODS", "TIMM_FAMILIES",
     "EarlyExit", "MultiExit", "build", "resolve_placement", "validate",
 ]
 
@@ -45,13 +49,14 @@ def validate(
     backbone: str,
     *,
     placement: str | Sequence[int] = "every",
-    head: str = "pooled",
+    head: str | None = None,
     head_kwargs: Mapping[str, Any] | None = None,
     method: str = "sdn",
     method_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Check names and options without building anything (indices vs depth are checked by `build`)."""
-    check_head(head, backbone_features(backbone), backbone, head_kwargs)
+    features = backbone_features(backbone)
+    check_head(head or DEFAULT_HEADS[features], features, backbone, head_kwargs)
     make_method(method, method_kwargs)
     check_placement(placement)
 
@@ -63,7 +68,7 @@ def build(
     in_chans: int = 3,
     img_size: int = 32,
     placement: str | Sequence[int] = "every",
-    head: str = "pooled",
+    head: str | None = None,
     head_kwargs: Mapping[str, Any] | None = None,
     method: str = "sdn",
     method_kwargs: Mapping[str, Any] | None = None,
@@ -77,7 +82,8 @@ def build(
         num_classes: classes of every exit.
         in_chans, img_size: input images are (in_chans, img_size, img_size).
         placement: 1-based block indices, or a scheme ("every", "every<k>", "resnet50-paper").
-        head: an IC head from `HEADS`, fitting the backbone (feature maps or ViT tokens).
+        head: an IC head from `HEADS`, fitting the backbone (feature maps, ViT tokens or MSDNet's
+            scales); None: the backbone's default from `DEFAULT_HEADS`.
         head_kwargs: the head's options (e.g. {"num_layers": 3} for "conv").
         method: an exit method from `METHODS`; method_kwargs: its options ({"state_dim"} for gpf).
         checkpoint: a local file with the backbone's own state dict (timm/torchvision format).
@@ -90,6 +96,7 @@ def build(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     features = backbone_features(backbone)
+    head = head or DEFAULT_HEADS[features]
     kwargs = check_head(head, features, backbone, head_kwargs)
     exit_method = make_method(method, method_kwargs)
     check_placement(placement)
@@ -98,12 +105,17 @@ def build(
     )
     indices = resolve_placement(placement, len(parts.blocks))
     input_shape = (in_chans, img_size, img_size)
-    widths = _block_widths(parts, input_shape, indices)
+    if features == "multiscale":
+        scale_shapes = [parts.blocks[i - 1].out_shapes[-1] for i in indices]
+        widths = [shape[0] for shape in scale_shapes]
+    else:
+        scale_shapes = [None] * len(indices)
+        widths = _block_widths(parts, input_shape, indices)
 
     def make(k: int, out_features: int, extra_features: int) -> nn.Module:
         return make_head(
-            head, widths[k], out_features, extra_features=extra_features,
-            token_pool=parts.token_pool, num_prefix_tokens=parts.num_prefix_tokens, **kwargs,
+            head, widths[k], out_features, extra_features=extra_features, token_pool=parts.token_pool,
+            num_prefix_tokens=parts.num_prefix_tokens, scale_shape=scale_shapes[k], **kwargs,
         )
 
     ics = exit_method.build_ics(make, len(indices), num_classes)

@@ -2,6 +2,9 @@
 
 Names:
 - small-image ResNets: `resnet20`, `resnet32`, `resnet56`, `resnet18`, `resnet34`, `resnet50`;
+- MSDNet (`mexit.models.msdnet`): `msdnet` (CIFAR configuration) and `msdnet-imagenet`; options such
+  as `num_blocks`, `step`, `base`, `channels`, `growth_rate` as keywords. Its blocks output several
+  scales, packed ("multiscale" features); its classifiers read the coarsest;
 - torchvision ResNets: `tv/<name>` (`tv/resnet18`, `tv/wide_resnet50_2`, ...), ImageNet stem;
 - timm: `timm/<name>` for any model of timm's `resnet` family (ResNet, ResNeXt, SE-ResNet, ...)
   or `vision_transformer` family (ViT-T/S/B/..., any patch and image size: pass `patch_size` as a
@@ -24,9 +27,10 @@ from timm.models.resnet import ResNet as TimmResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
 
-FeatureKind = Literal["map", "tokens"]
+FeatureKind = Literal["map", "tokens", "multiscale"]
 
 TIMM_PREFIX = "timm/"
 TV_PREFIX = "tv/"
@@ -37,6 +41,7 @@ TV_RESNETS: tuple[str, ...] = tuple(
 )
 BACKBONES: tuple[str, ...] = (
     *SMALL_RESNETS,
+    *MSDNETS,
     *(TV_PREFIX + name for name in TV_RESNETS),
     TIMM_PREFIX + "<any timm resnet or vision_transformer model>",
 )
@@ -46,7 +51,8 @@ BACKBONES: tuple[str, ...] = (
 class BackboneParts:
     """A backbone cut into `stem`, `blocks` and `final_head`.
 
-    `features` says what a block outputs: "map" (N, C, H, W) or "tokens" (N, L, D). For tokens,
+    `features` says what a block outputs: "map" (N, C, H, W), "tokens" (N, L, D) or "multiscale"
+    (MSDNet's scales packed into (N, values); its blocks' `out_shapes` give each scale's (C, H, W)). For tokens,
     `token_pool` says how an internal classifier summarises them ("token": the class token,
     "avg": the mean of the patch tokens) and `num_prefix_tokens` counts class/register tokens.
     """
@@ -63,6 +69,8 @@ def backbone_features(name: str) -> FeatureKind:
     """What the blocks of backbone `name` output; raises ValueError for an unknown name."""
     if name in SMALL_RESNETS or (name.startswith(TV_PREFIX) and name.removeprefix(TV_PREFIX) in TV_RESNETS):
         return "map"
+    if name in MSDNETS:
+        return "multiscale"
     if name.startswith(TIMM_PREFIX):
         arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
         for family, features in TIMM_FAMILIES.items():
@@ -102,6 +110,10 @@ def create_backbone(
         small = SmallImageResNet(SMALL_RESNETS[name], num_classes, in_chans)
         _maybe_load(small, checkpoint, classifier="final_head.fc")
         return BackboneParts(small.stem, list(small.blocks), small.final_head, "map")
+    if name in MSDNETS:
+        msd = MSDNet(msdnet_config(name, kwargs), num_classes, in_chans, img_size)
+        _maybe_load(msd, checkpoint, classifier="final_head.fc")
+        return BackboneParts(msd.stem, list(msd.blocks), msd.final_head, "multiscale")
     if name.startswith(TV_PREFIX):
         arch = name.removeprefix(TV_PREFIX)
         tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)

@@ -7,6 +7,11 @@ Heads for feature maps (CNN blocks, N x C x H x W):
   halvings and strides per depth follow the authors' IC-size ablation; padding 1 keeps small maps
   valid.
 
+Heads for MSDNet's multi-scale blocks (scales packed into N x values), reading the coarsest scale:
+- "msdnet": MSDNet's own classifier (Huang et al., ICLR 2018): two 3x3 stride-2 conv + BatchNorm +
+  ReLU layers of `width` channels, global average pooling, Linear. The default head of MSDNets.
+- "pooled" and "conv" also fit, applied to the coarsest scale's maps.
+
 Heads for tokens (ViT blocks, N x L x D), reading the class token (or the mean of the patch tokens
 for a ViT without one) of the residual stream, i.e. before the backbone's final LayerNorm:
 - "linear": the paper's "1L" head, LayerNorm then one Linear.
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mexit.models.backbones import FeatureKind
+from mexit.models.msdnet import CoarsestScale, ScaleShape, classifier_body
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,16 @@ HEADS: dict[str, HeadSpec] = {
     "conv": HeadSpec("map", {"num_layers": 1, "pool_size": 4}),
     "linear": HeadSpec("tokens", {"norm": True}),
     "mlp": HeadSpec("tokens", {"hidden": 1024, "layers": 2, "norm": True}),
+    "msdnet": HeadSpec("multiscale", {"width": 128}),
 }
+DEFAULT_HEADS: dict[FeatureKind, str] = {"map": "pooled", "tokens": "linear", "multiscale": "msdnet"}
+_READS = {"map": "feature maps", "tokens": "ViT tokens", "multiscale": "MSDNet's multi-scale features"}
+
+
+def fits(head: str, features: FeatureKind) -> bool:
+    """Whether `head` reads what a backbone with `features` outputs (map heads read MSDNet's coarsest scale)."""
+    spec = HEADS[head].features
+    return spec == features or (spec == "map" and features == "multiscale")
 
 # (channel divisor, stride) of each conv layer, by number of layers.
 CONV_LAYOUTS: dict[int, tuple[tuple[int, int], ...]] = {
@@ -58,10 +73,10 @@ def check_head(
     if name not in HEADS:
         raise ValueError(f"unknown head={name!r}; supported: {', '.join(HEADS)}")
     spec = HEADS[name]
-    if spec.features != features:
-        fitting = [other for other, s in HEADS.items() if s.features == features]
+    if not fits(name, features):
+        fitting = [other for other in HEADS if fits(other, features)]
         raise ValueError(
-            f"head={name!r} reads {'feature maps' if spec.features == 'map' else 'ViT tokens'} and does not "
+            f"head={name!r} reads {_READS[spec.features]} and does not "
             f"fit backbone={backbone!r}; heads for this backbone: {', '.join(fitting)}"
         )
     kwargs = dict(head_kwargs or {})
@@ -71,7 +86,7 @@ def check_head(
             f"head_kwargs {sorted(unknown)} not accepted by head={name!r}; it takes {sorted(spec.defaults)}"
         )
     kwargs = {**spec.defaults, **kwargs}
-    ranges = {"pool_size": (1, 64), "num_layers": (1, max(CONV_LAYOUTS)), "hidden": (1, 1 << 20), "layers": (2, 5)}
+    ranges = {"width": (1, 4096), "pool_size": (1, 64), "num_layers": (1, max(CONV_LAYOUTS)), "hidden": (1, 1 << 20), "layers": (2, 5)}
     for key, value in kwargs.items():
         if key == "norm":
             if not isinstance(value, bool):
@@ -134,13 +149,19 @@ def make_head(
     extra_features: int = 0,
     token_pool: str = "token",
     num_prefix_tokens: int = 1,
+    scale_shape: ScaleShape | None = None,
     **kwargs: Any,
 ) -> Head:
     """Builds head `name` for blocks with `in_dim` channels (maps) or embedding width (tokens).
 
-    `kwargs` are the head's keyword arguments as returned by `check_head`.
+    For MSDNet blocks, `scale_shape` is the (C, H, W) of the coarsest scale, which the head reads
+    (`in_dim` is then C). `kwargs` are the head's keyword arguments as returned by `check_head`.
     """
-    layers: list[nn.Module] = []
+    if name == "msdnet":
+        if scale_shape is None:
+            raise ValueError("head='msdnet' needs the coarsest scale's scale_shape (C, H, W)")
+        return Head(classifier_body(scale_shape, kwargs["width"]), kwargs["width"], out_features, extra_features)
+    layers: list[nn.Module] = [CoarsestScale(scale_shape)] if scale_shape is not None else []
     if name in ("pooled", "conv"):
         channels = in_dim
         for divisor, stride in CONV_LAYOUTS[kwargs["num_layers"]] if name == "conv" else ():

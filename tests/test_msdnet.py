@@ -1,0 +1,128 @@
+"""Tests of MSDNet as a backbone of mexit.models: shapes, costs, early exit, regimes, stored runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mexit.config import load_config
+from mexit.flops import exit_costs
+from mexit.models import build
+from mexit.models.msdnet import pack, unpack
+from mexit.regimes import PHASE_SPECS, apply_phase
+from mexit.store import RunStore
+
+SMALL = {"num_blocks": 3, "step": 1, "base": 1, "channels": 4, "growth_rate": 2}
+
+
+def test_cifar_configuration_gives_one_exit_per_block() -> None:
+    model = build("msdnet", 10, in_chans=1, img_size=32, placement="every", num_blocks=4, step=1, base=2)
+    assert len(model.blocks) == 4 and model.num_exits == 4 and model.placement == (1, 2, 3)
+    logits = model(torch.randn(2, 1, 32, 32))
+    assert [out.shape for out in logits] == [(2, 10)] * 4
+    first, last = model.blocks[0], model.blocks[-1]
+    assert [shape[1:] for shape in first.in_shapes] == [(32, 32), (16, 16), (8, 8)]  # 3 scales
+    assert last.out_shapes[-1][1:] == (8, 8) and len(last.out_shapes) < 3  # finest scales dropped
+    assert type(model.ics[0].body[1]).__name__ == "Sequential"  # MSDNet's classifier is the default head
+
+
+def test_imagenet_configuration_has_four_scales_and_a_strided_stem() -> None:
+    model = build("msdnet-imagenet", 5, img_size=64, placement="every", channels=4, growth_rate=4)
+    assert len(model.blocks) == 5 and model.num_exits == 5
+    assert [shape[1:] for shape in model.blocks[0].in_shapes] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [out.shape for out in model(torch.randn(2, 3, 64, 64))] == [(2, 5)] * 5
+
+
+@pytest.mark.parametrize("head", ["msdnet", "pooled", "conv"])
+def test_every_map_head_reads_the_coarsest_scale(head: str) -> None:
+    model = build("msdnet", 3, in_chans=1, img_size=8, placement=[1, 2], head=head, **SMALL)
+    coarsest = model.blocks[0].out_shapes[-1]
+    assert model.ics[0].body[0].shape == coarsest
+    assert [out.shape for out in model(torch.randn(4, 1, 8, 8))] == [(4, 3)] * 3
+
+
+def test_bad_options_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="head='linear'.*msdnet, pooled, conv|heads for this backbone"):
+        build("msdnet", 3, head="linear")
+    with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
+        build("msdnet", 3, num_blocks=0)
+    with pytest.raises(ValueError, match="does not take \\['depth'\\]"):
+        build("msdnet", 3, depth=3)
+    with pytest.raises(ValueError, match="bottleneck_factors .* one factor per scale"):
+        build("msdnet", 3, growth_factors=[1, 2])
+    with pytest.raises(ValueError, match="reduction must be a number in \\(0, 1\\]"):
+        build("msdnet", 3, reduction=0)
+    with pytest.raises(ValueError, match="expected packed scales"):
+        build("msdnet", 3, img_size=8, placement=[], **SMALL)(torch.zeros(1, 3, 16, 16))
+
+
+def test_pack_and_unpack_round_trip() -> None:
+    scales = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    back = unpack(pack(scales), [(3, 4, 4), (5, 2, 2)])
+    assert all(torch.equal(a, b) for a, b in zip(scales, back))
+
+
+def test_costs_grow_with_depth_at_the_papers_order_of_magnitude() -> None:
+    # Huang et al. (ICLR 2018), Fig. 7 (CIFAR-100, budgeted batch): MSDNets cost about 1e7 to 1e8
+    # multiply-adds per image; the default 7-block CIFAR MSDNet measured 15.0 M MACs at the first
+    # exit and 72.5 M at the last (classifiers included, as the paper counts them).
+    model = build("msdnet", 100, img_size=32, placement="every")
+    costs = exit_costs(model)
+    assert list(costs.macs) == sorted(costs.macs) and len(set(costs.macs)) == 7
+    assert 3e6 < costs.macs[0] < 3e7 and 3e7 < costs.macs[-1] < 3e8
+    assert costs.backbone_macs < costs.macs[-1]  # the ICs (MSDNet classifiers) cost something
+
+
+def test_early_exit_equals_the_simulation_from_all_exit_logits() -> None:
+    torch.manual_seed(0)
+    model = build("msdnet", 4, in_chans=1, img_size=8, placement="every", **SMALL).eval()
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        probs = torch.stack(model(x)).softmax(-1)  # (exits, N, classes)
+    threshold = float(probs[0].amax(-1).median())
+    confident = probs[:-1].amax(-1) >= threshold
+    expected = torch.where(confident.any(0), confident.float().argmax(0), model.num_exits - 1)
+    out = model.early_exit(x, threshold)
+    assert torch.equal(out.exit_index, expected)
+    assert 0 < (expected == 0).sum() < 32
+    chosen = probs[expected, torch.arange(32)]
+    assert torch.equal(out.preds, chosen.argmax(-1))
+
+
+def test_p3_leaves_the_backbone_bit_identical_and_trains_the_classifiers() -> None:
+    torch.manual_seed(0)
+    model = build("msdnet", 4, in_chans=1, img_size=8, placement="every", **SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    phase = PHASE_SPECS["P3"]
+    handle = apply_phase(model, phase)
+    model.train()
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        logits = model(torch.randn(8, 1, 8, 8))
+        loss = sum(torch.nn.functional.cross_entropy(logits[i], torch.randint(0, 4, (8,)))
+                   for i in phase.exits_in_loss(model.num_exits))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    handle.remove()
+    after = model.state_dict()
+    backbone = {f"{name}." for name in ("stem", "blocks", "final_head")}
+    for key, value in before.items():
+        same = torch.equal(value, after[key])
+        assert same if any(key.startswith(prefix) for prefix in backbone) else True
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("ics."))
+
+
+@pytest.mark.parametrize("regime", ["disjoint", "joint", "mixed"])
+def test_tiny_runs_train_in_every_regime(tmp_path: Path, regime: str) -> None:
+    overrides = [
+        "model.backbone=msdnet", "model.placement=every", "model.head=msdnet",
+        "model.backbone_kwargs={num_blocks: 3, step: 1, base: 1, channels: 4, growth_rate: 2}",
+        f"train.regime={regime}",
+    ]
+    run = RunStore(tmp_path).get(load_config("tiny", overrides))
+    logits = run.logits("test")
+    assert logits.shape[0] == 3 and logits.shape[2] == 10 and torch.isfinite(logits).all()
+    assert len(run.metrics["test_acc"]) == 3
+    assert run.costs["macs"] == sorted(run.costs["macs"])
