@@ -35,7 +35,7 @@ class ModelConfig:
 
     backbone: str = "resnet20"
     placement: str | list[int] = "every"
-    head: str = "pooled"
+    head: str | None = None  # None: the backbone family's default head
     head_kwargs: dict[str, Any] = field(default_factory=dict)
     method: str = "sdn"
     method_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -220,7 +220,7 @@ def test_bad_input_is_refused_with_the_allowed_values(args, kwargs, message: str
 
 def test_names_are_listed() -> None:
     assert {"resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50", "tv/resnet50"} <= set(BACKBONES)
-    assert set(HEADS) == {"pooled", "conv", "linear", "mlp"}
+    assert set(HEADS) == {"pooled", "conv", "linear", "mlp", "msdnet"}
     assert set(METHODS) == {"sdn", "pbee", "gpf", "ztw"}
 
 
