@@ -76,6 +76,8 @@ class OptimConfig:
             raise ValueError(f"{where}.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError(f"{where}.mixup and {where}.cutmix must be >= 0")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"{where}.batch_size must be even with mixup/cutmix (they pair samples), got {self.batch_size}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"{where}.clip_grad must be > 0 or null, got {self.clip_grad}")
         if not 0 <= self.momentum < 1:

@@ -75,12 +75,18 @@ def seed_everything(*parts: int) -> int:
 
 
 def epoch_batches(
-    num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = False
 ) -> list[list[int]]:
-    """This rank's share of every global batch of one epoch (a seeded permutation, last batch kept)."""
+    """This rank's share of every global batch of one epoch, from a seeded permutation.
+
+    The last, incomplete global batch is kept, unless ``drop_last`` or it cannot give every rank a
+    sample (then ranks would disagree on the number of steps).
+    """
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[start : start + batch_size] for start in range(0, num_samples, batch_size)]
-    return [batch[rank::world_size] for batch in batches if len(batch[rank::world_size]) > 0]
+    if batches and len(batches[-1]) < batch_size and (drop_last or len(batches[-1]) < world_size):
+        batches.pop()
+    return [batch[rank::world_size] for batch in batches]
 
 
 @torch.no_grad()
@@ -155,11 +161,17 @@ def train_phase(
     if dist.enabled:
         network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
+    mixup = _mixup(optim, model.num_classes)
+    if mixup is not None and (optim.batch_size % dist.world_size or (optim.batch_size // dist.world_size) % 2):
+        raise ValueError(
+            f"train.optim.batch_size {optim.batch_size} over {dist.world_size} process(es) must give an even "
+            "batch per process with mixup/cutmix"
+        )
     train_targets = len(train_set)  # type: ignore[arg-type]
-    global_batches = math.ceil(train_targets / optim.batch_size)
+    drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
+    global_batches = len(epoch_batches(train_targets, optim.batch_size, 0, 0, dist.world_size, drop_last))
     eval_every = config.eval_every or min(global_batches, 300)
     total_steps = global_batches * max_epochs
-    mixup = _mixup(optim, model.num_classes)
     # Gradient dominance is measured where exits compete for the backbone: phases training both.
     probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
 
@@ -177,7 +189,7 @@ def train_phase(
         while state.epoch < max_epochs and not state.stopped_early:
             started = time.perf_counter()
             order_seed = seed_everything(config.seed, phase_index, state.epoch)
-            batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size)
+            batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
             seed_everything(config.seed, phase_index, state.epoch, dist.rank)  # augmentation, per rank
             model.train()
             for images, targets in DataLoader(train_set, batch_sampler=_Batches(batches)):

@@ -1,0 +1,57 @@
+"""The training loop's pieces: schedules, batches, and the recipe knobs of the paper's ViT runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mexit.config import OptimConfig, load_config
+from mexit.store import RunStore
+from mexit.train import epoch_batches, learning_rate
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
+    optim = OptimConfig(lr=1.0, min_lr=0.1, warmup_epochs=2)
+    steps_per_epoch, total = 10, 100
+    assert learning_rate(optim, 0, total, steps_per_epoch) == pytest.approx(0.05)
+    assert learning_rate(optim, 19, total, steps_per_epoch) == pytest.approx(1.0)
+    assert learning_rate(optim, 20, total, steps_per_epoch) == pytest.approx(1.0)
+    assert learning_rate(optim, 60, total, steps_per_epoch) == pytest.approx(0.55)
+    assert learning_rate(optim, 100, total, steps_per_epoch) == pytest.approx(0.1)
+    constant = OptimConfig(lr=0.3, schedule="constant")
+    assert {learning_rate(constant, s, total, steps_per_epoch) for s in (0, 50, 99)} == {0.3}
+
+
+def test_epoch_batches_partition_every_global_batch_between_ranks() -> None:
+    single = epoch_batches(103, 10, seed=7)
+    assert sorted(i for batch in single for i in batch) == list(range(103)) and len(single[-1]) == 3
+    assert single == epoch_batches(103, 10, seed=7) and single != epoch_batches(103, 10, seed=8)
+    ranks = [epoch_batches(103, 10, seed=7, rank=r, world_size=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 11
+    for step, batch in enumerate(single):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+    assert len(epoch_batches(101, 10, seed=7, rank=1, world_size=2)) == 10  # a 1-sample last batch cannot be split
+    assert all(len(b) == 10 for b in epoch_batches(103, 10, seed=7, drop_last=True))
+
+
+def test_the_vit_recipe_knobs_train(tmp_path: Path) -> None:
+    config = load_config(
+        "tiny",
+        [
+            "train.regime=joint", "train.epochs=2", "train.optim.optimizer=adamw", "train.optim.lr=0.001",
+            "train.optim.weight_decay=0.05", "train.optim.warmup_epochs=1", "train.optim.min_lr=0.000001",
+            "train.optim.clip_grad=1.0", "train.optim.mixup=0.8", "train.optim.cutmix=1.0",
+            "train.optim.label_smoothing=0.1", "train.loss_weights=sdn", "train.gradient_equilibrium=true",
+        ],
+    )  # fmt: skip
+    run = RunStore(tmp_path).get(config)
+    trace = run.trace()
+    assert len(trace) == 2 and torch.isfinite(torch.tensor(trace.filter(like="train_loss").to_numpy())).all()
+    assert max(run.metrics["test_acc"]) > 15  # above chance (10%) after two epochs
+
+
+def test_mixup_needs_an_even_batch() -> None:
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        load_config("tiny", ["train.optim.mixup=0.8", "train.optim.batch_size=127"]).validate()
