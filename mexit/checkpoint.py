@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,20 @@ def load_tensors(path: Path) -> Any:
             "remove it (mexit runs remove KEY) to retrain"
         )
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def load_or_quarantine(path: Path) -> Any | None:
+    """What :func:`load_tensors` reads at ``path``; ``None`` if there is no file there.
+
+    A damaged file is reported on stderr and moved aside to ``<name>.corrupt`` (kept for
+    inspection, never used), and ``None`` is returned so that the caller recomputes it.
+    """
+    if not path.exists():
+        return None
+    try:
+        return load_tensors(path)
+    except CorruptCheckpointError as error:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"mexit: {error}; moved it to {aside.name} and recomputing", file=sys.stderr, flush=True)
+        return None

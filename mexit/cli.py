@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
 
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mexit.book import build_book
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError) as error:
         print(f"mexit: error: {error}", file=sys.stderr)
         return 2
 

@@ -107,6 +107,7 @@ class TrainConfig:
     patience: int | None = None
     eval_every: int | None = None
     eval_batch_size: int = 512
+    num_workers: int = 0
     dominance_every: int = 0
     seed: int = 0
 
@@ -154,6 +155,25 @@ class TrainConfig:
             raise ValueError(f"train.eval_every must be >= 1 (or null), got {self.eval_every}")
         if self.dominance_every < 0:
             raise ValueError(f"train.dominance_every must be >= 0, got {self.dominance_every}")
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+    def check_world_size(self, world_size: int) -> None:
+        """Check that every phase's batch splits evenly over ``world_size`` processes (and in pairs for mixup)."""
+        for index, phase in enumerate(self.phase_list):
+            optim = self.optim_for(index)
+            per_process, rest = divmod(optim.batch_size, world_size)
+            if rest:
+                raise ValueError(
+                    f"train.optim[{phase}].batch_size {optim.batch_size} must be a multiple of the {world_size} processes"
+                )
+            if (optim.mixup > 0 or optim.cutmix > 0) and per_process % 2:
+                raise ValueError(
+                    f"train.optim[{phase}].batch_size {optim.batch_size} gives {per_process} samples per process; "
+                    "mixup/cutmix need an even number"
+                )
 
 
 @dataclass
@@ -209,8 +229,17 @@ class RunConfig:
         return RunConfig.from_dict(values)
 
     def key(self) -> str:
-        """Stable 12-hex-digit hash of the full config and the mexit version."""
-        return stable_hash({"config": self.to_dict(), "mexit": __version__})
+        """Stable 12-hex-digit hash of the config and the mexit version.
+
+        Where the data lives (``data.data_root``, ``data.download``) is left out: the same run on
+        another machine or mount has the same key.
+        """
+        return stable_hash({"config": {**self.to_dict(), "data": data_identity(self.data)}, "mexit": __version__})
+
+
+def data_identity(config: DataConfig) -> dict[str, Any]:
+    """The fields of a data config that change the data, not where it is read from."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_root", "download")}
 
 
 def stable_hash(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,20 +33,36 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def broadcast_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``value`` on every rank (a CPU tensor; unchanged in a single process)."""
+        if not self.enabled:
+            return value
+        payload = value.to(self.device)
+        dist.broadcast(payload, src=0)
+        return payload.cpu()
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def context(device: str = "auto") -> DistContext:
-    """The current process's context, initialising the process group under ``torchrun``."""
+    """The current process's context, initialising the process group under ``torchrun``.
+
+    ``auto`` and ``cuda`` mean this process's GPU (``cuda:$LOCAL_RANK``) when CUDA is available.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
-    rank = dist.get_rank() if world_size > 1 else 0
-    if device == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            resolved = torch.device("cuda", local)
-        else:
-            resolved = torch.device("cpu")
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(resolved)
     else:
-        resolved = torch.device(device)
+        resolved = torch.device("cpu" if device == "auto" else device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world_size > 1 else 0
     return DistContext(rank=rank, world_size=world_size, device=resolved)

@@ -85,14 +85,7 @@ def exit_costs(model: MultiExit, input_shape: Sequence[int] | None = None) -> Ex
             for _ in range(model.num_exits):
                 total += _count(lambda: next(stream))
                 macs.append(total)
-
-            def backbone() -> None:
-                h = model.stem(x)
-                for block in model.blocks:
-                    h = block(h)
-                model.final_head(h)
-
-            backbone_macs = _count(backbone)
+            backbone_macs = _count(lambda: model.final_head(model.forward_blocks(x)[-1]))
     finally:
         model.train(was_training)
     return ExitCosts(tuple(macs), backbone_macs)

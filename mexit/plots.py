@@ -71,7 +71,7 @@ def flops_accuracy(
 def format_budget_table(df: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
     """The book's view of :func:`mexit.evaluate.budget_table`: one row per group, one column per
     budget ("25%" ..) plus "final exit", cells "mean ± std" ("mean" with one run, "–" where no
-    threshold fits)."""
+    operating point fits)."""
     if not {"budget", "accuracy_mean", "accuracy_std", "final_accuracy_mean"} <= set(df.columns):
         raise ValueError("df must be a table from mexit.evaluate.budget_table")
     by = list(df.columns[: df.columns.get_loc("budget")])  # the group columns come first

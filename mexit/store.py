@@ -28,8 +28,9 @@ import torch
 from filelock import FileLock
 
 from mexit import checkpoint, data, distributed
-from mexit.config import RunConfig, stable_hash
-from mexit.train import PhaseResult, Probe, collect_logits, exit_accuracy, seed_everything, train_phase
+from mexit.config import RunConfig, data_identity, stable_hash
+from mexit.evaluate import ExitOutputs, exit_accuracy
+from mexit.train import PhaseResult, Probe, collect_logits, seed_everything, train_phase
 
 DEFAULT_ROOT = "runs"
 
@@ -44,11 +45,12 @@ def phase_keys(config: RunConfig) -> list[str]:
 
     train = config.train
     common = {
-        "data": dataclasses.asdict(config.data),
+        "data": data_identity(config.data),
         "model": dataclasses.asdict(config.model),
         "seed": train.seed,
         "patience": train.patience,
         "eval_every": train.eval_every,
+        "num_workers": train.num_workers,
         "mexit": __version__,
     }
     keys: list[str] = []
@@ -60,9 +62,9 @@ def phase_keys(config: RunConfig) -> list[str]:
             "optim": dataclasses.asdict(train.optim_for(index)),
         }
         if name != "P1":  # settings that only matter once ICs train
-            step.update(loss_weights=train.loss_weights, dominance_every=train.dominance_every)
-        if name == "P2":
-            step["gradient_equilibrium"] = train.gradient_equilibrium
+            step["loss_weights"] = train.loss_weights
+        if name == "P2":  # settings that only matter when backbone and ICs train together
+            step.update(gradient_equilibrium=train.gradient_equilibrium, dominance_every=train.dominance_every)
         prefix.append(step)
         keys.append(stable_hash({**common, "phases": prefix}))
     return keys
@@ -117,10 +119,8 @@ class Run:
         model.load_state_dict(checkpoint.load_tensors(self._phase_dirs[-1] / "state.pt")["model"])
         return model.to(device).eval()
 
-    def outputs(self, **tags: Any):
+    def outputs(self, **tags: Any) -> ExitOutputs:
         """The run's test (and validation) logits, labels and costs for :mod:`mexit.evaluate`."""
-        from mexit.evaluate import ExitOutputs
-
         train = self.config.train
         default_tags = {
             "regime": train.regime if train.phases is None else "+".join(train.phases),
@@ -173,6 +173,7 @@ class RunStore:
         if (run_dir / "metrics.json").exists():
             return Run(run_dir)
         ctx = distributed.context(device)
+        config.train.check_world_size(ctx.world_size)
         with self._lock(run_dir, ctx.is_main):
             if (run_dir / "metrics.json").exists():
                 return Run(run_dir)
@@ -215,9 +216,9 @@ class RunStore:
         return matches[0]
 
     def remove(self, key_prefix: str) -> list[Path]:
-        """Delete a run and every phase no other run uses; returns the removed directories."""
+        """Delete a run (finished or not) and every phase no other run uses; returns what was removed."""
         run_dir = self.find(key_prefix)
-        mine = set(checkpoint.read_json(run_dir / "phases.json"))
+        mine = set(checkpoint.read_json(run_dir / "phases.json")) if (run_dir / "phases.json").exists() else set()
         others = {
             key
             for d in (self.root / "runs").iterdir()
@@ -239,15 +240,22 @@ class RunStore:
             yield
 
     def _train(self, config: RunConfig, run_dir: Path, ctx: distributed.DistContext, label: str) -> None:
+        keys = phase_keys(config)
+        if ctx.is_main:  # written first, so that an unfinished run can be listed and removed
+            checkpoint.write_json(run_dir / "config.json", config.to_dict())
+            checkpoint.write_json(run_dir / "phases.json", keys)
         splits = data.load(config.data)
         seed_everything(config.train.seed)
         model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
-        keys = phase_keys(config)
         results: list[dict[str, Any]] = []
         for index, key in enumerate(keys):
             phase_dir = self.root / "phases" / key
             with self._lock(phase_dir, ctx.is_main):
-                if not (phase_dir / "phase.json").exists():
+                # Rank 0 decides whether the phase must be trained; every rank follows it.
+                stored = None
+                if ctx.is_main and (phase_dir / "phase.json").exists():
+                    stored = checkpoint.load_or_quarantine(phase_dir / "state.pt")
+                if not ctx.broadcast_object(stored is not None):
                     result = train_phase(
                         model,
                         index,
@@ -260,13 +268,16 @@ class RunStore:
                         probe=_dominance_probe(config, splits) if config.train.dominance_every else None,
                         label=label,
                     )
+                    stored = {"model": result.state}
                     if ctx.is_main:
                         _save_phase(phase_dir, result)
                 ctx.barrier()
-            model.load_state_dict(checkpoint.load_tensors(phase_dir / "state.pt")["model"])
+            if not ctx.is_main:
+                stored = checkpoint.load_tensors(phase_dir / "state.pt")
+            model.load_state_dict(stored["model"])
             results.append(checkpoint.read_json(phase_dir / "phase.json"))
         if ctx.is_main:
-            self._write_outputs(config, run_dir, model, splits, ctx, keys, results)
+            self._write_outputs(config, run_dir, model, splits, ctx, results)
 
     def _write_outputs(
         self,
@@ -275,7 +286,6 @@ class RunStore:
         model: torch.nn.Module,
         splits: data.Splits,
         ctx: distributed.DistContext,
-        keys: list[str],
         results: list[dict[str, Any]],
     ) -> None:
         from mexit.flops import exit_costs
@@ -283,8 +293,6 @@ class RunStore:
         batch = config.train.eval_batch_size
         val, val_labels = collect_logits(model, splits.val, batch, ctx.device)
         test, test_labels = collect_logits(model, splits.test, batch, ctx.device)
-        checkpoint.write_json(run_dir / "config.json", config.to_dict())
-        checkpoint.write_json(run_dir / "phases.json", keys)
         checkpoint.save_tensors(
             run_dir / "logits.pt", {"val": val, "val_labels": val_labels, "test": test, "test_labels": test_labels}
         )

@@ -32,7 +32,8 @@ from mexit.distributed import DistContext
 from mexit.progress import PhaseProgress
 from mexit.regimes import PHASE_SPECS, apply_phase, default_weighting, exit_weights, multi_exit_loss
 
-Probe = Callable[[nn.Module, int], list[dict[str, Any]]]
+Probe = Callable[[nn.Module, int, Tensor], list[dict[str, Any]]]
+"""``probe(model, step, weights)``: rows measured on the model; ``weights`` [num_exits] of the step's loss."""
 
 
 @dataclass
@@ -63,6 +64,8 @@ class _Progress:
     stopped_early: bool = False
     trace: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    loss_sum: Tensor | None = None  # per-exit training loss summed since the last evaluation
+    loss_steps: int = 0
 
 
 def seed_everything(*parts: int) -> int:
@@ -106,11 +109,6 @@ def collect_logits(
     return torch.cat(outputs, dim=1), torch.cat(labels)
 
 
-def exit_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Accuracy (%) of every exit from ``[E, N, C]`` logits and ``[N]`` labels."""
-    return (logits.argmax(-1) == labels).float().mean(1) * 100
-
-
 def learning_rate(optim: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up for ``warmup_epochs``, then cosine to ``min_lr`` (or constant)."""
     warmup = optim.warmup_epochs * steps_per_epoch
@@ -143,8 +141,9 @@ def train_phase(
     """Train ``model`` (a :class:`~mexit.models.MultiExit`, already on ``dist.device``) for one phase.
 
     ``partial_path`` is where the end-of-epoch resume checkpoint lives (only rank 0 writes it).
-    ``probe(model, step)`` is called every ``config.dominance_every`` steps of a phase that trains
-    backbone and ICs together (P2) and its rows are kept, with the phase's name.
+    ``probe(model, step, weights)`` is called every ``config.dominance_every`` steps of a phase that
+    trains backbone and ICs together (P2), with every exit's weight in that step's loss; its rows
+    are kept, with the phase's name.
     """
     phase_name = config.phase_list[phase_index]
     phase = PHASE_SPECS[phase_name]
@@ -162,11 +161,6 @@ def train_phase(
         network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     mixup = _mixup(optim, model.num_classes)
-    if mixup is not None and (optim.batch_size % dist.world_size or (optim.batch_size // dist.world_size) % 2):
-        raise ValueError(
-            f"train.optim.batch_size {optim.batch_size} over {dist.world_size} process(es) must give an even "
-            "batch per process with mixup/cutmix"
-        )
     train_targets = len(train_set)  # type: ignore[arg-type]
     drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
     global_batches = len(epoch_batches(train_targets, optim.batch_size, 0, 0, dist.world_size, drop_last))
@@ -175,16 +169,14 @@ def train_phase(
     # Gradient dominance is measured where exits compete for the backbone: phases training both.
     probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
 
-    state = _Progress(best_acc=[-1.0] * num_exits, bad_evals=[0] * num_exits)
-    if partial_path is not None and partial_path.exists():
-        saved = checkpoint.load_tensors(partial_path)
+    state = _Progress(best_acc=[-1.0] * num_exits, bad_evals=[0] * num_exits, loss_sum=torch.zeros(num_exits))
+    saved = checkpoint.load_or_quarantine(partial_path) if partial_path is not None else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["progress"]
 
     bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
-    running = torch.zeros(num_exits)
-    running_count = 0
     try:
         while state.epoch < max_epochs and not state.stopped_early:
             started = time.perf_counter()
@@ -192,7 +184,8 @@ def train_phase(
             batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
             seed_everything(config.seed, phase_index, state.epoch, dist.rank)  # augmentation, per rank
             model.train()
-            for images, targets in DataLoader(train_set, batch_sampler=_Batches(batches)):
+            loader = DataLoader(train_set, batch_sampler=_Batches(batches), num_workers=config.num_workers)
+            for images, targets in loader:
                 images, targets = images.to(dist.device), torch.as_tensor(targets).to(dist.device)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(optim, state.step, total_steps, global_batches)
@@ -215,15 +208,14 @@ def train_phase(
                     nn.utils.clip_grad_norm_(params, optim.clip_grad)
                 optimizer.step()
                 state.step += 1
-                running += per_exit.cpu()
-                running_count += 1
+                state.loss_sum += per_exit.float().cpu()
+                state.loss_steps += 1
                 if probing and state.step % config.dominance_every == 0:
-                    state.probes.extend({"phase": phase_name, **row} for row in probe(model, state.step))
-                    model.train()
+                    all_weights = torch.zeros(num_exits).index_put_((torch.tensor(exits),), weights)
+                    rows = probe(model, state.step, all_weights)
+                    state.probes.extend({"phase": phase_name, **row} for row in rows)
                 if state.step % eval_every == 0:
-                    _evaluate(model, val_set, config, dist, state, exits, phase_name, running / running_count)
-                    running.zero_()
-                    running_count = 0
+                    _evaluate(model, val_set, config, dist, state, exits, phase_name)
                     if state.stopped_early:
                         break
             state.epoch += 1
@@ -261,15 +253,20 @@ def _evaluate(
     state: _Progress,
     exits: Sequence[int],
     phase_name: str,
-    train_loss: Tensor,
 ) -> None:
-    """Validation accuracy of every exit; updates the early-stopping state and the trace."""
-    logits, labels = collect_logits(model, val_set, config.eval_batch_size, dist.device)
-    accuracy = exit_accuracy(logits, labels)
+    """Validation accuracy of every exit; updates the early-stopping state and the trace.
+
+    Under DDP every rank evaluates, then all take rank 0's accuracies, so that they agree on
+    improvement and stopping (their BatchNorm statistics may differ slightly).
+    """
+    accuracy = dist.broadcast_tensor(validation_accuracy(model, val_set, config.eval_batch_size, dist.device))
+    train_loss = state.loss_sum / max(1, state.loss_steps)
     row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
     row.update({f"train_loss_{i}": float(train_loss[i]) for i in range(len(accuracy))})
     row.update({f"val_acc_{i}": float(accuracy[i]) for i in range(len(accuracy))})
     state.trace.append(row)
+    state.loss_sum = torch.zeros_like(state.loss_sum)
+    state.loss_steps = 0
     improved = False
     for i in exits:
         if accuracy[i] > state.best_acc[i]:
@@ -284,6 +281,22 @@ def _evaluate(
         state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         state.best_step = state.step
     state.stopped_early = all(state.bad_evals[i] >= config.patience for i in exits)
+
+
+@torch.no_grad()
+def validation_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> Tensor:
+    """Accuracy (%) of every exit on ``dataset``, counted batch by batch (no logits kept)."""
+    was_training = model.training
+    model.eval()
+    correct: Tensor | None = None
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        predictions = torch.stack([out.argmax(-1) for out in model(images.to(device))])
+        hits = (predictions == torch.as_tensor(targets).to(device)).sum(1).cpu()
+        correct = hits if correct is None else correct + hits
+    model.train(was_training)
+    if correct is None:
+        raise ValueError("the validation split is empty")
+    return correct.double() / len(dataset) * 100  # type: ignore[arg-type]
 
 
 class _Batches:

@@ -30,6 +30,7 @@ from mexit.analysis import (
 )
 from mexit.analysis.features import sample_indices
 from mexit.models import build
+from mexit.regimes import multi_exit_loss
 
 
 def _resnet(seed: int = 0, placement: list[int] | None = None) -> nn.Module:
@@ -60,7 +61,10 @@ def _batch(count: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_dominance_shares_sum_to_one_and_a_lone_exit_has_share_and_cosine_one() -> None:
     table = gradient_dominance(_resnet(), *_batch())
-    assert list(table.columns) == ["block", "exit", "exit_block", "grad_norm", "share", "cosine", "dominant"]
+    assert list(table.columns) == [
+        "block", "exit", "exit_block", "weight", "grad_norm", "share", "cosine", "dominant",
+    ]
+    assert np.allclose(table.weight, 1 / 3)
     assert np.allclose(table.groupby("block")["share"].sum(), 1.0)
     assert (table.groupby("block")["dominant"].sum() == 1).all()
     assert set(table[table.block <= 3].exit) == {0, 1, 2}  # IC 0 reads block 3: it reaches blocks 1-3
@@ -87,13 +91,36 @@ def test_dominance_matches_backprop_of_each_exit_and_of_the_uniform_mean() -> No
     assert table.loc[(2, 0), "share"] == pytest.approx(norms[0] / norms.sum(), rel=1e-6)
 
 
-def test_dominance_weights_pick_the_loss_as_trained() -> None:
-    table = gradient_dominance(_resnet(), *_batch(), weights=[0.0, 0.0, 1.0])
+def test_dominance_total_is_the_gradient_of_the_weighted_loss() -> None:
+    model = _resnet()
+    images, labels = _batch()
+    weights = torch.tensor([1.0, 2.0, 3.0]) / 6  # linear weights, as PBEE and GPF train
+    table = gradient_dominance(model, images, labels, weights=weights).set_index(["block", "exit"])
+    model.eval()
+    logits = model(images)
+    total, _ = multi_exit_loss(logits, labels, range(3), weights)
+    block = list(model.blocks[1].parameters())
+    own = torch.cat([g.flatten() for g in torch.autograd.grad(F.cross_entropy(logits[0], labels), block, retain_graph=True)])
+    trained = torch.cat([g.flatten() for g in torch.autograd.grad(total, block)])
+    assert table.loc[(2, 0), "cosine"] == pytest.approx(float(F.cosine_similarity(own, trained, dim=0)), abs=1e-4)
+    assert table.loc[(2, 2), "weight"] == pytest.approx(0.5)
+    weighted = table.loc[2, "grad_norm"] * weights.double().numpy()
+    assert table.loc[(2, 0), "share"] == pytest.approx(weighted[0] / weighted.sum(), rel=1e-6)
+
+
+def test_dominance_zero_weight_exits_keep_their_rows_with_share_zero() -> None:
+    table = gradient_dominance(_resnet(), *_batch(), weights=torch.tensor([0.0, 0.0, 1.0]))
     final = table[table.exit == 2]
     assert np.allclose(final.share, 1) and np.allclose(final.cosine, 1) and final.dominant.all()
-    assert np.allclose(table[table.exit != 2].share, 0)
-    with pytest.raises(ValueError, match="weights must be 3"):
-        gradient_dominance(_resnet(), *_batch(), weights=[1.0, 1.0])
+    left_out = table[table.exit != 2]
+    assert np.allclose(left_out.share, 0) and (left_out.grad_norm > 0).all() and not left_out.dominant.any()
+    first_only = gradient_dominance(_resnet(), *_batch(), weights=[1.0, 0.0, 0.0])
+    early, late = first_only[first_only.block <= 3], first_only[first_only.block > 3]
+    assert np.allclose(early[early.exit == 0].share, 1) and early[early.exit == 0].dominant.all()
+    assert late.share.isna().all() and late.cosine.isna().all() and not late.dominant.any()  # no weighted exit reaches
+    for bad in ([1.0, 1.0], [0.0, 0.0, 0.0], [1.0, -1.0, 1.0], torch.ones(1, 3)):
+        with pytest.raises(ValueError, match="weights must be 3"):
+            gradient_dominance(_resnet(), *_batch(), weights=bad)
 
 
 def test_dominance_leaves_model_and_random_state_untouched() -> None:
@@ -111,15 +138,18 @@ def test_dominance_leaves_model_and_random_state_untouched() -> None:
     assert torch.equal(rng, torch.get_rng_state())
 
 
-def test_training_probe_is_seeded_and_tags_rows_with_the_step() -> None:
+def test_training_probe_is_seeded_uses_the_given_weights_and_tags_rows_with_the_step() -> None:
     model = _resnet()
     dataset = _images(300)
-    rows = training_probe(dataset, seed=3, probe_size=32)(model, 7)
-    again = training_probe(dataset, seed=3, probe_size=32)(model, 7)
-    other = training_probe(dataset, seed=4, probe_size=32)(model, 7)
+    uniform = torch.full((3,), 1 / 3)
+    rows = training_probe(dataset, seed=3, probe_size=32)(model, 7, uniform)
+    again = training_probe(dataset, seed=3, probe_size=32)(model, 7, uniform)
+    other = training_probe(dataset, seed=4, probe_size=32)(model, 7, uniform)
     assert rows == again and rows != other
     assert len(rows) == 3 * 3 + 3 * 2 + 3 and all(row["step"] == 7 for row in rows)
-    assert set(rows[0]) == {"step", "block", "exit", "exit_block", "grad_norm", "share", "cosine", "dominant"}
+    assert set(rows[0]) == {"step", "block", "exit", "exit_block", "weight", "grad_norm", "share", "cosine", "dominant"}
+    final_only = training_probe(dataset, seed=3, probe_size=32)(model, 8, torch.tensor([0.0, 0.0, 1.0]))
+    assert all(row["share"] == (1.0 if row["exit"] == 2 else 0.0) for row in final_only)
     with pytest.raises(ValueError, match="probe_size"):
         training_probe(dataset, seed=0, probe_size=1)
 
@@ -155,21 +185,25 @@ def test_path_end_points_are_the_models_with_recomputed_batchnorm() -> None:
     assert all(torch.equal(stored_b[k], v) for k, v in b.state_dict().items())
     bn_batches = torch.utils.data.Subset(train, sample_indices(64, 32, 0).tolist())
     recompute_batchnorm(b, DataLoader(bn_batches, batch_size=16))
-    end = evaluate_exits(b, DataLoader(test, batch_size=16))
+    end = evaluate_exits(b, test, batch_size=16)
     assert np.allclose(path[path.alpha == 1.0].loss, end.loss, atol=1e-5)
     assert not np.allclose(path[path.alpha == 0.0].loss, end.loss)
 
 
-def test_evaluate_exits_agrees_with_the_training_loop_accuracy() -> None:
-    from mexit.train import collect_logits, exit_accuracy
-
-    model = _resnet().eval()
+def test_evaluate_exits_is_each_exits_loss_and_accuracy_in_eval_mode() -> None:
+    model = _resnet()
+    model.train()
     test = _images(50, seed=2)
-    logits, labels = collect_logits(model, test, 16, torch.device("cpu"))
-    table = evaluate_exits(model, DataLoader(test, batch_size=16))
-    assert np.allclose(table.accuracy, exit_accuracy(logits, labels).numpy(), atol=1e-4)
-    losses = [F.cross_entropy(out, labels).item() for out in logits]
-    assert np.allclose(table.loss, losses, atol=1e-5)
+    table = evaluate_exits(model, test, batch_size=16)
+    assert model.training and list(table.columns) == ["exit", "loss", "accuracy"]
+    model.eval()
+    images, labels = test.tensors
+    with torch.no_grad():
+        logits = model(images)
+    assert np.allclose(table.loss, [F.cross_entropy(out, labels).item() for out in logits], atol=1e-5)
+    assert np.allclose(table.accuracy, [100 * (out.argmax(1) == labels).float().mean().item() for out in logits])
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_exits(model, _images(0))
 
 
 def test_bezier_curve_starts_as_the_linear_path_and_training_lowers_its_loss() -> None:
@@ -257,13 +291,26 @@ def test_block_representations_are_the_flattened_block_outputs() -> None:
     assert torch.allclose(reps.blocks[-1].features, last, atol=1e-5)
 
 
+def test_effective_rank_of_equal_and_unequal_directions() -> None:
+    for r in (1, 3, 7):
+        signs = torch.cat([torch.eye(r, 10), -torch.eye(r, 10)])  # centred, r orthogonal directions of equal size
+        result = numerical_rank(signs)
+        assert result.rank == r and result.effective_rank == pytest.approx(r, rel=1e-9)
+    skewed = numerical_rank(torch.cat([torch.eye(2, 10), -torch.eye(2, 10)]) * torch.tensor([1.0, 0.01] + [0.0] * 8))
+    assert skewed.rank == 2 and 1 < skewed.effective_rank < 1.1  # a faint second direction barely counts
+    assert numerical_rank(torch.ones(20, 5)).effective_rank == 0.0
+
+
 def test_block_ranks_table() -> None:
     table = block_ranks(_resnet(), _images(60), samples=50, max_features=128)
     assert list(table.columns) == [
-        "block", "rank", "max_rank", "features_used", "features_total", "samples", "rel_threshold",
+        "block", "rank", "effective_rank", "max_rank", "features_used", "features_total", "samples", "rel_threshold",
     ]
     assert list(table.block) == list(range(1, 10)) and (table.samples == 50).all()
     assert (table["rank"] <= table.max_rank).all() and (table.features_used <= 128).all()
+    assert ((table.effective_rank > 1) & (table.effective_rank <= table.max_rank)).all()
+    default = block_ranks(_resnet(), _images(60), samples=50)
+    assert (default.features_used == 25).all() and (default.max_rank == 25).all()  # half the samples
 
 
 # ---------------------------------------------------------------- mutual information

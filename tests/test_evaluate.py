@@ -12,6 +12,7 @@ from mexit.evaluate import (
     ExitOutputs,
     budget_table,
     confidences,
+    exit_accuracy,
     patience_sweep,
     single_exits,
     sweep,
@@ -155,6 +156,17 @@ def test_single_exits():
     assert df["cost_pct"].tolist() == [40.0, 120.0]
 
 
+def test_exit_accuracy():
+    labels = np.array([0, 1, 1, 0])  # exit 0 predicts 0, 0, 1, 0; the final exit 1, 1, 0, 1
+    assert exit_accuracy(LOGITS, labels).tolist() == [75.0, 25.0]
+    from_torch = exit_accuracy(torch.from_numpy(LOGITS).float(), torch.from_numpy(labels))
+    assert isinstance(from_torch, np.ndarray) and from_torch.tolist() == [75.0, 25.0]
+    with pytest.raises(ValueError, match="logits must have shape"):
+        exit_accuracy(LOGITS[0], labels)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        exit_accuracy(LOGITS, labels[:3])
+
+
 def test_accepts_torch_and_lists():
     expected = sweep(LOGITS, LABELS, COSTS, BACKBONE)
     from_torch = sweep(torch.from_numpy(LOGITS), torch.from_numpy(LABELS), COSTS, BACKBONE)
@@ -177,7 +189,7 @@ def test_budget_picking_and_seed_statistics():
     assert df["budget"].tolist() == [0.25, 0.5, 0.75, 1.0]
     assert (df["regime"] == "mixed").all() and (df["method"] == "sdn").all() and (df["n"] == 3).all()
     # 0.25 x 25 = 6.25 MACs: even exit 0 (10) does not fit
-    assert np.isnan(df["accuracy_mean"].iloc[0]) and df["note"].iloc[0] == "no threshold fits in 3 of 3 runs"
+    assert np.isnan(df["accuracy_mean"].iloc[0]) and df["note"].iloc[0] == "no operating point fits in 3 of 3 runs"
     # 12.5 MACs: only thresholds below 0.5 (all at exit 0, cost 10)
     half = df.iloc[1]
     assert half["accuracy_mean"] == 75.0 and half["accuracy_std"] == 25.0 and half["cost_pct_mean"] == 40.0
@@ -188,7 +200,7 @@ def test_budget_picking_and_seed_statistics():
     assert df["cost_pct_mean"].tolist()[2:] == [60.0, 100.0]
     assert df["accuracy_mean"].iloc[3] == np.mean([75.0, 50.0, 25.0])  # exits [0, 1, 1, 1]
     assert (df["final_accuracy_mean"] == 25.0).all() and (df["final_accuracy_std"] == 25.0).all()
-    assert (df["fit"] == "test").all()
+    assert (df["fit"] == "test").all() and (df["evaluation"] == "threshold").all()
 
 
 def test_budget_table_groups_and_single_seed():
@@ -217,13 +229,68 @@ def test_budget_fit_on_validation():
     assert val_fit["fit"].tolist() == ["val"]
 
 
+def pbee_case(method: str | None) -> ExitOutputs:
+    """The hand-checked patience case of test_patience_hand_checked as a run tagged ``method``."""
+    preds = np.array([[0, 0, 0, 1], [0, 1, 1, 1], [0, 1, 2, 2], [2, 2, 1, 1]]).T
+    tags = {} if method is None else {"method": method}
+    return ExitOutputs(5.0 * np.eye(3)[preds], np.array([0, 1, 2, 1]), [1.0, 2.0, 3.0, 4.0], 4.0, tags=tags)
+
+
+def test_budget_table_scores_pbee_runs_by_patience():
+    budgets = (0.25, 0.75, 0.95, 1.0)
+    pbee = budget_table([pbee_case("pbee")], budgets=budgets, by=("method",))
+    # patience 0..3 costs 1, 2.75, 3.75, 4 MACs (rising with patience), accuracies 25, 75, 100, 75
+    assert pbee["accuracy_mean"].tolist() == [25.0, 75.0, 100.0, 75.0]
+    assert pbee["cost_pct_mean"].tolist() == [25.0, 68.75, 93.75, 100.0]
+    assert (pbee["evaluation"] == "patience").all() and (pbee["final_accuracy_mean"] == 75.0).all()
+    # every exit has max-prob e^5 / (e^5 + 2): a threshold sends all samples to exit 0 or all to the final exit
+    for method in ("sdn", "gpf", "unknown", None):
+        plain = budget_table([pbee_case(method)], budgets=budgets, by=())
+        assert plain["accuracy_mean"].tolist() == [25.0, 25.0, 25.0, 75.0]
+        assert (plain["evaluation"] == "threshold").all()
+    mixed = budget_table([pbee_case("pbee"), pbee_case("sdn")], budgets=(0.95,), by=())
+    assert mixed["evaluation"].tolist() == ["patience, threshold"] and mixed["accuracy_mean"].tolist() == [62.5]
+
+
+def noisy_views(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [3, n, 4] of three exits seeing the label through independent noise, and the labels."""
+    labels = rng.integers(0, 4, n)
+    signal = 1.5 * np.eye(4)[labels]
+    return np.stack([signal + rng.normal(0, 1.5, (n, 4)) for _ in range(3)]), labels
+
+
+def test_budget_table_scores_ztw_runs_through_the_validation_fitted_ensemble():
+    rng = np.random.default_rng(5)
+    (test, test_labels), (val, val_labels) = noisy_views(rng, 200), noisy_views(rng, 150)
+    costs, budgets = np.array([2.0, 5.0, 11.0]), (0.3, 0.6, 1.0)
+
+    def run(method: str) -> ExitOutputs:
+        tags = {"method": method}
+        return ExitOutputs(test, test_labels, costs, 10.0, val_logits=val, val_labels=val_labels, tags=tags)
+
+    ensembled = ztw_ensemble(test, fit_logits=val, fit_labels=val_labels)
+    curve = sweep(ensembled, test_labels, costs, 10.0)
+    val_curve = sweep(ztw_ensemble(val, fit_logits=val, fit_labels=val_labels), val_labels, costs, 10.0)
+    for fit, picking in (("test", curve), ("val", val_curve)):
+        df = budget_table([run("ztw")], budgets=budgets, by=(), fit=fit)
+        picked = [np.flatnonzero(picking["cost_macs"] <= b * 10.0)[-1] for b in budgets]
+        np.testing.assert_allclose(df["accuracy_mean"], curve["accuracy"].iloc[picked])
+        np.testing.assert_allclose(df["cost_pct_mean"], curve["cost_pct"].iloc[picked])
+        assert (df["evaluation"] == "ztw-ensemble").all()
+    ztw, sdn = budget_table([run("ztw")], budgets=budgets, by=()), budget_table([run("sdn")], budgets=budgets, by=())
+    assert not np.allclose(ztw["accuracy_mean"], sdn["accuracy_mean"])
+    # the final-exit column is the plain final exit's own accuracy, not the ensembled one's
+    plain_final, ensembled_final = exit_accuracy(test, test_labels)[-1], exit_accuracy(ensembled, test_labels)[-1]
+    assert plain_final != ensembled_final and (ztw["final_accuracy_mean"] == plain_final).all()
+
+
 def test_ztw_never_worse_on_fitting_split_and_deterministic():
     rng = np.random.default_rng(3)
     n, c = 300, 4
     labels = rng.integers(0, c, n)
     signal = 1.5 * np.eye(c)[labels]
     logits = np.stack([signal + rng.normal(0, 1.5, (n, c)) for _ in range(3)]).astype(np.float32)
-    ens = ztw_ensemble(logits, labels)
+    ens = ztw_ensemble(logits, fit_logits=logits, fit_labels=labels)  # in-sample, on purpose
     assert ens.shape == logits.shape and ens.dtype == np.float32
     np.testing.assert_allclose(np.exp(ens).sum(-1), 1.0, rtol=1e-5)
 
@@ -233,7 +300,7 @@ def test_ztw_never_worse_on_fitting_split_and_deterministic():
     plain, fitted = nll(log_softmax(logits.astype(np.float64), axis=-1)), nll(ens.astype(np.float64))
     assert np.all(fitted <= plain + 1e-6)
     assert fitted[2] < plain[2] - 0.05  # three independent noisy views beat one
-    np.testing.assert_array_equal(ztw_ensemble(logits, labels), ens)
+    np.testing.assert_array_equal(ztw_ensemble(logits, fit_logits=logits, fit_labels=labels), ens)
 
 
 def test_ztw_fits_on_given_split():
@@ -241,13 +308,17 @@ def test_ztw_fits_on_given_split():
     labels = rng.integers(0, 3, 100)
     logits = rng.normal(size=(2, 100, 3))
     fit_logits = 3.0 * np.eye(3)[labels][None].repeat(2, axis=0) + rng.normal(size=(2, 100, 3))
-    in_sample = ztw_ensemble(logits, labels)
-    on_val = ztw_ensemble(logits, labels, fit_logits=fit_logits, fit_labels=labels)
+    in_sample = ztw_ensemble(logits, fit_logits=logits, fit_labels=labels)
+    on_val = ztw_ensemble(logits, fit_logits=fit_logits, fit_labels=labels)
     assert not np.allclose(in_sample, on_val)
-    with pytest.raises(ValueError, match="fit_logits and fit_labels"):
-        ztw_ensemble(logits, labels, fit_logits=fit_logits)
+    # the fitting split may differ in size from the reported one, whose labels are never needed
+    assert ztw_ensemble(logits[:, :10], fit_logits=fit_logits, fit_labels=labels).shape == (2, 10, 3)
+    with pytest.raises(TypeError, match="fit_labels"):
+        ztw_ensemble(logits, fit_logits=fit_logits)
     with pytest.raises(ValueError, match="fit_logits must have"):
-        ztw_ensemble(logits, labels, fit_logits=fit_logits[:1], fit_labels=labels)
+        ztw_ensemble(logits, fit_logits=fit_logits[:1], fit_labels=labels)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        ztw_ensemble(logits, fit_logits=fit_logits, fit_labels=labels[:50])
 
 
 def test_exit_outputs_converts_and_checks():
@@ -297,3 +368,5 @@ def test_patience_and_table_reject_bad_input():
         budget_table([run], by=("dataset",))
     with pytest.raises(ValueError, match="grid must be one of"):
         budget_table([run], grid="fine")
+    with pytest.raises(ValueError, match="method='ztw' runs need val_logits and val_labels"):
+        budget_table([pbee_case("ztw")], by=("method",))

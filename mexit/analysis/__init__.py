@@ -2,7 +2,7 @@
 
 - :func:`gradient_dominance`, :func:`training_probe`: which exit's loss drives each block's gradient.
 - :func:`linear_path`, :func:`bezier_path`, :func:`barrier`: mode connectivity between two runs' weights.
-- :func:`numerical_rank`, :func:`block_ranks`: the numerical rank of each block's representation.
+- :func:`numerical_rank`, :func:`block_ranks`: the numerical and effective rank of each block's representation.
 - :func:`mutual_information`, :func:`input_information`, :func:`block_mutual_information`: what each
   block's representation tells about the labels and the inputs.
 

@@ -26,6 +26,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mexit.analysis.features import sample_indices, stack_items
+from mexit.evaluate import exit_accuracy
+from mexit.regimes import multi_exit_loss
+from mexit.train import collect_logits
 
 
 def linear_path(
@@ -83,11 +86,11 @@ def bezier_path(
     def on_curve(t: float) -> dict[str, Tensor]:
         return {n: (1 - t) ** 2 * state_a[n] + 2 * t * (1 - t) * c + t**2 * state_b[n] for n, c in control.items()}
 
-    work = copy.deepcopy(model_a).eval()
-    for module in work.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.train()
+    work = copy.deepcopy(model_a)
+    _batchnorm_only_training(work)
     device = next(model_a.parameters()).device
+    exits = range(work.num_exits)
+    uniform = torch.full((work.num_exits,), 1.0 / work.num_exits)
     optimizer = torch.optim.Adam(control.values(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -95,8 +98,7 @@ def bezier_path(
         images, labels = stack_items(train_set, batch)
         t = float(torch.rand((), generator=generator))
         logits = torch.func.functional_call(work, on_curve(t), (images.to(device),))
-        targets = labels.to(device)
-        loss = torch.stack([F.cross_entropy(out.float(), targets) for out in logits]).mean()
+        loss, _ = multi_exit_loss(logits, labels.to(device), exits, uniform)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -121,12 +123,11 @@ def _evaluate_path(
     work = copy.deepcopy(model)
     bn_indices = sample_indices(len(train_set), bn_batches * batch_size, seed)  # type: ignore[arg-type]
     bn_loader = DataLoader(Subset(train_set, bn_indices.tolist()), batch_size=batch_size)
-    eval_loader = DataLoader(eval_set, batch_size=batch_size)
     frames = []
     for alpha in np.linspace(0.0, 1.0, points):
         work.load_state_dict(state_at(float(alpha)))
         recompute_batchnorm(work, bn_loader)
-        frames.append(evaluate_exits(work, eval_loader).assign(alpha=float(alpha)))
+        frames.append(evaluate_exits(work, eval_set, batch_size).assign(alpha=float(alpha)))
     return pd.concat(frames, ignore_index=True)[["alpha", "exit", "loss", "accuracy"]]
 
 
@@ -169,48 +170,44 @@ def recompute_batchnorm(model: nn.Module, loader: DataLoader) -> None:
     Only BatchNorm layers run in train mode; the model is left in eval mode. A model without
     BatchNorm is left untouched (apart from eval mode).
     """
+    norms = _batchnorm_only_training(model)
+    if norms:
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        device = next(model.parameters()).device
+        for images, _ in loader:
+            model(images.to(device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    model.eval()
+
+
+def _batchnorm_only_training(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Put ``model`` in eval mode except its BatchNorm layers, which go to train mode; returns those layers."""
     model.eval()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
         m.train()
-    device = next(model.parameters()).device
-    for images, _ in loader:
-        model(images.to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-        m.eval()
+    return norms
 
 
-@torch.no_grad()
-def evaluate_exits(model: nn.Module, loader: DataLoader) -> pd.DataFrame:
-    """Mean cross-entropy (nats) and accuracy (%) of every exit, in the model's current mode.
+def evaluate_exits(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> pd.DataFrame:
+    """Mean cross-entropy (nats) and accuracy (%) of every exit on ``dataset``, in eval mode.
 
-    Columns: exit, loss, accuracy.
+    Columns: exit, loss, accuracy. The model's mode is left as it was.
     """
-    device = next(model.parameters()).device
-    loss_sum: Tensor | None = None
-    correct: Tensor | None = None
-    count = 0
-    for images, labels in loader:
-        targets = torch.as_tensor(labels).to(device)
-        logits = torch.stack([out.float() for out in model(images.to(device))])
-        losses = torch.stack([F.cross_entropy(out, targets, reduction="sum") for out in logits]).double().cpu()
-        hits = (logits.argmax(-1) == targets).sum(1).double().cpu()
-        loss_sum = losses if loss_sum is None else loss_sum + losses
-        correct = hits if correct is None else correct + hits
-        count += len(targets)
-    if loss_sum is None or correct is None:
-        raise ValueError("the evaluation set is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("dataset is empty")
+    logits, labels = collect_logits(model, dataset, batch_size, next(model.parameters()).device)
     return pd.DataFrame(
         {
-            "exit": range(len(loss_sum)),
-            "loss": (loss_sum / count).tolist(),
-            "accuracy": (100 * correct / count).tolist(),
+            "exit": range(len(logits)),
+            "loss": [F.cross_entropy(out, labels).item() for out in logits],
+            "accuracy": exit_accuracy(logits, labels).tolist(),
         }
     )
 

@@ -6,9 +6,12 @@ vector):
 
 - ``g_il = dL_i / d theta_l``; only exits fed by block ``l`` or a later block reach it.
 - The total gradient is that of the loss as trained, ``g_l = sum_i w_i g_il`` with the loss weights
-  ``w`` (uniform ``1/E`` over the ``E`` exits unless given).
+  ``w`` (uniform ``1/E`` over the ``E`` exits unless given; zero for an exit left out of the loss).
+  A method's auxiliary loss (GPF's imitation term) belongs to no exit and is left out.
 - ``share_il = w_i |g_il| / sum_j w_j |g_jl|`` over the exits that reach block ``l``: shares are in
-  [0, 1] and sum to 1 per block; the exit with the largest share *dominates* the block.
+  [0, 1] and sum to 1 per block; the exit with the largest share *dominates* the block. An exit of
+  weight 0 keeps its row (its own ``|g_il|`` and cosine) with share 0; a block that no exit of
+  positive weight reaches has share and cosine NaN and no dominant exit.
 - ``cosine_il = <g_il, g_l> / (|g_il| |g_l|)``: how well exit ``i``'s gradient agrees with the
   update the block actually receives.
 
@@ -38,20 +41,21 @@ def _exit_blocks(model: nn.Module) -> list[int]:
 
 
 def gradient_dominance(
-    model: nn.Module, images: Tensor, labels: Tensor, weights: Sequence[float] | None = None
+    model: nn.Module, images: Tensor, labels: Tensor, weights: Tensor | Sequence[float] | None = None
 ) -> pd.DataFrame:
     """Per (block, exit) gradient norm, share, cosine with the total and dominance; see the module doc.
 
-    One row per block and exit that reaches it. Columns: block (1-based), exit (0-based; the last is
-    the final head), exit_block, grad_norm (``|g_il|``), share, cosine, dominant (bool).
-    The model's mode, ``requires_grad`` flags and ``.grad`` are left as they were.
+    ``weights``: one loss weight per exit (1-D, length ``model.num_exits``, zeros allowed), by
+    default uniform. One row per block and exit that reaches it. Columns: block (1-based), exit
+    (0-based; the last is the final head), exit_block, weight, grad_norm (``|g_il|``), share, cosine,
+    dominant (bool). The model's mode, ``requires_grad`` flags and ``.grad`` are left as they were.
     """
     num_exits = model.num_exits
-    if weights is None:
-        weights = [1.0 / num_exits] * num_exits
-    if len(weights) != num_exits or any(w < 0 for w in weights) or sum(weights) <= 0:
+    w = torch.full((num_exits,), 1.0 / num_exits) if weights is None else torch.as_tensor(weights)
+    w = w.detach().double().cpu()
+    if w.shape != (num_exits,) or not bool(torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
         raise ValueError(
-            f"weights must be {num_exits} non-negative numbers with a positive sum, got {list(weights)}"
+            f"weights must be {num_exits} non-negative numbers with a positive sum, got {w.tolist()}"
         )
     if images.shape[0] != labels.shape[0] or labels.ndim != 1:
         raise ValueError(f"labels must be [batch={images.shape[0]}], got shape {tuple(labels.shape)}")
@@ -80,7 +84,7 @@ def gradient_dominance(
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    return _dominance_table(grads, positions, weights)
+    return _dominance_table(grads, positions, w.tolist())
 
 
 def _dominance_table(
@@ -100,6 +104,7 @@ def _dominance_table(
                     "block": block,
                     "exit": i,
                     "exit_block": positions[i],
+                    "weight": weights[i],
                     "grad_norm": norms[i],
                     "share": weights[i] * norms[i] / weighted if weighted > 0 else float("nan"),
                     "cosine": float(grads[(block, i)] @ total) / denominator if denominator > 0 else float("nan"),
@@ -114,14 +119,16 @@ def training_probe(dataset: Dataset, seed: int, probe_size: int = 256) -> Probe:
     """A probe for :func:`mexit.train.train_phase`: :func:`gradient_dominance` on a fixed batch.
 
     The batch is ``probe_size`` items of ``dataset`` (give it eval transforms) drawn with ``seed``
-    once, here; the probe returns the table's rows, each with the training ``step``.
+    once, here. ``probe(model, step, weights)`` takes the weight of every exit in the loss being
+    trained (1-D, length ``model.num_exits``, zero for exits left out) and returns the table's rows,
+    each with the training ``step``.
     """
     if probe_size < 2:
         raise ValueError(f"probe_size must be >= 2, got {probe_size}")
     images, labels = stack_items(dataset, sample_indices(len(dataset), probe_size, seed))  # type: ignore[arg-type]
 
-    def probe(model: nn.Module, step: int) -> list[dict[str, Any]]:
-        table = gradient_dominance(model, images, labels)
+    def probe(model: nn.Module, step: int, weights: Tensor) -> list[dict[str, Any]]:
+        table = gradient_dominance(model, images, labels, weights=weights)
         return [{"step": step, **row} for row in table.to_dict("records")]
 
     return probe

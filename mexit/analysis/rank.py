@@ -6,6 +6,11 @@ singular values ``s_1 >= s_2 >= ...`` in float64; the numerical rank is the numb
 above ``rel_threshold * s_1``. Centring removes the mean direction, so the rank is at most
 ``min(samples - 1, features)``. Wide layers may keep a seeded random subset of their features; the
 result says how many were used.
+
+The effective rank (Roy & Vetterli, 2007) comes with it: ``exp(H(p))`` with ``p_k = s_k / sum_j s_j``
+and ``H`` the Shannon entropy in nats; ``r`` equal non-zero singular values give ``r``. It needs no
+threshold and does not saturate at the cap the way the thresholded count does (0 for constant
+activations).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class RankResult:
     """The numerical rank of one activation matrix, its singular values and how it was measured."""
 
     rank: int
+    effective_rank: float
     singular_values: Tensor
     rel_threshold: float
     samples: int
@@ -60,7 +66,17 @@ def numerical_rank(
     matrix = matrix - matrix.mean(0, keepdim=True)
     values = torch.linalg.svdvals(matrix).cpu()
     rank = int((values > rel_threshold * values[0]).sum()) if values[0] > 0 else 0
-    return RankResult(rank, values, rel_threshold, matrix.shape[0], matrix.shape[1], total)
+    return RankResult(rank, _effective_rank(values), values, rel_threshold, matrix.shape[0], matrix.shape[1], total)
+
+
+def _effective_rank(singular_values: Tensor) -> float:
+    """Roy & Vetterli's effective rank of a matrix from its singular values (0 if all are zero)."""
+    total = singular_values.double().sum()
+    if total <= 0:
+        return 0.0
+    p = singular_values.double() / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def block_ranks(
@@ -68,16 +84,20 @@ def block_ranks(
     dataset: Dataset,
     samples: int = 1000,
     rel_threshold: float = 1e-3,
-    max_features: int | None = 4096,
+    max_features: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
 ) -> pd.DataFrame:
-    """Numerical rank of every block's output of a multi-exit model on a seeded sample of ``dataset``.
+    """Numerical and effective rank of every block's output of a multi-exit model on a seeded sample of ``dataset``.
 
-    Columns: block (1-based), rank, max_rank, features_used, features_total, samples, rel_threshold.
+    ``max_features=None`` keeps half as many features as samples drawn (at least 1), so the matrix
+    is tall and the rank is capped by the features kept, not by the sample. Columns: block
+    (1-based), rank, effective_rank, max_rank, features_used, features_total, samples, rel_threshold.
     """
     if not 0 < rel_threshold < 1:
         raise ValueError(f"rel_threshold must be in (0, 1), got {rel_threshold}")
+    if max_features is None:
+        max_features = max(1, min(samples, len(dataset)) // 2)  # type: ignore[arg-type]
     reps = block_representations(model, dataset, samples, max_features, seed, batch_size)
     rows = []
     for block in reps.blocks:
@@ -86,6 +106,7 @@ def block_ranks(
             {
                 "block": block.block,
                 "rank": result.rank,
+                "effective_rank": result.effective_rank,
                 "max_rank": result.max_rank,
                 "features_used": result.features_used,
                 "features_total": block.features_total,

@@ -9,9 +9,17 @@ model's MACs; accuracies are %. A curve and a table from three stored runs (``ru
     curves = pd.concat(sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs)
     flops_accuracy(curves, hue="regime")
     format_budget_table(budget_table(runs, by=("regime",), grid="dense"))
+
+``budget_table`` scores each run by its ``method`` tag (PBEE by patience, ZTW through its
+ensemble); the ZTW ensemble on its own is fitted on a split named explicitly::
+
+    from mexit.evaluate import exit_accuracy, ztw_ensemble
+    r = runs[0]
+    ensembled = ztw_ensemble(r.test_logits, fit_logits=r.val_logits, fit_labels=r.val_labels)
+    exit_accuracy(ensembled, r.test_labels)  # accuracy (%) of every ensembled exit
 """
 
-from mexit.evaluate.sweeps import confidences, patience_sweep, single_exits, sweep, threshold_grid
+from mexit.evaluate.sweeps import confidences, exit_accuracy, patience_sweep, single_exits, sweep, threshold_grid
 from mexit.evaluate.tables import ExitOutputs, budget_table
 from mexit.evaluate.ztw import ztw_ensemble
 
@@ -19,6 +27,7 @@ __all__ = [
     "ExitOutputs",
     "budget_table",
     "confidences",
+    "exit_accuracy",
     "patience_sweep",
     "single_exits",
     "sweep",

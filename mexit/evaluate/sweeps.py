@@ -2,7 +2,8 @@
 
 Every sweep returns one row per operating point with the same columns:
 
-- ``threshold`` (or ``patience``): the operating point, rows in increasing order;
+- ``threshold`` (or ``patience``): the operating point, rows in increasing order; raising either
+  never lets a sample leave earlier, so ``cost_macs`` is non-decreasing down the rows;
 - ``cost_macs``: expected cost per sample, sum over exits of ``costs[i] * exit_share_i`` (MACs);
 - ``cost_pct``: ``cost_macs`` as % of ``backbone_cost`` (the backbone-only model's MACs);
 - ``accuracy``: accuracy (%) of the prediction of the exit each sample leaves at;
@@ -237,15 +238,23 @@ def patience_sweep(
     return points_frame("patience", patiences, counts, hits, costs, backbone_cost)
 
 
+def exit_accuracy(logits: Any, labels: Any) -> np.ndarray:
+    """Accuracy (%) of every exit on its own, [E], from logits [E, N, C] and labels [N]."""
+    logits = to_numpy(logits)
+    if logits.ndim != 3 or 0 in logits.shape:
+        raise ValueError(f"logits must have shape [E exits, N samples, C classes], got {logits.shape}")
+    labels = check_labels(labels, logits.shape[1], logits.shape[2])
+    return 100.0 * (logits.argmax(axis=-1) == labels).mean(axis=1)
+
+
 def single_exits(logits: Any, labels: Any, costs: Any, backbone_cost: float) -> pd.DataFrame:
     """Each exit on its own: columns ``exit``, ``cost_macs``, ``cost_pct``, ``accuracy`` (%)."""
     logits, labels, costs, backbone_cost = check_exit_arrays(logits, labels, costs, backbone_cost)
-    accuracy = 100.0 * (logits.argmax(axis=-1) == labels).mean(axis=1)
     return pd.DataFrame(
         {
             "exit": np.arange(len(costs)),
             "cost_macs": costs,
             "cost_pct": 100.0 * costs / backbone_cost,
-            "accuracy": accuracy,
+            "accuracy": exit_accuracy(logits, labels),
         }
     )

@@ -10,9 +10,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mexit.evaluate.sweeps import check_exit_arrays, check_labels, sweep, to_numpy
+from mexit.evaluate.sweeps import check_exit_arrays, check_labels, exit_accuracy, patience_sweep, sweep, to_numpy
+from mexit.evaluate.ztw import ztw_ensemble
 
 FITS: tuple[str, ...] = ("test", "val")
+# how runs are scored, by their "method" tag; every other method uses the confidence threshold
+EVALUATIONS: dict[str, str] = {"pbee": "patience", "ztw": "ztw-ensemble"}
 
 
 @dataclass
@@ -22,7 +25,8 @@ class ExitOutputs:
     ``test_logits`` [E, N, C] (last = final exit), ``test_labels`` [N], ``costs`` [E] cumulative
     MACs of leaving at each exit (ICs included), ``backbone_cost`` MACs of the backbone-only model,
     optional ``val_logits`` [E, M, C] / ``val_labels`` [M], and ``tags`` naming the run
-    (e.g. ``{"regime": "mixed", "method": "sdn", "seed": 0}``). Arrays are stored as numpy.
+    (e.g. ``{"regime": "mixed", "method": "sdn", "seed": 0}``; ``method`` chooses how
+    :func:`budget_table` scores the run). Arrays are stored as numpy.
     """
 
     test_logits: np.ndarray
@@ -61,18 +65,29 @@ def budget_table(
 ) -> pd.DataFrame:
     """Accuracy at fractions of the backbone-only cost, summarised over the runs of each group.
 
-    For each run and budget b, the operating point is the last threshold (in increasing order,
-    so the most accurate) whose expected cost is at most b x ``backbone_cost``, picked on the test
-    split (``fit="test"``, as the paper) or on the validation split (``fit="val"``); the test
-    accuracy and cost at that threshold are reported. Runs are grouped by their ``tags`` values
-    for the keys in ``by``; the other runs of a group (seeds) are the replicates.
+    Each run is scored by the early-exit rule of its ``tags["method"]`` (``"sdn"`` when absent):
+
+    - ``"pbee"``: :func:`~mexit.evaluate.patience_sweep`, patience 0..E-1 as operating points;
+    - ``"ztw"``: :func:`~mexit.evaluate.sweep` over the ZTW ensemble of its outputs
+      (:func:`~mexit.evaluate.ztw_ensemble` fitted on its ``val_logits``/``val_labels``, which such
+      a run must have);
+    - any other method (``"sdn"``, ``"gpf"``, ...): :func:`~mexit.evaluate.sweep` on its outputs.
+
+    ``grid`` and ``rule`` are the threshold sweep's. For each run and budget b, the operating point
+    is the last one (thresholds or patiences in increasing order, along which the expected cost never
+    falls, so the most accurate affordable one) whose expected cost is at most b x
+    ``backbone_cost``, picked on the test split (``fit="test"``, as the paper) or on the validation
+    split (``fit="val"``); the test accuracy and cost there are reported. Runs are grouped by their
+    ``tags`` values for the keys in ``by``; the other runs of a group (seeds) are the replicates.
 
     One row per (group, budget), groups in order of first appearance: the ``by`` columns,
     ``budget`` (fraction), ``accuracy_mean``, ``accuracy_std`` (ddof 1), ``accuracy_ci95``
     (half-width of the 95% t-interval over runs; NaN with one run), ``n`` (runs), ``cost_pct_mean``
-    (test cost, % of backbone), ``final_accuracy_mean``/``_std``/``_ci95`` (the final exit on its
-    own, whose cost exceeds 100% of the backbone), ``fit`` and ``note``. Where no threshold fits a
-    budget in some run of a group, the group's accuracy at that budget is NaN and ``note`` says so.
+    (test cost, % of backbone), ``final_accuracy_mean``/``_std``/``_ci95`` (the plain final exit on
+    its own, never ensembled, whose cost exceeds 100% of the backbone), ``fit``, ``evaluation``
+    (``"threshold"``, ``"patience"`` or ``"ztw-ensemble"``; comma-joined if a group mixes them)
+    and ``note``. Where no operating point fits a budget in some run of a group, the group's
+    accuracy at that budget is NaN and ``note`` says so.
     """
     if len(outputs) == 0:
         raise ValueError("outputs must hold at least one ExitOutputs")
@@ -88,8 +103,10 @@ def budget_table(
             raise ValueError(f"by names tags {missing} that a run lacks; its tags are {out.tags}")
         if fit == "val" and out.val_logits is None:
             raise ValueError("fit='val' needs val_logits and val_labels on every run")
+        if _evaluation(out) == "ztw-ensemble" and out.val_logits is None:
+            raise ValueError(f"method='ztw' runs need val_logits and val_labels to fit the ZTW ensemble: {out.tags}")
 
-    groups: dict[tuple, list[dict[str, np.ndarray | float]]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for out in outputs:
         key = tuple(out.tags[k] for k in by)
         groups.setdefault(key, []).append(_run_points(out, budgets, fit, grid, rule))
@@ -97,6 +114,7 @@ def budget_table(
     rows = []
     for key, runs in groups.items():
         final = _summary(np.array([run["final"] for run in runs]))
+        evaluation = ", ".join(dict.fromkeys(run["evaluation"] for run in runs))
         for b, budget in enumerate(budgets):
             accuracy = np.array([run["accuracy"][b] for run in runs])
             cost = np.array([run["cost_pct"][b] for run in runs])
@@ -110,18 +128,39 @@ def budget_table(
                     "cost_pct_mean": cost.mean(),
                     **{f"final_accuracy_{k}": v for k, v in final.items()},
                     "fit": fit,
-                    "note": f"no threshold fits in {unfit} of {len(runs)} runs" if unfit else "",
+                    "evaluation": evaluation,
+                    "note": f"no operating point fits in {unfit} of {len(runs)} runs" if unfit else "",
                 }
             )
     return pd.DataFrame(rows)
 
 
-def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict:
-    """One run's test accuracy and cost (%) at each budget's picked threshold, and its final exit."""
-    test = sweep(out.test_logits, out.test_labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
-    picking = test
-    if fit == "val":
-        picking = sweep(out.val_logits, out.val_labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
+def _evaluation(out: ExitOutputs) -> str:
+    """How a run is scored: ``"threshold"``, ``"patience"`` or ``"ztw-ensemble"`` (see :func:`budget_table`)."""
+    return EVALUATIONS.get(out.tags.get("method", "sdn"), "threshold")
+
+
+def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict[str, Any]:
+    """One run's test accuracy and cost (%) at each budget's picked operating point, its plain final
+    exit's accuracy and its evaluation."""
+    evaluation = _evaluation(out)
+    test_logits, val_logits = out.test_logits, out.val_logits
+    if evaluation == "ztw-ensemble":  # one fit on validation, applied to both splits
+        n_val = out.val_logits.shape[1]
+        both = ztw_ensemble(
+            np.concatenate([out.val_logits, out.test_logits], axis=1),
+            fit_logits=out.val_logits,
+            fit_labels=out.val_labels,
+        )
+        val_logits, test_logits = both[:, :n_val], both[:, n_val:]
+
+    def points(logits: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+        if evaluation == "patience":
+            return patience_sweep(logits, labels, out.costs, out.backbone_cost)
+        return sweep(logits, labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
+
+    test = points(test_logits, out.test_labels)
+    picking = points(val_logits, out.val_labels) if fit == "val" else test
     accuracy = np.full(len(budgets), np.nan)
     cost_pct = np.full(len(budgets), np.nan)
     fits = picking["cost_macs"].to_numpy()[None, :] <= budgets[:, None] * out.backbone_cost
@@ -130,8 +169,8 @@ def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule
             last = np.flatnonzero(row_fits)[-1]
             accuracy[b] = test["accuracy"].iloc[last]
             cost_pct[b] = test["cost_pct"].iloc[last]
-    final = 100.0 * np.mean(out.test_logits[-1].argmax(axis=-1) == out.test_labels)
-    return {"accuracy": accuracy, "cost_pct": cost_pct, "final": final}
+    final = exit_accuracy(out.test_logits, out.test_labels)[-1]
+    return {"accuracy": accuracy, "cost_pct": cost_pct, "final": final, "evaluation": evaluation}
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

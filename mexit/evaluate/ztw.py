@@ -7,10 +7,10 @@ Early Exit Neural Networks", NeurIPS 2021: exit i outputs
 
 a weighted geometric mean of its own and all earlier exits' softmax outputs with a per-class bias.
 The weights and biases of each exit are fitted by minimising the negative log-likelihood on a
-fitting split, each exit separately; this is our implementation, not the authors' code: a convex
-problem solved by L-BFGS-B from the plain output (w_ii = 1, other weights and biases 0), and the
-plain output is kept wherever fitting does not lower the fitting NLL. Unlike the ZTW paper, the
-final exit is ensembled too.
+fitting split, always named by the caller (never, by default, the split reported on), each exit
+separately; this is our implementation, not the authors' code: a convex problem solved by L-BFGS-B
+from the plain output (w_ii = 1, other weights and biases 0), and the plain output is kept wherever
+fitting does not lower the fitting NLL. Unlike the ZTW paper, the final exit is ensembled too.
 """
 
 from __future__ import annotations
@@ -26,29 +26,22 @@ from mexit.evaluate.sweeps import check_labels, to_numpy
 MAX_ITER = 500
 
 
-def ztw_ensemble(
-    logits: Any, labels: Any, *, fit_logits: Any | None = None, fit_labels: Any | None = None
-) -> np.ndarray:
+def ztw_ensemble(logits: Any, *, fit_logits: Any, fit_labels: Any) -> np.ndarray:
     """Ensembled per-exit log-probabilities [E, N, C] of ``logits`` [E, N, C].
 
-    The weights are fitted on ``fit_logits``/``fit_labels`` (e.g. the validation split) when
-    given, otherwise on ``logits``/``labels`` themselves (in-sample). Deterministic.
+    The weights are fitted on ``fit_logits`` [E, M, C] / ``fit_labels`` [M], a split other than the
+    one reported on (e.g. validation); in-sample fitting means passing the same arrays explicitly.
+    Deterministic.
     """
     logits = _check_logits(logits, "logits")
-    if (fit_logits is None) != (fit_labels is None):
-        raise ValueError("fit_logits and fit_labels must be given together, or neither")
-    if fit_logits is None:
-        fit_logits, fit_labels = logits, labels
-    else:
-        fit_logits = _check_logits(fit_logits, "fit_logits")
-        if fit_logits.shape[0] != logits.shape[0] or fit_logits.shape[2] != logits.shape[2]:
-            raise ValueError(
-                f"fit_logits must have the exits and classes of logits {logits.shape}, got {fit_logits.shape}"
-            )
-        check_labels(labels, logits.shape[1], logits.shape[2])
+    fit_logits = _check_logits(fit_logits, "fit_logits")
+    if fit_logits.shape[0] != logits.shape[0] or fit_logits.shape[2] != logits.shape[2]:
+        raise ValueError(
+            f"fit_logits must have the exits and classes of logits {logits.shape}, got {fit_logits.shape}"
+        )
     fit_labels = check_labels(fit_labels, fit_logits.shape[1], fit_logits.shape[2], name="fit_logits")
     fit_logp = log_softmax(fit_logits.astype(np.float64), axis=-1)
-    logp = fit_logp if fit_logits is logits else log_softmax(logits.astype(np.float64), axis=-1)
+    logp = log_softmax(logits.astype(np.float64), axis=-1)
     out = np.empty(logits.shape, dtype=np.result_type(logits.dtype, np.float32))
     for i in range(logits.shape[0]):
         weights, bias = _fit_exit(fit_logp[: i + 1], fit_labels)
