@@ -1,8 +1,9 @@
 """Build the book: execute every notebook with a profile's parameters (papermill), then Jupyter Book.
 
 Notebook sources live in ``notebooks/`` without outputs; executed copies land in ``book/generated/``,
-which ``_toc.yml`` lists, and ``jupyter-book build -W .`` renders them with the prose of ``book/``
-into ``_build/html``. A profile (``mexit/profiles/<name>.yaml``) is only a set of parameter values.
+and ``jupyter-book build -W .`` renders those that ``_toc.yml`` lists (as ``book/generated/<name>``)
+with the prose of ``book/`` into ``_build/html``. A profile (``mexit/profiles/<name>.yaml``) is only a
+set of parameter values.
 """
 
 from __future__ import annotations

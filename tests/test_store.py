@@ -110,28 +110,54 @@ def test_remove_keeps_phases_other_runs_use(tmp_path: Path) -> None:
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    overrides = ["train.regime=joint", "train.epochs=40"]
+    # Mixed, with early stopping and evaluations that do not divide an epoch, killed during P2.
+    overrides = ["train.regime=mixed", "train.epochs=[2, 40]", "train.patience=100", "train.eval_every=7"]
+    config = load_config("tiny", overrides)
     killed_root = tmp_path / "killed"
+    partial = killed_root / "phases" / phase_keys(config)[1] / "partial.pt"
     process = subprocess.Popen(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    partial = None
-    while time.time() < deadline and process.poll() is None:
-        partial = next(killed_root.glob("phases/*/partial.pt"), None)
-        if partial is not None:
-            break
+    while time.time() < deadline and process.poll() is None and not partial.exists():
         time.sleep(0.02)
-    assert partial is not None and process.poll() is None, "the run finished before it could be interrupted"
+    assert partial.exists() and process.poll() is None, "the run finished before it could be interrupted"
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
     process.wait()
     progress = checkpoint.load_tensors(partial)["progress"]
     assert 0 < progress.epoch < 40
     assert subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True).returncode == 0
-    config = load_config("tiny", overrides)
     resumed = RunStore(killed_root).get(config)
     fresh = RunStore(tmp_path / "fresh").get(config)
     assert torch.equal(resumed.logits("test"), fresh.logits("test"))
+    assert resumed.trace().equals(fresh.trace())
     assert not partial.exists()
+
+
+def test_a_corrupted_phase_is_reported_set_aside_and_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path)
+    disjoint_config, mixed_config = regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0])
+    store.get(disjoint_config)
+    shared = tmp_path / "phases" / phase_keys(mixed_config)[0] / "state.pt"
+    blob = bytearray(shared.read_bytes())
+    blob[-10] ^= 0xFF
+    shared.write_bytes(bytes(blob))
+    mixed = store.get(mixed_config)  # needs the shared P1: finds it damaged, retrains it
+    assert "corrupted" in capsys.readouterr().err
+    assert shared.with_name("state.pt.corrupt").exists()
+    assert torch.equal(mixed.logits("test"), RunStore(tmp_path / "fresh").get(mixed_config).logits("test"))
+
+
+def test_an_unfinished_run_can_be_removed(tmp_path: Path) -> None:
+    config = load_config("tiny", ["train.regime=joint", "train.epochs=40"])
+    process = subprocess.Popen(_mexit("train", "--config", "tiny", "train.regime=joint", "train.epochs=40", root=tmp_path), env=_env(), stderr=subprocess.DEVNULL)
+    partial = tmp_path / "phases" / phase_keys(config)[0] / "partial.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not partial.exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    removed = RunStore(tmp_path).remove(config.key())
+    assert tmp_path / "runs" / config.key() in removed and not partial.exists()
 
 
 def test_two_processes_asking_for_one_run_train_it_once(tmp_path: Path) -> None:
@@ -170,14 +196,26 @@ def test_cli_refuses_bad_parameters_before_training(tmp_path: Path) -> None:
     assert not tmp_path.exists() or not any(tmp_path.rglob("*.pt"))
 
 
+def _torchrun(root: Path, overrides: list[str], port: int) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        "-m", "mexit", "--root", str(root), "train", "--config", "tiny", "--device", "cpu", *overrides,
+    ]  # fmt: skip
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_distributed_ranks_agree_on_early_stopping(tmp_path: Path) -> None:
+    overrides = ["train.regime=mixed", "train.epochs=[1, 30]", "train.patience=1", "train.eval_every=2"]
+    result = _torchrun(tmp_path, overrides, 29518)  # a rank that stopped alone would hang the other
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = RunStore(tmp_path).runs()[0]
+    assert run.metrics["phase_stopped_early"][1] and run.metrics["world_size"] == 2
+
+
 def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
     overrides = ["train.regime=joint", "train.epochs=2", "train.optim.lr=0.001"]
     single = RunStore(tmp_path / "single").get(load_config("tiny", overrides))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-        "-m", "mexit", "--root", str(tmp_path / "ddp"), "train", "--config", "tiny", "--device", "cpu", *overrides,
-    ]  # fmt: skip
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    result = _torchrun(tmp_path / "ddp", overrides, 29517)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = RunStore(tmp_path / "ddp").runs()
     assert len(ddp) == 1 and ddp[0].metrics["world_size"] == 2

@@ -55,3 +55,10 @@ def test_the_vit_recipe_knobs_train(tmp_path: Path) -> None:
 def test_mixup_needs_an_even_batch() -> None:
     with pytest.raises(ValueError, match="batch_size must be even"):
         load_config("tiny", ["train.optim.mixup=0.8", "train.optim.batch_size=127"]).validate()
+
+
+def test_loader_workers_keep_runs_deterministic(tmp_path: Path) -> None:
+    config = load_config("tiny", ["train.regime=joint", "train.num_workers=2"])
+    first, second = (RunStore(tmp_path / name).get(config) for name in ("a", "b"))
+    assert torch.equal(first.logits("test"), second.logits("test"))
+    assert config.key() != load_config("tiny", ["train.regime=joint"]).key()
