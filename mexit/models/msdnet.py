@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mexit.models.block_net import BlockNet
+
 ScaleShape = tuple[int, int, int]
 """(channels, height, width) of one scale."""
 
@@ -251,7 +253,7 @@ class MSDBlock(nn.Module):
         return pack(scales)
 
 
-class MSDNet(nn.Module):
+class MSDNet(BlockNet):
     """An MSDNet as `stem`, `blocks` (one per classifier) and `final_head` (the last block's classifier).
 
     `classifier_width` is the channel count of the classifiers' two convs (128 in the paper).
@@ -282,12 +284,4 @@ class MSDNet(nn.Module):
         self.final_head = nn.Sequential(OrderedDict(
             body=classifier_body(shapes[-1], classifier_width), fc=nn.Linear(classifier_width, num_classes)
         ))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_head(x)
+        self.init_convs()

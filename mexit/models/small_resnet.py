@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from mexit.models.block_net import BlockNet
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ SMALL_RESNETS: dict[str, ResNetLayout] = {
 }
 
 
-class SmallImageResNet(nn.Module):
+class SmallImageResNet(BlockNet):
     """A ResNet as `stem`, a flat list of residual `blocks`, and `final_head` (pool, flatten, fc).
 
     The first stage keeps the resolution; each later stage halves it.
@@ -67,12 +69,4 @@ class SmallImageResNet(nn.Module):
             flatten=nn.Flatten(1),
             fc=nn.Linear(channels, num_classes),
         ))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_head(x)
+        self.init_convs()
