@@ -138,3 +138,27 @@ def test_tiny_runs_train_in_every_regime(tmp_path: Path, regime: str) -> None:
     assert logits.shape[0] == 3 and logits.shape[2] == 10 and torch.isfinite(logits).all()
     assert len(run.metrics["test_acc"]) == 3
     assert run.costs["macs"] == sorted(run.costs["macs"])
+
+
+def test_evaluation_and_every_analysis_accept_an_msdnet(tmp_path: Path) -> None:
+    from mexit.analysis import barrier, block_mutual_information, block_ranks, gradient_dominance, linear_path
+    from mexit.data import DataConfig, load
+    from mexit.evaluate import budget_table
+
+    overrides = [
+        "model.backbone=msdnet", "model.placement=every", "model.head=msdnet",
+        "model.backbone_kwargs={num_blocks: 3, step: 1, base: 1, channels: 4, growth_rate: 2}",
+    ]
+    runs = [RunStore(tmp_path).get(load_config("tiny", [*overrides, f"train.regime={r}"])) for r in ("joint", "mixed")]
+    table = budget_table([run.outputs() for run in runs], by=("regime",))
+    assert len(table) == 2 * 4 and table["final_accuracy_mean"].notna().all()
+    model, other = (run.model() for run in runs)
+    data = load(DataConfig(name="digits")).test
+    images = torch.stack([data[i][0] for i in range(32)])
+    labels = torch.tensor([data[i][1] for i in range(32)])
+    dominance = gradient_dominance(model, images, labels)
+    assert torch.allclose(torch.tensor(dominance.groupby("block")["share"].sum().to_numpy()), torch.tensor(1.0, dtype=torch.float64))
+    path = linear_path(model, other, data, data, points=3, bn_batches=1, batch_size=64)
+    assert len(path) == 3 * 3 and len(barrier(path)) == 3
+    assert len(block_ranks(model, data, samples=64)) == 3
+    assert len(block_mutual_information(model, data, samples=64)) == 3
