@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-__all__ = ["DATASETS", "SPLITS", "DataConfig", "ImageDataset", "Splits", "load"]
+__all__ = ["DATASETS", "SPLITS", "STANDARD_CLASSES", "DataConfig", "ImageDataset", "Splits", "input_shape", "load"]
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "tinyimagenet", "imagenet")
 SPLITS: tuple[str, ...] = ("train", "train_eval", "val", "test")
@@ -48,6 +48,9 @@ _MEAN_STD = {  # per channel, [0, 1] pixel units; CIFAR-10 and TinyImageNet as i
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.267, 0.256, 0.276)),
     "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+STANDARD_CLASSES: dict[str, int] = {  # of the full public datasets; `load` counts what is on disk
+    "mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000,
 }
 _EMBEDDED_TEST_FRACTION = 0.2  # mnist5k and digits have no official test split
 
@@ -123,6 +126,13 @@ def load(config: DataConfig) -> Splits:
         num_classes=raw.num_classes,
         input_shape=(raw.channels, size, size),
     )
+
+
+def input_shape(config: DataConfig) -> tuple[int, int, int]:
+    """The (C, H, W) of every item ``load(config)`` gives, known without reading any file."""
+    validate(config)
+    size = config.image_size or _DEFAULT_SIZE[config.name]
+    return (len(_MEAN_STD[config.name][0]), size, size)
 
 
 def validate(config: DataConfig) -> None:

@@ -11,7 +11,7 @@ import torchvision.datasets
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mexit.data import DATASETS, DataConfig, Splits, load
+from mexit.data import DATASETS, DataConfig, Splits, input_shape, load
 
 CLASSES = 4  # classes in the written real-format datasets
 TRAIN_PER_CLASS = 10
@@ -113,7 +113,7 @@ def test_load_every_dataset(name: str, roots: dict[str, str]) -> None:
     classes = 10 if name in ("mnist5k", "digits") else CLASSES
     assert splits.name == name
     assert splits.num_classes == classes
-    assert splits.input_shape == SHAPES[name]
+    assert splits.input_shape == SHAPES[name] == input_shape(config_for(name, roots))
     for split in ("train", "train_eval", "val", "test"):
         dataset = getattr(splits, split)
         image, label = dataset[len(dataset) - 1]
