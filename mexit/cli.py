@@ -21,21 +21,24 @@ from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mexit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=None, help="run store directory (default: $MEXIT_RUNS or ./runs)")
+    root_help = "run store directory (default: $MEXIT_RUNS or ./runs)"
+    parser.add_argument("--root", default=None, help=root_help)
+    common = argparse.ArgumentParser(add_help=False)  # --root is accepted after the command too
+    common.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train (or load) runs")
+    train = commands.add_parser("train", parents=[common], help="train (or load) runs")
     train.add_argument("--config", default="mnist5k-quick", help=f"a YAML file or one of: {', '.join(shipped_configs())}")
-    train.add_argument("--regimes", nargs="+", choices=tuple(REGIMES), help="train each of these regimes")
-    train.add_argument("--seeds", nargs="+", type=int, help="train each of these seeds")
+    train.add_argument("--regimes", nargs="+", metavar="REGIME", help=f"train each of these regimes ({', '.join(REGIMES)})")
+    train.add_argument("--seeds", nargs="+", metavar="SEED", help="train each of these seeds")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     train.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.epochs=30")
 
-    runs = commands.add_parser("runs", help="list, show or remove stored runs")
+    runs = commands.add_parser("runs", parents=[common], help="list, show or remove stored runs")
     runs.add_argument("action", choices=("list", "show", "remove"))
     runs.add_argument("key", nargs="?", help="a run key (or a unique prefix of one)")
 
-    book = commands.add_parser("book", help="execute the notebooks at a profile and build the book")
+    book = commands.add_parser("book", parents=[common], help="execute the notebooks at a profile and build the book")
     book.add_argument("--profile", default="quick")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
 
@@ -49,16 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build)
     except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError) as error:
-        print(f"mexit: error: {error}", file=sys.stderr)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mexit: error: {message}", file=sys.stderr)
         return 2
 
 
 def _train(args: argparse.Namespace) -> int:
     from mexit.store import RunStore
 
-    base = load_config(args.config, args.overrides)
-    regimes = args.regimes or [base.train.regime]
-    seeds = args.seeds if args.seeds is not None else [base.train.seed]
+    # --regimes and --seeds take several values, so overrides written after them land there too.
+    overrides = list(args.overrides)
+    regimes = _take_overrides(args.regimes, overrides)
+    seed_words = _take_overrides(args.seeds, overrides)
+    for word in seed_words or []:
+        if not word.lstrip("-").isdigit():
+            raise ValueError(f"--seeds takes integers, got {word!r}")
+    base = load_config(args.config, overrides)
+    regimes = regimes or [base.train.regime]
+    seeds = [int(word) for word in seed_words] if seed_words else [base.train.seed]
     configs = regime_configs(base, regimes, seeds) if (args.regimes or args.seeds) else [base]
     for config in configs:  # every config is checked before any training starts
         config.validate()
@@ -75,6 +86,14 @@ def _train(args: argparse.Namespace) -> int:
             f"train {sum(run.metrics['phase_wall_time_s']):.1f}s  (this call {time.perf_counter() - started:.1f}s)"
         )
     return 0
+
+
+def _take_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:
+    """Move ``key=value`` words out of ``values`` into ``overrides``; returns the rest."""
+    if values is None:
+        return None
+    overrides.extend(word for word in values if "=" in word)
+    return [word for word in values if "=" not in word]
 
 
 def _runs(args: argparse.Namespace) -> int:

@@ -127,6 +127,8 @@ class TrainConfig:
         return dataclasses.replace(self.optim, **overrides)
 
     def validate(self) -> None:
+        if isinstance(self.epochs, list) and not all(isinstance(e, int) and not isinstance(e, bool) for e in self.epochs):
+            raise ValueError(f"train.epochs must be a positive integer or a list of them (one per phase), got {self.epochs!r}")
         if self.phases is None:
             _check_choice("train.regime", self.regime, tuple(REGIMES))
         else:
@@ -188,6 +190,10 @@ class RunConfig:
         """Check every parameter that can be checked without building anything heavy."""
         from mexit import data, models
 
+        _check_types(self.data, "data")
+        _check_types(self.model, "model")
+        _check_types(self.train, "train")
+        _check_types(self.train.optim, "train.optim")
         data.validate(self.data)
         m = self.model
         models.validate(
@@ -273,6 +279,27 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _check_types(values: Any, section: str) -> None:
+    """Check each field whose annotation is made of int, float, str, bool, None, list or dict."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        allowed: tuple[type, ...] = ()
+        for part in str(f.type).replace(" ", "").split("|"):
+            base = part.split("[", 1)[0]
+            allowed += _SIMPLE_TYPES.get(base, (list,) if base == "list" else (dict,) if base == "dict" else ())
+        if not allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            raise ValueError(f"{section}.{f.name} must be of type {f.type}, got {value!r}")
+
+
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
@@ -303,7 +330,14 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> RunC
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise ValueError(f"config {name_or_path!r} is neither a file nor one of: {', '.join(shipped_configs())}")
-    return RunConfig.from_dict(yaml.safe_load(path.read_text()) or {}).with_overrides(overrides)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(f"config file {path} is not valid YAML: {detail}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping with data, model and train sections")
+    return RunConfig.from_dict(values).with_overrides(overrides)
 
 
 def load_profile(name: str) -> dict[str, Any]:

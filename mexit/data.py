@@ -138,17 +138,17 @@ def input_shape(config: DataConfig) -> tuple[int, int, int]:
 def validate(config: DataConfig) -> None:
     """Check every field of ``config`` without reading any file."""
     if config.name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {config.name!r}")
+        raise ValueError(f"data.name must be one of {DATASETS}, got {config.name!r}")
     if not 0 < config.val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction}")
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {config.val_fraction}")
     if config.train_size is not None and config.train_size < 1:
-        raise ValueError(f"train_size must be a positive integer or None, got {config.train_size}")
+        raise ValueError(f"data.train_size must be a positive integer or None, got {config.train_size}")
     if not (config.noise_std >= 0 and math.isfinite(config.noise_std)):
-        raise ValueError(f"noise_std must be a finite number >= 0, got {config.noise_std}")
+        raise ValueError(f"data.noise_std must be a finite number >= 0, got {config.noise_std}")
     if config.image_size is not None and config.image_size < 1:
-        raise ValueError(f"image_size must be a positive integer or None, got {config.image_size}")
+        raise ValueError(f"data.image_size must be a positive integer or None, got {config.image_size}")
     if not 0 <= config.seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {config.seed}")
+        raise ValueError(f"data.seed must be an integer in [0, 2**32), got {config.seed}")
     if config.name in _LAYOUTS and config.data_root is None:
         raise ValueError(f"data_root is required for {config.name}: a folder holding {_LAYOUTS[config.name]}")
     if config.download and config.name not in ("cifar10", "cifar100"):
@@ -245,7 +245,7 @@ def _read_cifar(name: str, root: Path, download: bool) -> _Raw:
     if missing:
         raise FileNotFoundError(
             f"expected {name} in torchvision's format at {folder} ({', '.join(expected)}); "
-            f"missing {', '.join(missing)}; pass download=True to fetch it"
+            f"missing {', '.join(missing)}; pass download=True (data.download=true on the command line) to fetch it"
         )
     classes = _unpickle(folder / spec.meta["filename"])[spec.meta["key"]]
     train, test = _cifar_batches(folder, train_files), _cifar_batches(folder, test_files)
@@ -316,7 +316,7 @@ def _split(raw: _Raw, config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.nd
     train, val = _stratified(rows, raw.train.targets, config.val_fraction, config.seed, "val_fraction")
     if config.train_size is not None:
         if config.train_size > len(train):
-            raise ValueError(f"train_size must be at most {len(train)} for {config.name}, got {config.train_size}")
+            raise ValueError(f"data.train_size must be at most {len(train)} for {config.name}, got {config.train_size}")
         if config.train_size < len(train):
             _, train = _stratified(train, raw.train.targets, config.train_size, config.seed, "train_size")
     return train, val, test

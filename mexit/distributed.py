@@ -56,12 +56,18 @@ def context(device: str = "auto") -> DistContext:
     ``auto`` and ``cuda`` mean this process's GPU (``cuda:$LOCAL_RANK``) when CUDA is available.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-    if use_cuda:
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        requested = torch.device("cuda" if device == "auto" else device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if requested.type == "cuda" and not torch.cuda.is_available():
+        if device != "auto":
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use auto or cpu")
+        requested = torch.device("cpu")
+    resolved = requested
+    if requested.type == "cuda":
+        resolved = requested if requested.index is not None else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(resolved)
-    else:
-        resolved = torch.device("cpu" if device == "auto" else device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0

@@ -174,10 +174,14 @@ class RunStore:
             return Run(run_dir)
         ctx = distributed.context(device)
         config.train.check_world_size(ctx.world_size)
+        # Data and model first: a missing dataset or a bad placement fails before anything is stored.
+        splits = data.load(config.data)
+        seed_everything(config.train.seed)
+        model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
         with self._lock(run_dir, ctx.is_main):
             if (run_dir / "metrics.json").exists():
                 return Run(run_dir)
-            self._train(config, run_dir, ctx, progress_label)
+            self._train(config, run_dir, ctx, progress_label, splits, model)
         ctx.barrier()
         return Run(run_dir)
 
@@ -201,18 +205,21 @@ class RunStore:
                     "phases": "+".join(train.phase_list),
                     "epochs": "/".join(map(str, train.phase_epochs)),
                     "seed": train.seed,
-                    "final_acc": run.metrics["test_acc"][-1],
-                    "best_exit_acc": max(run.metrics["test_acc"]),
+                    "final_acc": round(run.metrics["test_acc"][-1], 2),
+                    "best_exit_acc": round(max(run.metrics["test_acc"]), 2),
                     "train_s": round(sum(run.metrics["phase_wall_time_s"]), 1),
                 }
             )
         return pd.DataFrame(rows)
 
     def find(self, key_prefix: str) -> Path:
-        matches = [d for d in (self.root / "runs").glob(f"{key_prefix}*") if d.is_dir()] if key_prefix else []
+        base = self.root / "runs"
+        matches = [d for d in base.glob(f"{key_prefix}*") if d.is_dir()] if key_prefix else []
         if len(matches) != 1:
-            found = "no run" if not matches else f"{len(matches)} runs"
-            raise KeyError(f"{found} in {self.root / 'runs'} match key {key_prefix!r}")
+            known = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.exists() else []
+            found = "no run matches" if not matches else f"{len(matches)} runs match"
+            listing = f"; stored: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else ""
+            raise KeyError(f"{found} key {key_prefix!r} in {base}{listing}")
         return matches[0]
 
     def remove(self, key_prefix: str) -> list[Path]:
@@ -239,14 +246,19 @@ class RunStore:
         with FileLock(str(directory / ".lock")):
             yield
 
-    def _train(self, config: RunConfig, run_dir: Path, ctx: distributed.DistContext, label: str) -> None:
+    def _train(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        ctx: distributed.DistContext,
+        label: str,
+        splits: data.Splits,
+        model: torch.nn.Module,
+    ) -> None:
         keys = phase_keys(config)
-        if ctx.is_main:  # written first, so that an unfinished run can be listed and removed
+        if ctx.is_main:  # written before training, so that an unfinished run can be found and removed
             checkpoint.write_json(run_dir / "config.json", config.to_dict())
             checkpoint.write_json(run_dir / "phases.json", keys)
-        splits = data.load(config.data)
-        seed_everything(config.train.seed)
-        model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
         results: list[dict[str, Any]] = []
         for index, key in enumerate(keys):
             phase_dir = self.root / "phases" / key

@@ -274,7 +274,7 @@ def test_missing_files_name_the_expected_path(name: str, expected: str, tmp_path
         load(DataConfig(name=name, data_root=str(tmp_path)))
     assert expected.format(root=tmp_path) in str(error.value)
     if name.startswith("cifar"):
-        assert "pass download=True to fetch it" in str(error.value)
+        assert "pass download=True (data.download=true on the command line) to fetch it" in str(error.value)
 
 
 def test_partly_missing_files_are_named(roots: dict[str, str], tmp_path: Path) -> None:

@@ -236,3 +236,30 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path) -> None:
     shares = probes.groupby(["phase", "step", "block"])["share"].sum()
     assert (shares - 1).abs().max() < 1e-5
     assert torch.equal(plain.logits("test"), traced.logits("test")), "the probe changed training"
+
+
+def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path) -> None:
+    result = subprocess.run(
+        _mexit("train", "--config", "tiny", "--regimes", "joint", "--seeds", "0", "1", "train.epochs=2", root=tmp_path),
+        env=_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = RunStore(tmp_path).runs()
+    assert sorted(r.config.train.seed for r in runs) == [0, 1]
+    assert {r.config.train.phase_epochs for r in runs} == {(2,)}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["model.placement=[1,50]"], "placement"),
+        (["data.name=cifar10", "data.data_root=/nonexistent/dir"], "/nonexistent/dir"),
+        (["--device", "tpu0"], "--device"),
+        (["train.epochs=abc"], "train.epochs"),
+        (["--regimes", "sequential"], "allowed: disjoint, joint, mixed"),
+    ],
+)
+def test_cli_errors_store_nothing(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = subprocess.run(_mexit("train", "--config", "tiny", *arguments, root=tmp_path), env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
