@@ -424,3 +424,13 @@ def test_models_copy_and_pickle_after_a_training_forward() -> None:
     assert twin.placement == model.placement
     with pytest.raises(RuntimeError, match="latest forward"):
         twin.auxiliary_loss(logits, torch.zeros(2, dtype=torch.long))
+
+
+def test_mixed_pool_equals_adaptive_pooling_on_every_map_size() -> None:
+    from mexit.models.heads import MixedPool
+
+    pool = MixedPool(4)
+    for size in (32, 16, 8, 4, 6, 3):  # multiples of 4 take fixed kernels; the rest adaptive pooling
+        x = torch.randn(2, 3, size, size)
+        expected = 0.5 * torch.nn.functional.adaptive_max_pool2d(x, 4) + 0.5 * torch.nn.functional.adaptive_avg_pool2d(x, 4)
+        assert torch.allclose(pool(x), expected, atol=1e-6)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mexit.models.backbones import FeatureKind
@@ -99,16 +100,24 @@ def check_head(
 
 
 class MixedPool(nn.Module):
-    """a * adaptive max-pool + (1 - a) * adaptive avg-pool, with a learnable scalar a (starts at 0.5)."""
+    """a * adaptive max-pool + (1 - a) * adaptive avg-pool, with a learnable scalar a (starts at 0.5).
+
+    Maps whose sides are multiples of `size` take the equal, faster fixed-kernel pooling.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(0.5))
-        self.max = nn.AdaptiveMaxPool2d(size)
-        self.avg = nn.AdaptiveAvgPool2d(size)
+        self.size = size
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.alpha * self.max(x) + (1 - self.alpha) * self.avg(x)
+        height, width = x.shape[-2:]
+        if height % self.size == 0 and width % self.size == 0:
+            kernel = (height // self.size, width // self.size)
+            pooled_max, pooled_avg = F.max_pool2d(x, kernel), F.avg_pool2d(x, kernel)
+        else:
+            pooled_max, pooled_avg = F.adaptive_max_pool2d(x, self.size), F.adaptive_avg_pool2d(x, self.size)
+        return self.alpha * pooled_max + (1 - self.alpha) * pooled_avg
 
 
 class TokenSummary(nn.Module):
