@@ -127,8 +127,6 @@ class TrainConfig:
         return dataclasses.replace(self.optim, **overrides)
 
     def validate(self) -> None:
-        if isinstance(self.epochs, list) and not all(isinstance(e, int) and not isinstance(e, bool) for e in self.epochs):
-            raise ValueError(f"train.epochs must be a positive integer or a list of them (one per phase), got {self.epochs!r}")
         if self.phases is None:
             _check_choice("train.regime", self.regime, tuple(REGIMES))
         else:
@@ -141,7 +139,7 @@ class TrainConfig:
             raise ValueError(
                 f"train.epochs has {len(epochs)} entries for {len(self.phase_list)} phases {self.phase_list}"
             )
-        if any(not isinstance(e, int) or e < 1 for e in epochs):
+        if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs):
             raise ValueError(f"train.epochs must be positive integers, got {self.epochs}")
         for name in self.phase_optim:
             _check_choice("train.phase_optim", name, PHASES)
@@ -292,11 +290,7 @@ def _check_types(values: Any, section: str) -> None:
             allowed += _SIMPLE_TYPES.get(base, (list,) if base == "list" else (dict,) if base == "dict" else ())
         if not allowed:
             continue
-        if isinstance(value, bool) and bool not in allowed:
-            ok = False
-        else:
-            ok = isinstance(value, allowed)
-        if not ok:
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ValueError(f"{section}.{f.name} must be of type {f.type}, got {value!r}")
 
 

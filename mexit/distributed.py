@@ -33,14 +33,6 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def broadcast_tensor(self, value: torch.Tensor) -> torch.Tensor:
-        """Rank 0's ``value`` on every rank (a CPU tensor; unchanged in a single process)."""
-        if not self.enabled:
-            return value
-        payload = value.to(self.device)
-        dist.broadcast(payload, src=0)
-        return payload.cpu()
-
     def broadcast_object(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""
         if not self.enabled:

@@ -259,7 +259,7 @@ def _evaluate(
     Under DDP every rank evaluates, then all take rank 0's accuracies, so that they agree on
     improvement and stopping (their BatchNorm statistics may differ slightly).
     """
-    accuracy = dist.broadcast_tensor(validation_accuracy(model, val_set, config.eval_batch_size, dist.device))
+    accuracy = dist.broadcast_object(validation_accuracy(model, val_set, config.eval_batch_size, dist.device))
     train_loss = state.loss_sum / max(1, state.loss_steps)
     row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
     row.update({f"train_loss_{i}": float(train_loss[i]) for i in range(len(accuracy))})

@@ -29,7 +29,7 @@ def _steps(model: torch.nn.Module, phase: str, steps: int = 3) -> None:
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     exits = spec.exits_in_loss(model.num_exits)
     weights = exit_weights("uniform", exits, model.num_exits)
-    for step in range(steps):
+    for _ in range(steps):
         model.train()  # a later .train() must not unfreeze anything
         x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
         loss, _ = multi_exit_loss(model(x), y, exits, weights)
