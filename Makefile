@@ -1,11 +1,12 @@
 # The two commands of the README: `make book` and `make test`. Each creates or reuses ./.venv.
+# `make test-outputs` regenerates the notebook outputs that the tests compare (nbval).
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mexit-installed
 
-.PHONY: book test install clean-book
+.PHONY: book test test-outputs install clean-book
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-outputs: $(STAMP)
+	HF_HUB_OFFLINE=1 MEXIT_RUNS=$$(mktemp -d) $(BIN)/python -c "from mexit.book import write_test_outputs; write_test_outputs()"
 
 clean-book:
 	rm -rf _build book/generated

@@ -1,9 +1,14 @@
-"""Build the book: execute every notebook with a profile's parameters (papermill), then Jupyter Book.
+"""Build the book: train what the notebooks need, execute them with a profile's parameters, render.
 
 Notebook sources live in ``notebooks/`` without outputs; executed copies land in ``book/generated/``,
 and ``jupyter-book build -W .`` renders those that ``_toc.yml`` lists (as ``book/generated/<name>``)
-with the prose of ``book/`` into ``_build/html``. A profile (``mexit/profiles/<name>.yaml``) is only a
-set of parameter values.
+with the prose of ``book/`` into ``_build/html``.
+
+A profile (``mexit/profiles/<name>.yaml``) is only a set of parameter values, in the manner of
+NCAR CUPiD's ``config.yml``: ``global_params`` go to every notebook, ``notebooks.<name>`` adds or
+replaces values for one notebook. Each notebook receives only the parameters its ``parameters``
+cell declares, plus ``runs_root`` (the shared run store) and ``profile`` (the profile's name, shown
+beside each verdict).
 """
 
 from __future__ import annotations
@@ -11,40 +16,169 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mexit.config import load_profile
+from mexit.config import PROFILE_DIR
 
 NOTEBOOK_DIR = Path("notebooks")
 GENERATED_DIR = Path("book") / "generated"
+TEST_OUTPUT_DIR = Path("tests") / "notebooks"
+PROFILE_KEYS: tuple[str, ...] = ("global_params", "notebooks")
 
 
-def execute_notebooks(profile: str, root: Path, runs_root: str | None = None) -> list[Path]:
-    """Run every ``notebooks/*.ipynb`` under ``root`` with the profile's parameters; returns the outputs."""
+class NotebookError(RuntimeError):
+    """A notebook failed: names the notebook, its failing cell and the error."""
+
+
+@dataclass(frozen=True)
+class Executed:
+    """One executed notebook: where its output lies and how long it took."""
+
+    name: str
+    path: Path
+    seconds: float
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A profile's ``global_params`` and per-notebook ``notebooks`` parameter groups, from a shipped
+    profile's name or a YAML file of the same shape."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown profile {name!r}; allowed: {known}, or a .yaml file")
+    profile = yaml.safe_load(path.read_text()) or {}
+    unknown = set(profile) - set(PROFILE_KEYS)
+    if unknown or not isinstance(profile.get("global_params", {}), dict):
+        raise ValueError(f"profile {path} must hold global_params and notebooks mappings, got keys {sorted(profile)}")
+    return {"global_params": profile.get("global_params") or {}, "notebooks": profile.get("notebooks") or {}}
+
+
+def notebook_parameters(profile: Mapping[str, Any], notebook: str) -> dict[str, Any]:
+    """The values one notebook gets from a profile: the global ones, then the notebook's own."""
+    return {**profile["global_params"], **(profile["notebooks"].get(notebook) or {})}
+
+
+def notebook_names(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / NOTEBOOK_DIR).glob("*.ipynb"))
+
+
+def train_needed(profile: Mapping[str, Any], names: Sequence[str], root: Path, runs_root: Path) -> None:
+    """Train (or find stored) every run the notebooks compare, once, before any notebook executes.
+
+    A notebook whose parameters name ``rows``, ``seeds`` and ``regimes`` compares those runs; they
+    are trained here in row, seed, regime order, so that progress shows on the terminal and a shared
+    phase (P1 of disjoint and mixed) is trained once.
+    """
     import papermill
 
-    parameters = dict(load_profile(profile))
-    parameters["runs_root"] = str(Path(runs_root or os.environ.get("MEXIT_RUNS", root / "runs")).resolve())
+    from mexit.store import RunStore
+    from mexit.study import study
+
+    needed: dict[str, tuple[str, Any]] = {}
+    for name in names:
+        declared = papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb"))
+        values = notebook_parameters(profile, name)
+        if not {"rows", "seeds", "regimes"} <= set(declared):
+            continue
+        s = study(rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root)
+        for row, config in s.configs():
+            needed.setdefault(config.key(), (f"{row.label} {config.train.regime} s{config.train.seed} ", config))
+    store = RunStore(runs_root)
+    stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
+    print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    for label, config in needed.values():
+        store.get(config, progress_label=label)
+    print(f"runs ready in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+
+
+def execute_notebooks(
+    profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None
+) -> list[Executed]:
+    """Execute the notebooks (all, or ``only`` these names) with the profile's parameters into
+    ``book/generated/``, after training every run they compare.
+
+    Raises :class:`NotebookError` naming the notebook, its failing cell and the error.
+    """
+    store = Path(runs_root or os.environ.get("MEXIT_RUNS", root / "runs")).resolve()
+    return _execute(profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True)
+
+
+def write_test_outputs(root: Path | None = None) -> list[Executed]:
+    """Execute every notebook at the ``tiny`` profile into ``tests/notebooks/``: the outputs nbval
+    compares (``make test-outputs``). ``runs_root`` is not injected, so the stored copies name no
+    machine's path and use ``$MEXIT_RUNS`` when re-executed."""
+    root = (root or Path.cwd()).resolve()
+    store = Path(os.environ.get("MEXIT_RUNS", root / "runs")).resolve()
+    return _execute("tiny", root, root / TEST_OUTPUT_DIR, store, None, inject_runs_root=False)
+
+
+def _execute(
+    profile_name: str, root: Path, into: Path, store: Path, only: Sequence[str] | None, inject_runs_root: bool
+) -> list[Executed]:
+    import papermill
+
+    profile = load_profile(profile_name)
+    available = notebook_names(root)
+    names = list(only) if only else available
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
+    train_needed(profile, names, root, store)
     executed = []
-    for source in sorted((root / NOTEBOOK_DIR).glob("*.ipynb")):
-        target = root / GENERATED_DIR / source.name
+    for name in names:
+        source = root / NOTEBOOK_DIR / f"{name}.ipynb"
+        target = into / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        print(f"executing {source} with profile {profile!r}", file=sys.stderr, flush=True)
-        papermill.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False)
-        executed.append(target)
+        declared = papermill.inspect_notebook(str(source))
+        values = {
+            **notebook_parameters(profile, name),
+            "profile": profile_name,
+            **({"runs_root": str(store)} if inject_runs_root else {}),
+        }
+        parameters = {key: value for key, value in values.items() if key in declared}
+        started = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False,
+                kernel_name="python3",
+            )
+        except papermill.PapermillExecutionError as error:
+            raise NotebookError(
+                f"notebook {name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (executed copy: {target})"
+            ) from None
+        seconds = time.perf_counter() - started
+        print(f"executed {name} with profile {profile_name!r} in {seconds:.1f}s", file=sys.stderr, flush=True)
+        executed.append(Executed(name, target, seconds))
     return executed
 
 
-def build_book(profile: str, runs_root: str | None = None, build: bool = True, root: Path | None = None) -> int:
+def build_book(
+    profile: str,
+    runs_root: str | None = None,
+    build: bool = True,
+    root: Path | None = None,
+    only: Sequence[str] | None = None,
+) -> int:
     """Execute the notebooks, then ``jupyter-book build -W``; returns the build's exit status."""
     root = (root or Path.cwd()).resolve()
     if not (root / "_config.yml").exists():
         raise FileNotFoundError(f"no _config.yml in {root}: run 'mexit book' from the repository root")
-    execute_notebooks(profile, root, runs_root)
+    started = time.perf_counter()
+    execute_notebooks(profile, root, runs_root, only)
     if not build:
         return 0
+    missing = [name for name in notebook_names(root) if not (root / GENERATED_DIR / f"{name}.ipynb").exists()]
+    if missing:
+        raise ValueError(f"notebooks {missing} were never executed; run 'mexit book' without --only once")
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "-W", "--keep-going", str(root)]
     status = subprocess.call(command, cwd=root)
     if status == 0:
-        print(f"book built: {root / '_build' / 'html' / 'index.html'}")
+        print(f"book built in {time.perf_counter() - started:.1f}s: {root / '_build' / 'html' / 'index.html'}")
     return status

@@ -3,7 +3,7 @@
     mexit train --config mnist5k-quick --regimes disjoint joint mixed --seeds 0 1 2
     mexit train --config my.yaml train.epochs=30 model.placement=[2,4,6]
     mexit runs list | show KEY | remove KEY
-    mexit book --profile quick
+    mexit book --profile quick [--only table1 ...]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mexit.book import NotebookError
 from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     book = commands.add_parser("book", parents=[common], help="execute the notebooks at a profile and build the book")
     book.add_argument("--profile", default="quick")
+    book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
 
     args = parser.parse_args(argv)
@@ -50,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _runs(args)
         from mexit.book import build_book
 
-        return build_book(args.profile, runs_root=args.root, build=not args.no_build)
-    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError) as error:
+        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only)
+    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)
         return 2

@@ -334,17 +334,6 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> RunC
     return RunConfig.from_dict(values).with_overrides(overrides)
 
 
-def load_profile(name: str) -> dict[str, Any]:
-    """A profile: the parameter values every notebook of the book is executed with."""
-    import yaml
-
-    path = PROFILE_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise ValueError(f"unknown profile {name!r}; allowed: {known}")
-    return yaml.safe_load(path.read_text())
-
-
 def regime_configs(
     base: RunConfig, regimes: Sequence[str], seeds: Sequence[int]
 ) -> list[RunConfig]:

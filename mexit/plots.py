@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 COST_LABEL = "Expected cost (% of backbone-only MACs)"
 ACCURACY_LABEL = "Test accuracy (%)"
@@ -29,6 +32,7 @@ def flops_accuracy(
     hue: str = "regime",
     singles: pd.DataFrame | None = None,
     backbone: tuple[float, float] | None = None,
+    band: str | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Accuracy against expected cost: one line per ``hue`` value over its operating points.
@@ -37,7 +41,9 @@ def flops_accuracy(
     concatenated with a ``hue`` column; rows sharing a ``hue`` value and operating point (seeds)
     are averaged. ``singles``: :func:`mexit.evaluate.single_exits` frames with a ``hue`` column,
     drawn as dots of the line's colour. ``backbone``: (cost %, accuracy %) of the backbone-only
-    model, drawn as a black star.
+    model, drawn as a black star. ``band``: a column naming the replicates (e.g. ``"seed"``); the
+    band spans the lowest and highest replicate's accuracy at each operating point, drawn at the
+    mean cost.
     """
     point = next((c for c in POINT_COLUMNS if c in curves.columns), None)
     missing = [c for c in (hue, "cost_pct", "accuracy") if c not in curves.columns]
@@ -53,9 +59,15 @@ def flops_accuracy(
         _, ax = plt.subplots()
     levels = list(pd.unique(curves[hue]))
     colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    if band is not None and band not in curves.columns:
+        raise ValueError(f"band names a column {band!r} that curves lack")
     for level in levels:
-        mean = curves[curves[hue] == level].groupby(point)[["cost_pct", "accuracy"]].mean().sort_index()
+        frame = curves[curves[hue] == level]
+        mean = frame.groupby(point)[["cost_pct", "accuracy"]].mean().sort_index()
         ax.plot(mean["cost_pct"], mean["accuracy"], color=colours[level], label=str(level))
+        if band is not None and frame[band].nunique() > 1:
+            spread = frame.groupby(point)["accuracy"].agg(["min", "max"]).loc[mean.index]
+            ax.fill_between(mean["cost_pct"], spread["min"], spread["max"], color=colours[level], alpha=0.2, linewidth=0)
     if singles is not None:
         for level, frame in singles.groupby(hue, sort=False):
             ax.scatter(frame["cost_pct"], frame["accuracy"], color=colours.get(level, "grey"), s=18, zorder=3)
@@ -68,25 +80,119 @@ def flops_accuracy(
     return ax
 
 
-def format_budget_table(df: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
+def format_budget_table(df: pd.DataFrame, *, digits: int = 1, ci: bool = False) -> pd.DataFrame:
     """The book's view of :func:`mexit.evaluate.budget_table`: one row per group, one column per
     budget ("25%" ..) plus "final exit", cells "mean ± std" ("mean" with one run, "–" where no
-    operating point fits)."""
+    operating point fits); with ``ci``, cells are "mean [low, high]", the 95% CI of the mean."""
     if not {"budget", "accuracy_mean", "accuracy_std", "final_accuracy_mean"} <= set(df.columns):
         raise ValueError("df must be a table from mexit.evaluate.budget_table")
     by = list(df.columns[: df.columns.get_loc("budget")])  # the group columns come first
 
-    def cell(mean: float, std: float) -> str:
+    def cell(mean: float, std: float, half_width: float) -> str:
         if np.isnan(mean):
             return "–"
-        return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+        if np.isnan(std):
+            return f"{mean:.{digits}f}"
+        if ci:
+            return f"{mean:.{digits}f} [{mean - half_width:.{digits}f}, {mean + half_width:.{digits}f}]"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     records = []
     for key, group in df.groupby(by, sort=False) if by else [((), df)]:
         record = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for row in group.itertuples(index=False):
-            record[f"{100 * row.budget:g}%"] = cell(row.accuracy_mean, row.accuracy_std)
-        record["final exit"] = cell(group["final_accuracy_mean"].iloc[0], group["final_accuracy_std"].iloc[0])
+            record[f"{100 * row.budget:g}%"] = cell(row.accuracy_mean, row.accuracy_std, row.accuracy_ci95)
+        first = group.iloc[0]
+        record["final exit"] = cell(first["final_accuracy_mean"], first["final_accuracy_std"], first["final_accuracy_ci95"])
         records.append(record)
     table = pd.DataFrame(records)
     return table.set_index(by) if by else table
+
+
+def format_differences(df: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
+    """The book's view of :func:`mexit.evaluate.paired_differences` over budgets: one row per
+    (row, pair), one column per budget, cells "mean [low, high]" (points)."""
+    needed = {"row", "pair", "budget", "mean", "low", "high"}
+    if not needed <= set(df.columns):
+        raise ValueError(f"df must have columns {sorted(needed)}, got {list(df.columns)}")
+
+    def cell(r: pd.Series) -> str:
+        if np.isnan(r["mean"]):
+            return "–"
+        if np.isnan(r["low"]):
+            return f"{r['mean']:+.{digits}f}"
+        return f"{r['mean']:+.{digits}f} [{r['low']:+.{digits}f}, {r['high']:+.{digits}f}]"
+
+    view = df.assign(cell=df.apply(cell, axis=1), column=df["budget"].map(lambda b: f"{100 * b:g}%"))
+    table = view.pivot_table(index=["row", "pair"], columns="column", values="cell", aggfunc="first", sort=False)
+    table.columns.name = None
+    return table
+
+
+def exit_accuracies(exits: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
+    """Each exit's own test accuracy against its cost (mean over seeds, min-max bars): the frame of
+    :func:`mexit.study.exit_table` for one row."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    levels = list(pd.unique(exits[hue]))
+    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    for level in levels:
+        stats = exits[exits[hue] == level].groupby("exit").agg(
+            cost_pct=("cost_pct", "mean"), mean=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max")
+        )
+        ax.errorbar(
+            stats["cost_pct"], stats["mean"], yerr=[stats["mean"] - stats["low"], stats["high"] - stats["mean"]],
+            color=colours[level], marker="o", markersize=4, capsize=2, label=str(level),
+        )
+    ax.set_xlabel("Cost of the exit (% of backbone-only MACs)")
+    ax.set_ylabel(ACCURACY_LABEL)
+    ax.legend(title=hue)
+    return ax
+
+
+def validation_curves(trace: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
+    """The final exit's validation accuracy over optimiser steps of all phases, one line per
+    ``hue`` value and seed: the frame of :meth:`mexit.study.Study.traces` for one row."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    recorded = [c for c in trace.columns if c.startswith("val_acc_") and trace[c].notna().any()]
+    final = max(int(c.removeprefix("val_acc_")) for c in recorded)  # the row's own last exit
+    levels = list(pd.unique(trace[hue]))
+    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    for (level, seed), frame in trace.groupby([hue, "seed"], sort=False):
+        steps = frame.groupby("phase", sort=False)["step"].max().cumsum().shift(fill_value=0)
+        global_step = frame["step"] + frame["phase"].map(steps)
+        first = seed == trace["seed"].min()
+        ax.plot(global_step, frame[f"val_acc_{final}"], color=colours[level], alpha=0.8, label=str(level) if first else None)
+    ax.set_xlabel("Optimiser steps (all phases of the regime)")
+    ax.set_ylabel("Validation accuracy, final exit (%)")
+    ax.legend(title=hue)
+    return ax
+
+
+def panels(
+    frame: pd.DataFrame,
+    draw: Callable[[pd.DataFrame, Axes], object],
+    *,
+    by: str = "row",
+    ncols: int = 2,
+    size: tuple[float, float] = (6.0, 4.0),
+) -> Figure:
+    """One panel per value of ``by`` (in order of appearance), each drawn by ``draw(subframe, ax)``
+    and titled with its value; a shared figure for a notebook's rows."""
+    if by not in frame.columns:
+        raise ValueError(f"frame has no column {by!r}; it has {list(frame.columns)}")
+    set_style()
+    levels = list(pd.unique(frame[by]))
+    ncols = max(1, min(ncols, len(levels)))
+    nrows = -(-len(levels) // ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    for ax, level in zip(axes.flat, levels):
+        draw(frame[frame[by] == level], ax)
+        ax.set_title(str(level))
+    for ax in list(axes.flat)[len(levels):]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    return figure

@@ -108,6 +108,17 @@ class Run:
         """Per-exit training loss and validation accuracy at every evaluation, all phases."""
         return pd.concat([pd.read_csv(d / "trace.csv") for d in self._phase_dirs], ignore_index=True)
 
+    def phases(self) -> pd.DataFrame:
+        """One row per phase of the run: ``phase``, ``phase_key`` (shared phases share it),
+        ``epoch_cap``, ``wall_time_s``, ``epochs_run``, ``steps``, ``stopped_early`` and ``best_step``."""
+        names, caps = self.metrics["phases"], self.config.train.phase_epochs
+        return pd.DataFrame(
+            [
+                {"phase": name, "phase_key": d.name, "epoch_cap": cap, **checkpoint.read_json(d / "phase.json")}
+                for name, cap, d in zip(names, caps, self._phase_dirs)
+            ]
+        )
+
     def probes(self) -> pd.DataFrame:
         """Rows recorded by training probes (gradient dominance), all phases; empty if none ran."""
         frames = [pd.read_csv(d / "probes.csv") for d in self._phase_dirs if (d / "probes.csv").exists()]

@@ -12,8 +12,15 @@ from mexit.evaluate import (
     ExitOutputs,
     budget_table,
     confidences,
+    convergence,
     exit_accuracy,
+    largest_cost_gap,
+    mean_ci,
+    paired_differences,
     patience_sweep,
+    regime_cost,
+    run_points,
+    shared_cost,
     single_exits,
     sweep,
     threshold_grid,
@@ -370,3 +377,83 @@ def test_patience_and_table_reject_bad_input():
         budget_table([run], grid="fine")
     with pytest.raises(ValueError, match="method='ztw' runs need val_logits and val_labels"):
         budget_table([pbee_case("ztw")], by=("method",))
+
+
+def test_run_points_are_each_runs_own_operating_points():
+    runs = [outputs(labels, seed) for seed, labels in enumerate(SEED_LABELS)]
+    points = run_points(runs)
+    assert len(points) == 12 and {"regime", "method", "seed", "budget", "accuracy", "cost_pct", "final_accuracy"} <= set(points.columns)
+    half = points[points["budget"] == 0.5]
+    assert half["accuracy"].tolist() == [50.0, 75.0, 100.0] and (half["cost_pct"] == 40.0).all()
+    assert points[points["budget"] == 0.25]["accuracy"].isna().all()
+    assert points.groupby("seed")["final_accuracy"].first().tolist() == [50.0, 25.0, 0.0]
+    table = budget_table(runs)  # the table summarises exactly these points
+    assert table["accuracy_mean"].tolist()[1:] == points.groupby("budget")["accuracy"].mean().tolist()[1:]
+
+
+def test_paired_differences_pair_by_seed():
+    frame = pd.DataFrame(
+        {
+            "row": "R",
+            "budget": 1.0,
+            "regime": ["joint"] * 3 + ["mixed"] * 3 + ["disjoint"] * 2,
+            "seed": [0, 1, 2, 0, 1, 2, 0, 1],
+            "accuracy": [70.0, 80.0, 90.0, 71.0, 82.0, 93.0, 60.0, 60.0],
+        }
+    )
+    diffs = paired_differences(frame, [("mixed", "joint"), ("mixed", "disjoint")]).set_index("pair")
+    assert diffs.loc["mixed - joint", "mean"] == pytest.approx(2.0)  # 1, 2, 3: seed levels cancel
+    assert diffs.loc["mixed - joint", "std"] == pytest.approx(1.0)
+    half = 4.302652729749464 / np.sqrt(3)
+    assert (diffs.loc["mixed - joint", "low"], diffs.loc["mixed - joint", "high"]) == pytest.approx((2 - half, 2 + half))
+    assert diffs.loc["mixed - disjoint", "n"] == 2  # only seeds present for both
+    assert diffs.loc["mixed - disjoint", "mean"] == pytest.approx(16.5)
+    with pytest.raises(ValueError, match="hybrid"):
+        paired_differences(frame, [("hybrid", "joint")])
+    with pytest.raises(ValueError, match="lacks columns"):
+        paired_differences(frame.drop(columns="seed"), [("mixed", "joint")])
+
+
+def test_mean_ci():
+    summary = mean_ci([1.0, 2.0, 3.0])
+    assert summary["mean"] == 2.0 and summary["std"] == 1.0 and summary["n"] == 3
+    assert summary["ci95"] == pytest.approx(4.302652729749464 / np.sqrt(3))
+    single = mean_ci([4.0])
+    assert single["mean"] == 4.0 and np.isnan(single["ci95"]) and np.isnan(single["low"])
+
+
+def _phases() -> pd.DataFrame:
+    rows = []
+    for seed in (0, 1):
+        for regime, phases in (("disjoint", ("P1", "P3")), ("joint", ("P2",)), ("mixed", ("P1", "P2"))):
+            for phase in phases:
+                key = f"{phase}-s{seed}" if phase == "P1" else f"{regime}-{phase}-s{seed}"
+                wall = {"P1": 10.0, "P2": 20.0, "P3": 5.0}[phase]
+                rows.append({"row": "R", "regime": regime, "seed": seed, "phase": phase, "phase_key": key,
+                             "wall_time_s": wall, "epochs_run": 3, "steps": 30, "epoch_cap": 4,
+                             "stopped_early": phase == "P3"})
+    return pd.DataFrame(rows)
+
+
+def test_costs_per_regime_and_with_shared_phases_once():
+    per_regime = regime_cost(_phases())
+    mixed = per_regime[(per_regime["regime"] == "mixed") & (per_regime["seed"] == 0)].iloc[0]
+    assert mixed["wall_time_s"] == 30.0 and mixed["steps"] == 60 and mixed["epochs_run"] == 6
+    shared = shared_cost(_phases()).iloc[0]
+    assert shared["wall_time_s_per_regime"] == 10 + 5 + 20 + 10 + 20
+    assert shared["wall_time_s_once"] == 10 + 5 + 20 + 20  # P1 counted once
+    ended = convergence(_phases())
+    assert ended.loc[("R", "disjoint", "P3"), "stopped early"] == "2 of 2"
+    assert ended.loc[("R", "joint", "P2"), "epoch cap"] == 4
+    with pytest.raises(ValueError, match="phase_key"):
+        regime_cost(_phases().drop(columns="phase_key"))
+
+
+def test_largest_cost_gap_is_the_widest_step_between_operating_points():
+    points = pd.DataFrame({"cost_pct": [10.0, 12.0, 40.0, 41.0]})
+    assert largest_cost_gap(points) == 28.0
+    paper = sweep(LOGITS, LABELS, COSTS, BACKBONE, grid="paper")
+    dense = sweep(LOGITS, LABELS, COSTS, BACKBONE, grid="dense")
+    assert largest_cost_gap(dense) <= largest_cost_gap(paper)
+    with pytest.raises(ValueError, match="cost_pct"):
+        largest_cost_gap(points.iloc[:1])

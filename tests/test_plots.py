@@ -89,3 +89,49 @@ def test_format_budget_table():
     assert " ± " not in single.iloc[0]["100%"] and len(single.iloc[0]["final exit"].split(".")[1]) == 2
     with pytest.raises(ValueError, match="budget_table"):
         format_budget_table(pd.DataFrame({"x": [1]}))
+
+
+def test_budget_table_cells_with_ci_and_differences_view():
+    from mexit.evaluate import paired_differences, run_points
+    from mexit.plots import format_differences
+
+    table = budget_table(RUNS, by=("regime",), budgets=[1.0])
+    row = table[table["regime"] == "mixed"].iloc[0]
+    cell = format_budget_table(table, ci=True).loc["mixed", "100%"]
+    mean, std, half = row["accuracy_mean"], row["accuracy_std"], row["accuracy_ci95"]
+    assert cell == f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]"
+    assert format_budget_table(table).loc["mixed", "100%"] == f"{mean:.1f} ± {std:.1f}"
+    points = run_points(RUNS, budgets=[0.5, 1.0]).assign(row="R")
+    diffs = paired_differences(points, [("mixed", "joint")])
+    view = format_differences(diffs)
+    assert list(view.columns) == ["50%", "100%"] and view.index.tolist() == [("R", "mixed - joint")]
+    d = diffs[diffs["budget"] == 1.0].iloc[0]
+    assert view.loc[("R", "mixed - joint"), "100%"] == f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+
+
+def test_band_spans_the_seeds_and_panels_take_one_row_each():
+    from mexit.plots import exit_accuracies, panels, validation_curves
+
+    curves = frames(sweep)
+    ax = flops_accuracy(curves, hue="regime", band="seed")
+    assert len(ax.collections) == 3  # one band per regime
+    with pytest.raises(ValueError, match="band"):
+        flops_accuracy(curves, band="replicate")
+    two_rows = pd.concat([curves.assign(row="A"), curves.assign(row="B"), curves.assign(row="C")])
+    figure = panels(two_rows, lambda frame, ax: flops_accuracy(frame, ax=ax), ncols=2)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
+    assert titles == ["A", "B", "C"] and len(figure.axes) == 4
+    exits = frames(single_exits)
+    ax = exit_accuracies(exits)
+    assert len(ax.get_lines()) >= 3 and ax.get_legend() is not None
+    trace = pd.DataFrame(
+        {"phase": ["P1", "P1", "P2", "P2"], "step": [1, 2, 1, 2], "val_acc_0": [1, 2, 3, 4], "val_acc_1": [10.0, 20.0, 30.0, 40.0],
+         "regime": "mixed", "seed": 0}
+    )
+    ax = validation_curves(trace)
+    line = ax.get_lines()[0]
+    assert line.get_xdata().tolist() == [1, 2, 3, 4] and line.get_ydata().tolist() == [10.0, 20.0, 30.0, 40.0]
+    # a shallower row's frame from a concatenation with a deeper one: its own last exit is plotted
+    ax = validation_curves(trace.assign(val_acc_2=np.nan))
+    assert ax.get_lines()[0].get_ydata().tolist() == [10.0, 20.0, 30.0, 40.0]
+    plt.close("all")

@@ -19,16 +19,33 @@ ensemble); the ZTW ensemble on its own is fitted on a split named explicitly::
     exit_accuracy(ensembled, r.test_labels)  # accuracy (%) of every ensembled exit
 """
 
-from mexit.evaluate.sweeps import confidences, exit_accuracy, patience_sweep, single_exits, sweep, threshold_grid
-from mexit.evaluate.tables import ExitOutputs, budget_table
+from mexit.evaluate.sweeps import (
+    confidences,
+    exit_accuracy,
+    largest_cost_gap,
+    patience_sweep,
+    single_exits,
+    sweep,
+    threshold_grid,
+)
+from mexit.evaluate.cost import convergence, regime_cost, shared_cost
+from mexit.evaluate.stats import mean_ci, paired_differences
+from mexit.evaluate.tables import ExitOutputs, budget_table, run_points
 from mexit.evaluate.ztw import ztw_ensemble
 
 __all__ = [
     "ExitOutputs",
     "budget_table",
+    "convergence",
     "confidences",
     "exit_accuracy",
+    "largest_cost_gap",
+    "mean_ci",
+    "paired_differences",
     "patience_sweep",
+    "regime_cost",
+    "shared_cost",
+    "run_points",
     "single_exits",
     "sweep",
     "threshold_grid",

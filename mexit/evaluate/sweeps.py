@@ -258,3 +258,11 @@ def single_exits(logits: Any, labels: Any, costs: Any, backbone_cost: float) -> 
             "accuracy": exit_accuracy(logits, labels),
         }
     )
+
+
+def largest_cost_gap(points: pd.DataFrame) -> float:
+    """The largest step in expected cost (% of backbone) between neighbouring operating points of one
+    sweep: the part of the cost axis where a grid offers no operating point."""
+    if "cost_pct" not in points.columns or len(points) < 2:
+        raise ValueError("points must be one sweep's frame with a cost_pct column and at least two rows")
+    return float(np.diff(points["cost_pct"].to_numpy()).max())

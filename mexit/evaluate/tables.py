@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from mexit.evaluate.stats import mean_ci
 from mexit.evaluate.sweeps import check_exit_arrays, check_labels, exit_accuracy, patience_sweep, sweep, to_numpy
 from mexit.evaluate.ztw import ztw_ensemble
 
@@ -89,22 +89,8 @@ def budget_table(
     and ``note``. Where no operating point fits a budget in some run of a group, the group's
     accuracy at that budget is NaN and ``note`` says so.
     """
-    if len(outputs) == 0:
-        raise ValueError("outputs must hold at least one ExitOutputs")
-    budgets = np.asarray(budgets, dtype=np.float64)
-    if budgets.ndim != 1 or budgets.size == 0 or np.any((budgets <= 0) | (budgets > 1)):
-        raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     by = list(by)
-    for out in outputs:
-        missing = [key for key in by if key not in out.tags]
-        if missing:
-            raise ValueError(f"by names tags {missing} that a run lacks; its tags are {out.tags}")
-        if fit == "val" and out.val_logits is None:
-            raise ValueError("fit='val' needs val_logits and val_labels on every run")
-        if _evaluation(out) == "ztw-ensemble" and out.val_logits is None:
-            raise ValueError(f"method='ztw' runs need val_logits and val_labels to fit the ZTW ensemble: {out.tags}")
+    budgets = _check_budget_args(outputs, budgets, fit, by)
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for out in outputs:
@@ -133,6 +119,58 @@ def budget_table(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def run_points(
+    outputs: Sequence[ExitOutputs],
+    *,
+    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    fit: str = "test",
+    grid: str = "paper",
+    rule: str = "maxprob",
+) -> pd.DataFrame:
+    """Each run's own operating point at each budget, before any summary over seeds.
+
+    The points are picked as in :func:`budget_table`. One row per (run, budget): the run's tags,
+    ``budget``, ``accuracy`` and ``cost_pct`` (NaN where no operating point fits),
+    ``final_accuracy`` (the plain final exit) and ``evaluation``. Pair these rows across regimes with
+    :func:`mexit.evaluate.paired_differences`.
+    """
+    budgets = _check_budget_args(outputs, budgets, fit, by=())
+    rows = []
+    for out in outputs:
+        points = _run_points(out, budgets, fit, grid, rule)
+        for b, budget in enumerate(budgets):
+            rows.append(
+                {
+                    **out.tags,
+                    "budget": float(budget),
+                    "accuracy": points["accuracy"][b],
+                    "cost_pct": points["cost_pct"][b],
+                    "final_accuracy": points["final"],
+                    "evaluation": points["evaluation"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _check_budget_args(outputs: Sequence[ExitOutputs], budgets: Sequence[float], fit: str, by: Sequence[str]) -> np.ndarray:
+    if len(outputs) == 0:
+        raise ValueError("outputs must hold at least one ExitOutputs")
+    budgets = np.asarray(budgets, dtype=np.float64)
+    if budgets.ndim != 1 or budgets.size == 0 or np.any((budgets <= 0) | (budgets > 1)):
+        raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    for out in outputs:
+        missing = [key for key in by if key not in out.tags]
+        if missing:
+            raise ValueError(f"by names tags {missing} that a run lacks; its tags are {out.tags}")
+        if fit == "val" and out.val_logits is None:
+            raise ValueError("fit='val' needs val_logits and val_labels on every run")
+        if _evaluation(out) == "ztw-ensemble" and out.val_logits is None:
+            raise ValueError(f"method='ztw' runs need val_logits and val_labels to fit the ZTW ensemble: {out.tags}")
+    return budgets
 
 
 def _evaluation(out: ExitOutputs) -> str:
@@ -175,9 +213,5 @@ def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule
 
 def _summary(values: np.ndarray) -> dict[str, float]:
     """Mean, std (ddof 1) and 95% t-interval half-width over runs; NaN if any run is NaN."""
-    n = len(values)
-    if n < 2 or np.isnan(values).any():
-        return {"mean": float(values.mean()), "std": np.nan, "ci95": np.nan}
-    std = float(values.std(ddof=1))
-    half_width = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
-    return {"mean": float(values.mean()), "std": std, "ci95": half_width}
+    summary = mean_ci(values)
+    return {k: summary[k] for k in ("mean", "std", "ci95")}

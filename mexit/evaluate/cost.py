@@ -1,0 +1,50 @@
+"""Training cost from the stored phase records: per regime, and with shared phases counted once.
+
+Input: one row per (run, phase) with the run's tags, ``phase``, ``phase_key``, ``wall_time_s``,
+``epochs_run`` and ``steps`` (:meth:`mexit.study.Study.phase_costs`). Disjoint and mixed runs of one
+seed share their P1 (same ``phase_key``): :func:`regime_cost` charges it to each regime that uses
+it; :func:`shared_cost` counts each stored phase once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+COST_COLUMNS: tuple[str, ...] = ("wall_time_s", "epochs_run", "steps")
+
+
+def regime_cost(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime", "seed")) -> pd.DataFrame:
+    """Each run's total wall time, epochs and optimiser steps, every phase it uses counted."""
+    _check(phases, by)
+    return phases.groupby(list(by), sort=False, as_index=False)[list(COST_COLUMNS)].sum()
+
+
+def shared_cost(phases: pd.DataFrame, by: Sequence[str] = ("row", "seed")) -> pd.DataFrame:
+    """Per ``by`` group: the cost of all its runs counted per regime (``*_per_regime``) and with
+    each shared phase counted once (``*_once``)."""
+    _check(phases, by)
+    per_regime = phases.groupby(list(by), sort=False)[list(COST_COLUMNS)].sum()
+    once = phases.drop_duplicates([*by, "phase_key"]).groupby(list(by), sort=False)[list(COST_COLUMNS)].sum()
+    return per_regime.add_suffix("_per_regime").join(once.add_suffix("_once")).reset_index()
+
+
+def _check(phases: pd.DataFrame, by: Sequence[str]) -> None:
+    missing = [c for c in (*by, "phase_key", *COST_COLUMNS) if c not in phases.columns]
+    if missing:
+        raise ValueError(f"phases lacks columns {missing}; it has {list(phases.columns)}")
+
+
+def convergence(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime", "phase")) -> pd.DataFrame:
+    """How each phase ended, over seeds: mean epochs run against the cap, and how many runs early
+    stopping ended (the rest ran to the cap, where the cosine schedule has reached its floor)."""
+    _check(phases, by)
+    grouped = phases.groupby(list(by), sort=False)
+    return pd.DataFrame(
+        {
+            "epochs run (mean)": grouped["epochs_run"].mean().round(1),
+            "epoch cap": grouped["epoch_cap"].max(),
+            "stopped early": grouped["stopped_early"].sum().astype(int).astype(str) + " of " + grouped.size().astype(str),
+        }
+    )

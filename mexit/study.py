@@ -1,0 +1,241 @@
+"""What a book notebook compares: rows (backbone x dataset) x regimes x seeds, checked and trained once.
+
+A notebook's parameters (from a profile, or from papermill's ``-p``/``-y``) are checked by
+:func:`study`, which stops with one :class:`ParameterError` naming the first bad parameter before
+anything is trained. The checked :class:`Study` then lists its run configs, trains or loads them
+through the shared run store (every notebook asking for the same run gets the same stored one) and
+hands back their outputs tagged with ``row``, ``regime`` and ``seed``::
+
+    s = study(rows=[{"label": "ResNet-20", "config": "mnist5k-quick"}], seeds=[0, 1, 2],
+              regimes=["disjoint", "joint", "mixed"], runs_root="runs")
+    outputs = s.outputs()      # list of mexit.evaluate.ExitOutputs, one per (row, regime, seed)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mexit.config import REGIMES, RunConfig, load_config, regime_configs
+from mexit.evaluate import ExitOutputs, single_exits
+from mexit.evaluate.sweeps import GRIDS
+from mexit.reference import paper_accuracy, paper_rows
+from mexit.store import Run, RunStore, build_model, default_root
+
+ROW_FIELDS: tuple[str, ...] = ("label", "config", "overrides", "paper")
+PAIRS: tuple[tuple[str, str], ...] = (("mixed", "joint"), ("mixed", "disjoint"))
+
+
+class ParameterError(ValueError):
+    """A notebook parameter is wrong; the message names it and says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of Table 1: a label, the run config it trains (overrides applied) and, optionally,
+    the paper's row it reproduces (``"ResNet-34 / CIFAR-100"``, as ``model / dataset`` in
+    :mod:`mexit.reference`)."""
+
+    label: str
+    config: RunConfig
+    paper: str | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    """Checked notebook parameters: rows x regimes x seeds, and the run store they live in."""
+
+    rows: tuple[Row, ...]
+    regimes: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs_root: Path
+    budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    grid: str = "dense"
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The regime comparisons of the paper that this study's regimes allow: mixed - joint, mixed - disjoint."""
+        return [(a, b) for a, b in PAIRS if a in self.regimes and b in self.regimes]
+
+    def configs(self) -> list[tuple[Row, RunConfig]]:
+        """Every run the study needs, row by row and seed by seed (so a shared P1 is trained first)."""
+        return [(row, config) for row in self.rows for config in regime_configs(row.config, self.regimes, self.seeds)]
+
+    def runs(self) -> list[tuple[Row, Run]]:
+        """Each needed run, loaded from the store or trained into it: ``(row, mexit.store.Run)``."""
+        store = RunStore(self.runs_root)
+        pairs = []
+        for row, config in self.configs():
+            label = f"{row.label} {config.train.regime} s{config.train.seed} "
+            pairs.append((row, store.get(config, progress_label=label)))
+        return pairs
+
+    def phase_costs(self) -> pd.DataFrame:
+        """One row per (run, phase): ``row``, ``regime``, ``seed`` and the phase record
+        (:meth:`mexit.store.Run.phases`: wall time, epochs, steps, the shared ``phase_key``)."""
+        return self._per_run(lambda run: run.phases())
+
+    def outputs(self) -> list[ExitOutputs]:
+        """The test/validation logits and costs of every run, tagged ``row``, ``regime``, ``seed``."""
+        return [run.outputs(row=row.label) for row, run in self.runs()]
+
+    def traces(self) -> pd.DataFrame:
+        """Every run's training trace (:meth:`mexit.store.Run.trace`) with ``row``, ``regime``, ``seed``."""
+        return self._per_run(lambda run: run.trace())
+
+    def _per_run(self, frame_of: Callable[[Run], pd.DataFrame]) -> pd.DataFrame:
+        frames = [
+            frame_of(run).assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed)
+            for row, run in self.runs()
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+
+def table1_view(table: pd.DataFrame, s: Study, *, ci: bool = False) -> pd.DataFrame:
+    """Table 1 as the book shows it: :func:`mexit.plots.format_budget_table` of a
+    :func:`mexit.evaluate.budget_table` grouped by ``row`` and ``regime`` (mean ± std, or with
+    ``ci`` mean [95% CI]), with the paper's 100% column beside each row that reproduces one of the
+    paper's ("–" elsewhere)."""
+    from mexit.plots import format_budget_table
+
+    view = format_budget_table(table, ci=ci)
+    papers = {row.label: row.paper for row in s.rows}
+    values = [paper_accuracy(papers[label], regime) for label, regime in view.index]
+    view["paper 100%"] = ["–" if v is None else f"{v:.2f}" for v in values]
+    return view
+
+
+def exit_table(outputs: list[ExitOutputs]) -> pd.DataFrame:
+    """Each exit of each run on its own (:func:`mexit.evaluate.single_exits`), with the run's tags."""
+    frames = [
+        single_exits(o.test_logits, o.test_labels, o.costs, o.backbone_cost).assign(**o.tags) for o in outputs
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def sweep_table(outputs: list[ExitOutputs], grid: str) -> pd.DataFrame:
+    """Every run's threshold sweep (:func:`mexit.evaluate.sweep`) on ``grid``, with the run's tags."""
+    from mexit.evaluate import sweep
+
+    frames = [sweep(o.test_logits, o.test_labels, o.costs, o.backbone_cost, grid=grid).assign(**o.tags) for o in outputs]
+    return pd.concat(frames, ignore_index=True)
+
+
+def study(
+    *,
+    rows: Any,
+    seeds: Any,
+    regimes: Any,
+    runs_root: Any,
+    budgets: Any = (0.25, 0.5, 0.75, 1.0),
+    grid: Any = "dense",
+) -> Study:
+    """Check a notebook's parameters; raises :class:`ParameterError` naming the first bad one.
+
+    ``rows``: a non-empty list of ``{label, config, overrides, paper}`` mappings (``config`` a
+    shipped config name or YAML path, ``overrides`` a list of ``section.field=value``, ``paper``
+    optional); ``seeds``: a non-empty list of distinct non-negative integers; ``regimes``: a
+    non-empty list from :data:`mexit.config.REGIMES`; ``runs_root``: the run store folder (None: ``$MEXIT_RUNS`` or ``./runs``);
+    ``budgets``: fractions of the backbone cost in (0, 1]; ``grid``: the threshold grid of the
+    sweeps (:data:`mexit.evaluate.sweeps.GRIDS`). Every row's config is fully validated
+    (backbone, placement, head, method, dataset and its ``data_root``) without training anything.
+    """
+    checked_seeds = _int_list("seeds", seeds)
+    if len(set(checked_seeds)) != len(checked_seeds):
+        raise ParameterError(f"seeds must be distinct, got {checked_seeds}")
+    if any(seed < 0 for seed in checked_seeds):
+        raise ParameterError(f"seeds must be non-negative integers, got {checked_seeds}")
+    checked_regimes = _str_list("regimes", regimes)
+    for regime in checked_regimes:
+        if regime not in REGIMES:
+            raise ParameterError(f"regimes: unknown regime {regime!r}; allowed: {', '.join(REGIMES)}")
+    checked_budgets = check_budgets(budgets)
+    if grid not in GRIDS:
+        raise ParameterError(f"grid: unknown threshold grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    if runs_root is None:
+        runs_root = default_root()
+    if not isinstance(runs_root, (str, Path)) or not str(runs_root):
+        raise ParameterError(f"runs_root must be a folder path (a string) or None ($MEXIT_RUNS or ./runs), got {runs_root!r}")
+    if not isinstance(rows, list) or not rows:
+        raise ParameterError(f"rows must be a non-empty list of {{label, config, overrides}} mappings, got {rows!r}")
+    checked_rows = tuple(_row(index, value) for index, value in enumerate(rows))
+    labels = [row.label for row in checked_rows]
+    if len(set(labels)) != len(labels):
+        raise ParameterError(f"rows must have distinct labels, got {labels}")
+    return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid)
+
+
+def check_budgets(budgets: Any) -> tuple[float, ...]:
+    """Budgets as fractions of the backbone-only cost, each in (0, 1]."""
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence) or len(budgets) == 0:
+        raise ParameterError(f"budgets must be a non-empty list of fractions in (0, 1], got {budgets!r}{_YAML_HINT}")
+    for value in budgets:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ParameterError(f"budgets must be fractions of the backbone cost in (0, 1], got {value!r} in {list(budgets)}")
+    return tuple(float(b) for b in budgets)
+
+
+_YAML_HINT = " (with papermill, pass lists as YAML: -y 'seeds: [0, 1, 2]')"
+
+
+def _int_list(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ParameterError(f"{name} must be a non-empty list of integers, got {value!r}{_YAML_HINT}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ParameterError(f"{name} must hold integers only, got {item!r} in {value}")
+    return list(value)
+
+
+def _str_list(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ParameterError(f"{name} must be a non-empty list, got {value!r}{_YAML_HINT}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ParameterError(f"{name} must hold names (strings), got {item!r} in {value}")
+    return list(value)
+
+
+def _check_builds(config: RunConfig) -> None:
+    """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
+    depth, such as IC placement indices beyond it."""
+    import torch
+
+    from mexit import data
+
+    with torch.device("meta"):
+        build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
+
+
+def _row(index: int, value: Any) -> Row:
+    where = f"rows[{index}]"
+    if not isinstance(value, Mapping):
+        raise ParameterError(f"{where} must be a mapping with keys {', '.join(ROW_FIELDS)}, got {value!r}")
+    unknown = set(value) - set(ROW_FIELDS)
+    if unknown:
+        raise ParameterError(f"{where} has unknown keys {sorted(unknown)}; allowed: {', '.join(ROW_FIELDS)}")
+    label, name = value.get("label"), value.get("config")
+    if not isinstance(label, str) or not label:
+        raise ParameterError(f"{where}.label must be a non-empty string, got {label!r}")
+    if not isinstance(name, str) or not name:
+        raise ParameterError(f"{where}.config must be a shipped config name or a YAML path, got {name!r}")
+    overrides = value.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ParameterError(f"{where}.overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+    paper = value.get("paper")
+    if paper is not None and paper not in paper_rows():
+        raise ParameterError(f"{where}.paper must be null or one of the paper's rows: {', '.join(paper_rows())}; got {paper!r}")
+    try:
+        config = load_config(name, overrides)
+        config.validate()
+        _check_builds(config)
+    except ValueError as error:
+        raise ParameterError(f"{where} ({label!r}): {error}") from None
+    root = config.data.data_root
+    if root is not None and not Path(root).is_dir():
+        raise ParameterError(f"{where} ({label!r}): data.data_root={root!r} is not a folder on this machine")
+    return Row(label, config, paper)

@@ -1,0 +1,83 @@
+"""Open every page of a built book in headless Chromium and report what a reader would see broken."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\(frac|text|mathrm|partial|sum|theta|times|log)\b")
+
+
+@dataclass
+class PageReport:
+    page: str
+    problems: list[str] = field(default_factory=list)
+    figures: int = 0
+    math: int = 0
+    text: str = ""
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def check_pages(html: Path, screenshots: Path) -> list[PageReport]:
+    """Every ``*.html`` page but Sphinx's own (search, genindex): console errors, failed requests,
+    broken images, raw TeX left in the text; a full-page screenshot of each into ``screenshots``."""
+    from playwright.sync_api import sync_playwright
+
+    screenshots.mkdir(parents=True, exist_ok=True)
+    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html") if p.name not in ("search.html", "genindex.html"))
+    reports = []
+    with serve(html) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name in pages:
+            report = PageReport(name)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m, r=report: r.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e, r=report: r.problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda q, r=report: r.problems.append(f"request failed: {q.url}"))
+            page.on("response", lambda s, r=report: r.problems.append(f"HTTP {s.status}: {s.url}") if s.status >= 400 and not s.url.endswith("favicon.ico") else None)
+            page.route(re.compile(r".*/favicon\.ico$"), lambda route: route.fulfill(status=204, body=""))
+            page.goto(f"{base}/{name}", wait_until="networkidle")
+            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true")
+            broken = page.evaluate(
+                "() => Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+            )
+            report.problems += [f"broken image: {src}" for src in broken]
+            report.figures = page.evaluate("() => document.querySelectorAll('.cell_output img, .output img').length")
+            report.math = page.evaluate("() => document.querySelectorAll('mjx-container').length")
+            report.text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
+            tex = [match.group(0) for match in RAW_TEX.finditer(report.text)]
+            if tex:
+                report.problems.append(f"raw TeX in the text: {sorted(set(tex))}")
+            page.screenshot(path=str(screenshots / f"{name.replace('/', '_').removesuffix('.html')}.png"), full_page=True)
+            page.close()
+            reports.append(report)
+        browser.close()
+    return reports

@@ -1,0 +1,147 @@
+"""The book: profiles, notebook execution and its errors, the tiny book built and opened in Chromium.
+
+The tiny book is built in a copy of the book's sources (never over a user's ``_build``); the
+screenshots of every page land in ``_build/screenshots`` of the repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from mexit.book import NotebookError, build_book, execute_notebooks, load_profile, notebook_parameters
+from mexit.claims import VERDICTS
+
+from browser import check_pages
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks", "mexit/reference/table1.csv")
+NOTEBOOKS = ("table1", "flops_accuracy", "training_cost")
+
+
+def copy_book(target: Path) -> Path:
+    for name in BOOK_FILES:
+        source = ROOT / name
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"))
+        else:
+            shutil.copy(source, destination)
+    return target
+
+
+def test_profiles_give_global_and_per_notebook_parameters() -> None:
+    profile = load_profile("quick")
+    table1 = notebook_parameters(profile, "table1")
+    assert table1["budgets"] == [0.25, 0.5, 0.75, 1.0] and len(table1["seeds"]) == 3
+    assert len({row["config"] for row in table1["rows"]}) >= 2  # two backbone families
+    assert "budgets" not in notebook_parameters(profile, "training_cost")
+    assert len(notebook_parameters(load_profile("paper"), "table1")["rows"]) == 6
+    with pytest.raises(ValueError, match="unknown profile 'huge'; allowed: .*quick"):
+        load_profile("huge")
+
+
+def test_a_profile_can_be_a_yaml_file(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("global_params: {seeds: [3]}\nnotebooks: {table1: {seeds: [4, 5]}}\n")
+    profile = load_profile(str(mine))
+    assert notebook_parameters(profile, "table1")["seeds"] == [4, 5]
+    assert notebook_parameters(profile, "training_cost")["seeds"] == [3]
+    (tmp_path / "bad.yaml").write_text("config: tiny\nseeds: [0]\n")
+    with pytest.raises(ValueError, match="global_params and notebooks"):
+        load_profile(str(tmp_path / "bad.yaml"))
+
+
+def test_every_notebook_declares_the_shared_parameters() -> None:
+    for name in NOTEBOOKS:
+        declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        assert {"rows", "seeds", "regimes", "runs_root"} <= set(declared), name
+        source = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert all(not cell.get("outputs") for cell in source.cells if cell.cell_type == "code"), f"{name} has outputs"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"seeds": []}, "seeds"),
+        ({"regimes": ["joint", "hybrid"]}, "regimes"),
+        ({"budgets": [0.5, 2.0]}, "budgets"),
+        ({"rows": [{"label": "x", "config": "tiny", "overrides": ["model.backbone=resnet7"]}]}, "rows[0]"),
+        ({"rows": [{"label": "x", "config": "cifar-huge"}]}, "rows[0]"),
+        ({"seeds": "0, 1"}, "seeds"),
+    ],
+)
+def test_a_bad_parameter_stops_the_notebook_at_its_first_cell(parameters: dict, named: str, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(papermill.PapermillExecutionError) as raised:
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "table1.ipynb"), str(tmp_path / "out.ipynb"),
+            parameters={"runs_root": str(store), **parameters}, progress_bar=False, kernel_name="python3",
+        )
+    assert raised.value.ename == "ParameterError" and raised.value.evalue.startswith(named)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    code = [cell for cell in executed.cells if cell.cell_type == "code"]
+    failed = [i for i, cell in enumerate(code) if any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
+    assert failed == [2]  # defaults, injected parameters, then the first cell of the notebook's own
+    assert not store.exists()
+
+
+def test_a_failing_notebook_is_named_with_its_cell(tmp_path: Path) -> None:
+    (tmp_path / "notebooks").mkdir()
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("seeds = [0]")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "notebooks" / "broken.ipynb")
+    with pytest.raises(NotebookError, match=r"notebook broken failed in cell 4: RuntimeError: boom"):
+        execute_notebooks("tiny", tmp_path, runs_root=str(tmp_path / "runs"))
+    with pytest.raises(ValueError, match="unknown notebook.*'table2'.*allowed: broken"):
+        execute_notebooks("tiny", tmp_path, only=["table2"])
+
+
+@pytest.fixture(scope="module")
+def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_book(tmp_path_factory.mktemp("book"))
+    assert build_book("tiny", root=root) == 0
+    return root
+
+
+def test_the_tiny_book_shows_every_page_whole_in_a_browser(tiny_book: Path) -> None:
+    screenshots = ROOT / "_build" / "screenshots"
+    reports = {r.page: r for r in check_pages(tiny_book / "_build" / "html", screenshots)}
+    problems = {page: r.problems for page, r in reports.items() if r.problems}
+    assert not problems
+    for name in NOTEBOOKS:
+        assert reports[f"book/generated/{name}.html"].figures >= 1, f"{name} shows no figure"
+    assert reports["book/analyses.html"].math > 10  # formulas typeset by MathJax, served locally
+    status = reports["book/status.html"].text
+    assert sum(status.count(verdict) for verdict in VERDICTS) >= 5
+    assert len(list(screenshots.glob("*.png"))) >= len(reports)
+
+
+def test_the_built_book_needs_no_network(tiny_book: Path) -> None:
+    html = tiny_book / "_build" / "html"
+    for page in html.rglob("*.html"):
+        text = page.read_text()
+        assert "cdn.jsdelivr.net" not in text and "cdnjs" not in text and "unpkg.com" not in text, page
+    assert list(html.glob("_static/**/tex-*.js")) or list(html.glob("_static/**/mathjax/**/*.js"))
+
+
+def test_glued_numbers_reach_the_pages(tiny_book: Path) -> None:
+    executed = nbformat.read(tiny_book / "book" / "generated" / "table1.ipynb", as_version=4)
+    glued = {
+        key
+        for cell in executed.cells
+        for output in cell.get("outputs", [])
+        for key in [output.get("metadata", {}).get("scrapbook", {}).get("name")]
+        if key
+    }
+    assert {"claims", "mixed_minus_joint_100", "n_rows", "n_seeds"} <= glued
+    page = (tiny_book / "_build" / "html" / "book" / "generated" / "table1.html").read_text()
+    assert "{glue" not in page

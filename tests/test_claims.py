@@ -1,0 +1,122 @@
+"""Verdicts are computed from CIs over seeds; the Table 1 and time claims measure what they say."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mexit import claims
+from mexit.claims import Claim, assess, status_view, table1_claims, time_claims, verdict
+
+BETTER = Claim("better", "A beats B", "test", "A - B", "points")
+SIZED = Claim("sized", "A beats B by 1-3", "test", "A - B", "points", kind="within", interval=(1.0, 3.0))
+
+
+@pytest.mark.parametrize(
+    ("claim", "low", "high", "n", "expected"),
+    [
+        (BETTER, 0.1, 2.0, 3, "held"),
+        (BETTER, -2.0, -0.1, 3, "not held"),
+        (BETTER, -0.5, 2.0, 3, "inconclusive"),
+        (BETTER, 0.0, 2.0, 3, "inconclusive"),  # touching 0 is not above it
+        (BETTER, math.nan, math.nan, 1, "untested at this scale"),
+        (SIZED, 1.2, 2.9, 5, "held"),
+        (SIZED, 1.0, 3.0, 5, "held"),
+        (SIZED, 3.5, 6.0, 5, "not held"),
+        (SIZED, -1.0, 0.5, 5, "not held"),
+        (SIZED, 0.5, 2.0, 5, "inconclusive"),
+        (SIZED, 2.0, 4.0, 5, "inconclusive"),
+    ],
+)
+def test_verdict_follows_the_interval(claim: Claim, low: float, high: float, n: int, expected: str) -> None:
+    assert verdict(claim, low, high, n) == expected
+
+
+def test_a_claim_needs_a_known_kind_and_an_ordered_interval() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Claim("k", "s", "src", "m", "u", kind="bigger")
+    with pytest.raises(ValueError, match="interval"):
+        Claim("k", "s", "src", "m", "u", kind="within", interval=(3.0, 1.0))
+
+
+def test_assess_computes_the_t_interval_of_the_effects() -> None:
+    row = assess(BETTER, [1.0, 2.0, 3.0], "row A")
+    half = 4.302652729749464 * 1.0 / math.sqrt(3)  # t(0.975, 2) * std / sqrt(n)
+    assert row["effect"] == pytest.approx(2.0)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half))
+    assert row["verdict"] == "inconclusive" and row["seeds"] == 3 and row["scale"] == "row A"
+    assert assess(BETTER, [1.0, 1.1, 0.9, 1.05], "r")["verdict"] == "held"
+    one = assess(BETTER, [5.0, math.nan], "r")
+    assert one["seeds"] == 1 and one["verdict"] == "untested at this scale"
+    view = status_view(pd.DataFrame([row, one]), profile="quick")
+    assert list(view.columns) == ["source", "profile", "scale", "seeds", "effect [95% CI]", "verdict"]
+    assert view.index.tolist() == ["A beats B", "A beats B"]
+    assert set(view["profile"]) == {"quick"} and set(status_view(pd.DataFrame([row]))["profile"]) == {"custom"}
+    assert view["effect [95% CI]"].tolist() == [f"2.0 [{2 - half:.1f}, {2 + half:.1f}] points", "5.0 points (no CI)"]
+
+
+def _points(accuracy: dict[str, list[list[float]]], budgets=(0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:
+    """Per-run points: accuracy[regime][seed][budget index]."""
+    return pd.DataFrame(
+        [
+            {"row": "R", "regime": regime, "seed": seed, "budget": budget, "accuracy": values[b]}
+            for regime, seeds in accuracy.items()
+            for seed, values in enumerate(seeds)
+            for b, budget in enumerate(budgets)
+        ]
+    )
+
+
+def test_table1_claims_measure_the_stated_differences() -> None:
+    points = _points(
+        {
+            "disjoint": [[50, 70, 80, 85], [52, 71, 81, 86], [51, 69, 79, 84]],
+            "joint": [[60, 72, 82, 86], [61, 73, 83, 87], [59, 71, 81, 85]],
+            "mixed": [[58, 74, 84, 88], [60, 75, 85, 89], [59, 73, 83, 87]],
+        }
+    )
+    rows = table1_claims(points).set_index("key")
+    # mixed - joint at 75% and 100%: +2 in every seed
+    assert rows.loc["mixed_beats_joint_high", "effect"] == pytest.approx(2.0)
+    assert rows.loc["mixed_beats_joint_high", "verdict"] == "held"
+    # the worse of joint and mixed at 25% minus disjoint: 58-50, 60-52, 59-51 = 8
+    assert rows.loc["disjoint_weak_low", "effect"] == pytest.approx(8.0)
+    assert rows.loc["disjoint_weak_low", "verdict"] == "held"
+    # mixed's mean over budgets - the better other regime's mean: 76 - 75, 77.25 - 76, 75.5 - 74
+    assert rows.loc["mixed_best", "effect"] == pytest.approx(1.25)
+    assert rows.loc["mixed_gain_1_3", "effect"] == pytest.approx(2.0)
+    assert rows.loc["mixed_gain_1_3", "verdict"] == "held"
+
+
+def test_table1_claims_without_a_regime_are_untested() -> None:
+    points = _points({"joint": [[60, 70, 80, 90]] * 3, "mixed": [[61, 71, 81, 91], [62, 72, 82, 92], [60, 70, 80, 90]]})
+    rows = table1_claims(points).set_index("key")
+    assert rows.loc["mixed_beats_joint_high", "verdict"] in claims.VERDICTS[:3]
+    for key in ("disjoint_weak_low", "mixed_best", "mixed_gain_1_3"):
+        assert rows.loc[key, "verdict"] == "untested at this scale"
+
+
+def test_measures_say_how_each_claim_is_measured_and_held() -> None:
+    points = _points({"disjoint": [[50, 70, 80, 85]] * 2, "joint": [[60, 72, 82, 86]] * 2, "mixed": [[58, 74, 84, 88]] * 2})
+    view = claims.measures_view(table1_claims(points))
+    assert len(view) == 4
+    assert view.loc["Mixed is 1-3% more accurate at higher budgets", "held when"] == "the CI lies within [1, 3] points"
+    assert view.loc["Mixed is the best regime overall", "held when"] == "the CI lies above 0 points"
+
+
+def test_time_claim_is_the_saving_of_mixed_over_joint() -> None:
+    costs = pd.DataFrame(
+        [
+            {"row": "R", "regime": regime, "seed": seed, "wall_time_s": wall}
+            for seed, (joint, mixed) in enumerate([(100.0, 73.0), (200.0, 146.0), (50.0, 36.5)])
+            for regime, wall in (("joint", joint), ("mixed", mixed))
+        ]
+    )
+    row = time_claims(costs).iloc[0]
+    assert row["effect"] == pytest.approx(27.0) and row["seeds"] == 3
+    assert row["verdict"] == "held"  # every seed saves exactly 27%: a zero-width interval inside [17, 37]
+    slower = costs.assign(wall_time_s=np.where(costs["regime"] == "mixed", costs["wall_time_s"] * 2, costs["wall_time_s"]))
+    assert time_claims(slower).iloc[0]["verdict"] == "not held"
