@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks", "mexit/reference/table1.csv")
+SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
 GOALS_S = {"quick": {"cold": 20 * 60, "warm": 2 * 60}}
 
 

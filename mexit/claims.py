@@ -199,9 +199,10 @@ def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
 def time_claims(costs: pd.DataFrame) -> pd.DataFrame:
     """The training-time claim per row, from :func:`mexit.evaluate.regime_cost` (each regime charged
     its own phases, P1 included)."""
+    from mexit.evaluate.cost import cost_ratio
+
     rows = []
     for label, frame in costs.groupby("row", sort=False):
-        wall = frame.pivot_table(index="seed", columns="regime", values="wall_time_s", aggfunc="first")
-        saving = 100 * (1 - wall["mixed"] / wall["joint"]) if {"mixed", "joint"} <= set(wall.columns) else pd.Series(dtype=float)
-        rows.append(assess(MIXED_TIME_27, saving.dropna().tolist(), label))
+        saving = 100 * (1 - cost_ratio(frame, "mixed", "joint"))
+        rows.append(assess(MIXED_TIME_27, saving.tolist(), label))
     return pd.DataFrame(rows)

@@ -117,6 +117,17 @@ def exit_table(outputs: list[ExitOutputs]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def backbone_only(exits: pd.DataFrame) -> tuple[float, float] | None:
+    """(cost %, accuracy %) of the backbone-only model of one row, from :func:`exit_table`: P1's
+    final head, which disjoint keeps unchanged (its final exit, mean over seeds), at 100% of the
+    backbone's cost; None without disjoint runs."""
+    disjoint = exits[exits["regime"] == "disjoint"]
+    if disjoint.empty:
+        return None
+    final = disjoint[disjoint["exit"] == disjoint["exit"].max()]
+    return (100.0, float(final["accuracy"].mean()))
+
+
 def sweep_table(outputs: list[ExitOutputs], grid: str) -> pd.DataFrame:
     """Every run's threshold sweep (:func:`mexit.evaluate.sweep`) on ``grid``, with the run's tags."""
     from mexit.evaluate import sweep

@@ -52,7 +52,11 @@ def check_pages(html: Path, screenshots: Path) -> list[PageReport]:
     from playwright.sync_api import sync_playwright
 
     screenshots.mkdir(parents=True, exist_ok=True)
-    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html") if p.name not in ("search.html", "genindex.html"))
+    pages = sorted(
+        p.relative_to(html).as_posix()
+        for p in html.rglob("*.html")
+        if p.name not in ("search.html", "genindex.html") and "_static" not in p.parts
+    )
     reports = []
     with serve(html) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -13,6 +13,7 @@ from mexit.evaluate import (
     budget_table,
     confidences,
     convergence,
+    cost_ratio,
     exit_accuracy,
     largest_cost_gap,
     mean_ci,
@@ -457,3 +458,11 @@ def test_largest_cost_gap_is_the_widest_step_between_operating_points():
     assert largest_cost_gap(dense) <= largest_cost_gap(paper)
     with pytest.raises(ValueError, match="cost_pct"):
         largest_cost_gap(points.iloc[:1])
+
+
+def test_cost_ratio_per_row_and_seed():
+    per_regime = regime_cost(_phases())
+    ratio = cost_ratio(per_regime, "mixed", "joint")
+    assert ratio.tolist() == [1.5, 1.5]  # (P1 10 + P2 20) / P2 20, each seed
+    assert cost_ratio(per_regime, "mixed", "joint", value="steps").tolist() == [2.0, 2.0]
+    assert cost_ratio(per_regime[per_regime["regime"] != "joint"], "mixed", "joint").empty

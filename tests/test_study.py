@@ -88,3 +88,16 @@ def test_runs_are_trained_once_and_shared_between_studies(tmp_path: Path) -> Non
     assert (phases["epoch_cap"] == 1).all() and (phases["steps"] > 0).all()
     trace = first.traces()
     assert {"row", "regime", "seed", "step", "phase"} <= set(trace.columns)
+
+
+def test_backbone_only_is_disjoints_final_exit_at_full_cost() -> None:
+    import pandas as pd
+
+    from mexit.study import backbone_only
+
+    exits = pd.DataFrame(
+        {"regime": ["disjoint"] * 4 + ["joint"] * 2, "exit": [0, 1, 0, 1, 0, 1], "seed": [0, 0, 1, 1, 0, 0],
+         "accuracy": [50.0, 70.0, 52.0, 74.0, 60.0, 99.0], "cost_pct": [40.0, 101.0] * 3}
+    )
+    assert backbone_only(exits) == (100.0, 72.0)
+    assert backbone_only(exits[exits["regime"] == "joint"]) is None

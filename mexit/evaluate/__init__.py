@@ -28,7 +28,7 @@ from mexit.evaluate.sweeps import (
     sweep,
     threshold_grid,
 )
-from mexit.evaluate.cost import convergence, regime_cost, shared_cost
+from mexit.evaluate.cost import convergence, cost_ratio, regime_cost, shared_cost
 from mexit.evaluate.stats import mean_ci, paired_differences
 from mexit.evaluate.tables import ExitOutputs, budget_table, run_points
 from mexit.evaluate.ztw import ztw_ensemble
@@ -37,6 +37,7 @@ __all__ = [
     "ExitOutputs",
     "budget_table",
     "convergence",
+    "cost_ratio",
     "confidences",
     "exit_accuracy",
     "largest_cost_gap",

@@ -30,6 +30,15 @@ def shared_cost(phases: pd.DataFrame, by: Sequence[str] = ("row", "seed")) -> pd
     return per_regime.add_suffix("_per_regime").join(once.add_suffix("_once")).reset_index()
 
 
+def cost_ratio(costs: pd.DataFrame, a: str, b: str, value: str = "wall_time_s") -> pd.Series:
+    """``value`` of regime ``a`` over regime ``b`` per (row, seed), from :func:`regime_cost`;
+    empty when either regime is absent."""
+    wide = costs.pivot_table(index=["row", "seed"], columns="regime", values=value, aggfunc="first")
+    if not {a, b} <= set(wide.columns):
+        return pd.Series(dtype=float)
+    return (wide[a] / wide[b]).dropna()
+
+
 def _check(phases: pd.DataFrame, by: Sequence[str]) -> None:
     missing = [c for c in (*by, "phase_key", *COST_COLUMNS) if c not in phases.columns]
     if missing:
