@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mexit.evaluate.stats import mean_ci
+from mexit.evaluate.stats import format_interval, mean_ci
 
 VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", "untested at this scale")
 KINDS: tuple[str, ...] = ("positive", "within")
@@ -86,11 +86,10 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     """The book's view of :func:`assess` rows: claim, source, profile, scale, seeds,
     "effect [low, high] unit", verdict (``profile`` None: "custom", parameters given by hand)."""
     def effect(row: pd.Series) -> str:
-        if math.isnan(row["effect"]):
-            return "–"
-        if math.isnan(row["ci_low"]):
-            return f"{row['effect']:.{digits}f} {row['unit']} (no CI)"
-        return f"{row['effect']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}] {row['unit']}"
+        text = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
+        if text == "–":
+            return text
+        return f"{text} {row['unit']}" + (" (no CI)" if math.isnan(row["ci_low"]) else "")
 
     return pd.DataFrame(
         {
@@ -122,7 +121,6 @@ def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
 # --- the claims Table 1 and the training-cost page test -----------------------------------------
 
 HIGH_BUDGETS: tuple[float, ...] = (0.75, 1.0)
-LOW_BUDGET = 0.25
 
 MIXED_BEATS_JOINT_HIGH = Claim(
     "mixed_beats_joint_high",
@@ -135,14 +133,16 @@ DISJOINT_WEAK_LOW = Claim(
     "disjoint_weak_low",
     "Disjoint is the weakest regime at low budgets",
     "paper (Table 1)",
-    "the worse of joint and mixed - disjoint, accuracy at the 25% budget, paired by seed",
+    "the worse of joint and mixed - disjoint, accuracy at the lowest budget every run can meet "
+    "(25% where the first exits allow it), paired by seed",
     "points",
 )
 MIXED_BEST = Claim(
     "mixed_best",
     "Mixed is the best regime overall",
     "paper (abstract)",
-    "mixed - the better of disjoint and joint, accuracy averaged over the budgets, paired by seed",
+    "mixed - the better of disjoint and joint, accuracy averaged over the budgets every run can meet, "
+    "paired by seed",
     "points",
 )
 MIXED_GAIN_1_3 = Claim(
@@ -171,28 +171,35 @@ CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27)
 
 def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
     """The Table 1 claims per row, from :func:`mexit.evaluate.run_points` tagged ``row``,
-    ``regime`` and ``seed``. A claim whose regimes or budgets the points lack is untested."""
+    ``regime`` and ``seed``. Only budgets at which every run of the row has an operating point are
+    used; the "low budget" is the lowest of them (25% where the first exits allow it). A claim whose
+    regimes or budgets the points lack is untested."""
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
+        fits = frame.groupby("budget")["accuracy"].apply(lambda a: bool(a.notna().all()))
+        usable = sorted(b for b, ok in fits.items() if ok)
+        low = usable[:1]
 
         def at(regime: str, budgets: Sequence[float]) -> pd.Series:
             columns = [(regime, b) for b in budgets if (regime, b) in accuracy.columns]
-            if len(columns) != len(budgets):
+            if not budgets or len(columns) != len(budgets):
                 return pd.Series(dtype=float)
             return accuracy[columns].mean(axis=1, skipna=False)
 
-        all_budgets = sorted(points["budget"].unique())
-        mixed_high, joint_high, disjoint_high = (at(r, HIGH_BUDGETS) for r in ("mixed", "joint", "disjoint"))
-        mixed_all, joint_all, disjoint_all = (at(r, all_budgets) for r in ("mixed", "joint", "disjoint"))
-        worse_low = pd.concat([at("joint", [LOW_BUDGET]), at("mixed", [LOW_BUDGET])], axis=1).min(axis=1, skipna=False)
+        high = [b for b in HIGH_BUDGETS if b in usable]
+        mixed_high, joint_high, disjoint_high = (at(r, high) for r in ("mixed", "joint", "disjoint"))
+        mixed_all, joint_all, disjoint_all = (at(r, usable) for r in ("mixed", "joint", "disjoint"))
+        worse_low = pd.concat([at("joint", low), at("mixed", low)], axis=1).min(axis=1, skipna=False)
         effects = {
-            MIXED_BEATS_JOINT_HIGH: mixed_high - joint_high,
-            DISJOINT_WEAK_LOW: worse_low - at("disjoint", [LOW_BUDGET]),
-            MIXED_BEST: mixed_all - pd.concat([joint_all, disjoint_all], axis=1).max(axis=1, skipna=False),
-            MIXED_GAIN_1_3: mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False),
+            MIXED_BEATS_JOINT_HIGH: (mixed_high - joint_high, high),
+            DISJOINT_WEAK_LOW: (worse_low - at("disjoint", low), low),
+            MIXED_BEST: (mixed_all - pd.concat([joint_all, disjoint_all], axis=1).max(axis=1, skipna=False), usable),
+            MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high),
         }
-        rows += [assess(claim, effect.dropna().tolist(), label) for claim, effect in effects.items()]
+        for claim, (effect, budgets) in effects.items():
+            where = f"{label} (budgets {', '.join(f'{100 * b:g}%' for b in budgets)})" if budgets else label
+            rows.append(assess(claim, effect.dropna().tolist(), where))
     return pd.DataFrame(rows)
 
 

@@ -11,6 +11,8 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from mexit.evaluate.stats import format_interval
+
 COST_LABEL = "Expected cost (% of backbone-only MACs)"
 ACCURACY_LABEL = "Test accuracy (%)"
 POINT_COLUMNS: tuple[str, ...] = ("threshold", "patience")
@@ -94,7 +96,7 @@ def format_budget_table(df: pd.DataFrame, *, digits: int = 1, ci: bool = False) 
         if np.isnan(std):
             return f"{mean:.{digits}f}"
         if ci:
-            return f"{mean:.{digits}f} [{mean - half_width:.{digits}f}, {mean + half_width:.{digits}f}]"
+            return format_interval(mean, mean - half_width, mean + half_width, digits)
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     records = []
@@ -117,11 +119,7 @@ def format_differences(df: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
         raise ValueError(f"df must have columns {sorted(needed)}, got {list(df.columns)}")
 
     def cell(r: pd.Series) -> str:
-        if np.isnan(r["mean"]):
-            return "–"
-        if np.isnan(r["low"]):
-            return f"{r['mean']:+.{digits}f}"
-        return f"{r['mean']:+.{digits}f} [{r['low']:+.{digits}f}, {r['high']:+.{digits}f}]"
+        return format_interval(r["mean"], r["low"], r["high"], digits, signed=True)
 
     view = df.assign(cell=df.apply(cell, axis=1), column=df["budget"].map(lambda b: f"{100 * b:g}%"))
     table = view.pivot_table(index=["row", "pair"], columns="column", values="cell", aggfunc="first", sort=False)

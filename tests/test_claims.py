@@ -91,6 +91,22 @@ def test_table1_claims_measure_the_stated_differences() -> None:
     assert rows.loc["mixed_gain_1_3", "verdict"] == "held"
 
 
+def test_table1_claims_use_the_budgets_every_run_can_meet() -> None:
+    nan = float("nan")
+    points = _points(
+        {
+            "disjoint": [[nan, 70, 80, 85], [nan, 71, 81, 86], [nan, 69, 79, 84]],
+            "joint": [[nan, 72, 82, 86], [nan, 73, 83, 87], [nan, 71, 81, 85]],
+            "mixed": [[nan, 74, 84, 88], [nan, 75, 85, 89], [nan, 73, 83, 87]],
+        }
+    )
+    rows = table1_claims(points).set_index("key")
+    assert rows.loc["disjoint_weak_low", "effect"] == pytest.approx(2.0)  # at 50%: joint 72 - disjoint 70
+    assert rows.loc["disjoint_weak_low", "scale"] == "R (budgets 50%)"
+    assert rows.loc["mixed_best", "effect"] == pytest.approx(2.0)
+    assert rows.loc["mixed_best", "scale"] == "R (budgets 50%, 75%, 100%)"
+
+
 def test_table1_claims_without_a_regime_are_untested() -> None:
     points = _points({"joint": [[60, 70, 80, 90]] * 3, "mixed": [[61, 71, 81, 91], [62, 72, 82, 92], [60, 70, 80, 90]]})
     rows = table1_claims(points).set_index("key")

@@ -466,3 +466,12 @@ def test_cost_ratio_per_row_and_seed():
     assert ratio.tolist() == [1.5, 1.5]  # (P1 10 + P2 20) / P2 20, each seed
     assert cost_ratio(per_regime, "mixed", "joint", value="steps").tolist() == [2.0, 2.0]
     assert cost_ratio(per_regime[per_regime["regime"] != "joint"], "mixed", "joint").empty
+
+
+def test_format_interval():
+    from mexit.evaluate.stats import format_interval
+
+    assert format_interval(1.234, 0.5, 2.0) == "1.2 [0.5, 2.0]"
+    assert format_interval(1.234, -0.5, 2.0, signed=True) == "+1.2 [-0.5, +2.0]"
+    assert format_interval(1.25, np.nan, np.nan, digits=2) == "1.25"
+    assert format_interval(np.nan, np.nan, np.nan) == "–"

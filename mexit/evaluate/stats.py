@@ -26,6 +26,16 @@ def mean_ci(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     return {"mean": mean, "std": std, "ci95": half_width, "low": mean - half_width, "high": mean + half_width, "n": n}
 
 
+def format_interval(mean: float, low: float, high: float, digits: int = 1, signed: bool = False) -> str:
+    """"mean [low, high]"; "mean" alone without an interval; "–" without a mean."""
+    if np.isnan(mean):
+        return "–"
+    number = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    if np.isnan(low) or np.isnan(high):
+        return number(mean)
+    return f"{number(mean)} [{number(low)}, {number(high)}]"
+
+
 def paired_differences(
     frame: pd.DataFrame,
     pairs: Sequence[tuple[str, str]],
