@@ -256,7 +256,22 @@ def test_rank_of_a_constructed_matrix_with_tiny_noise() -> None:
     result = numerical_rank(_low_rank(200, 50, 7, noise=1e-7))
     assert result.rank == 7 and result.max_rank == 50 and result.samples == 200
     assert result.spectrum[0] == 1 and bool((result.spectrum[:-1] >= result.spectrum[1:]).all())
-    assert numerical_rank(_low_rank(200, 50, 7, noise=1e-1)).rank == 50  # noise above the threshold counts
+    # noise singular values ~0.1 of the largest: eigenvalue ratio ~1e-2, above the threshold, counts
+    assert numerical_rank(_low_rank(200, 50, 7, noise=1.0)).rank == 50
+    # at ~0.006 of the largest (ratio ~4e-5) it does not: the rule is on eigenvalues, not singular values
+    assert numerical_rank(_low_rank(200, 50, 7, noise=1e-1)).rank == 7
+
+
+def test_rank_threshold_is_on_covariance_eigenvalues() -> None:
+    # centred columns with singular values 1 and 0.02: eigenvalue ratio 4e-4 < 1e-3 -> rank 1
+    # (a threshold of 1e-3 on singular values would count both); 0.04 -> ratio 1.6e-3 -> rank 2
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    other = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    for second, expected in ((0.02, 1), (0.04, 2)):
+        matrix = torch.stack([signs / 2, second * other / 2], dim=1)
+        result = numerical_rank(matrix)
+        assert result.singular_values.tolist() == pytest.approx([1.0, second])
+        assert result.rank == expected and result.eig_threshold == 1e-3
 
 
 def test_rank_centres_features_and_reports_subsampling() -> None:
@@ -269,8 +284,8 @@ def test_rank_centres_features_and_reports_subsampling() -> None:
     sub = numerical_rank(images, max_features=10, seed=1)
     assert (sub.features_used, sub.features_total, sub.rank, sub.max_rank) == (10, 32, 10, 10)
     assert torch.equal(sub.singular_values, numerical_rank(images, max_features=10, seed=1).singular_values)
-    with pytest.raises(ValueError, match="rel_threshold"):
-        numerical_rank(images, rel_threshold=1.5)
+    with pytest.raises(ValueError, match="eig_threshold"):
+        numerical_rank(images, eig_threshold=1.5)
     with pytest.raises(ValueError, match="samples >= 2"):
         numerical_rank(torch.randn(5))
 
@@ -296,15 +311,15 @@ def test_effective_rank_of_equal_and_unequal_directions() -> None:
         signs = torch.cat([torch.eye(r, 10), -torch.eye(r, 10)])  # centred, r orthogonal directions of equal size
         result = numerical_rank(signs)
         assert result.rank == r and result.effective_rank == pytest.approx(r, rel=1e-9)
-    skewed = numerical_rank(torch.cat([torch.eye(2, 10), -torch.eye(2, 10)]) * torch.tensor([1.0, 0.01] + [0.0] * 8))
-    assert skewed.rank == 2 and 1 < skewed.effective_rank < 1.1  # a faint second direction barely counts
+    skewed = numerical_rank(torch.cat([torch.eye(2, 10), -torch.eye(2, 10)]) * torch.tensor([1.0, 0.05] + [0.0] * 8))
+    assert skewed.rank == 2 and 1 < skewed.effective_rank < 1.25  # a faint second direction barely counts
     assert numerical_rank(torch.ones(20, 5)).effective_rank == 0.0
 
 
 def test_block_ranks_table() -> None:
     table = block_ranks(_resnet(), _images(60), samples=50, max_features=128)
     assert list(table.columns) == [
-        "block", "rank", "effective_rank", "max_rank", "features_used", "features_total", "samples", "rel_threshold",
+        "block", "rank", "effective_rank", "max_rank", "features_used", "features_total", "samples", "eig_threshold",
     ]
     assert list(table.block) == list(range(1, 10)) and (table.samples == 50).all()
     assert (table["rank"] <= table.max_rank).all() and (table.features_used <= 128).all()

@@ -2,8 +2,9 @@
 
 Definition (ours, following the threshold convention of the tunnel-effect analyses): flatten the
 activations to a ``samples x features`` matrix, centre every feature over the samples, take its
-singular values ``s_1 >= s_2 >= ...`` in float64; the numerical rank is the number of singular values
-above ``rel_threshold * s_1``. Centring removes the mean direction, so the rank is at most
+singular values ``s_1 >= s_2 >= ...`` in float64; the numerical rank is the number of eigenvalues of
+the covariance matrix above ``eig_threshold`` times the largest, that is of singular values with
+``s_k**2 > eig_threshold * s_1**2`` (``s_k > sqrt(1e-3) s_1 ~ 0.032 s_1`` at the default). Centring removes the mean direction, so the rank is at most
 ``min(samples - 1, features)``. Wide layers may keep a seeded random subset of their features; the
 result says how many were used.
 
@@ -32,7 +33,7 @@ class RankResult:
     rank: int
     effective_rank: float
     singular_values: Tensor
-    rel_threshold: float
+    eig_threshold: float
     samples: int
     features_used: int
     features_total: int
@@ -50,13 +51,13 @@ class RankResult:
 
 
 def numerical_rank(
-    activations: Tensor, rel_threshold: float = 1e-3, max_features: int | None = None, seed: int = 0
+    activations: Tensor, eig_threshold: float = 1e-3, max_features: int | None = None, seed: int = 0
 ) -> RankResult:
     """Numerical rank of ``activations`` (``[samples, ...]``, flattened per sample); see the module doc."""
     if activations.ndim < 2 or activations.shape[0] < 2:
         raise ValueError(f"activations must be [samples >= 2, ...], got shape {tuple(activations.shape)}")
-    if not 0 < rel_threshold < 1:
-        raise ValueError(f"rel_threshold must be in (0, 1), got {rel_threshold}")
+    if not 0 < eig_threshold < 1:
+        raise ValueError(f"eig_threshold must be in (0, 1), got {eig_threshold}")
     matrix = activations.detach().flatten(1)
     total = matrix.shape[1]
     subset = feature_subset(total, max_features, seed)
@@ -65,8 +66,8 @@ def numerical_rank(
     matrix = matrix.double()
     matrix = matrix - matrix.mean(0, keepdim=True)
     values = torch.linalg.svdvals(matrix).cpu()
-    rank = int((values > rel_threshold * values[0]).sum()) if values[0] > 0 else 0
-    return RankResult(rank, _effective_rank(values), values, rel_threshold, matrix.shape[0], matrix.shape[1], total)
+    rank = int((values.square() > eig_threshold * values[0].square()).sum()) if values[0] > 0 else 0
+    return RankResult(rank, _effective_rank(values), values, eig_threshold, matrix.shape[0], matrix.shape[1], total)
 
 
 def _effective_rank(singular_values: Tensor) -> float:
@@ -83,7 +84,7 @@ def block_ranks(
     model: nn.Module,
     dataset: Dataset,
     samples: int = 1000,
-    rel_threshold: float = 1e-3,
+    eig_threshold: float = 1e-3,
     max_features: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -92,16 +93,16 @@ def block_ranks(
 
     ``max_features=None`` keeps half as many features as samples drawn (at least 1), so the matrix
     is tall and the rank is capped by the features kept, not by the sample. Columns: block
-    (1-based), rank, effective_rank, max_rank, features_used, features_total, samples, rel_threshold.
+    (1-based), rank, effective_rank, max_rank, features_used, features_total, samples, eig_threshold.
     """
-    if not 0 < rel_threshold < 1:
-        raise ValueError(f"rel_threshold must be in (0, 1), got {rel_threshold}")
+    if not 0 < eig_threshold < 1:
+        raise ValueError(f"eig_threshold must be in (0, 1), got {eig_threshold}")
     if max_features is None:
         max_features = max(1, min(samples, len(dataset)) // 2)  # type: ignore[arg-type]
     reps = block_representations(model, dataset, samples, max_features, seed, batch_size)
     rows = []
     for block in reps.blocks:
-        result = numerical_rank(block.features, rel_threshold)
+        result = numerical_rank(block.features, eig_threshold)
         rows.append(
             {
                 "block": block.block,
@@ -111,7 +112,7 @@ def block_ranks(
                 "features_used": result.features_used,
                 "features_total": block.features_total,
                 "samples": result.samples,
-                "rel_threshold": rel_threshold,
+                "eig_threshold": eig_threshold,
             }
         )
     return pd.DataFrame(rows)
