@@ -4,8 +4,8 @@ Definition (ours, following the threshold convention of the tunnel-effect analys
 activations to a ``samples x features`` matrix, centre every feature over the samples, take its
 singular values ``s_1 >= s_2 >= ...`` in float64; the numerical rank is the number of eigenvalues of
 the covariance matrix above ``eig_threshold`` times the largest, that is of singular values with
-``s_k**2 > eig_threshold * s_1**2`` (``s_k > sqrt(1e-3) s_1 ~ 0.032 s_1`` at the default). Centring removes the mean direction, so the rank is at most
-``min(samples - 1, features)``. Wide layers may keep a seeded random subset of their features; the
+``s_k**2 > eig_threshold * s_1**2`` (``s_k > sqrt(1e-3) s_1 ~ 0.032 s_1`` at the default).
+Centring removes the mean direction, so the rank is at most ``min(samples - 1, features)``. Wide layers may keep a seeded random subset of their features; the
 result says how many were used.
 
 The effective rank (Roy & Vetterli, 2007) comes with it: ``exp(H(p))`` with ``p_k = s_k / sum_j s_j``
