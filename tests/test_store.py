@@ -44,6 +44,20 @@ def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
     assert len(store.table()) == 3
 
 
+def test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched(tmp_path: Path) -> None:
+    """Real training, not only apply_phase: after P3 every backbone tensor, BatchNorm buffers
+    included, equals its state after P1, while the ICs have changed."""
+    config = regime_configs(load_config("tiny", ["train.epochs=2"]), ["disjoint"], [0])[0]
+    run = RunStore(tmp_path).get(config)
+    after_p1, after_p3 = (checkpoint.load_tensors(tmp_path / "phases" / key / "state.pt")["model"] for key in phase_keys(config))
+    backbone = [k for k in after_p1 if not k.startswith("ics.")]
+    assert any("running_mean" in k for k in backbone) and any(k.startswith("final_head.") for k in backbone)
+    for key in backbone:
+        assert torch.equal(after_p1[key], after_p3[key]), key
+    assert any(not torch.equal(after_p1[k], after_p3[k]) for k in after_p1 if k.startswith("ics."))
+    assert run.metrics["phases"] == ["P1", "P3"]
+
+
 def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
     config = load_config("tiny", ["train.regime=joint"])
     first = RunStore(tmp_path / "a").get(config)
