@@ -415,3 +415,11 @@ def test_analyses_on_two_stored_tiny_runs(tmp_path: Path) -> None:
     assert set(dominance.block) == set(range(1, blocks + 1))
     assert len(block_ranks(a, splits.test, samples=200)) == blocks
     assert len(block_mutual_information(b, splits.test, samples=200)) == blocks
+
+
+def test_effective_rank_is_pinned_on_singular_values_3_and_1() -> None:
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    other = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    result = numerical_rank(torch.stack([1.5 * signs, 0.5 * other], dim=1))  # singular values 3 and 1
+    assert result.singular_values.tolist() == pytest.approx([3.0, 1.0])
+    assert result.effective_rank == pytest.approx(1.7548, abs=1e-4)  # exp(H(0.75, 0.25)), not of (0.9, 0.1)

@@ -475,3 +475,17 @@ def test_format_interval():
     assert format_interval(1.234, -0.5, 2.0, signed=True) == "+1.2 [-0.5, +2.0]"
     assert format_interval(1.25, np.nan, np.nan, digits=2) == "1.25"
     assert format_interval(np.nan, np.nan, np.nan) == "–"
+
+
+def test_ztw_weights_stay_non_negative_where_a_negative_one_would_fit_better():
+    from mexit.evaluate.ztw import _fit_exit
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    wrong = np.eye(3)[(labels + 1) % 3] * 4.0  # exit 0 confidently predicts the wrong class
+    right = np.eye(3)[labels] * 0.5 + rng.normal(0, 0.5, (300, 3))  # exit 1 weakly informative
+    logp = log_softmax(np.stack([wrong, right]), axis=-1)
+    weights, _ = _fit_exit(logp, labels)
+    assert (weights >= 0).all()
+    assert weights[0] == pytest.approx(0.0, abs=1e-6)  # unconstrained, it would turn negative
+    assert weights[1] > 0

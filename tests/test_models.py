@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 
 import pytest
 import timm
@@ -434,3 +435,30 @@ def test_mixed_pool_equals_adaptive_pooling_on_every_map_size() -> None:
         x = torch.randn(2, 3, size, size)
         expected = 0.5 * torch.nn.functional.adaptive_max_pool2d(x, 4) + 0.5 * torch.nn.functional.adaptive_avg_pool2d(x, 4)
         assert torch.allclose(pool(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "resnet7"}, "unknown backbone='resnet7'"),
+        ({"backbone": "resnet20", "head": "linear"}, "head='linear'"),
+        ({"backbone": "timm/vit_tiny_patch16_224", "head": "pooled"}, "head='pooled'"),
+        ({"backbone": "resnet20", "head": "conv", "head_kwargs": {"num_layers": 9}}, "num_layers"),
+        ({"backbone": "resnet20", "method": "deebert"}, "deebert"),
+        ({"backbone": "resnet20", "placement": "sparse"}, "unknown placement='sparse'"),
+        ({"backbone": "resnet20", "placement": [0, 2]}, "1-based"),
+        ({"backbone": "resnet20", "placement": [4, 2]}, "strictly increasing"),
+    ],
+)
+def test_validate_refuses_bad_arguments_without_building(kwargs: dict, message: str) -> None:
+    from mexit.models import validate
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(**kwargs)
+
+
+def test_validate_accepts_what_build_builds() -> None:
+    from mexit.models import validate
+
+    validate("resnet20", placement="every", head="conv", head_kwargs={"num_layers": 2}, method="gpf")
+    validate("timm/vit_tiny_patch16_224", placement=[2, 4], head="mlp")
