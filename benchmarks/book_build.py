@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from mexit.book import copy_sources
+
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("_config.yml", "_toc.yml", "book", "notebooks")
 GOALS_S = {"quick": {"cold": 20 * 60, "warm": 2 * 60}}
-
-
-def copy_sources(target: Path) -> None:
-    for name in SOURCES:
-        source, destination = ROOT / name, target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"))
-        else:
-            shutil.copy(source, destination)
 
 
 def build(profile: str, root: Path, runs: Path) -> float:
@@ -52,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "book"
-        copy_sources(root)
+        copy_sources(ROOT, root)
         runs = args.runs or Path(scratch) / "runs"
         figures = {}
         if not args.warm_only:

@@ -14,6 +14,7 @@ beside each verdict).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ NOTEBOOK_DIR = Path("notebooks")
 GENERATED_DIR = Path("book") / "generated"
 TEST_OUTPUT_DIR = Path("tests") / "notebooks"
 PROFILE_KEYS: tuple[str, ...] = ("global_params", "notebooks")
+BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "book", "notebooks")
 
 
 class NotebookError(RuntimeError):
@@ -41,6 +43,19 @@ class Executed:
     name: str
     path: Path
     seconds: float
+
+
+def copy_sources(root: Path, target: Path) -> Path:
+    """Copy what a build reads (:data:`BOOK_SOURCES`, without executed notebooks or hidden files)
+    from ``root`` to ``target``: a scratch book that builds without touching ``root``'s ``_build``."""
+    for name in BOOK_SOURCES:
+        source, destination = root / name, target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"))
+        else:
+            shutil.copy(source, destination)
+    return target
 
 
 def load_profile(name: str) -> dict[str, Any]:

@@ -7,33 +7,19 @@ screenshots of every page land in ``_build/screenshots`` of the repository.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
-from mexit.book import NotebookError, build_book, execute_notebooks, load_profile, notebook_parameters
+from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks, load_profile, notebook_parameters
 from mexit.claims import VERDICTS
 
 from browser import check_pages
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks")
 NOTEBOOKS = ("table1", "flops_accuracy", "training_cost")
-
-
-def copy_book(target: Path) -> Path:
-    for name in BOOK_FILES:
-        source = ROOT / name
-        destination = target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"))
-        else:
-            shutil.copy(source, destination)
-    return target
 
 
 def test_profiles_give_global_and_per_notebook_parameters() -> None:
@@ -108,7 +94,7 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_book(tmp_path_factory.mktemp("book"))
+    root = copy_sources(ROOT, tmp_path_factory.mktemp("book"))
     assert build_book("tiny", root=root) == 0
     return root
 
