@@ -13,7 +13,6 @@ beside each verdict).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -83,27 +82,25 @@ def notebook_names(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / NOTEBOOK_DIR).glob("*.ipynb"))
 
 
-def train_needed(profile: Mapping[str, Any], names: Sequence[str], root: Path, runs_root: Path) -> None:
+def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
     """Train (or find stored) every run the notebooks compare, once, before any notebook executes.
 
-    A notebook whose parameters name ``rows``, ``seeds`` and ``regimes`` compares those runs; they
-    are trained here in row, seed, regime order, so that progress shows on the terminal and a shared
-    phase (P1 of disjoint and mixed) is trained once.
+    ``declared`` maps each notebook to the parameters its ``parameters`` cell declares. A notebook
+    that declares ``rows``, ``seeds`` and ``regimes`` compares those runs; they are trained here in
+    row, seed, regime order, so that progress shows on the terminal and a shared phase (P1 of
+    disjoint and mixed) is trained once.
     """
-    import papermill
-
     from mexit.store import RunStore
-    from mexit.study import study
+    from mexit.study import run_label, study
 
     needed: dict[str, tuple[str, Any]] = {}
-    for name in names:
-        declared = papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb"))
-        values = notebook_parameters(profile, name)
-        if not {"rows", "seeds", "regimes"} <= set(declared):
+    for name, parameters in declared.items():
+        if not {"rows", "seeds", "regimes"} <= set(parameters):
             continue
+        values = notebook_parameters(profile, name)
         s = study(rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root)
         for row, config in s.configs():
-            needed.setdefault(config.key(), (f"{row.label} {config.train.regime} s{config.train.seed} ", config))
+            needed.setdefault(config.key(), (run_label(row, config), config))
     store = RunStore(runs_root)
     stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
     print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
@@ -121,7 +118,9 @@ def execute_notebooks(
 
     Raises :class:`NotebookError` naming the notebook, its failing cell and the error.
     """
-    store = Path(runs_root or os.environ.get("MEXIT_RUNS", root / "runs")).resolve()
+    from mexit.store import default_root
+
+    store = (root / (runs_root or default_root())).resolve()
     return _execute(profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True)
 
 
@@ -129,8 +128,10 @@ def write_test_outputs(root: Path | None = None) -> list[Executed]:
     """Execute every notebook at the ``tiny`` profile into ``tests/notebooks/``: the outputs nbval
     compares (``make test-outputs``). ``runs_root`` is not injected, so the stored copies name no
     machine's path and use ``$MEXIT_RUNS`` when re-executed."""
+    from mexit.store import default_root
+
     root = (root or Path.cwd()).resolve()
-    store = Path(os.environ.get("MEXIT_RUNS", root / "runs")).resolve()
+    store = (root / default_root()).resolve()
     return _execute("tiny", root, root / TEST_OUTPUT_DIR, store, None, inject_runs_root=False)
 
 
@@ -145,19 +146,19 @@ def _execute(
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
-    train_needed(profile, names, root, store)
+    declared = {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
+    train_needed(profile, declared, store)
     executed = []
     for name in names:
         source = root / NOTEBOOK_DIR / f"{name}.ipynb"
         target = into / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        declared = papermill.inspect_notebook(str(source))
         values = {
             **notebook_parameters(profile, name),
             "profile": profile_name,
             **({"runs_root": str(store)} if inject_runs_root else {}),
         }
-        parameters = {key: value for key, value in values.items() if key in declared}
+        parameters = {key: value for key, value in values.items() if key in declared[name]}
         started = time.perf_counter()
         try:
             papermill.execute_notebook(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mexit.evaluate.cost import cost_ratio
 from mexit.evaluate.stats import format_interval, mean_ci
 
 VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", "untested at this scale")
@@ -206,8 +207,6 @@ def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
 def time_claims(costs: pd.DataFrame) -> pd.DataFrame:
     """The training-time claim per row, from :func:`mexit.evaluate.regime_cost` (each regime charged
     its own phases, P1 included)."""
-    from mexit.evaluate.cost import cost_ratio
-
     rows = []
     for label, frame in costs.groupby("row", sort=False):
         saving = 100 * (1 - cost_ratio(frame, "mixed", "joint"))

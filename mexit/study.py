@@ -70,8 +70,7 @@ class Study:
         store = RunStore(self.runs_root)
         pairs = []
         for row, config in self.configs():
-            label = f"{row.label} {config.train.regime} s{config.train.seed} "
-            pairs.append((row, store.get(config, progress_label=label)))
+            pairs.append((row, store.get(config, progress_label=run_label(row, config))))
         return pairs
 
     def phase_costs(self) -> pd.DataFrame:
@@ -93,6 +92,11 @@ class Study:
             for row, run in self.runs()
         ]
         return pd.concat(frames, ignore_index=True)
+
+
+def run_label(row: Row, config: RunConfig) -> str:
+    """How a run's training progress is labelled: row, regime and seed."""
+    return f"{row.label} {config.train.regime} s{config.train.seed} "
 
 
 def table1_view(table: pd.DataFrame, s: Study, *, ci: bool = False) -> pd.DataFrame:

@@ -8,9 +8,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SUMMARY_COLUMNS: tuple[str, ...] = ("mean", "std", "ci95", "low", "high", "n")
-
-
 def mean_ci(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Mean, std (ddof 1), half-width of the 95% t-interval, its bounds ``low``/``high`` and ``n``.
 
