@@ -163,7 +163,7 @@ def _execute(
         try:
             papermill.execute_notebook(
                 str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False,
-                kernel_name="python3",
+                kernel_name="python3", stderr_file=sys.stderr,  # the analyses' progress, on the terminal
             )
         except papermill.PapermillExecutionError as error:
             raise NotebookError(

@@ -111,7 +111,12 @@ def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
         claim = next(c for c in CLAIMS if c.key == row["key"])
         if claim.kind == "positive":
             return f"the CI lies above 0 {claim.unit}"
-        return f"the CI lies within [{claim.interval[0]:g}, {claim.interval[1]:g}] {claim.unit}"
+        low, high = claim.interval
+        if math.isinf(low):
+            return f"the CI lies below {high:g} {claim.unit}"
+        if math.isinf(high):
+            return f"the CI lies above {low:g} {claim.unit}"
+        return f"the CI lies within [{low:g}, {high:g}] {claim.unit}"
 
     unique = rows.drop_duplicates("key")
     return pd.DataFrame(
@@ -167,7 +172,79 @@ MIXED_TIME_27 = Claim(
     interval=(17.0, 37.0),
 )
 TABLE1_CLAIMS: tuple[Claim, ...] = (MIXED_BEATS_JOINT_HIGH, DISJOINT_WEAK_LOW, MIXED_BEST, MIXED_GAIN_1_3)
-CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27)
+
+# --- the claims the analysis pages test ----------------------------------------------------------
+
+JOINT_ICS_DOMINATE_MIDDLE = Claim(
+    "joint_ics_dominate_middle",
+    "In joint training, the ICs' gradients dominate the middle of the network",
+    "paper (gradient dominance)",
+    "joint at the end of P2: the largest IC's gradient share minus the final head's, in % of the "
+    "block's gradient, mean over the middle third of the blocks, per seed (our reading)",
+    "% of the gradient",
+)
+MIXED_DEEPER_DOMINATE = Claim(
+    "mixed_deeper_dominate",
+    "In mixed training, deeper classifiers dominate the backbone's gradient",
+    "paper (gradient dominance)",
+    "mixed - joint at the end of P2: the share-weighted mean depth of the exits driving the middle "
+    "third of the blocks, in % of the backbone's depth, paired by seed (our reading)",
+    "% depth",
+)
+DISJOINT_MIXED_ONE_BASIN = Claim(
+    "disjoint_mixed_one_basin",
+    "Disjoint and mixed solutions lie in one basin",
+    "paper (Figure 3)",
+    "the final exit's test-error barrier on the linear path between disjoint and mixed (BatchNorm "
+    "recomputed), per seed; held when the CI lies below 2 points (Frankle et al.'s criterion)",
+    "points",
+    kind="within",
+    interval=(-math.inf, 2.0),
+)
+JOINT_OTHER_BASIN = Claim(
+    "joint_other_basin",
+    "Joint's solution lies in another basin than mixed's",
+    "paper (Figure 3)",
+    "the final exit's test-error barrier on the linear path between joint and mixed, per seed; held "
+    "when the CI lies above 2 points (Frankle et al.'s criterion)",
+    "points",
+    kind="within",
+    interval=(2.0, math.inf),
+)
+RANK_EARLY_HIGHER = Claim(
+    "rank_early_higher",
+    "Mixed's early representations have a higher numerical rank than joint's",
+    "paper (numerical rank)",
+    "mixed - joint numerical rank in % of the rank measurable, mean over the first third of the "
+    "blocks, paired by seed",
+    "% of max rank",
+)
+RANK_DEEP_LOWER = Claim(
+    "rank_deep_lower",
+    "Mixed's deep representations have a lower numerical rank than joint's",
+    "paper (numerical rank)",
+    "joint - mixed numerical rank in % of the rank measurable, mean over the last third of the "
+    "blocks, paired by seed",
+    "% of max rank",
+)
+MIXED_DEEP_LABEL_INFORMATION = Claim(
+    "mixed_deep_label_information",
+    "Mixed's deep representations carry more information about the labels than joint's",
+    "ours (the paper's mutual-information finding is not in our sources; read from Table 1)",
+    "mixed - joint I(Z;Y) lower bound (linear probe), mean over the last third of the blocks, "
+    "paired by seed",
+    "bits",
+)
+ANALYSIS_CLAIMS: tuple[Claim, ...] = (
+    JOINT_ICS_DOMINATE_MIDDLE,
+    MIXED_DEEPER_DOMINATE,
+    DISJOINT_MIXED_ONE_BASIN,
+    JOINT_OTHER_BASIN,
+    RANK_EARLY_HIGHER,
+    RANK_DEEP_LOWER,
+    MIXED_DEEP_LABEL_INFORMATION,
+)
+CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS)
 
 
 def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
@@ -211,4 +288,78 @@ def time_claims(costs: pd.DataFrame) -> pd.DataFrame:
     for label, frame in costs.groupby("row", sort=False):
         saving = 100 * (1 - cost_ratio(frame, "mixed", "joint"))
         rows.append(assess(MIXED_TIME_27, saving.tolist(), label))
+    return pd.DataFrame(rows)
+
+
+def depth_thirds(blocks: int) -> tuple[list[int], list[int], list[int]]:
+    """The early, middle and deep blocks (1-based) of a backbone of ``blocks`` blocks: block ``l``
+    is early when ``l <= blocks / 3``, deep when ``l > 2 blocks / 3``, else middle."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    early = [b for b in range(1, blocks + 1) if b <= blocks / 3]
+    deep = [b for b in range(1, blocks + 1) if b > 2 * blocks / 3]
+    middle = [b for b in range(1, blocks + 1) if b not in early and b not in deep]
+    return early, middle, deep
+
+
+def _per_seed(frame: pd.DataFrame, regime: str, value: str) -> pd.Series:
+    """``value`` averaged per seed over the rows of ``regime`` (an empty series without them)."""
+    return frame[frame["regime"] == regime].groupby("seed")[value].mean()
+
+
+def dominance_claims(end: pd.DataFrame) -> pd.DataFrame:
+    """The gradient-dominance claims per row, from the probes at the end of P2
+    (:func:`mexit.analysis.runs.dominance_at`), tagged ``row``, ``regime`` and ``seed``."""
+    rows = []
+    for label, frame in end.groupby("row", sort=False):
+        blocks = int(frame["exit_block"].max())
+        middle = frame[frame["block"].isin(depth_thirds(blocks)[1])]
+        final = middle["exit_block"] == blocks
+        per_block = middle.groupby(["regime", "seed", "block"])
+        ic_top = middle[~final].groupby(["regime", "seed", "block"])["share"].max()
+        final_share = middle[final].set_index(["regime", "seed", "block"])["share"]
+        lead = (100 * (ic_top - final_share)).rename("lead").reset_index()
+        depth = (middle["share"] * middle["exit_block"] / blocks * 100).groupby([middle["regime"], middle["seed"], middle["block"]]).sum()
+        depth = (depth / per_block["share"].sum()).rename("depth").reset_index()
+        where = f"{label} (blocks {', '.join(map(str, depth_thirds(blocks)[1]))} of {blocks})"
+        rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead").tolist(), where))
+        shift = _per_seed(depth, "mixed", "depth") - _per_seed(depth, "joint", "depth")
+        rows.append(assess(MIXED_DEEPER_DOMINATE, shift.dropna().tolist(), where))
+    return pd.DataFrame(rows)
+
+
+def connectivity_claims(barriers: pd.DataFrame) -> pd.DataFrame:
+    """The basin claims per row, from the linear paths' :func:`mexit.analysis.runs.barrier_table`
+    (the final exit's error barrier)."""
+    rows = []
+    for label, frame in barriers[barriers["path"] == "linear"].groupby("row", sort=False):
+        final = frame[frame["exit"] == frame["exit"].max()]
+        for claim, pair in ((DISJOINT_MIXED_ONE_BASIN, "disjoint–mixed"), (JOINT_OTHER_BASIN, "joint–mixed")):
+            rows.append(assess(claim, final[final["pair"] == pair]["error_barrier"].tolist(), label))
+    return pd.DataFrame(rows)
+
+
+def rank_claims(ranks: pd.DataFrame) -> pd.DataFrame:
+    """The numerical-rank claims per row, from :func:`mexit.analysis.runs.rank_table` (its
+    ``rank_pct``: the rank in % of the largest measurable)."""
+    rows = []
+    for label, frame in ranks.groupby("row", sort=False):
+        early, _, deep = depth_thirds(int(frame["block"].max()))
+        for claim, blocks, sign in ((RANK_EARLY_HIGHER, early, 1), (RANK_DEEP_LOWER, deep, -1)):
+            part = frame[frame["block"].isin(blocks)]
+            effect = sign * (_per_seed(part, "mixed", "rank_pct") - _per_seed(part, "joint", "rank_pct"))
+            where = f"{label} (blocks {', '.join(map(str, blocks))})"
+            rows.append(assess(claim, effect.dropna().tolist(), where))
+    return pd.DataFrame(rows)
+
+
+def information_claims(information: pd.DataFrame) -> pd.DataFrame:
+    """The mutual-information claim per row, from :func:`mexit.analysis.runs.information_table`."""
+    rows = []
+    for label, frame in information.groupby("row", sort=False):
+        deep = depth_thirds(int(frame["block"].max()))[2]
+        part = frame[frame["block"].isin(deep)]
+        effect = _per_seed(part, "mixed", "label_bits") - _per_seed(part, "joint", "label_bits")
+        where = f"{label} (blocks {', '.join(map(str, deep))})"
+        rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect.dropna().tolist(), where))
     return pd.DataFrame(rows)

@@ -27,3 +27,27 @@ class PhaseProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StepProgress:
+    """Steps of a long computation (points of a loss plane, runs of an analysis): a tqdm bar on a
+    terminal, else a line at every tenth of the steps, on stderr (which ``mexit book`` forwards from
+    its notebooks to the terminal)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.enabled = enabled
+        self.bar = tqdm(total=total, desc=label, leave=False) if enabled and sys.stderr.isatty() else None
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and (self.done == self.total or self.done % max(1, self.total // 10) == 0):
+            print(f"[{self.label}] {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

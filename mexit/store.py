@@ -6,6 +6,8 @@ Layout under ``root`` (default ``runs/``, or ``$MEXIT_RUNS``)::
                         costs.json (per-exit MACs), metrics.json (written last: the run is complete)
     phases/<phase key>/ state.pt (weights after the phase), partial.pt (resume point),
                         phase.json (wall time, epochs, early stop), trace.csv, probes.csv
+    analyses/<kind>/<key>.csv  an analysis of stored runs (:meth:`RunStore.cached_table`), keyed by
+                        the runs' keys and the analysis's parameters
 
 A phase is keyed by the config up to and including it, so regimes that begin alike share work:
 disjoint (P1, P3) and mixed (P1, P2) of the same seed train P1 once. Asking for a run that exists
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,26 @@ class RunStore:
                 }
             )
         return pd.DataFrame(rows)
+
+    def cached_table(self, kind: str, inputs: dict[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """The table ``compute()`` returns for ``inputs``, computed once and kept under ``analyses/``.
+
+        ``kind`` names the analysis (a folder name); ``inputs`` must hold everything the result
+        depends on (the keys of the runs it reads, its parameters), as JSON-able values: their hash
+        and the package version are the key. The file is written atomically under a lock, so a
+        concurrent or interrupted computation never leaves a half-written table.
+        """
+        from mexit import __version__
+
+        if not kind or not kind.replace("_", "").isalnum():
+            raise ValueError(f"kind must be a name of letters, digits and underscores, got {kind!r}")
+        path = self.root / "analyses" / kind / f"{stable_hash({'kind': kind, 'mexit': __version__, **inputs})}.csv"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path.with_suffix(".lock"))):
+                if not path.exists():
+                    checkpoint.write_bytes_atomic(path, compute().to_csv(index=False).encode())
+        return pd.read_csv(path)
 
     def find(self, key_prefix: str) -> Path:
         base = self.root / "runs"

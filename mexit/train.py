@@ -141,9 +141,10 @@ def train_phase(
     """Train ``model`` (a :class:`~mexit.models.MultiExit`, already on ``dist.device``) for one phase.
 
     ``partial_path`` is where the end-of-epoch resume checkpoint lives (only rank 0 writes it).
-    ``probe(model, step, weights)`` is called every ``config.dominance_every`` steps of a phase that
-    trains backbone and ICs together (P2), with every exit's weight in that step's loss; its rows
-    are kept, with the phase's name.
+    ``probe(model, step, weights)`` is called before the first step and every
+    ``config.dominance_every`` steps of a phase that trains backbone and ICs together (P2), with
+    every exit's weight in that step's loss; its rows are kept, with the phase's name, and its time
+    is left out of the phase's wall time.
     """
     phase_name = config.phase_list[phase_index]
     phase = PHASE_SPECS[phase_name]
@@ -183,6 +184,9 @@ def train_phase(
             order_seed = seed_everything(config.seed, phase_index, state.epoch)
             batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
             seed_everything(config.seed, phase_index, state.epoch, dist.rank)  # augmentation, per rank
+            if probing and state.step == 0:  # the state P2 starts from, before its first step
+                weights = exit_weights(scheme, exits, num_exits, 0.0)
+                started += _record_probe(probe, model, state, phase_name, exits, weights)
             model.train()
             loader = DataLoader(train_set, batch_sampler=_Batches(batches), num_workers=config.num_workers)
             for images, targets in loader:
@@ -211,9 +215,7 @@ def train_phase(
                 state.loss_sum += per_exit.float().cpu()
                 state.loss_steps += 1
                 if probing and state.step % config.dominance_every == 0:
-                    all_weights = torch.zeros(num_exits).index_put_((torch.tensor(exits),), weights)
-                    rows = probe(model, state.step, all_weights)
-                    state.probes.extend({"phase": phase_name, **row} for row in rows)
+                    started += _record_probe(probe, model, state, phase_name, exits, weights)
                 if state.step % eval_every == 0:
                     _evaluate(model, val_set, config, dist, state, exits, phase_name)
                     if state.stopped_early:
@@ -243,6 +245,18 @@ def train_phase(
         stopped_early=state.stopped_early,
         best_step=state.best_step if config.patience is not None else state.step,
     )
+
+
+def _record_probe(
+    probe: Probe, model: nn.Module, state: _Progress, phase_name: str, exits: Sequence[int], weights: Tensor
+) -> float:
+    """Run ``probe`` at the current step, keep its rows; returns the seconds it took, which the
+    phase's wall time leaves out (a measurement is not training)."""
+    started = time.perf_counter()
+    all_weights = torch.zeros(model.num_exits).index_put_((torch.tensor(list(exits)),), weights)
+    rows = probe(model, state.step, all_weights)
+    state.probes.extend({"phase": phase_name, **row} for row in rows)
+    return time.perf_counter() - started
 
 
 def _evaluate(

@@ -136,3 +136,80 @@ def test_time_claim_is_the_saving_of_mixed_over_joint() -> None:
     assert row["verdict"] == "held"  # every seed saves exactly 27%: a zero-width interval inside [17, 37]
     slower = costs.assign(wall_time_s=np.where(costs["regime"] == "mixed", costs["wall_time_s"] * 2, costs["wall_time_s"]))
     assert time_claims(slower).iloc[0]["verdict"] == "not held"
+
+
+# --- the analysis pages' claims --------------------------------------------------------------------
+
+
+def test_depth_thirds_split_the_blocks_into_early_middle_and_deep() -> None:
+    assert claims.depth_thirds(9) == ([1, 2, 3], [4, 5, 6], [7, 8, 9])
+    assert claims.depth_thirds(5) == ([1], [2, 3], [4, 5])
+    assert claims.depth_thirds(3) == ([1], [2], [3])
+    assert claims.depth_thirds(1) == ([], [], [1])  # 1 > 2/3: a lone block is deep
+    with pytest.raises(ValueError, match="blocks"):
+        claims.depth_thirds(0)
+
+
+def _probes(regime: str, seed: int, final_share: float) -> pd.DataFrame:
+    """End-of-P2 probes of a 3-block model with exits after blocks 1, 2, 3: at the middle block 2
+    the IC after block 2 takes 1 - final_share, the final head final_share."""
+    rows = [
+        {"block": 1, "exit_block": 1, "share": 0.5}, {"block": 1, "exit_block": 2, "share": 0.25},
+        {"block": 1, "exit_block": 3, "share": 0.25},
+        {"block": 2, "exit_block": 2, "share": 1 - final_share}, {"block": 2, "exit_block": 3, "share": final_share},
+        {"block": 3, "exit_block": 3, "share": 1.0},
+    ]
+    return pd.DataFrame(rows).assign(row="r", regime=regime, seed=seed)
+
+
+def test_dominance_claims_measure_the_ics_lead_and_the_depth_shift() -> None:
+    end = pd.concat(
+        [_probes("joint", s, f) for s, f in enumerate((0.2, 0.3, 0.25))]
+        + [_probes("mixed", s, f) for s, f in enumerate((0.7, 0.8, 0.75))]
+    )
+    result = claims.dominance_claims(end).set_index("key")
+    # joint: IC share - final share at block 2 = 0.6, 0.4, 0.5 of the gradient
+    assert result.loc["joint_ics_dominate_middle", "effect"] == pytest.approx(50.0)
+    assert result.loc["joint_ics_dominate_middle", "verdict"] == "held"
+    # depth in % of 3 blocks: (2 (1 - f) + 3 f) / 3 * 100; mixed - joint = (f_m - f_j) / 3 * 100 = 16.67
+    assert result.loc["mixed_deeper_dominate", "effect"] == pytest.approx(50 / 3)
+    assert result.loc["mixed_deeper_dominate", "scale"] == "r (blocks 2 of 3)"
+
+
+def test_connectivity_claims_read_the_final_exits_linear_error_barrier() -> None:
+    barriers = pd.DataFrame(
+        [
+            {"row": "r", "seed": s, "pair": pair, "path": path, "exit": e, "error_barrier": value + (100 if e == 0 or path == "bezier" else 0)}
+            for s in range(3)
+            for pair, value in (("disjoint–mixed", 0.5 + 0.1 * s), ("joint–mixed", 10.0 + s))
+            for path in ("linear", "bezier")
+            for e in (0, 1)
+        ]
+    )
+    result = claims.connectivity_claims(barriers).set_index("key")
+    assert result.loc["disjoint_mixed_one_basin", "effect"] == pytest.approx(0.6)
+    assert result.loc["disjoint_mixed_one_basin", "verdict"] == "held"
+    assert result.loc["joint_other_basin", "effect"] == pytest.approx(11.0)
+    assert result.loc["joint_other_basin", "verdict"] == "held"
+
+
+def test_rank_and_information_claims_compare_mixed_with_joint_by_seed() -> None:
+    rows = []
+    for seed in range(3):
+        for block in (1, 2, 3):
+            for regime, rank, bits in (("joint", 50 + 10 * block, 1.0), ("mixed", 60 + seed, 1.5 + 0.1 * seed)):
+                rows.append({"row": "r", "regime": regime, "seed": seed, "block": block, "rank_pct": rank, "label_bits": bits})
+    table = pd.DataFrame(rows)
+    ranks = claims.rank_claims(table).set_index("key")
+    assert ranks.loc["rank_early_higher", "effect"] == pytest.approx(1.0)  # (60 + s) - 60 at block 1, mean 1
+    assert ranks.loc["rank_deep_lower", "effect"] == pytest.approx(80 - 61)  # joint 80 - mixed 60 + s at block 3
+    assert ranks.loc["rank_deep_lower", "verdict"] == "held"
+    information = claims.information_claims(table).set_index("key")
+    assert information.loc["mixed_deep_label_information", "effect"] == pytest.approx(0.6)
+    assert information.loc["mixed_deep_label_information", "scale"] == "r (blocks 3)"
+
+
+def test_one_sided_intervals_read_as_below_and_above() -> None:
+    rows = pd.DataFrame([assess(claims.DISJOINT_MIXED_ONE_BASIN, [0.1, 0.2], "r"), assess(claims.JOINT_OTHER_BASIN, [5.0, 6.0], "r")])
+    held = claims.measures_view(rows)["held when"].tolist()
+    assert held == ["the CI lies below 2 points", "the CI lies above 2 points"]

@@ -8,13 +8,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from mexit import checkpoint
+from mexit import checkpoint, data
 from mexit.checkpoint import CorruptCheckpointError
-from mexit.config import load_config, regime_configs
+from mexit.config import RunConfig, load_config, regime_configs
+from mexit.train import Probe
 from mexit.store import RunStore, phase_keys
 
 
@@ -241,15 +245,42 @@ def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
     assert ddp[0].metrics["test_acc"] == pytest.approx(single.metrics["test_acc"], abs=5)
 
 
-def test_gradient_dominance_is_traced_during_training(tmp_path: Path) -> None:
+def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mexit.store
+
+    real_probe = mexit.store._dominance_probe
+
+    def slow_probe(config: RunConfig, splits: data.Splits) -> Probe:
+        probe = real_probe(config, splits)
+
+        def measured(model: torch.nn.Module, step: int, weights: torch.Tensor) -> list[dict[str, Any]]:
+            time.sleep(2.0)  # a measurement, not training: left out of the phase's wall time
+            return probe(model, step, weights)
+
+        return measured
+
+    monkeypatch.setattr(mexit.store, "_dominance_probe", slow_probe)
     plain = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed"]))
     traced = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=5"]))
     assert plain.probes().empty
     probes = traced.probes()
-    assert set(probes["phase"]) == {"P2"} and set(probes["step"]) == {5, 10}  # P2 only: exits compete there
+    # P2 only (exits compete there), before its first step and every 5 steps
+    assert set(probes["phase"]) == {"P2"} and set(probes["step"]) == {0, 5, 10}
     shares = probes.groupby(["phase", "step", "block"])["share"].sum()
     assert (shares - 1).abs().max() < 1e-5
     assert torch.equal(plain.logits("test"), traced.logits("test")), "the probe changed training"
+    p2 = traced.phases().set_index("phase").loc["P2"]
+    assert p2["wall_time_s"] < 3.0, f"3 probes of 2 s each were counted as training time: {p2['wall_time_s']:.1f} s"
+    # step 0 is the state P2 starts from: mixed's P1 model, the final head's loss only in P1
+    p1_model = traced.model()
+    p1_model.load_state_dict(checkpoint.load_tensors(traced._phase_dirs[0] / "state.pt")["model"])
+    splits = data.load(traced.config.data)
+    from mexit.analysis.dominance import training_probe
+
+    weights = torch.full((p1_model.num_exits,), 1.0 / p1_model.num_exits)
+    expected = pd.DataFrame(training_probe(splits.train_eval, seed=traced.config.train.seed)(p1_model, 0, weights))
+    start = probes[probes["step"] == 0].reset_index(drop=True)
+    assert np.allclose(start["share"], expected["share"], atol=1e-6)
 
 
 def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path) -> None:

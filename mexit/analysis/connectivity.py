@@ -11,12 +11,14 @@ Definitions (ours, following Garipov et al., NeurIPS 2018, and Frankle et al., I
 - The barrier of exit ``i`` is ``max_alpha [L_i(alpha) - ((1 - alpha) L_i(0) + alpha L_i(1))]``: how
   far the loss rises above the straight line between the end losses (0 for a convex path). The same
   on the error rate (100 - accuracy, in percentage points) is the error barrier.
+- The loss plane through three models (:func:`loss_plane`) is the plane of Garipov et al.'s Figure 1:
+  spanned by their parameters, with BatchNorm statistics recomputed at every point of the grid.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mexit.analysis.features import sample_indices, stack_items
 from mexit.evaluate import exit_accuracy
+from mexit.progress import StepProgress
 from mexit.regimes import multi_exit_loss
 from mexit.train import collect_logits
 
@@ -40,18 +43,21 @@ def linear_path(
     bn_batches: int = 10,
     batch_size: int = 256,
     seed: int = 0,
+    progress: str | None = None,
 ) -> pd.DataFrame:
     """Every exit's loss (mean cross-entropy, nats) and accuracy (%) on ``eval_set`` along the linear path.
 
     ``train_set`` gives the BatchNorm batches (training samples with eval transforms). Both models
     must have the same architecture; neither is changed. Columns: alpha, exit, loss, accuracy.
+    ``progress``: a label under which the points evaluated are reported (None: quiet).
     """
     _check_path_arguments(points, bn_batches, batch_size)
     state_a, state_b = _end_states(model_a, model_b)
-    return _evaluate_path(
+    return _evaluate_points(
         model_a,
-        lambda alpha: _interpolate(state_a, state_b, alpha),
-        train_set, eval_set, points, bn_batches, batch_size, seed,
+        [{"alpha": float(alpha)} for alpha in np.linspace(0.0, 1.0, points)],
+        lambda at: _interpolate(state_a, state_b, at["alpha"]),
+        train_set, eval_set, bn_batches, batch_size, seed, progress,
     )
 
 
@@ -66,6 +72,7 @@ def bezier_path(
     bn_batches: int = 10,
     batch_size: int = 256,
     seed: int = 0,
+    progress: str | None = None,
 ) -> pd.DataFrame:
     """Like :func:`linear_path`, along a quadratic Bezier curve trained to connect the two models.
 
@@ -102,33 +109,129 @@ def bezier_path(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return _evaluate_path(
+    return _evaluate_points(
         model_a,
-        lambda t: {**_interpolate(state_a, state_b, t), **on_curve(t)},
-        train_set, eval_set, points, bn_batches, batch_size, seed,
+        [{"alpha": float(t)} for t in np.linspace(0.0, 1.0, points)],
+        lambda at: {**_interpolate(state_a, state_b, at["alpha"]), **on_curve(at["alpha"])},
+        train_set, eval_set, bn_batches, batch_size, seed, progress,
     )
 
 
-@torch.no_grad()
-def _evaluate_path(
-    model: nn.Module,
-    state_at: Callable[[float], dict[str, Tensor]],
+def plane_anchors(models: Sequence[nn.Module]) -> pd.DataFrame:
+    """Where three models lie in the plane through their weights (see :func:`loss_plane`).
+
+    Columns: model (0, 1, 2, in the given order), u, v. Model 0 is the origin, model 1 lies on the
+    u axis; units are the parameter space's Euclidean distance.
+    """
+    coordinates = _plane(models)[2]
+    return pd.DataFrame([{"model": i, "u": u, "v": v} for i, (u, v) in enumerate(coordinates)])
+
+
+def loss_plane(
+    models: Sequence[nn.Module],
     train_set: Dataset,
     eval_set: Dataset,
-    points: int,
+    points: int = 21,
+    margin: float = 0.25,
+    bn_batches: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: str | None = None,
+) -> pd.DataFrame:
+    """Every exit's loss and accuracy on a ``points x points`` grid of the plane through three models.
+
+    The plane (Garipov et al., 2018, Figure 1) is spanned by the parameters ``theta_0``,
+    ``theta_1``, ``theta_2`` of the three models (same architecture): ``theta(u, v) = theta_0 + u
+    e_1 + v e_2`` with ``e_1`` the unit vector towards ``theta_1`` and ``e_2`` the unit vector of
+    ``theta_2 - theta_0`` orthogonal to ``e_1`` (:func:`plane_anchors` gives the three models'
+    ``(u, v)``). The grid spans the three models' bounding box widened by ``margin`` times its
+    larger side on each side. Buffers are model 0's; at every point BatchNorm statistics are
+    recomputed as on a path. Columns: u, v, exit, loss, accuracy.
+    """
+    _check_path_arguments(points, bn_batches, batch_size)
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    origin, (e1, e2), coordinates = _plane(models)
+    us, vs = [c[0] for c in coordinates], [c[1] for c in coordinates]
+    side = max(max(us) - min(us), max(vs) - min(vs))
+    grid_u = np.linspace(min(us) - margin * side, max(us) + margin * side, points)
+    grid_v = np.linspace(min(vs) - margin * side, max(vs) + margin * side, points)
+    buffers = {key: value.detach() for key, value in models[0].state_dict().items()}
+
+    def state_at(at: dict[str, float]) -> dict[str, Tensor]:
+        return {**buffers, **{n: origin[n] + at["u"] * e1[n] + at["v"] * e2[n] for n in origin}}
+
+    return _evaluate_points(
+        models[0],
+        [{"u": float(u), "v": float(v)} for v in grid_v for u in grid_u],
+        state_at, train_set, eval_set, bn_batches, batch_size, seed, progress,
+    )
+
+
+def _plane(
+    models: Sequence[nn.Module],
+) -> tuple[dict[str, Tensor], tuple[dict[str, Tensor], dict[str, Tensor]], list[tuple[float, float]]]:
+    """Model 0's parameters, the plane's orthonormal basis (per parameter name) and the three
+    models' coordinates in it."""
+    if len(models) != 3:
+        raise ValueError(f"models must be three models, got {len(models)}")
+    device = next(models[0].parameters()).device
+    states = []
+    for model in models:
+        _end_states(models[0], model)  # same architecture
+        states.append({n: p.detach().to(device).double() for n, p in model.named_parameters()})
+    names = list(states[0])
+
+    def flat(state: dict[str, Tensor]) -> Tensor:
+        return torch.cat([state[n].flatten() for n in names])
+
+    d1, d2 = flat(states[1]) - flat(states[0]), flat(states[2]) - flat(states[0])
+    along = float(d1.norm())
+    if along == 0:
+        raise ValueError("models 0 and 1 have the same weights: they span no plane")
+    e1 = d1 / along
+    u2 = float(d2 @ e1)
+    rest = d2 - u2 * e1
+    across = float(rest.norm())
+    if across <= 1e-6 * along:  # float32 weights: collinear up to rounding
+        raise ValueError("the three models lie on one line: they span no plane")
+    e2 = rest / across
+    sizes = [states[0][n].numel() for n in names]
+
+    def unflatten(vector: Tensor) -> dict[str, Tensor]:
+        parts = vector.split(sizes)
+        return {n: part.view_as(states[0][n]).to(states[0][n].device, torch.float32) for n, part in zip(names, parts)}
+
+    origin = {n: t.float() for n, t in states[0].items()}
+    return origin, (unflatten(e1), unflatten(e2)), [(0.0, 0.0), (along, 0.0), (u2, across)]
+
+
+@torch.no_grad()
+def _evaluate_points(
+    model: nn.Module,
+    points: list[dict[str, float]],
+    state_at: Callable[[dict[str, float]], dict[str, Tensor]],
+    train_set: Dataset,
+    eval_set: Dataset,
     bn_batches: int,
     batch_size: int,
     seed: int,
+    progress: str | None,
 ) -> pd.DataFrame:
+    """:func:`evaluate_exits` at every point of weight space (``state_at(point)``, a full state
+    dict), after recomputing BatchNorm statistics there; the point's coordinates become columns."""
     work = copy.deepcopy(model)
     bn_indices = sample_indices(len(train_set), bn_batches * batch_size, seed)  # type: ignore[arg-type]
     bn_loader = DataLoader(Subset(train_set, bn_indices.tolist()), batch_size=batch_size)
+    steps = StepProgress(progress or "", len(points), enabled=progress is not None)
     frames = []
-    for alpha in np.linspace(0.0, 1.0, points):
-        work.load_state_dict(state_at(float(alpha)))
+    for point in points:
+        work.load_state_dict(state_at(point))
         recompute_batchnorm(work, bn_loader)
-        frames.append(evaluate_exits(work, eval_set, batch_size).assign(alpha=float(alpha)))
-    return pd.concat(frames, ignore_index=True)[["alpha", "exit", "loss", "accuracy"]]
+        frames.append(evaluate_exits(work, eval_set, batch_size).assign(**point))
+        steps.advance()
+    steps.close()
+    return pd.concat(frames, ignore_index=True)[[*points[0], "exit", "loss", "accuracy"]]
 
 
 def barrier(path: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,161 @@
+"""The analysis pages' figures, in the book's style (:func:`mexit.plots.set_style`).
+
+Each takes the long tables of :mod:`mexit.analysis.runs` and averages over seeds where it shows
+one value per cell; every figure's caption in the book says so.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from mexit.plots import set_style
+
+
+def dominance_heatmap(probes: pd.DataFrame, *, value: str = "share", ax: Axes | None = None) -> Axes:
+    """Block (rows, 1 = first) x exit (columns, by the block feeding it) of ``value`` (share or
+    cosine), mean over seeds: the probes of one row and regime at one step of each run."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    grid = probes.pivot_table(index="block", columns="exit_block", values=value, aggfunc="mean")
+    image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", origin="upper")
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
+    ax.set_xlabel("Exit (after block)")
+    ax.set_ylabel("Backbone block")
+    ax.grid(False)
+    for (i, j), cell in np.ndenumerate(grid.to_numpy()):
+        if not np.isnan(cell):
+            ax.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=7, color="white" if cell < 0.5 else "black")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label=value)
+    return ax
+
+
+def dominance_grid(snapshots: dict[str, pd.DataFrame], regimes: list[str], *, value: str = "share") -> Figure:
+    """One :func:`dominance_heatmap` per (moment, regime): ``snapshots`` maps a moment's name
+    ("start of P2", "end of P2") to the probes of one row at that moment; a regime a moment lacks
+    leaves its panel out."""
+    set_style()
+    figure, axes = plt.subplots(len(snapshots), len(regimes), figsize=(4.6 * len(regimes), 3.9 * len(snapshots)), squeeze=False)
+    for ax_row, (moment, frame) in zip(axes, snapshots.items()):
+        for ax, regime in zip(ax_row, regimes):
+            part = frame[frame["regime"] == regime]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            dominance_heatmap(part, value=value, ax=ax)
+            ax.set_title(f"{regime}, {moment}")
+    figure.tight_layout()
+    return figure
+
+
+def dominance_trace(traces: pd.DataFrame, block: int, *, ax: Axes | None = None) -> Axes:
+    """Each exit's gradient share at ``block`` over the steps of P2 (mean over seeds; the band spans
+    the seeds' lowest and highest), one line per exit: the traces of one row and regime."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    at = traces[traces["block"] == block]
+    exits = sorted(at["exit_block"].unique())
+    colours = dict(zip(exits, sns.color_palette("viridis", n_colors=len(exits))))
+    for exit_block in exits:
+        stats = at[at["exit_block"] == exit_block].groupby("step")["share"].agg(["mean", "min", "max"])
+        ax.plot(stats.index, stats["mean"], color=colours[exit_block], label=str(exit_block))
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colours[exit_block], alpha=0.15, linewidth=0)
+    ax.set_xlabel("Step of P2")
+    ax.set_ylabel(f"Gradient share at block {block}")
+    ax.set_ylim(0, 1)
+    ax.legend(title="exit after block", fontsize=7, ncols=2)
+    return ax
+
+
+def path_curves(paths: pd.DataFrame, *, value: str = "loss", ax: Axes | None = None) -> Axes:
+    """``value`` (loss or accuracy) of every exit along the paths of one pair, row and seed: solid
+    for the linear path, dashed for the Bezier curve (a ``path`` column), colour by exit depth."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    exits = sorted(paths["exit"].unique())
+    colours = dict(zip(exits, sns.color_palette("viridis", n_colors=len(exits))))
+    styles = {"linear": "-", "bezier": "--"}
+    for (kind, exit_index), curve in paths.groupby(["path", "exit"], sort=False):
+        curve = curve.sort_values("alpha")
+        first = exit_index in (exits[0], exits[-1])
+        label = f"exit {exit_index} ({kind})" if first else None
+        ax.plot(curve["alpha"], curve[value], styles[kind], color=colours[exit_index], label=label, linewidth=1.2)
+    ax.set_xlabel("Position on the path (0: first regime, 1: second)")
+    ax.set_ylabel("Test loss (nats)" if value == "loss" else "Test accuracy (%)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def path_grid(paths: pd.DataFrame) -> Figure:
+    """:func:`path_curves` of one row and seed: one column per regime pair (in order of
+    appearance), the loss above and the accuracy below."""
+    set_style()
+    pairs = list(pd.unique(paths["pair"]))
+    figure, axes = plt.subplots(2, len(pairs), figsize=(4.8 * len(pairs), 7.2), squeeze=False)
+    for column, pair in enumerate(pairs):
+        for row, value in enumerate(("loss", "accuracy")):
+            ax = axes[row][column]
+            path_curves(paths[paths["pair"] == pair], value=value, ax=ax)
+            ax.set_title(pair)
+            if column or row:
+                ax.get_legend().remove()
+    figure.tight_layout()
+    return figure
+
+
+def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "loss", ax: Axes | None = None) -> Axes:
+    """Contours of ``value`` (the final exit's loss or accuracy) on the plane of one row, with the
+    three regimes' solutions marked: :func:`mexit.analysis.runs.connectivity_plane`."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    final = grid[grid["exit"] == grid["exit"].max()]
+    table = final.pivot_table(index="v", columns="u", values=value)
+    levels = np.quantile(table.to_numpy(), np.linspace(0, 1, 15)) if value == "loss" else 15
+    filled = ax.contourf(table.columns, table.index, table.to_numpy(), levels=np.unique(levels), cmap="viridis_r" if value == "loss" else "viridis")
+    ax.figure.colorbar(
+        filled, ax=ax, format="%.2f" if value == "loss" else "%.0f",
+        label="Test loss, final exit (nats)" if value == "loss" else "Test accuracy, final exit (%)",
+    )
+    for _, anchor in anchors.iterrows():
+        ax.plot(anchor["u"], anchor["v"], marker="o", color="white", markeredgecolor="black", markersize=8)
+        ax.annotate(anchor["regime"], (anchor["u"], anchor["v"]), textcoords="offset points", xytext=(6, 6), color="black",
+                    fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0})
+    ax.set_xlabel("u (parameter distance)")
+    ax.set_ylabel("v (parameter distance)")
+    ax.set_aspect("equal")
+    ax.grid(False)
+    return ax
+
+
+def block_profile(
+    table: pd.DataFrame, value: str, *, label: str | None = None, ceiling: str | None = None, ax: Axes | None = None
+) -> Axes:
+    """``value`` per block, one line per regime (mean over seeds; the band spans the lowest and
+    highest seed): one row of :func:`mexit.analysis.runs.rank_table` or ``information_table``.
+    ``ceiling`` names a column whose (first) value is drawn as a dotted line: the most the value
+    can reach."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    regimes = list(pd.unique(table["regime"]))
+    colours = dict(zip(regimes, sns.color_palette(n_colors=len(regimes))))
+    for regime in regimes:
+        stats = table[table["regime"] == regime].groupby("block")[value].agg(["mean", "min", "max"])
+        ax.plot(stats.index, stats["mean"], marker="o", markersize=4, color=colours[regime], label=regime)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colours[regime], alpha=0.15, linewidth=0)
+    if ceiling is not None:
+        ax.axhline(float(table[ceiling].iloc[0]), linestyle=":", color="grey", label=ceiling.replace("_", " "))
+    ax.set_xlabel("Backbone block")
+    ax.set_ylabel(label or value)
+    ax.set_xticks(sorted(table["block"].unique()))
+    ax.legend(title="regime")
+    return ax

@@ -1,0 +1,339 @@
+"""The four analyses over a book study's stored runs: tagged tables, each computed once and cached.
+
+Every function takes a checked :class:`mexit.study.Study` (the runs Table 1 compares: rows x
+regimes x seeds), loads or trains its runs through the run store, and returns one long table with
+``row``, ``regime`` (or ``pair``) and ``seed`` columns. Heavy results (paths, planes, ranks,
+mutual information) are kept in the run store (:meth:`mexit.store.RunStore.cached_table`), keyed by
+the runs they read and every parameter, so a warm rebuild of the book recomputes nothing; while
+computing they report progress on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from mexit import data
+from mexit.analysis.connectivity import barrier, bezier_path, linear_path, loss_plane, plane_anchors
+from mexit.analysis.features import sample_indices
+from mexit.analysis.mutual_info import block_mutual_information
+from mexit.analysis.rank import block_ranks
+from mexit.config import RunConfig, regime_configs
+from mexit.evaluate.stats import format_interval, mean_ci
+from mexit.store import Run, RunStore
+from mexit.study import ParameterError, Study, run_label
+
+CONNECTIVITY_PAIRS: tuple[tuple[str, str], ...] = (("disjoint", "mixed"), ("joint", "mixed"), ("disjoint", "joint"))
+PATHS: tuple[str, ...] = ("linear", "bezier")
+
+
+def pair_label(a: str, b: str) -> str:
+    return f"{a}–{b}"
+
+
+# ------------------------------------------------------------------ gradient dominance
+
+def check_probed(s: Study) -> None:
+    """Stop with a :class:`ParameterError` naming every row whose runs record no gradient probes."""
+    unprobed = [row.label for row in s.rows if row.config.train.dominance_every < 1]
+    if unprobed:
+        raise ParameterError(
+            f"rows {unprobed} record no gradient dominance: give each row's config train.dominance_every "
+            "> 0 (in the config or as an override 'train.dominance_every=50'); it is part of the run key"
+        )
+
+
+def dominance_traces(s: Study) -> pd.DataFrame:
+    """Every probe recorded while P2 trained (joint and mixed runs), tagged ``row``, ``regime`` and
+    ``seed``: one row per (step, block, exit), as :func:`mexit.analysis.gradient_dominance`."""
+    check_probed(s)
+    frames = [
+        run.probes().assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed)
+        for row, run in s.runs()
+        if "P2" in run.config.train.phase_list
+    ]
+    if not frames:
+        raise ParameterError(f"regimes {list(s.regimes)} train no P2 (joint or mixed): there is no gradient dominance to show")
+    return pd.concat(frames, ignore_index=True)
+
+
+def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame:
+    """:func:`dominance_traces` of joint runs trained with gradient equilibrium (Li et al., 2019),
+    one per row and seed in ``seeds`` (default: all of the study's; trained into the run store if
+    missing), tagged ``regime="joint + GE"``."""
+    check_probed(s)
+    chosen = _seeds(s, seeds)
+    frames = []
+    store = RunStore(s.runs_root)
+    for row in s.rows:
+        base = dataclasses.replace(row.config, train=dataclasses.replace(row.config.train, gradient_equilibrium=True))
+        for config in regime_configs(base, ["joint"], chosen):
+            run = store.get(config, progress_label=f"{run_label(row, config)}GE ")
+            frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def dominance_at(traces: pd.DataFrame, when: str) -> pd.DataFrame:
+    """The probes of each run at the ``"start"`` (step 0) or the ``"end"`` (last probe) of P2."""
+    if when not in ("start", "end"):
+        raise ValueError(f"when must be 'start' or 'end', got {when!r}")
+    keys = ["row", "regime", "seed"]
+    step = traces.groupby(keys)["step"].transform("min" if when == "start" else "max")
+    return traces[traces["step"] == step].reset_index(drop=True)
+
+
+def middle_final_shares(end: pd.DataFrame) -> pd.DataFrame:
+    """The final head's share of each middle block's gradient (the middle third of each row's
+    blocks, :func:`mexit.claims.depth_thirds`): the rows of ``end`` (probes of one moment) for the
+    final head at those blocks."""
+    from mexit.claims import depth_thirds
+
+    blocks = end.groupby("row")["exit_block"].transform("max")
+    middle = [block in depth_thirds(int(depth))[1] for block, depth in zip(end["block"], blocks)]
+    return end[pd.Series(middle, index=end.index) & (end["exit_block"] == blocks)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ mode connectivity
+
+def connectivity_pairs(s: Study) -> list[tuple[str, str]]:
+    """The regime pairs the study's regimes allow, from :data:`CONNECTIVITY_PAIRS`."""
+    return [(a, b) for a, b in CONNECTIVITY_PAIRS if a in s.regimes and b in s.regimes]
+
+
+def connectivity_paths(
+    s: Study,
+    path: str = "linear",
+    seeds: list[int] | None = None,
+    points: int = 21,
+    bn_batches: int = 10,
+    eval_samples: int | None = None,
+    bezier_steps: int = 200,
+    bezier_lr: float = 1e-3,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Every exit's loss and accuracy along the ``path`` (linear or bezier) between each pair of
+    regimes' solutions of each seed in ``seeds`` (default: all of the study's).
+
+    Evaluation is on the test split (its seeded sample of ``eval_samples``; None: all of it);
+    BatchNorm statistics come from ``bn_batches`` batches of the training images (eval transforms).
+    Columns: row, seed, pair, regime_a, regime_b, path, alpha, exit, loss, accuracy.
+    """
+    if path not in PATHS:
+        raise ParameterError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    _at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1), bezier_steps=(bezier_steps, 0))
+    _optional_at_least(eval_samples=(eval_samples, 2))
+    if not (isinstance(bezier_lr, (int, float)) and bezier_lr > 0):
+        raise ParameterError(f"bezier_lr must be a number > 0, got {bezier_lr!r}")
+    chosen = _seeds(s, seeds)
+    pairs = connectivity_pairs(s)
+    if not pairs:
+        raise ParameterError(f"regimes {list(s.regimes)} give no pair of solutions to connect")
+    store = RunStore(s.runs_root)
+    runs = _runs_by_regime(s)
+    options: dict[str, Any] = {"points": points, "bn_batches": bn_batches, "batch_size": batch_size, "eval_samples": eval_samples}
+    walk: Callable[..., pd.DataFrame] = linear_path
+    if path == "bezier":
+        options.update(steps=bezier_steps, lr=bezier_lr)
+        walk = functools.partial(bezier_path, steps=bezier_steps, lr=bezier_lr)
+    frames = []
+    for row in s.rows:
+        for seed in chosen:
+            for a, b in pairs:
+                run_a, run_b = runs[(row.label, a, seed)], runs[(row.label, b, seed)]
+
+                def compute() -> pd.DataFrame:  # called at once, inside this iteration
+                    train_set, eval_set = _connectivity_data(row.config, eval_samples, seed)
+                    return walk(
+                        run_a.model(_device()), run_b.model(_device()), train_set, eval_set, points=points,
+                        bn_batches=bn_batches, batch_size=batch_size, seed=seed,
+                        progress=f"{path} {row.label} s{seed} {pair_label(a, b)}",
+                    )
+
+                table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute)
+                frames.append(table.assign(row=row.label, seed=seed, pair=pair_label(a, b), regime_a=a, regime_b=b, path=path))
+    columns = ["row", "seed", "pair", "regime_a", "regime_b", "path", "alpha", "exit", "loss", "accuracy"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def barrier_table(paths: pd.DataFrame) -> pd.DataFrame:
+    """:func:`mexit.analysis.barrier` of every path of :func:`connectivity_paths`, tagged row,
+    seed, pair and path: one row per (row, seed, pair, path, exit)."""
+    keys = ["row", "seed", "pair", "path"]
+    frames = [
+        barrier(curve[["alpha", "exit", "loss", "accuracy"]]).assign(**dict(zip(keys, values)))
+        for values, curve in paths.groupby(keys, sort=False)
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    return table[[*keys, *[c for c in table.columns if c not in keys]]]
+
+
+def barrier_summary(barriers: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The barriers of :func:`barrier_table` as the book shows them: per row, pair and path, the
+    final exit's and the exits' mean loss barrier (nats) and error barrier (points), each "mean
+    [95% CI]" over seeds."""
+    keys = ["row", "pair", "path"]
+    last = barriers.groupby("row")["exit"].transform("max")
+    final = barriers[barriers["exit"] == last].assign(exits="final exit")
+    mean = barriers.groupby([*keys, "seed"], sort=False)[["loss_barrier", "error_barrier"]].mean().reset_index()
+    rows = []
+    for values, frame in pd.concat([final, mean.assign(exits="mean of exits")]).groupby([*keys, "exits"], sort=False):
+        record: dict[str, Any] = {**dict(zip([*keys, "exits"], values)), "seeds": len(frame)}
+        for column, unit in (("loss_barrier", "loss barrier (nats)"), ("error_barrier", "error barrier (points)")):
+            summary = mean_ci(frame[column].tolist())
+            record[unit] = format_interval(summary["mean"], summary["low"], summary["high"], digits)
+        rows.append(record)
+    return pd.DataFrame(rows).set_index([*keys, "exits"])
+
+
+def connectivity_plane(
+    s: Study,
+    seed: int,
+    points: int = 21,
+    margin: float = 0.25,
+    bn_batches: int = 10,
+    eval_samples: int | None = None,
+    batch_size: int = 256,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The loss plane (:func:`mexit.analysis.loss_plane`) through the three regimes' solutions of
+    ``seed``, per row: the grid (columns row, u, v, exit, loss, accuracy) and where each regime lies
+    in it (columns row, regime, u, v). Needs the three regimes, in the study's order."""
+    if len(s.regimes) != 3:
+        raise ParameterError(f"regimes must be three to span a plane, got {list(s.regimes)}")
+    _at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1))
+    _optional_at_least(eval_samples=(eval_samples, 2))
+    if not (isinstance(margin, (int, float)) and margin >= 0):
+        raise ParameterError(f"margin must be a number >= 0, got {margin!r}")
+    (chosen,) = _seeds(s, [seed])
+    store = RunStore(s.runs_root)
+    runs = _runs_by_regime(s)
+    options = {"points": points, "margin": margin, "bn_batches": bn_batches, "batch_size": batch_size, "eval_samples": eval_samples}
+    grids, anchors = [], []
+    for row in s.rows:
+        trio = [runs[(row.label, regime, chosen)] for regime in s.regimes]
+
+        def compute() -> pd.DataFrame:  # called at once, inside this iteration
+            train_set, eval_set = _connectivity_data(row.config, eval_samples, chosen)
+            device = _device()
+            return loss_plane(
+                [run.model(device) for run in trio], train_set, eval_set, points=points, margin=margin,
+                bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress=f"plane {row.label} s{chosen}",
+            )
+
+        grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute)
+        grids.append(grid.assign(row=row.label))
+        where = plane_anchors([run.model() for run in trio])
+        anchors.append(where.assign(row=row.label, regime=[s.regimes[i] for i in where["model"]]))
+    return (
+        pd.concat(grids, ignore_index=True)[["row", "u", "v", "exit", "loss", "accuracy"]],
+        pd.concat(anchors, ignore_index=True)[["row", "regime", "u", "v"]],
+    )
+
+
+# ------------------------------------------------------------------ representations
+
+def rank_table(
+    s: Study, samples: int = 1000, eig_threshold: float = 1e-3, max_features: int | None = None, batch_size: int = 256
+) -> pd.DataFrame:
+    """:func:`mexit.analysis.block_ranks` of every run on its test split, tagged row, regime, seed,
+    with ``rank_pct``: the rank in % of the largest the measurement allows (``max_rank``)."""
+    _at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    _optional_at_least(max_features=(max_features, 1))
+    if not (isinstance(eig_threshold, float) and 0 < eig_threshold < 1):
+        raise ParameterError(f"eig_threshold must be a number in (0, 1), got {eig_threshold!r}")
+    options = {"samples": samples, "eig_threshold": eig_threshold, "max_features": max_features}
+    ranks = _per_run(
+        s, "rank", options,
+        lambda model, test, seed: block_ranks(model, test, samples, eig_threshold, max_features, seed, batch_size),
+    )
+    return ranks.assign(rank_pct=100 * ranks["rank"] / ranks["max_rank"])
+
+
+def information_table(
+    s: Study,
+    samples: int = 1000,
+    max_features: int | None = 4096,
+    probe_dim: int = 64,
+    noise_ratio: float = 0.1,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """:func:`mexit.analysis.block_mutual_information` of every run on its test split, tagged row,
+    regime, seed."""
+    _at_least(samples=(samples, 2), probe_dim=(probe_dim, 1), batch_size=(batch_size, 1))
+    _optional_at_least(max_features=(max_features, 1))
+    if not (isinstance(noise_ratio, (int, float)) and noise_ratio > 0):
+        raise ParameterError(f"noise_ratio must be a number > 0, got {noise_ratio!r}")
+    options = {"samples": samples, "max_features": max_features, "probe_dim": probe_dim, "noise_ratio": noise_ratio}
+    return _per_run(
+        s, "mutual_information", options,
+        lambda model, test, seed: block_mutual_information(
+            model, test, samples, max_features, seed, probe_dim=probe_dim, noise_ratio=noise_ratio, batch_size=batch_size
+        ),
+    )
+
+
+# ------------------------------------------------------------------ shared pieces
+
+def _per_run(
+    s: Study, kind: str, options: dict[str, Any], measure: Callable[[nn.Module, Dataset, int], pd.DataFrame]
+) -> pd.DataFrame:
+    store = RunStore(s.runs_root)
+    frames = []
+    for row, run in s.runs():
+        seed = run.config.train.seed
+
+        def compute() -> pd.DataFrame:  # called at once, inside this iteration
+            print(f"[{kind}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
+            return measure(run.model(_device()), _splits(row.config.data).test, seed)
+
+        table = store.cached_table(kind, {"runs": [run.key], **options}, compute)
+        frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _at_least(**values: tuple[Any, int]) -> None:
+    """Each ``name=(value, least)``: an integer >= least, or a :class:`ParameterError` naming it."""
+    for name, (value, least) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ParameterError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def _optional_at_least(**values: tuple[Any, int]) -> None:
+    _at_least(**{name: (value, least) for name, (value, least) in values.items() if value is not None})
+
+
+def _seeds(s: Study, seeds: list[int] | None) -> list[int]:
+    if seeds is None:
+        return list(s.seeds)
+    unknown = [seed for seed in seeds if seed not in s.seeds]
+    if unknown or not seeds:
+        raise ParameterError(f"seeds {seeds} must be some of the study's seeds {list(s.seeds)}")
+    return list(seeds)
+
+
+def _runs_by_regime(s: Study) -> dict[tuple[str, str, int], Run]:
+    return {(row.label, run.config.train.regime, run.config.train.seed): run for row, run in s.runs()}
+
+
+def _connectivity_data(config: RunConfig, eval_samples: int | None, seed: int) -> tuple[Dataset, Dataset]:
+    splits = _splits(config.data)
+    test: Dataset = splits.test
+    if eval_samples is not None:
+        test = Subset(splits.test, sample_indices(len(splits.test), eval_samples, seed).tolist())
+    return splits.train_eval, test
+
+
+@functools.cache
+def _splits(config: data.DataConfig) -> data.Splits:
+    return data.load(config)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
