@@ -260,7 +260,7 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
         return measured
 
     monkeypatch.setattr(mexit.store, "_dominance_probe", slow_probe)
-    plain = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed"]))
+    plain = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=0"]))
     traced = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=5"]))
     assert plain.probes().empty
     probes = traced.probes()
