@@ -374,6 +374,11 @@ def test_block_mutual_information_table() -> None:
     ]
     assert len(table) == 9 and np.allclose(table.label_entropy_bits, math.log2(10))
     assert (table.input_bits <= table.saturation_bits + 1e-9).all() and (table.input_bits > 0).all()
+    reps = block_representations(_resnet(), _images(80), samples=80, max_features=128)
+    for block in (0, 8):  # each block's estimates are those of its own representation
+        features = reps.blocks[block].features
+        assert table.label_bits[block] == pytest.approx(mutual_information(features, reps.labels))
+        assert table.input_bits[block] == pytest.approx(input_information(features))
 
 
 # ---------------------------------------------------------------- any backbone: a ViT

@@ -72,3 +72,20 @@ def test_regime_configs_cross_regimes_and_seeds() -> None:
     assert len({c.key() for c in configs}) == 6
     with pytest.raises(ValueError, match="allowed: disjoint, joint, mixed"):
         regime_configs(load_config("tiny"), ["sequential"], [0])
+
+
+def test_where_the_data_lives_is_not_part_of_the_key() -> None:
+    base = load_config("tiny")
+    moved = load_config("tiny", ["data.data_root=/elsewhere", "data.download=true"])
+    other = load_config("tiny", ["data.noise_std=0.1"])
+    assert moved.key() == base.key() and other.key() != base.key()
+
+
+def test_world_size_must_split_every_phases_batch() -> None:
+    config = load_config("tiny", ["train.optim.batch_size=6"])
+    config.train.check_world_size(3)
+    with pytest.raises(ValueError, match=r"batch_size 6 must be a multiple of the 4 processes"):
+        config.train.check_world_size(4)
+    mixup = load_config("tiny", ["train.optim.batch_size=6", "train.optim.mixup=0.8"])
+    with pytest.raises(ValueError, match="2 samples per process|3 samples per process"):
+        mixup.train.check_world_size(2)

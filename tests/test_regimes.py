@@ -98,3 +98,26 @@ def test_multi_exit_loss_is_the_weighted_sum_of_cross_entropies() -> None:
     expected = [torch.nn.functional.cross_entropy(out, targets) for out in logits]
     assert torch.allclose(per_exit, torch.stack(expected))
     assert torch.isclose(total, 0.25 * expected[0] + 0.75 * expected[2])
+
+
+def test_default_weighting_is_linear_for_gpf_and_pbee_only() -> None:
+    from mexit.regimes import default_weighting
+
+    assert {m: default_weighting(m) for m in ("sdn", "pbee", "gpf", "ztw")} == {
+        "sdn": "uniform", "pbee": "linear", "gpf": "linear", "ztw": "uniform"
+    }
+
+
+def test_removing_a_phase_handle_unfreezes_and_lets_batchnorm_train_again() -> None:
+    model = _model()
+    handle = apply_phase(model, PHASE_SPECS["P3"])
+    norms = [m for b in model.backbone_modules() for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model.train()
+    model(torch.randn(4, 1, 8, 8))  # the hooks put each frozen module back in eval mode as it runs
+    assert norms and not any(m.training for m in norms), "P3 keeps the frozen backbone's BatchNorm in eval mode"
+    assert not any(p.requires_grad for b in model.backbone_modules() for p in b.parameters())
+    handle.remove()
+    model.train()
+    model(torch.randn(4, 1, 8, 8))
+    assert all(m.training for m in norms), "the eval-mode hooks are gone"
+    assert all(p.requires_grad for p in model.parameters())

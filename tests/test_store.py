@@ -45,7 +45,36 @@ def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
     again = store.get(configs[2])
     assert time.perf_counter() - started < 1.0
     assert torch.equal(again.logits("test"), runs[2].logits("test"))
-    assert len(store.table()) == 3
+    table = store.table().set_index("key")
+    assert len(table) == 3
+    for run in runs:
+        row = table.loc[run.key]
+        assert row["phases"] == "+".join(run.config.train.phase_list) and row["seed"] == 0
+        assert row["final_acc"] == round(run.metrics["test_acc"][-1], 2)
+        assert row["best_exit_acc"] == round(max(run.metrics["test_acc"]), 2)
+        assert row["train_s"] == round(sum(run.metrics["phase_wall_time_s"]), 1)
+
+
+def test_the_default_store_is_mexit_runs_or_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mexit.store import default_root
+
+    monkeypatch.setenv("MEXIT_RUNS", str(tmp_path / "shared"))
+    assert default_root() == tmp_path / "shared" and RunStore().root == tmp_path / "shared"
+    monkeypatch.delenv("MEXIT_RUNS")
+    assert default_root() == Path("runs")
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    checkpoint.write_bytes_atomic(target, b"old")
+
+    def failing_replace(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
 def test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched(tmp_path: Path) -> None:

@@ -101,3 +101,15 @@ def test_backbone_only_is_disjoints_final_exit_at_full_cost() -> None:
     )
     assert backbone_only(exits) == (100.0, 72.0)
     assert backbone_only(exits[exits["regime"] == "joint"]) is None
+
+
+def test_the_papers_table1_is_six_rows_of_three_regimes() -> None:
+    from mexit.reference import paper_accuracy, paper_rows, paper_table1
+
+    table = paper_table1()
+    assert list(table.columns) == ["model", "dataset", "disjoint", "joint", "mixed"] and len(table) == 6
+    assert paper_rows()[0] == "ResNet-34 / CIFAR-100"
+    assert paper_accuracy("ResNet-34 / CIFAR-100", "mixed") == 75.88  # the paper's own number, cited in the data file
+    assert paper_accuracy(None, "mixed") is None
+    with pytest.raises(ValueError, match="allowed"):
+        paper_accuracy("ResNet-20 / MNIST", "mixed")
