@@ -362,6 +362,10 @@ def test_input_information_of_clusters_points_and_constants() -> None:
     assert input_information(100 * clusters) == pytest.approx(input_information(clusters))  # scale-free
     assert input_information(torch.eye(64)) == pytest.approx(6.0, abs=0.01)  # 64 separated points: log2(64)
     assert input_information(torch.ones(20, 4)) == 0.0
+    # Not saturated: two points at distance d have total variance d^2 / 4, so with noise_ratio 1 the
+    # kernel between them is exp(-d^2 / (2 d^2 / 4)) = exp(-2) and I = 1 - log2(1 + exp(-2)) bits.
+    pair = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    assert input_information(pair, noise_ratio=1.0) == pytest.approx(1 - math.log2(1 + math.exp(-2)), abs=1e-9)
     with pytest.raises(ValueError, match="noise_ratio"):
         input_information(clusters, noise_ratio=0)
 

@@ -9,6 +9,7 @@ import re
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -462,3 +463,28 @@ def test_validate_accepts_what_build_builds() -> None:
 
     validate("resnet20", placement="every", head="conv", head_kwargs={"num_layers": 2}, method="gpf")
     validate("timm/vit_tiny_patch16_224", placement=[2, 4], head="mlp")
+
+
+def test_gpf_logits_and_imitation_loss_follow_the_documented_formulas() -> None:
+    """Recomputed by hand from each IC's parts: swapping past and future, or taking cos for
+    1 - cos, changes the numbers."""
+    torch.manual_seed(0)
+    model = build("resnet20", 3, in_chans=1, img_size=8, placement=[2, 4, 6], method="gpf",
+                  method_kwargs={"state_dim": 16}).eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        logits = model(x)
+        blocks = model.forward_blocks(x)
+        states = [ic.state(blocks[b - 1]) for ic, b in zip(model.ics, model.placement)]
+        for k in range(3):
+            past = sum(model.ics[j].project(states[j]) for j in range(k + 1))
+            future = sum((model.ics[j].project(model.ics[j].imitator(states[k])) for j in range(k + 1, 3)), torch.zeros_like(past))
+            gate = torch.stack([model.ics[j].gate(states[j]) for j in range(k + 1)]).mean(0)
+            beta = torch.sigmoid(model.ics[k].balance(F.relu(gate)))
+            assert torch.allclose(logits[k], beta * past + (1 - beta) * future, atol=1e-5), f"exit {k}"
+        aux = model.auxiliary_loss(logits, torch.zeros(4, dtype=torch.long))
+        per_k = [
+            torch.stack([1 - F.cosine_similarity(model.ics[j].imitator(states[k]), states[j], dim=-1) for j in range(k + 1, 3)]).mean()
+            for k in range(2)
+        ]
+        assert aux == pytest.approx(float(torch.stack(per_k).mean()), abs=1e-6)
