@@ -62,3 +62,33 @@ def test_loader_workers_keep_runs_deterministic(tmp_path: Path) -> None:
     first, second = (RunStore(tmp_path / name).get(config) for name in ("a", "b"))
     assert torch.equal(first.logits("test"), second.logits("test"))
     assert config.key() != load_config("tiny", ["train.regime=joint"]).key()
+
+
+def test_mixup_cutmix_and_gradient_clipping_act_on_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spies on the loop's calls: every step's loss sees mixed (soft) targets, and every step clips
+    the gradient norm at the configured value; without the knobs neither happens."""
+    import mexit.train
+
+    clipped: list[float] = []
+    target_dims: list[int] = []
+    real_clip, real_loss = torch.nn.utils.clip_grad_norm_, mexit.train.multi_exit_loss
+
+    def clip(params: object, max_norm: float, *args: object, **kwargs: object) -> torch.Tensor:
+        clipped.append(max_norm)
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    def loss(logits: object, targets: torch.Tensor, *args: object, **kwargs: object) -> object:
+        target_dims.append(targets.ndim)
+        return real_loss(logits, targets, *args, **kwargs)
+
+    monkeypatch.setattr(mexit.train.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(mexit.train, "multi_exit_loss", loss)
+    knobs = ["train.optim.clip_grad=0.5", "train.optim.mixup=0.8", "train.optim.cutmix=1.0"]
+    run = RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0", *knobs]))
+    steps = int(run.phases()["steps"].sum())
+    assert steps > 0 and clipped == [0.5] * steps
+    assert target_dims == [2] * steps  # soft targets: mixup / cutmix on every batch
+    clipped.clear()
+    target_dims.clear()
+    RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
+    assert clipped == [] and set(target_dims) == {1}
