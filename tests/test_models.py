@@ -488,3 +488,19 @@ def test_gpf_logits_and_imitation_loss_follow_the_documented_formulas() -> None:
             for k in range(2)
         ]
         assert aux == pytest.approx(float(torch.stack(per_k).mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "layout"),
+    [  # (in channels, out channels, stride) of each conv of an IC on a 64-channel block: the authors' layouts
+        (1, [(64, 32, 2)]),
+        (2, [(64, 64, 2), (64, 32, 1)]),
+        (3, [(64, 64, 2), (64, 64, 1), (64, 32, 1)]),
+        (4, [(64, 32, 1), (32, 32, 1), (32, 32, 2), (32, 16, 1)]),
+        (5, [(64, 32, 1), (32, 32, 1), (32, 32, 1), (32, 32, 1), (32, 32, 1)]),
+    ],
+)
+def test_conv_heads_halve_channels_and_stride_as_the_authors_layouts(num_layers: int, layout: list[tuple[int, int, int]]) -> None:
+    model = build("resnet20", 4, in_chans=1, img_size=8, placement=[8], head="conv", head_kwargs={"num_layers": num_layers})
+    convs = [m for m in model.ics[0].modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == layout
