@@ -257,6 +257,15 @@ def test_early_exit_stops_computing_when_every_sample_has_left() -> None:
     assert out.exit_index.tolist() == [2, 2, 2, 2]
 
 
+def _in_the_middle_gap(values: torch.Tensor) -> float:
+    """Halfway between the two middle values: a threshold that splits the samples in half and sits
+    on no sample, so formulas that differ by a few ulps cannot disagree on which side one falls."""
+    ordered = values.double().sort().values
+    low, high = float(ordered[len(ordered) // 2 - 1]), float(ordered[len(ordered) // 2])
+    assert high - low > 1e-6, "the two middle values must leave a gap"
+    return (low + high) / 2
+
+
 def simulate(logits: list[torch.Tensor], rule: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Exit of each sample from all-exit logits, written independently of mexit's rules."""
     n = logits[0].shape[0]
@@ -297,10 +306,10 @@ def test_early_exit_equals_simulation_from_all_exit_logits(backbone: str, method
         threshold = 1
         assert model.exit_rule == "patience"
     elif rule == "maxprob":  # half the samples leave at the first exit
-        threshold = float(logits[0].softmax(-1).amax(-1).median())
+        threshold = _in_the_middle_gap(logits[0].softmax(-1).amax(-1))
     else:
         p = logits[0].softmax(-1)
-        threshold = 1 - float((-(p * p.log()).sum(-1) / math.log(3)).median())
+        threshold = 1 - _in_the_middle_gap(-(p * p.log()).sum(-1) / math.log(3))
     exits, chosen = simulate(logits, rule or "patience", threshold)
     out = model.early_exit(x, threshold, rule)
     assert len(set(exits.tolist())) > 1  # samples leave at different exits
