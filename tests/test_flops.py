@@ -92,6 +92,7 @@ MATRIX_OPS = {"conv", "linear", "matmul", "addmm", "bmm", "einsum"}
         ("resnet20", {"in_chans": 1}),
         ("tv/resnet18", {"img_size": 64}),
         ("timm/vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "head": "linear"}),
+        ("msdnet", {"img_size": 32}),
     ],
 )
 def test_parity_with_fvcore(name: str, kwargs: dict) -> None:
