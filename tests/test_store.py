@@ -30,6 +30,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def _cli(capsys: pytest.CaptureFixture[str], *args: str, root: Path) -> tuple[int, str, str]:
+    """``mexit --root ROOT ARGS`` in this process (no torch import per call): exit code, stdout, stderr.
+    The process boundary matters only where a test kills or races processes; those use ``_mexit``."""
+    from mexit.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(["--root", str(root), *args])
+    except SystemExit as stop:  # argparse's own refusals
+        code = int(stop.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     configs = regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0])
@@ -218,29 +232,28 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path: Path) -> None:
     assert outputs[0][0].split()[0] == outputs[1][0].split()[0]  # the same run key
 
 
-def test_progress_is_one_line_per_epoch_outside_a_terminal(tmp_path: Path) -> None:
-    result = subprocess.run(_mexit("train", "--config", "tiny", "train.regime=mixed", "train.epochs=2", root=tmp_path), env=_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stderr.splitlines() if "epoch" in line]
+def test_progress_is_one_line_per_epoch_outside_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "train", "--config", "tiny", "train.regime=mixed", "train.epochs=2", root=tmp_path)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "epoch" in line]
     assert len(lines) == 4 and "val_acc%" in lines[0]
-    assert "\r" not in result.stderr
+    assert "\r" not in err
 
 
-def test_cli_lists_shows_and_removes(tmp_path: Path) -> None:
-    trained = subprocess.run(_mexit("train", "--config", "tiny", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
-    key = trained.stdout.split()[0]
-    listed = subprocess.run(_mexit("runs", "list", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
-    assert key in listed.stdout
-    shown = subprocess.run(_mexit("runs", "show", key[:6], root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
-    assert '"test_acc"' in shown.stdout
-    subprocess.run(_mexit("runs", "remove", key, root=tmp_path), env=_env(), check=True, capture_output=True)
-    listed = subprocess.run(_mexit("runs", "list", root=tmp_path), env=_env(), capture_output=True, text=True, check=True)
-    assert "no runs" in listed.stdout
+def test_cli_lists_shows_and_removes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "train", "--config", "tiny", root=tmp_path)
+    assert code == 0, err
+    key = out.split()[0]
+    assert key in _cli(capsys, "runs", "list", root=tmp_path)[1]
+    code, out, _ = _cli(capsys, "runs", "show", key[:6], root=tmp_path)
+    assert code == 0 and '"test_acc"' in out
+    assert _cli(capsys, "runs", "remove", key, root=tmp_path)[0] == 0
+    assert "no runs" in _cli(capsys, "runs", "list", root=tmp_path)[1]
 
 
-def test_cli_refuses_bad_parameters_before_training(tmp_path: Path) -> None:
-    result = subprocess.run(_mexit("train", "--config", "tiny", "train.optim.lr=0", root=tmp_path), env=_env(), capture_output=True, text=True)
-    assert result.returncode == 2 and "lr must be > 0" in result.stderr
+def test_cli_refuses_bad_parameters_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "train", "--config", "tiny", "train.optim.lr=0", root=tmp_path)
+    assert code == 2 and "lr must be > 0" in err
     assert not tmp_path.exists() or not any(tmp_path.rglob("*.pt"))
 
 
@@ -313,12 +326,9 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
     assert np.allclose(start["share"], expected["share"], atol=1e-6)
 
 
-def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path) -> None:
-    result = subprocess.run(
-        _mexit("train", "--config", "tiny", "--regimes", "joint", "--seeds", "0", "1", "train.epochs=2", root=tmp_path),
-        env=_env(), capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "train", "--config", "tiny", "--regimes", "joint", "--seeds", "0", "1", "train.epochs=2", root=tmp_path)
+    assert code == 0, err
     runs = RunStore(tmp_path).runs()
     assert sorted(r.config.train.seed for r in runs) == [0, 1]
     assert {r.config.train.phase_epochs for r in runs} == {(2,)}
@@ -334,7 +344,7 @@ def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path) -> None:
         (["--regimes", "sequential"], "allowed: disjoint, joint, mixed"),
     ],
 )
-def test_cli_errors_store_nothing(tmp_path: Path, arguments: list[str], message: str) -> None:
-    result = subprocess.run(_mexit("train", "--config", "tiny", *arguments, root=tmp_path), env=_env(), capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+def test_cli_errors_store_nothing(tmp_path: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "train", "--config", "tiny", *arguments, root=tmp_path)
+    assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -26,6 +26,7 @@ from mexit.analysis.connectivity import barrier, bezier_path, linear_path, loss_
 from mexit.analysis.features import sample_indices
 from mexit.analysis.mutual_info import block_mutual_information
 from mexit.analysis.rank import block_ranks
+from mexit.claims import depth_thirds
 from mexit.config import RunConfig, regime_configs
 from mexit.evaluate.stats import format_interval, mean_ci
 from mexit.store import Run, RunStore
@@ -94,8 +95,6 @@ def middle_final_shares(end: pd.DataFrame) -> pd.DataFrame:
     """The final head's share of each middle block's gradient (the middle third of each row's
     blocks, :func:`mexit.claims.depth_thirds`): the rows of ``end`` (probes of one moment) for the
     final head at those blocks."""
-    from mexit.claims import depth_thirds
-
     blocks = end.groupby("row")["exit_block"].transform("max")
     middle = [block in depth_thirds(int(depth))[1] for block, depth in zip(end["block"], blocks)]
     return end[pd.Series(middle, index=end.index) & (end["exit_block"] == blocks)].reset_index(drop=True)
