@@ -291,6 +291,11 @@ def time_claims(costs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pair_label(a: str, b: str) -> str:
+    """How a pair of regimes is named in the connectivity tables: ``"joint–mixed"`` (an en dash)."""
+    return f"{a}–{b}"
+
+
 def depth_thirds(blocks: int) -> tuple[list[int], list[int], list[int]]:
     """The early, middle and deep blocks (1-based) of a backbone of ``blocks`` blocks: block ``l``
     is early when ``l <= blocks / 3``, deep when ``l > 2 blocks / 3``, else middle."""
@@ -334,8 +339,8 @@ def connectivity_claims(barriers: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label, frame in barriers[barriers["path"] == "linear"].groupby("row", sort=False):
         final = frame[frame["exit"] == frame["exit"].max()]
-        for claim, pair in ((DISJOINT_MIXED_ONE_BASIN, "disjoint–mixed"), (JOINT_OTHER_BASIN, "joint–mixed")):
-            rows.append(assess(claim, final[final["pair"] == pair]["error_barrier"].tolist(), label))
+        for claim, pair in ((DISJOINT_MIXED_ONE_BASIN, ("disjoint", "mixed")), (JOINT_OTHER_BASIN, ("joint", "mixed"))):
+            rows.append(assess(claim, final[final["pair"] == pair_label(*pair)]["error_barrier"].tolist(), label))
     return pd.DataFrame(rows)
 
 

@@ -26,7 +26,7 @@ from mexit.analysis.connectivity import barrier, bezier_path, linear_path, loss_
 from mexit.analysis.features import sample_indices
 from mexit.analysis.mutual_info import block_mutual_information
 from mexit.analysis.rank import block_ranks
-from mexit.claims import depth_thirds
+from mexit.claims import depth_thirds, pair_label
 from mexit.config import RunConfig, regime_configs
 from mexit.evaluate.stats import format_interval, mean_ci
 from mexit.store import Run, RunStore
@@ -34,10 +34,6 @@ from mexit.study import ParameterError, Study, run_label
 
 CONNECTIVITY_PAIRS: tuple[tuple[str, str], ...] = (("disjoint", "mixed"), ("joint", "mixed"), ("disjoint", "joint"))
 PATHS: tuple[str, ...] = ("linear", "bezier")
-
-
-def pair_label(a: str, b: str) -> str:
-    return f"{a}–{b}"
 
 
 # ------------------------------------------------------------------ gradient dominance
