@@ -164,15 +164,16 @@ def _probes(regime: str, seed: int, final_share: float) -> pd.DataFrame:
 
 def test_dominance_claims_measure_the_ics_lead_and_the_depth_shift() -> None:
     end = pd.concat(
-        [_probes("joint", s, f) for s, f in enumerate((0.2, 0.3, 0.25))]
+        [_probes("joint", s, f) for s, f in enumerate((0.2, 0.3, 0.6))]
         + [_probes("mixed", s, f) for s, f in enumerate((0.7, 0.8, 0.75))]
     )
     result = claims.dominance_claims(end).set_index("key")
-    # joint: IC share - final share at block 2 = 0.6, 0.4, 0.5 of the gradient
-    assert result.loc["joint_ics_dominate_middle", "effect"] == pytest.approx(50.0)
-    assert result.loc["joint_ics_dominate_middle", "verdict"] == "held"
-    # depth in % of 3 blocks: (2 (1 - f) + 3 f) / 3 * 100; mixed - joint = (f_m - f_j) / 3 * 100 = 16.67
-    assert result.loc["mixed_deeper_dominate", "effect"] == pytest.approx(50 / 3)
+    # joint: the IC's share minus the final head's at block 2 = 60, 40 and -20 points of the gradient
+    # (the final head leads in seed 2: it is no IC)
+    assert result.loc["joint_ics_dominate_middle", "effect"] == pytest.approx(80 / 3)
+    assert result.loc["joint_ics_dominate_middle", "verdict"] == "inconclusive"
+    # depth in % of 3 blocks: (2 (1 - f) + 3 f) / 3 * 100; mixed - joint = (f_m - f_j) / 3 * 100
+    assert result.loc["mixed_deeper_dominate", "effect"] == pytest.approx((0.5 + 0.5 + 0.15) / 3 / 3 * 100)
     assert result.loc["mixed_deeper_dominate", "scale"] == "r (blocks 2 of 3)"
 
 
