@@ -98,6 +98,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_store.py::test_gradient_dominance_is_traced_during_training",),
     ),
     Mutation(
+        "a non-finite loss trains on", "mexit/train.py",
+        "if not torch.isfinite(loss):", "if False:",
+        ("tests/test_train.py::test_diverged_training_stops_with_its_phase_epoch_and_step_and_stores_nothing_finished",),
+    ),
+    Mutation(
+        "non-finite config numbers accepted", "mexit/config.py",
+        "        if not _finite(value):\n", "        if False:\n",
+        ("tests/test_config.py::test_bad_parameters_name_themselves",),
+    ),
+    Mutation(
         "analysis cache ignores its parameters", "mexit/store.py",
         "stable_hash({'kind': kind, 'mexit': __version__, **inputs})", "stable_hash({'kind': kind})",
         ("tests/test_analysis_runs.py::test_cached_table_computes_once_per_inputs_and_keeps_the_file",),

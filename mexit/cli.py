@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from mexit.book import NotebookError
 from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
+from mexit.train import TrainingDiverged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mexit.book import build_book
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only)
-    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError) as error:
+    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError, TrainingDiverged) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,19 @@ def _check_types(values: Any, section: str) -> None:
             continue
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ValueError(f"{section}.{f.name} must be of type {f.type}, got {value!r}")
+        if not _finite(value):
+            raise ValueError(f"{section}.{f.name} must hold finite numbers only, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    """No inf or nan anywhere in ``value`` (a number, or lists and mappings of them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -36,6 +36,10 @@ Probe = Callable[[nn.Module, int, Tensor], list[dict[str, Any]]]
 """``probe(model, step, weights)``: rows measured on the model; ``weights`` [num_exits] of the step's loss."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became inf or nan; the message names the phase, epoch and step."""
+
+
 @dataclass
 class PhaseResult:
     """What one finished phase leaves: the kept weights and how it got there."""
@@ -206,6 +210,11 @@ def train_phase(
                         extra = model.auxiliary_loss(logits, targets)
                         if extra is not None:
                             loss = loss + extra
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged in {phase_name}, epoch {state.epoch + 1}, step {state.step + 1}: the loss is "
+                        f"{float(loss.detach())} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if optim.clip_grad is not None:
@@ -222,6 +231,11 @@ def train_phase(
                         break
             state.epoch += 1
             state.wall_time_s += time.perf_counter() - started
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise TrainingDiverged(
+                    f"training diverged in {phase_name}, epoch {state.epoch}: weights are not finite after step "
+                    f"{state.step} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
+                )
             bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{i}"] for i in exits} if state.trace else {})
             if partial_path is not None and dist.is_main:
                 checkpoint.save_tensors(

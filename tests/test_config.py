@@ -33,6 +33,10 @@ def test_overrides_parse_yaml_values() -> None:
         ("train.patience=0", "train.patience"),
         ("train.optim.optimizer=lion", "train.optim"),
         ("train.loss_weights=cubic", "train.loss_weights"),
+        ("train.optim.lr=.inf", "train.optim.lr must hold finite numbers"),
+        ("train.optim.weight_decay=.nan", "train.optim.weight_decay must hold finite numbers"),
+        ("data.noise_std=-.inf", "data.noise_std must hold finite numbers"),
+        ("train.phase_optim={P2: {lr: .inf}}", "train.phase_optim must hold finite numbers"),
     ],
 )
 def test_bad_parameters_name_themselves(override: str, names: str) -> None:

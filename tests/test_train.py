@@ -92,3 +92,19 @@ def test_mixup_cutmix_and_gradient_clipping_act_on_every_step(tmp_path: Path, mo
     target_dims.clear()
     RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
     assert clipped == [] and set(target_dims) == {1}
+
+
+def test_diverged_training_stops_with_its_phase_epoch_and_step_and_stores_nothing_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mexit.cli import main
+    from mexit.train import TrainingDiverged
+
+    config = load_config("tiny", ["train.regime=joint", "train.optim.lr=1e6", "train.dominance_every=0"])
+    with pytest.raises(TrainingDiverged, match=r"training diverged in P2, epoch 1, step \d+: the loss is (nan|inf)"):
+        RunStore(tmp_path).get(config)
+    assert not (tmp_path / "runs" / config.key() / "metrics.json").exists()
+    assert RunStore(tmp_path).runs() == []
+    code = main(["--root", str(tmp_path), "train", "--config", "tiny", "train.regime=joint", "train.optim.lr=1e6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mexit: error: training diverged in P2, epoch 1" in err and "Traceback" not in err
