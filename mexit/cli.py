@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`mexit runs show KEY | head`): stop quietly, as head expects
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -68,8 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     regimes = _take_overrides(args.regimes, overrides)
     seed_words = _take_overrides(args.seeds, overrides)
     for word in seed_words or []:
-        if not word.lstrip("-").isdigit():
-            raise ValueError(f"--seeds takes integers, got {word!r}")
+        if not word.isdigit():
+            raise ValueError(f"--seeds takes non-negative integers, got {word!r}")
     base = load_config(args.config, overrides)
     regimes = regimes or [base.train.regime]
     seeds = [int(word) for word in seed_words] if seed_words else [base.train.seed]

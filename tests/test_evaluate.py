@@ -363,7 +363,7 @@ def test_patience_and_table_reject_bad_input():
     with pytest.raises(ValueError, match="patiences must lie in"):
         patience_sweep(LOGITS, LABELS, COSTS, BACKBONE, patiences=[2])
     run = outputs(SEED_LABELS[0], 0)
-    for budgets in ([0.0], [1.5], [-0.25]):
+    for budgets in ([0.0], [1.5], [-0.25], [float("nan")], [0.5, float("inf")]):
         with pytest.raises(ValueError, match=r"budgets must be fractions of the backbone cost in \(0, 1\]"):
             budget_table([run], budgets=budgets)
     with pytest.raises(ValueError, match="outputs must hold"):

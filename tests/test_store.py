@@ -342,9 +342,20 @@ def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path, capsys: pyt
         (["--device", "tpu0"], "--device"),
         (["train.epochs=abc"], "train.epochs"),
         (["--regimes", "sequential"], "allowed: disjoint, joint, mixed"),
+        (["--seeds", "-1"], "--seeds takes non-negative integers, got '-1'"),
     ],
 )
 def test_cli_errors_store_nothing(tmp_path: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, "train", "--config", "tiny", *arguments, root=tmp_path)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``mexit runs list | head -0``: the output pipe closes before mexit writes; it stops quietly."""
+    RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
+    process = subprocess.Popen(_mexit("runs", "list", root=tmp_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the interpreter has even imported mexit
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -158,7 +158,7 @@ def _check_budget_args(outputs: Sequence[ExitOutputs], budgets: Sequence[float],
     if len(outputs) == 0:
         raise ValueError("outputs must hold at least one ExitOutputs")
     budgets = np.asarray(budgets, dtype=np.float64)
-    if budgets.ndim != 1 or budgets.size == 0 or np.any((budgets <= 0) | (budgets > 1)):
+    if budgets.ndim != 1 or budgets.size == 0 or not np.all((budgets > 0) & (budgets <= 1)):  # nan fails too
         raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
