@@ -41,6 +41,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Study:
     return s
 
 
+def _recomputed(*args: Any, **kwargs: Any) -> pd.DataFrame:
+    """Stands in for an analysis that a cached table must not run again."""
+    raise AssertionError("a cached analysis was computed again")
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
@@ -190,11 +195,8 @@ def test_paths_barriers_and_plane_are_tagged_and_cached(trained: Study, monkeypa
     grid, anchors = analysis_runs.connectivity_plane(trained, 0, points=3, bn_batches=1, eval_samples=64)
     assert len(grid) == 9 * exits and list(anchors["regime"]) == ["disjoint", "joint", "mixed"]
 
-    def recomputed(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        raise AssertionError("a cached analysis was computed again")
-
     for name in ("linear_path", "bezier_path", "loss_plane"):
-        monkeypatch.setattr(analysis_runs, name, recomputed)
+        monkeypatch.setattr(analysis_runs, name, _recomputed)
     pd.testing.assert_frame_equal(analysis_runs.connectivity_paths(trained, "linear", points=3, bn_batches=1, eval_samples=64), linear)
     analysis_runs.connectivity_plane(trained, 0, points=3, bn_batches=1, eval_samples=64)
 
@@ -208,10 +210,7 @@ def test_rank_and_information_tables_per_run(trained: Study, monkeypatch: pytest
     information = analysis_runs.information_table(trained, samples=100, probe_dim=8)
     assert len(information) == 6 * blocks and (information["samples"] == 100).all()
 
-    def recomputed(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        raise AssertionError("a cached analysis was computed again")
-
-    monkeypatch.setattr(analysis_runs, "block_ranks", recomputed)
+    monkeypatch.setattr(analysis_runs, "block_ranks", _recomputed)
     pd.testing.assert_frame_equal(analysis_runs.rank_table(trained, samples=100), ranks)
 
 
