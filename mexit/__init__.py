@@ -1,2 +1,2 @@
 """mexit: multi-exit training regimes, reproducible."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

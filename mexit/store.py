@@ -41,14 +41,21 @@ def default_root() -> Path:
     return Path(os.environ.get("MEXIT_RUNS", DEFAULT_ROOT))
 
 
+BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "checkpoint")
+"""The model settings a leading P1 depends on: it trains the backbone alone, from initial weights
+drawn before any IC is built (:func:`build_model`), without computing the ICs."""
+
+
 def phase_keys(config: RunConfig) -> list[str]:
-    """The key of the state after each phase: a hash of everything that phase's weights depend on."""
+    """The key of the state after each phase: a hash of everything that phase's weights depend on.
+    A run's first phase, when it is P1, leaves the ICs out (:data:`BACKBONE_FIELDS`), so that the
+    disjoint and mixed runs of every IC configuration (placement, head, method) share one P1 per seed."""
     from mexit import __version__
 
     train = config.train
+    model = dataclasses.asdict(config.model)
     common = {
         "data": data_identity(config.data),
-        "model": dataclasses.asdict(config.model),
         "seed": train.seed,
         "patience": train.patience,
         "eval_every": train.eval_every,
@@ -68,7 +75,11 @@ def phase_keys(config: RunConfig) -> list[str]:
         if name == "P2":  # settings that only matter when backbone and ICs train together
             step.update(gradient_equilibrium=train.gradient_equilibrium, dominance_every=train.dominance_every)
         prefix.append(step)
-        keys.append(stable_hash({**common, "phases": prefix}))
+        if prefix == [step] and name == "P1":  # the backbone alone from its initial weights: ICs play no part
+            identity = {field: model[field] for field in BACKBONE_FIELDS}
+        else:
+            identity = model
+        keys.append(stable_hash({**common, "model": identity, "phases": prefix}))
     return keys
 
 
@@ -107,8 +118,12 @@ class Run:
         return checkpoint.read_json(self.path / "costs.json")
 
     def trace(self) -> pd.DataFrame:
-        """Per-exit training loss and validation accuracy at every evaluation, all phases."""
-        return pd.concat([pd.read_csv(d / "trace.csv") for d in self._phase_dirs], ignore_index=True)
+        """Per-exit training loss and validation accuracy at every evaluation, all phases (P1's
+        columns, recorded for the final exit as ``*_final``, named by this run's final exit index)."""
+        final = str(len(self.metrics["test_acc"]) - 1)
+        frames = [pd.read_csv(d / "trace.csv") for d in self._phase_dirs]
+        frames = [frame.rename(columns=lambda c: c.removesuffix("final") + final if c.endswith("_final") else c) for frame in frames]
+        return pd.concat(frames, ignore_index=True)
 
     def phases(self) -> pd.DataFrame:
         """One row per phase of the run: ``phase``, ``phase_key`` (shared phases share it),
@@ -129,7 +144,8 @@ class Run:
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained multi-exit model (eval mode)."""
         model = build_model(self.config, tuple(self.metrics["input_shape"]), self.metrics["num_classes"])
-        model.load_state_dict(checkpoint.load_tensors(self._phase_dirs[-1] / "state.pt")["model"])
+        for phase_dir in self._phase_dirs:  # a P1 state holds the backbone only
+            model.load_phase_state(checkpoint.load_tensors(phase_dir / "state.pt")["model"])
         return model.to(device).eval()
 
     def outputs(self, **tags: Any) -> ExitOutputs:
@@ -155,6 +171,8 @@ class Run:
 
 
 def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """The run's multi-exit model. :func:`mexit.models.build` creates the backbone before the ICs,
+    so after the same seed the backbone's initial weights do not depend on the ICs."""
     from mexit import models
 
     m = config.model
@@ -319,7 +337,7 @@ class RunStore:
                 ctx.barrier()
             if not ctx.is_main:
                 stored = checkpoint.load_tensors(phase_dir / "state.pt")
-            model.load_state_dict(stored["model"])
+            model.load_phase_state(stored["model"])
             results.append(checkpoint.read_json(phase_dir / "phase.json"))
         if ctx.is_main:
             self._write_outputs(config, run_dir, model, splits, ctx, results)

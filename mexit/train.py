@@ -72,6 +72,27 @@ class _Progress:
     loss_steps: int = 0
 
 
+class HeadView:
+    """The exits a phase's forward pass computes: all of them, or (a phase without ICs, P1) the
+    final exit alone, named ``"final"`` in the trace so that one P1 fits every IC configuration."""
+
+    def __init__(self, num_exits: int, with_ics: bool):
+        self.exits = list(range(num_exits)) if with_ics else [num_exits - 1]
+        self.names = [str(i) for i in self.exits] if with_ics else ["final"]
+        self.with_ics = with_ics
+
+    def positions(self, exits: Sequence[int]) -> list[int]:
+        """Where ``exits`` (indices among all exits) are in the forward pass's output."""
+        return [self.exits.index(i) for i in exits]
+
+    def name(self, exit_index: int) -> str:
+        return self.names[self.exits.index(exit_index)]
+
+    def state(self, model: nn.Module) -> dict[str, Tensor]:
+        """The state the phase changes: the whole model's, or the backbone's without ICs."""
+        return model.state_dict() if self.with_ics else model.backbone_state_dict()
+
+
 def seed_everything(*parts: int) -> int:
     """Seed torch, numpy and random from a tuple of integers; returns the derived seed."""
     seed = int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
@@ -157,7 +178,11 @@ def train_phase(
     num_exits = model.num_exits
     exits = phase.exits_in_loss(num_exits)
     scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+    # A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
+    # only: its result does not depend on the ICs, so one P1 serves every IC configuration.
+    heads = HeadView(num_exits, with_ics=phase.trains_ics)
     handle = apply_phase(model, phase)
+    model.ics_active = phase.trains_ics
     model.gradient_equilibrium = config.gradient_equilibrium and phase.trains_backbone and phase.trains_ics
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
@@ -174,10 +199,11 @@ def train_phase(
     # Gradient dominance is measured where exits compete for the backbone: phases training both.
     probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
 
-    state = _Progress(best_acc=[-1.0] * num_exits, bad_evals=[0] * num_exits, loss_sum=torch.zeros(num_exits))
+    outputs = len(heads.names)
+    state = _Progress(best_acc=[-1.0] * outputs, bad_evals=[0] * outputs, loss_sum=torch.zeros(outputs))
     saved = checkpoint.load_or_quarantine(partial_path) if partial_path is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
+        model.load_phase_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["progress"]
 
@@ -205,7 +231,7 @@ def train_phase(
                 weights = exit_weights(scheme, exits, num_exits, progress)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=optim.bf16 and dist.device.type == "cuda"):
                     logits = network(images)
-                    loss, per_exit = multi_exit_loss(logits, targets, exits, weights, smoothing)
+                    loss, per_exit = multi_exit_loss(logits, targets, heads.positions(exits), weights, smoothing)
                     if phase.trains_ics:
                         extra = model.auxiliary_loss(logits, targets)
                         if extra is not None:
@@ -226,7 +252,7 @@ def train_phase(
                 if probing and state.step % config.dominance_every == 0:
                     started += _record_probe(probe, model, state, phase_name, exits, weights)
                 if state.step % eval_every == 0:
-                    _evaluate(model, val_set, config, dist, state, exits, phase_name)
+                    _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
                     if state.stopped_early:
                         break
             state.epoch += 1
@@ -236,21 +262,22 @@ def train_phase(
                     f"training diverged in {phase_name}, epoch {state.epoch}: weights are not finite after step "
                     f"{state.step} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
                 )
-            bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{i}"] for i in exits} if state.trace else {})
+            bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{heads.name(i)}"] for i in exits} if state.trace else {})
             if partial_path is not None and dist.is_main:
                 checkpoint.save_tensors(
                     partial_path,
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": state},
+                    {"model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": state},
                 )
     finally:
         bar.close()
         handle.remove()
+        model.ics_active = True
         model.gradient_equilibrium = False
 
     if config.patience is not None and state.best_state is not None:
-        model.load_state_dict(state.best_state)
+        model.load_phase_state(state.best_state)
     return PhaseResult(
-        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        state={k: v.detach().cpu().clone() for k, v in heads.state(model).items()},
         trace=state.trace,
         probes=state.probes,
         wall_time_s=state.wall_time_s,
@@ -279,10 +306,12 @@ def _evaluate(
     config: TrainConfig,
     dist: DistContext,
     state: _Progress,
+    heads: HeadView,
     exits: Sequence[int],
     phase_name: str,
 ) -> None:
-    """Validation accuracy of every exit; updates the early-stopping state and the trace.
+    """Validation accuracy of every exit the model computes (``heads``); updates the early-stopping
+    state of ``exits`` and the trace.
 
     Under DDP every rank evaluates, then all take rank 0's accuracies, so that they agree on
     improvement and stopping (their BatchNorm statistics may differ slightly).
@@ -290,13 +319,14 @@ def _evaluate(
     accuracy = dist.broadcast_object(validation_accuracy(model, val_set, config.eval_batch_size, dist.device))
     train_loss = state.loss_sum / max(1, state.loss_steps)
     row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
-    row.update({f"train_loss_{i}": float(train_loss[i]) for i in range(len(accuracy))})
-    row.update({f"val_acc_{i}": float(accuracy[i]) for i in range(len(accuracy))})
+    row.update({f"train_loss_{name}": float(train_loss[i]) for i, name in enumerate(heads.names)})
+    row.update({f"val_acc_{name}": float(accuracy[i]) for i, name in enumerate(heads.names)})
     state.trace.append(row)
     state.loss_sum = torch.zeros_like(state.loss_sum)
     state.loss_steps = 0
     improved = False
-    for i in exits:
+    positions = heads.positions(exits)
+    for i in positions:
         if accuracy[i] > state.best_acc[i]:
             state.best_acc[i] = float(accuracy[i])
             state.bad_evals[i] = 0
@@ -306,9 +336,9 @@ def _evaluate(
     if config.patience is None:
         return
     if improved:
-        state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in heads.state(model).items()})
         state.best_step = state.step
-    state.stopped_early = all(state.bad_evals[i] >= config.patience for i in exits)
+    state.stopped_early = all(state.bad_evals[i] >= config.patience for i in positions)
 
 
 @torch.no_grad()

@@ -105,3 +105,15 @@ def test_parity_with_fvcore(name: str, kwargs: dict) -> None:
     matrix = sum(count for op, count in theirs.items() if op in MATRIX_OPS)
     assert ours.macs[-1] == matrix  # a full forward runs every exit: the last cumulative cost
     assert ours.macs[-1] <= sum(theirs.values()) <= 1.02 * ours.macs[-1]
+
+
+def test_the_authors_resnet50_placement_exits_at_their_costs() -> None:
+    """ResNet-50 on TinyImageNet (64 x 64, 200 classes) with the authors' placement: ICs after
+    1-based blocks 5, 7, .., 15 leave at about 32, 43, 58, 69, 80 and 95% of the backbone's MACs
+    (their 0-based `place_at=[4, .., 14]`; read as 1-based, it would give 26, 37, 52, 63, 74, 89)."""
+    from mexit.flops import exit_costs
+    from mexit.models import build
+
+    costs = exit_costs(build("resnet50", 200, img_size=64, placement="resnet50-paper", head="pooled"))
+    percent = [round(100 * m / costs.backbone_macs) for m in costs.macs[:-1]]
+    assert percent == [32, 43, 58, 69, 80, 95]

@@ -171,7 +171,7 @@ def test_resolve_placement_schemes() -> None:
     assert resolve_placement("every", 5) == (1, 2, 3, 4)
     assert resolve_placement("every2", 9) == (2, 4, 6, 8)
     assert resolve_placement("every3", 9) == (3, 6)
-    assert resolve_placement("resnet50-paper", 16) == (4, 6, 8, 10, 12, 14)
+    assert resolve_placement("resnet50-paper", 16) == (5, 7, 9, 11, 13, 15)  # the authors' 0-based 4, 6, .., 14
     assert resolve_placement([2, 7], 8) == (2, 7)
     assert resolve_placement([], 8) == ()
 

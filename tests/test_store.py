@@ -97,12 +97,49 @@ def test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched(tmp_path: Path) -
     config = regime_configs(load_config("tiny", ["train.epochs=2"]), ["disjoint"], [0])[0]
     run = RunStore(tmp_path).get(config)
     after_p1, after_p3 = (checkpoint.load_tensors(tmp_path / "phases" / key / "state.pt")["model"] for key in phase_keys(config))
-    backbone = [k for k in after_p1 if not k.startswith("ics.")]
+    backbone = list(after_p1)  # P1 keeps the backbone's state only
     assert any("running_mean" in k for k in backbone) and any(k.startswith("final_head.") for k in backbone)
+    assert not any(k.startswith("ics.") for k in backbone)
     for key in backbone:
         assert torch.equal(after_p1[key], after_p3[key]), key
-    assert any(not torch.equal(after_p1[k], after_p3[k]) for k in after_p1 if k.startswith("ics."))
+    initial = _initial_model(config).state_dict()
+    assert any(not torch.equal(initial[k], after_p3[k]) for k in after_p3 if k.startswith("ics."))
     assert run.metrics["phases"] == ["P1", "P3"]
+
+
+def _initial_model(config: RunConfig) -> torch.nn.Module:
+    from mexit.store import build_model
+    from mexit.train import seed_everything
+
+    splits = data.load(config.data)
+    seed_everything(config.train.seed)
+    return build_model(config, splits.input_shape, splits.num_classes)
+
+
+def test_one_p1_per_seed_serves_every_ic_configuration(tmp_path: Path) -> None:
+    """Two configs that differ only in their ICs (placement, head, method) share one stored P1,
+    and a P1 trained apart for either gives bit-identical backbone weights."""
+    base = load_config("tiny", ["train.epochs=2"])
+    other = load_config("tiny", ["train.epochs=2", "model.placement=[2, 5, 8]", "model.head=conv",
+                                 "model.head_kwargs={num_layers: 2}", "model.method=ztw"])
+    disjoint = regime_configs(base, ["disjoint"], [0])[0]
+    mixed = regime_configs(other, ["mixed"], [0])[0]
+    assert phase_keys(disjoint)[0] == phase_keys(mixed)[0]
+    assert phase_keys(regime_configs(base, ["mixed"], [1])[0])[0] != phase_keys(disjoint)[0]  # one per seed
+    store = RunStore(tmp_path / "shared")
+    first, second = store.get(disjoint), store.get(mixed)
+    assert first.phases()["phase_key"][0] == second.phases()["phase_key"][0]
+    assert len(list((tmp_path / "shared" / "phases").iterdir())) == 3  # P1 once, P3, P2
+    apart = RunStore(tmp_path / "apart").get(mixed)
+    shared_p1, own_p1 = (checkpoint.load_tensors(run.path.parent.parent / "phases" / run.phases()["phase_key"][0] / "state.pt")["model"]
+                         for run in (second, apart))
+    assert shared_p1.keys() == own_p1.keys() and all(torch.equal(shared_p1[k], own_p1[k]) for k in own_p1)
+    assert torch.equal(second.logits("test"), apart.logits("test"))
+    initial = (_initial_model(c).state_dict() for c in (disjoint, mixed))
+    a, b = initial
+    assert all(torch.equal(a[k], b[k]) for k in shared_p1)  # the backbone starts alike whatever the ICs
+    trace = second.trace()
+    assert f"val_acc_{len(second.metrics['test_acc']) - 1}" in trace and not any(c.endswith("_final") for c in trace)
 
 
 def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
@@ -315,8 +352,8 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
     p2 = traced.phases().set_index("phase").loc["P2"]
     assert p2["wall_time_s"] < 3.0, f"3 probes of 2 s each were counted as training time: {p2['wall_time_s']:.1f} s"
     # step 0 is the state P2 starts from: mixed's P1 model, the final head's loss only in P1
-    p1_model = traced.model()
-    p1_model.load_state_dict(checkpoint.load_tensors(traced._phase_dirs[0] / "state.pt")["model"])
+    p1_model = _initial_model(traced.config)  # the ICs as built, the backbone after P1
+    p1_model.load_phase_state(checkpoint.load_tensors(traced._phase_dirs[0] / "state.pt")["model"])
     splits = data.load(traced.config.data)
     from mexit.analysis.dominance import training_probe
 

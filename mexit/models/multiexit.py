@@ -1,7 +1,7 @@
 """A backbone with internal classifiers: every exit's logits in one pass, or real early exiting."""
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -9,6 +9,9 @@ from torch import Tensor, nn
 
 from mexit.models.exit_rules import make_rule
 from mexit.models.methods import ExitMethod, Record
+
+
+_BACKBONE_PREFIXES = ("stem.", "blocks.", "final_head.")
 
 
 class EarlyExit(NamedTuple):
@@ -60,6 +63,9 @@ class MultiExit(nn.Module):
     (1-based) the gradient from that IC is scaled by 1/(k-i+1) and the gradient from the rest of
     the backbone by (k-i)/(k-i+1); forward values are unchanged.
 
+    With `ics_active` False (the backbone-alone phase P1), `forward` skips the ICs and returns the
+    final exit's logits only, so that nothing about the ICs touches the backbone's training.
+
     Also: `num_exits` (= len(ics) + 1), `num_classes`, `input_shape` (C, H, W), `method` (its
     name, e.g. "pbee", for the training code's loss weights) and `exit_rule` (the method's rule).
     Build one with `mexit.models.build`.
@@ -88,6 +94,7 @@ class MultiExit(nn.Module):
         self.method = method.name
         self.exit_rule = method.exit_rule
         self.gradient_equilibrium = False
+        self.ics_active = True
         self._method = method
         self._ic_at = {block: k for k, block in enumerate(self.placement)}
         self._latest = _Records()
@@ -109,6 +116,19 @@ class MultiExit(nn.Module):
         backbone = {id(p) for p in self.backbone_parameters()}
         return (p for p in self.parameters() if id(p) not in backbone)
 
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The entries of `state_dict()` that belong to the stem, the blocks and the final head."""
+        return {key: value for key, value in self.state_dict().items() if key.startswith(_BACKBONE_PREFIXES)}
+
+    def load_phase_state(self, state: Mapping[str, Tensor]) -> None:
+        """Load a full `state_dict()` or a `backbone_state_dict()` (the ICs then keep their weights)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or any(key.startswith(_BACKBONE_PREFIXES) for key in missing):
+            raise RuntimeError(
+                f"state does not fit this model: unexpected keys {unexpected[:3]}, missing backbone keys "
+                f"{[key for key in missing if key.startswith(_BACKBONE_PREFIXES)][:3]}"
+            )
+
     def forward_blocks(self, x: Tensor) -> list[Tensor]:
         """The output of every block, in order."""
         outputs = []
@@ -128,7 +148,7 @@ class MultiExit(nn.Module):
         x = self.stem(x)
         for index, block in enumerate(self.blocks, 1):
             x = block(x)
-            k = self._ic_at.get(index)
+            k = self._ic_at.get(index) if self.ics_active else None
             if k is None:
                 continue
             features = x

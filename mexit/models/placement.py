@@ -4,7 +4,8 @@ A placement is a strictly increasing sequence of block indices in 1..depth-1 (th
 the backbone's own head), or a named scheme:
 - "every": after every block but the last;
 - "every<k>" (e.g. "every2"): after blocks k, 2k, 3k, ... below depth;
-- "resnet50-paper": after blocks 4, 6, 8, 10, 12, 14 (the authors' ResNet-50 scripts; needs 16 blocks).
+- "resnet50-paper": after 1-based blocks 5, 7, 9, 11, 13, 15, the authors' ResNet-50 placement
+  (their scripts' `place_at=[4, 6, 8, 10, 12, 14]` counts blocks from 0); needs 16 blocks.
 An empty sequence means no internal classifier (the plain backbone, one exit).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numbers
 import re
 from collections.abc import Sequence
 
-SCHEMES: dict[str, tuple[int, ...]] = {"resnet50-paper": (4, 6, 8, 10, 12, 14)}
+SCHEMES: dict[str, tuple[int, ...]] = {"resnet50-paper": (5, 7, 9, 11, 13, 15)}
 _EVERY = re.compile(r"every([1-9][0-9]*)?")
 PLACEMENT_HELP = "'every', 'every<k>' (e.g. 'every2'), " + ", ".join(repr(s) for s in SCHEMES) + \
     ", or a strictly increasing list of 1-based block indices"
