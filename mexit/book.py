@@ -86,7 +86,8 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     """Train (or find stored) every run the notebooks compare, once, before any notebook executes.
 
     ``declared`` maps each notebook to the parameters its ``parameters`` cell declares. A notebook
-    that declares ``rows``, ``seeds`` and ``regimes`` compares those runs; they are trained here in
+    that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
+    runs; they are trained here in
     row, seed, regime order, so that progress shows on the terminal and a shared phase (P1 of
     disjoint and mixed) is trained once.
     """
@@ -98,7 +99,12 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
         if not {"rows", "seeds", "regimes"} <= set(parameters):
             continue
         values = notebook_parameters(profile, name)
-        s = study(rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root)
+        if "variants" in parameters and "variants" not in values:
+            continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
+        s = study(
+            rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
+            variants=values.get("variants"),
+        )
         for row, config in s.configs():
             needed.setdefault(config.key(), (run_label(row, config), config))
     store = RunStore(runs_root)

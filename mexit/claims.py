@@ -244,7 +244,46 @@ ANALYSIS_CLAIMS: tuple[Claim, ...] = (
     RANK_DEEP_LOWER,
     MIXED_DEEP_LABEL_INFORMATION,
 )
-CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS)
+
+# --- the claims the ablation pages test ----------------------------------------------------------
+
+MIXED_AHEAD = Claim(
+    "mixed_ahead",
+    "Mixed stays ahead of the other regimes under the ablation's change",
+    "paper (ablations)",
+    "per variant: mixed - the best other regime the variant trains, accuracy averaged over the "
+    "budgets every run of the variant can meet, paired by seed",
+    "points",
+)
+SCALING_UNNEEDED_WITH_MIXED = Claim(
+    "scaling_unneeded_with_mixed",
+    "Mixed training makes loss scaling and gradient equilibrium unnecessary",
+    "paper (loss scaling, gradient equilibrium)",
+    "per scaling variant: mixed with it - mixed with the uniform loss (the page's first variant), "
+    "accuracy averaged over the budgets both meet, paired by seed; held when the CI lies below 1 "
+    "point (no gain worth having; our tolerance)",
+    "points",
+    kind="within",
+    interval=(-math.inf, 1.0),
+)
+LARGER_ICS_HELP_DISJOINT = Claim(
+    "larger_ics_help_disjoint",
+    "Larger ICs improve the disjoint regime",
+    "seed summary (IC size)",
+    "per head: disjoint with it - disjoint with the page's first head (the smallest), accuracy "
+    "averaged over the budgets both meet, paired by seed",
+    "points",
+)
+SPLIT_BEATS_JOINT = Claim(
+    "split_beats_joint",
+    "Spending part of a fixed epoch budget on the backbone alone beats joint training",
+    "ours (the paper's phase-split ablation; its finding is not in our sources)",
+    "per split: mixed with that P1:P2 split - joint with all epochs in P2, accuracy averaged over "
+    "the budgets both meet, paired by seed",
+    "points",
+)
+ABLATION_CLAIMS: tuple[Claim, ...] = (MIXED_AHEAD, SCALING_UNNEEDED_WITH_MIXED, LARGER_ICS_HELP_DISJOINT, SPLIT_BEATS_JOINT)
+CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS)
 
 
 def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
@@ -368,3 +407,53 @@ def information_claims(information: pd.DataFrame) -> pd.DataFrame:
         where = f"{label} (blocks {', '.join(map(str, deep))})"
         rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect.dropna().tolist(), where))
     return pd.DataFrame(rows)
+
+
+def ablation_claims(points: pd.DataFrame, change: tuple[Claim, str, str] | None = None) -> pd.DataFrame:
+    """The ablation claims from :func:`mexit.evaluate.run_points` of a study with variants (tagged
+    ``row``, ``variant``, ``regime``, ``seed``): :data:`MIXED_AHEAD` per row and variant that trains
+    mixed and another regime; with ``change = (claim, regime, reference_regime)``, that claim per
+    row and per variant after the row's first (the reference): ``regime``'s accuracy with the
+    variant minus ``reference_regime``'s with the reference. Accuracy is averaged over the budgets
+    at which every run compared has a point; pairs are matched by seed."""
+    rows = []
+    for (label, variant), frame in points.groupby(["row", "variant"], sort=False):
+        regimes = list(pd.unique(frame["regime"]))
+        if "mixed" not in regimes or len(regimes) < 2:
+            continue
+        budgets = _usable(frame)
+        others = pd.concat([_budget_mean(frame, r, budgets) for r in regimes if r != "mixed"], axis=1).max(axis=1, skipna=False)
+        effect = _budget_mean(frame, "mixed", budgets) - others
+        rows.append(assess(MIXED_AHEAD, effect.dropna().tolist(), _where(f"{label}, {variant}", budgets)))
+    if change is not None:
+        claim, regime, reference_regime = change
+        for label, frame in points.groupby("row", sort=False):
+            variants = list(pd.unique(frame["variant"]))
+            reference = frame[(frame["variant"] == variants[0]) & (frame["regime"] == reference_regime)]
+            for variant in variants[1:]:
+                changed = frame[(frame["variant"] == variant) & (frame["regime"] == regime)]
+                if reference.empty or changed.empty:
+                    continue
+                budgets = _usable(pd.concat([reference, changed]))
+                effect = _budget_mean(changed, regime, budgets) - _budget_mean(reference, reference_regime, budgets)
+                where = _where(f"{label}, {regime} with {variant} vs {reference_regime} with {variants[0]}", budgets)
+                rows.append(assess(claim, effect.dropna().tolist(), where))
+    return pd.DataFrame(rows, columns=list(assess(MIXED_AHEAD, [], "").keys()))
+
+
+def _usable(points: pd.DataFrame) -> list[float]:
+    """The budgets at which every run of ``points`` has an operating point."""
+    fits = points.groupby("budget")["accuracy"].apply(lambda a: bool(a.notna().all()))
+    return sorted(float(b) for b, ok in fits.items() if ok)
+
+
+def _budget_mean(points: pd.DataFrame, regime: str, budgets: Sequence[float]) -> pd.Series:
+    """``regime``'s accuracy averaged over ``budgets``, per seed (empty without budgets)."""
+    if not budgets:
+        return pd.Series(dtype=float)
+    part = points[(points["regime"] == regime) & points["budget"].isin(budgets)]
+    return part.groupby("seed")["accuracy"].mean()
+
+
+def _where(what: str, budgets: Sequence[float]) -> str:
+    return f"{what} (budgets {', '.join(f'{100 * b:g}%' for b in budgets)})" if budgets else what

@@ -205,6 +205,8 @@ class RunStore:
             return Run(run_dir)
         ctx = distributed.context(device)
         config.train.check_world_size(ctx.world_size)
+        if config.model.method == "l2w" and ctx.world_size > 1:
+            raise ValueError("model.method=l2w trains on one process only: its weight network is not synchronised across ranks")
         # Data and model first: a missing dataset or a bad placement fails before anything is stored.
         splits = data.load(config.data)
         seed_everything(config.train.seed)

@@ -13,6 +13,7 @@ hands back their outputs tagged with ``row``, ``regime`` and ``seed``::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from mexit.reference import paper_accuracy, paper_rows
 from mexit.store import Run, RunStore, build_model, default_root
 
 ROW_FIELDS: tuple[str, ...] = ("label", "config", "overrides", "paper")
+VARIANT_FIELDS: tuple[str, ...] = ("label", "overrides", "regimes", "rows", "exit_method")
 PAIRS: tuple[tuple[str, str], ...] = (("mixed", "joint"), ("mixed", "disjoint"))
 
 
@@ -43,6 +45,17 @@ class Row:
     label: str
     config: RunConfig
     paper: str | None = None
+    variant: str | None = None
+    """The ablation variant this row trains (:func:`study`'s ``variants``), None outside ablations."""
+    regimes: tuple[str, ...] | None = None
+    """The regimes this variant trains (None: the study's)."""
+    exit_method: str | None = None
+    """The method whose exit rule scores the runs (``"pbee"``: patience), None: the trained method's."""
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """``row`` and, in an ablation, ``variant``: how the row's runs are tagged."""
+        return {"row": self.label, **({"variant": self.variant} if self.variant is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,11 @@ class Study:
 
     def configs(self) -> list[tuple[Row, RunConfig]]:
         """Every run the study needs, row by row and seed by seed (so a shared P1 is trained first)."""
-        return [(row, config) for row in self.rows for config in regime_configs(row.config, self.regimes, self.seeds)]
+        return [
+            (row, config)
+            for row in self.rows
+            for config in regime_configs(row.config, [r for r in self.regimes if r in (row.regimes or self.regimes)], self.seeds)
+        ]
 
     def runs(self) -> list[tuple[Row, Run]]:
         """Each needed run, loaded from the store or trained into it: ``(row, mexit.store.Run)``."""
@@ -74,13 +91,16 @@ class Study:
         return pairs
 
     def phase_costs(self) -> pd.DataFrame:
-        """One row per (run, phase): ``row``, ``regime``, ``seed`` and the phase record
+        """One row per (run, phase): ``row``, ``regime``, ``seed``, ``run`` (its key) and the phase record
         (:meth:`mexit.store.Run.phases`: wall time, epochs, steps, the shared ``phase_key``)."""
         return self._per_run(lambda run: run.phases())
 
     def outputs(self) -> list[ExitOutputs]:
-        """The test/validation logits and costs of every run, tagged ``row``, ``regime``, ``seed``."""
-        return [run.outputs(row=row.label) for row, run in self.runs()]
+        """The test/validation logits and costs of every run, tagged ``row``, ``regime``, ``seed``
+        (and ``variant`` in an ablation; ``method`` is the row's ``exit_method`` where it has one)."""
+        return [
+            run.outputs(**row.tags, **({"method": row.exit_method} if row.exit_method else {})) for row, run in self.runs()
+        ]
 
     def traces(self) -> pd.DataFrame:
         """Every run's training trace (:meth:`mexit.store.Run.trace`) with ``row``, ``regime``, ``seed``."""
@@ -88,15 +108,16 @@ class Study:
 
     def _per_run(self, frame_of: Callable[[Run], pd.DataFrame]) -> pd.DataFrame:
         frames = [
-            frame_of(run).assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed)
+            frame_of(run).assign(**row.tags, regime=run.config.train.regime, seed=run.config.train.seed, run=run.key)
             for row, run in self.runs()
         ]
         return pd.concat(frames, ignore_index=True)
 
 
 def run_label(row: Row, config: RunConfig) -> str:
-    """How a run's training progress is labelled: row, regime and seed."""
-    return f"{row.label} {config.train.regime} s{config.train.seed} "
+    """How a run's training progress is labelled: row, variant, regime and seed."""
+    variant = f" [{row.variant}]" if row.variant is not None else ""
+    return f"{row.label}{variant} {config.train.regime} s{config.train.seed} "
 
 
 def table1_view(table: pd.DataFrame, s: Study, *, ci: bool = False) -> pd.DataFrame:
@@ -121,6 +142,31 @@ def exit_table(outputs: list[ExitOutputs]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def head_costs(outputs: list[ExitOutputs], by: Sequence[str] = ("row", "variant")) -> pd.DataFrame:
+    """What the ICs add, per group of runs (the first run of each; runs of one config cost the same):
+    ``ics`` (how many), ``ic_macs`` (all ICs together: the final exit's MACs minus the
+    backbone-only model's), ``ic_pct`` (that, in % of the backbone) and ``macs_per_ic``."""
+    records = {}
+    for o in outputs:
+        key = tuple(o.tags[k] for k in by)
+        if key not in records:
+            extra = float(o.costs[-1] - o.backbone_cost)
+            ics = len(o.costs) - 1
+            records[key] = {**dict(zip(by, key)), "ics": ics, "ic_macs": extra, "ic_pct": 100 * extra / o.backbone_cost,
+                            "macs_per_ic": extra / ics if ics else 0.0}
+    return pd.DataFrame(list(records.values()))
+
+
+def p1_sharing(phases: pd.DataFrame) -> pd.DataFrame:
+    """How the runs that begin with P1 share it, from :meth:`Study.phase_costs` (with its ``run``
+    keys): per ``row`` and
+    ``seed``, ``runs`` (how many begin with P1) and ``p1_states`` (how many distinct stored P1
+    states they start from)."""
+    first = phases.groupby("run", sort=False).head(1)  # a run compared under two variants counts once
+    p1 = first[first["phase"] == "P1"]
+    return p1.groupby(["row", "seed"], sort=False).agg(runs=("run", "size"), p1_states=("phase_key", "nunique")).reset_index()
+
+
 def backbone_only(exits: pd.DataFrame) -> tuple[float, float] | None:
     """(cost %, accuracy %) of the backbone-only model of one row, from :func:`exit_table`: P1's
     final head, which disjoint keeps unchanged (its final exit, mean over seeds), at 100% of the
@@ -133,11 +179,11 @@ def backbone_only(exits: pd.DataFrame) -> tuple[float, float] | None:
 
 
 def sweep_table(outputs: list[ExitOutputs], grid: str) -> pd.DataFrame:
-    """Every run's threshold sweep (:func:`mexit.evaluate.sweep`) on ``grid``, with the run's tags."""
-    from mexit.evaluate import sweep
+    """Every run's operating points (:func:`mexit.evaluate.run_curve`: the threshold sweep on
+    ``grid``, or its method's own evaluation), with the run's tags."""
+    from mexit.evaluate import run_curve
 
-    frames = [sweep(o.test_logits, o.test_labels, o.costs, o.backbone_cost, grid=grid).assign(**o.tags) for o in outputs]
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([run_curve(o, grid=grid).assign(**o.tags) for o in outputs], ignore_index=True)
 
 
 def study(
@@ -148,6 +194,7 @@ def study(
     runs_root: Any,
     budgets: Any = (0.25, 0.5, 0.75, 1.0),
     grid: Any = "dense",
+    variants: Any = None,
 ) -> Study:
     """Check a notebook's parameters; raises :class:`ParameterError` naming the first bad one.
 
@@ -158,6 +205,15 @@ def study(
     ``budgets``: fractions of the backbone cost in (0, 1]; ``grid``: the threshold grid of the
     sweeps (:data:`mexit.evaluate.sweeps.GRIDS`). Every row's config is fully validated
     (backbone, placement, head, method, dataset and its ``data_root``) without training anything.
+
+    ``variants`` (an ablation; None otherwise): a non-empty list of ``{label, overrides, regimes,
+    rows, exit_method}`` mappings, each a change applied to every row (its ``overrides`` after the
+    row's). The study's rows are then each row x each variant (``Row.variant``); a row's first
+    variant is the reference its others are compared with. ``regimes`` and ``rows`` (optional)
+    restrict which of the study's regimes a variant trains and which rows (by label) it applies to
+    (a conv head fits a CNN row, an MLP head a ViT row); ``exit_method`` (optional, from :data:`mexit.models.METHODS`) scores
+    its runs by that method's exit rule: ``"pbee"`` applies the patience rule to whatever the variant
+    trained (PBEE as the authors run it, on an SDN-trained model).
     """
     checked_seeds = _int_list("seeds", seeds)
     if len(set(checked_seeds)) != len(checked_seeds):
@@ -181,6 +237,8 @@ def study(
     labels = [row.label for row in checked_rows]
     if len(set(labels)) != len(labels):
         raise ParameterError(f"rows must have distinct labels, got {labels}")
+    if variants is not None:
+        checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels))
     return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid)
 
 
@@ -215,6 +273,52 @@ def _str_list(name: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _variants(value: Any, regimes: Sequence[str], row_labels: Sequence[str]) -> list[dict[str, Any]]:
+    from mexit.models import METHODS
+
+    if not isinstance(value, list) or not value:
+        raise ParameterError(f"variants must be a non-empty list of {{label, overrides}} mappings, got {value!r}{_YAML_HINT}")
+    checked = []
+    for index, variant in enumerate(value):
+        where = f"variants[{index}]"
+        if not isinstance(variant, Mapping) or set(variant) - set(VARIANT_FIELDS):
+            raise ParameterError(f"{where} must be a mapping with keys among {', '.join(VARIANT_FIELDS)}, got {variant!r}")
+        label = variant.get("label")
+        if not isinstance(label, str) or not label:
+            raise ParameterError(f"{where}.label must be a non-empty string, got {label!r}")
+        overrides = variant.get("overrides", [])
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ParameterError(f"{where}.overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+        own = variant.get("regimes")
+        if own is not None and (not isinstance(own, list) or not own or any(r not in regimes for r in own)):
+            raise ParameterError(f"{where}.regimes must be a non-empty list among the study's regimes {list(regimes)}, got {own!r}")
+        own_rows = variant.get("rows")
+        if own_rows is not None and (not isinstance(own_rows, list) or not own_rows or any(r not in row_labels for r in own_rows)):
+            raise ParameterError(f"{where}.rows must be a non-empty list of the study's row labels {list(row_labels)}, got {own_rows!r}")
+        exit_method = variant.get("exit_method")
+        if exit_method is not None and exit_method not in METHODS:
+            raise ParameterError(f"{where}.exit_method: unknown method {exit_method!r}; allowed: {', '.join(METHODS)}")
+        checked.append({"label": label, "overrides": overrides, "regimes": own, "rows": own_rows, "exit_method": exit_method})
+    labels = [v["label"] for v in checked]
+    if len(set(labels)) != len(labels):
+        raise ParameterError(f"variants must have distinct labels, got {labels}")
+    return checked
+
+
+def _crossed(rows: list[Mapping[str, Any]], variants: list[dict[str, Any]]) -> tuple[Row, ...]:
+    """Each row with each variant's overrides after its own, checked as a row."""
+    crossed = []
+    for index, value in enumerate(rows):
+        for number, variant in enumerate(variants):
+            if variant["rows"] is not None and value["label"] not in variant["rows"]:
+                continue
+            overrides = [*value.get("overrides", []), *variant["overrides"]]
+            row = _row(index, {**value, "overrides": overrides}, f"variants[{number}] ({variant['label']!r}) on rows[{index}]")
+            regimes = tuple(variant["regimes"]) if variant["regimes"] else None
+            crossed.append(dataclasses.replace(row, variant=variant["label"], regimes=regimes, exit_method=variant["exit_method"]))
+    return tuple(crossed)
+
+
 def _check_builds(config: RunConfig) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
     depth, such as IC placement indices beyond it."""
@@ -226,8 +330,8 @@ def _check_builds(config: RunConfig) -> None:
         build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
 
 
-def _row(index: int, value: Any) -> Row:
-    where = f"rows[{index}]"
+def _row(index: int, value: Any, where: str | None = None) -> Row:
+    where = where or f"rows[{index}]"
     if not isinstance(value, Mapping):
         raise ParameterError(f"{where} must be a mapping with keys {', '.join(ROW_FIELDS)}, got {value!r}")
     unknown = set(value) - set(ROW_FIELDS)

@@ -31,6 +31,7 @@ from mexit.config import OptimConfig, TrainConfig
 from mexit.distributed import DistContext
 from mexit.progress import PhaseProgress
 from mexit.regimes import PHASE_SPECS, apply_phase, default_weighting, exit_weights, multi_exit_loss
+from mexit.sample_weighting import META_INTERVAL, LearnedWeighting, per_sample_losses
 
 Probe = Callable[[nn.Module, int, Tensor], list[dict[str, Any]]]
 """``probe(model, step, weights)``: rows measured on the model; ``weights`` [num_exits] of the step's loss."""
@@ -70,6 +71,9 @@ class _Progress:
     probes: list[dict[str, Any]] = field(default_factory=list)
     loss_sum: Tensor | None = None  # per-exit training loss summed since the last evaluation
     loss_steps: int = 0
+
+
+_WEIGHTING_SEED = 1_000_003  # seeds L2W's weight network apart from every epoch's seeds
 
 
 class HeadView:
@@ -190,6 +194,10 @@ def train_phase(
     if dist.enabled:
         network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
+    weighting = None
+    if method == "l2w" and phase.trains_ics:  # L2W's meta-learned sample weights replace the loss weights
+        seed_everything(config.seed, phase_index, _WEIGHTING_SEED)
+        weighting = LearnedWeighting(len(exits), num_exits).to(dist.device)
     mixup = _mixup(optim, model.num_classes)
     train_targets = len(train_set)  # type: ignore[arg-type]
     drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
@@ -206,6 +214,8 @@ def train_phase(
         model.load_phase_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["progress"]
+        if weighting is not None:
+            weighting.load(saved["weighting"])
 
     bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
     try:
@@ -229,9 +239,15 @@ def train_phase(
                     smoothing = 0.0
                 progress = state.step / max(1, total_steps)
                 weights = exit_weights(scheme, exits, num_exits, progress)
+                if weighting is not None and state.step % META_INTERVAL == 0 and len(images) >= 4:
+                    half = len(images) // 2  # L2W: the first half trains, the second scores a virtual step
+                    weighting.meta_step(model, images[:half], targets[:half], images[half:], targets[half:], exits, smoothing)
+                    images, targets = images[:half], targets[:half]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=optim.bf16 and dist.device.type == "cuda"):
                     logits = network(images)
                     loss, per_exit = multi_exit_loss(logits, targets, heads.positions(exits), weights, smoothing)
+                    if weighting is not None:
+                        loss = weighting.weighted_loss(per_sample_losses(logits, targets, exits, smoothing))
                     if phase.trains_ics:
                         extra = model.auxiliary_loss(logits, targets)
                         if extra is not None:
@@ -266,7 +282,10 @@ def train_phase(
             if partial_path is not None and dist.is_main:
                 checkpoint.save_tensors(
                     partial_path,
-                    {"model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": state},
+                    {
+                        "model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": state,
+                        **({"weighting": weighting.state()} if weighting is not None else {}),
+                    },
                 )
     finally:
         bar.close()

@@ -214,3 +214,64 @@ def test_one_sided_intervals_read_as_below_and_above() -> None:
     rows = pd.DataFrame([assess(claims.DISJOINT_MIXED_ONE_BASIN, [0.1, 0.2], "r"), assess(claims.JOINT_OTHER_BASIN, [5.0, 6.0], "r")])
     held = claims.measures_view(rows)["held when"].tolist()
     assert held == ["the CI lies below 2 points", "the CI lies above 2 points"]
+
+
+def _variant_points(accuracy: dict[tuple[str, str], list[list[float]]], budgets=(0.5, 1.0)) -> pd.DataFrame:
+    """Per-run points of an ablation: accuracy[(variant, regime)][seed][budget index]."""
+    return pd.DataFrame(
+        [
+            {"row": "R", "variant": variant, "regime": regime, "seed": seed, "budget": budget, "accuracy": values[b]}
+            for (variant, regime), seeds in accuracy.items()
+            for seed, values in enumerate(seeds)
+            for b, budget in enumerate(budgets)
+        ]
+    )
+
+
+def test_ablation_claims_compare_mixed_per_variant_and_each_variant_with_the_first() -> None:
+    nan = float("nan")
+    points = _variant_points(
+        {
+            ("small", "disjoint"): [[50, 60], [52, 62], [51, 61]],
+            ("small", "mixed"): [[55, 66], [56, 67], [57, 68]],
+            ("large", "disjoint"): [[nan, 64], [nan, 65], [nan, 66]],  # no point at 50% with the large head
+            ("large", "mixed"): [[54, 60], [55, 61], [56, 60]],
+        }
+    )
+    rows = claims.ablation_claims(points, (claims.LARGER_ICS_HELP_DISJOINT, "disjoint", "disjoint"))
+    ahead = rows[rows["key"] == "mixed_ahead"].set_index("scale")
+    # small: mixed - disjoint averaged over 50% and 100%: 5.5, 4.5, 6.5
+    assert ahead.loc["R, small (budgets 50%, 100%)", "effect"] == pytest.approx(5.5)
+    assert ahead.loc["R, small (budgets 50%, 100%)", "verdict"] == "held"
+    # large: only 100% fits every run: 60 - 64, 61 - 65, 60 - 66
+    assert ahead.loc["R, large (budgets 100%)", "effect"] == pytest.approx(-14 / 3)
+    assert ahead.loc["R, large (budgets 100%)", "verdict"] == "not held"
+    change = rows[rows["key"] == "larger_ics_help_disjoint"].iloc[0]
+    # disjoint with large - with small at the budgets both meet (100%): 4, 3, 5
+    assert change["effect"] == pytest.approx(4.0) and change["verdict"] == "held"
+    assert change["scale"] == "R, disjoint with large vs disjoint with small (budgets 100%)"
+
+
+def test_ablation_claims_compare_across_regimes_and_skip_variants_without_a_rival() -> None:
+    points = _variant_points(
+        {
+            ("0:100", "joint"): [[60, 70], [61, 71], [62, 72]],
+            ("50:50", "mixed"): [[61, 72], [62, 72], [62, 74]],
+        }
+    )
+    rows = claims.ablation_claims(points, (claims.SPLIT_BEATS_JOINT, "mixed", "joint"))
+    assert list(rows["key"]) == ["split_beats_joint"]  # no variant trains mixed beside another regime
+    assert rows["effect"].iloc[0] == pytest.approx((1.5 + 1 + 1) / 3)
+    assert claims.ablation_claims(points).empty
+    assert list(claims.ablation_claims(points).columns) == list(rows.columns)
+
+
+def test_scaling_is_unneeded_when_no_variant_gains_a_point() -> None:
+    points = _variant_points(
+        {
+            ("uniform", "mixed"): [[70, 80], [71, 81], [72, 82]],
+            ("linear", "mixed"): [[69, 79], [71, 80], [71, 82]],
+        }
+    )
+    row = claims.ablation_claims(points, (claims.SCALING_UNNEEDED_WITH_MIXED, "mixed", "mixed")).iloc[0]
+    assert row["effect"] == pytest.approx(-2 / 3) and row["verdict"] == "held"  # the CI lies below +1 point

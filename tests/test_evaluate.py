@@ -489,3 +489,15 @@ def test_ztw_weights_stay_non_negative_where_a_negative_one_would_fit_better():
     assert (weights >= 0).all()
     assert weights[0] == pytest.approx(0.0, abs=1e-6)  # unconstrained, it would turn negative
     assert weights[1] > 0
+
+
+def test_run_curve_follows_the_runs_method_as_the_budget_table_does():
+    from mexit.evaluate import run_curve
+
+    curve = run_curve(pbee_case("pbee"))
+    assert curve["cost_macs"].tolist() == [1.0, 2.75, 3.75, 4.0] and curve["accuracy"].tolist() == [25.0, 75.0, 100.0, 75.0]
+    assert (curve["evaluation"] == "patience").all()
+    plain = run_curve(pbee_case("sdn"), grid="dense")
+    out = pbee_case("sdn")
+    assert plain.drop(columns="evaluation").equals(sweep(out.test_logits, out.test_labels, out.costs, out.backbone_cost, grid="dense"))
+    assert (plain["evaluation"] == "threshold").all()

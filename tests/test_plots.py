@@ -135,3 +135,24 @@ def test_band_spans_the_seeds_and_panels_take_one_row_each():
     ax = validation_curves(trace.assign(val_acc_2=np.nan))
     assert ax.get_lines()[0].get_ydata().tolist() == [10.0, 20.0, 30.0, 40.0]
     plt.close("all")
+
+
+def test_variant_accuracy_marks_each_regime_per_variant_with_its_ci():
+    from mexit.plots import variant_accuracy
+
+    runs = [
+        ExitOutputs(r.test_logits, r.test_labels, r.costs, r.backbone_cost, tags={**r.tags, "variant": variant})
+        for variant in ("small", "large") for r in RUNS
+    ]
+    table = budget_table(runs, by=("variant", "regime"), budgets=(0.5, 1.0))
+    ax = variant_accuracy(table, budget=1.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "large"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["disjoint", "joint", "mixed"]
+    means = [line.get_ydata() for line in ax.lines if len(line.get_ydata()) == 2]
+    at_full = table[table["budget"] == 1.0]
+    assert np.allclose(means[0], at_full[at_full["regime"] == "disjoint"]["accuracy_mean"])
+    assert "100% budget" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="budget 0.25 is not among"):
+        variant_accuracy(table, budget=0.25)
+    with pytest.raises(ValueError, match="variant"):
+        variant_accuracy(budget_table(RUNS, by=("regime",)))

@@ -113,3 +113,88 @@ def test_the_papers_table1_is_six_rows_of_three_regimes() -> None:
     assert paper_accuracy(None, "mixed") is None
     with pytest.raises(ValueError, match="allowed"):
         paper_accuracy("ResNet-20 / MNIST", "mixed")
+
+
+HEADS = [
+    {"label": "pooled", "overrides": []},
+    {"label": "conv 2L", "overrides": ["model.head=conv", "model.head_kwargs.num_layers=2"]},
+    {"label": "split", "overrides": ["train.epochs=[1, 2]"], "regimes": ["mixed"]},
+    {"label": "PBEE rule", "overrides": [], "exit_method": "pbee", "rows": ["tiny"]},
+]
+
+
+def test_variants_cross_every_row_in_order_with_their_own_regimes_and_rows() -> None:
+    deeper = {"label": "deeper", "config": "tiny", "overrides": ["model.backbone=resnet32"]}
+    s = study(**_params(rows=[TINY_ROW, deeper], seeds=[0], variants=HEADS))
+    listed = [(row.label, row.variant, config.train.regime) for row, config in s.configs()]
+    regimes = ("disjoint", "joint", "mixed")
+    assert listed == [
+        *[("tiny", v, r) for v in ("pooled", "conv 2L") for r in regimes], ("tiny", "split", "mixed"),
+        *[("tiny", "PBEE rule", r) for r in regimes],
+        *[("deeper", v, r) for v in ("pooled", "conv 2L") for r in regimes], ("deeper", "split", "mixed"),
+    ]
+    configs = {(row.label, row.variant): config for row, config in s.configs()}
+    assert configs[("deeper", "conv 2L")].model.backbone == "resnet32"  # the row's overrides, then the variant's
+    assert configs[("deeper", "conv 2L")].model.head_kwargs == {"num_layers": 2}
+    assert configs[("tiny", "split")].train.epochs == [1, 2]
+    rows = {(row.label, row.variant): row for row in s.rows}
+    assert rows[("tiny", "PBEE rule")].exit_method == "pbee" and rows[("tiny", "pooled")].exit_method is None
+    assert rows[("tiny", "conv 2L")].tags == {"row": "tiny", "variant": "conv 2L"}
+    assert study(**_params()).rows[0].tags == {"row": "tiny"}
+
+
+@pytest.mark.parametrize(
+    ("variants", "names"),
+    [
+        ([], ["variants", "non-empty list"]),
+        ("pooled", ["variants", "non-empty list"]),
+        ([{"label": "x", "colour": "red"}], ["variants[0]", "label, overrides, regimes, rows, exit_method"]),
+        ([{"overrides": []}], ["variants[0].label"]),
+        ([{"label": "x", "overrides": "model.head=conv"}], ["variants[0].overrides"]),
+        ([{"label": "x"}, {"label": "x"}], ["variants", "distinct labels"]),
+        ([{"label": "x", "regimes": ["hybrid"]}], ["variants[0].regimes", "disjoint"]),
+        ([{"label": "x", "rows": ["other"]}], ["variants[0].rows", "tiny"]),
+        ([{"label": "x", "exit_method": "l3w"}], ["variants[0].exit_method", "l3w", "pbee"]),
+        ([{"label": "ok"}, {"label": "huge", "overrides": ["model.head=huge"]}], ["variants[1]", "huge", "rows[0]", "pooled"]),
+        ([{"label": "deep", "overrides": ["model.placement=[3, 12]"]}], ["variants[0]", "out of range"]),
+    ],
+)
+def test_a_bad_variant_is_named_before_anything_is_built(variants: Any, names: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ParameterError) as raised:
+        study(**_params(runs_root=str(tmp_path / "store"), variants=variants))
+    message = str(raised.value)
+    assert message.startswith(names[0]) and "\n" not in message
+    for name in names[1:]:
+        assert name in message
+    assert not (tmp_path / "store").exists()
+
+
+def test_head_costs_and_p1_sharing_summarise_the_runs() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from mexit.evaluate import ExitOutputs
+    from mexit.study import head_costs, p1_sharing
+
+    def run(variant: str, costs: list[float]) -> ExitOutputs:
+        logits = np.zeros((len(costs), 2, 3))
+        return ExitOutputs(logits, np.array([0, 1]), np.array(costs), 100.0, tags={"row": "R", "variant": variant})
+
+    table = head_costs([run("small", [30.0, 60.0, 102.0]), run("small", [30.0, 60.0, 102.0]), run("none", [100.0])])
+    assert table.to_dict("records") == [
+        {"row": "R", "variant": "small", "ics": 2, "ic_macs": 2.0, "ic_pct": 2.0, "macs_per_ic": 1.0},
+        {"row": "R", "variant": "none", "ics": 0, "ic_macs": 0.0, "ic_pct": 0.0, "macs_per_ic": 0.0},
+    ]
+    phases = pd.DataFrame(
+        [  # disjoint and mixed of two variants on one P1; joint; a run listed under two variants counts once
+            {"row": "R", "seed": 0, "run": "d1", "phase": "P1", "phase_key": "p"}, {"row": "R", "seed": 0, "run": "d1", "phase": "P3", "phase_key": "a"},
+            {"row": "R", "seed": 0, "run": "m1", "phase": "P1", "phase_key": "p"}, {"row": "R", "seed": 0, "run": "m1", "phase": "P2", "phase_key": "b"},
+            {"row": "R", "seed": 0, "run": "m2", "phase": "P1", "phase_key": "p"}, {"row": "R", "seed": 0, "run": "m2", "phase": "P2", "phase_key": "c"},
+            {"row": "R", "seed": 0, "run": "m2", "phase": "P1", "phase_key": "p"}, {"row": "R", "seed": 0, "run": "m2", "phase": "P2", "phase_key": "c"},
+            {"row": "R", "seed": 0, "run": "j1", "phase": "P2", "phase_key": "d"},
+            {"row": "R", "seed": 1, "run": "m3", "phase": "P1", "phase_key": "q"}, {"row": "R", "seed": 1, "run": "m3", "phase": "P2", "phase_key": "e"},
+        ]
+    )
+    assert p1_sharing(phases).to_dict("records") == [
+        {"row": "R", "seed": 0, "runs": 3, "p1_states": 1}, {"row": "R", "seed": 1, "runs": 1, "p1_states": 1},
+    ]

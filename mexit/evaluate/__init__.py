@@ -30,7 +30,7 @@ from mexit.evaluate.sweeps import (
 )
 from mexit.evaluate.cost import convergence, cost_ratio, regime_cost, shared_cost
 from mexit.evaluate.stats import mean_ci, paired_differences
-from mexit.evaluate.tables import ExitOutputs, budget_table, run_points
+from mexit.evaluate.tables import ExitOutputs, budget_table, run_curve, run_points
 from mexit.evaluate.ztw import ztw_ensemble
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "patience_sweep",
     "regime_cost",
     "shared_cost",
+    "run_curve",
     "run_points",
     "single_exits",
     "sweep",

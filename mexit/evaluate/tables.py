@@ -178,9 +178,15 @@ def _evaluation(out: ExitOutputs) -> str:
     return EVALUATIONS.get(out.tags.get("method", "sdn"), "threshold")
 
 
-def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict[str, Any]:
-    """One run's test accuracy and cost (%) at each budget's picked operating point, its plain final
-    exit's accuracy and its evaluation."""
+def run_curve(out: ExitOutputs, *, grid: str = "paper", rule: str = "maxprob") -> pd.DataFrame:
+    """A run's operating points on the test split, scored as :func:`budget_table` scores it (by its
+    ``method`` tag: patience for PBEE, the fitted ensemble for ZTW, else the threshold ``rule`` on
+    ``grid``), in the order along which the expected cost never falls; with its ``evaluation``."""
+    return _curves(out, grid, rule, fit="test")[0].assign(evaluation=_evaluation(out))
+
+
+def _curves(out: ExitOutputs, grid: str, rule: str, fit: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's operating points on test, and on the split that picks them (``fit``)."""
     evaluation = _evaluation(out)
     test_logits, val_logits = out.test_logits, out.val_logits
     if evaluation == "ztw-ensemble":  # one fit on validation, applied to both splits
@@ -198,7 +204,14 @@ def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule
         return sweep(logits, labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
 
     test = points(test_logits, out.test_labels)
-    picking = points(val_logits, out.val_labels) if fit == "val" else test
+    return test, points(val_logits, out.val_labels) if fit == "val" else test
+
+
+def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict[str, Any]:
+    """One run's test accuracy and cost (%) at each budget's picked operating point, its plain final
+    exit's accuracy and its evaluation."""
+    evaluation = _evaluation(out)
+    test, picking = _curves(out, grid, rule, fit)
     accuracy = np.full(len(budgets), np.nan)
     cost_pct = np.full(len(budgets), np.nan)
     fits = picking["cost_macs"].to_numpy()[None, :] <= budgets[:, None] * out.backbone_cost

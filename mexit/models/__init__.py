@@ -22,7 +22,7 @@ dict). Heads (`HEADS`): "pooled" and "conv" for CNNs (and MSDNets' coarsest scal
 "mlp" for ViTs, "msdnet" (MSDNet's classifier) for MSDNets; `head=None` takes the backbone's
 default (`DEFAULT_HEADS`: "pooled", "linear", "msdnet"), so an MSDNet's ICs are MSDNet's own
 classifiers unless another head is named. Placements: see `resolve_placement`. Methods
-(`METHODS`): "sdn", "pbee", "gpf", "ztw". Per-exit costs: `mexit.flops.exit_costs(model)`.
+(`METHODS`): "sdn", "pbee", "gpf", "ztw", "l2w". Per-exit costs: `mexit.flops.exit_costs(model)`.
 """
 from __future__ import annotations
 

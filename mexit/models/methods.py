@@ -7,6 +7,9 @@
   also reads IC k-1's logits, detached (no gradient flows from IC k into IC k-1, as in ZTW and the
   authors' code) and passed through a LayerNorm of IC k's own (ZTW's appendix). ZTW's ensembling is
   done offline from stored logits by the evaluation code.
+- "l2w" (Han et al., "Learning to Weight Samples for Dynamic Early-exiting Networks", ECCV 2022):
+  SDN's ICs and exit rule; what differs is training, where a meta-learned network weights each
+  sample's loss at each exit (`mexit.sample_weighting`; the training code reads `model.method`).
 - "gpf" (Liao et al., "A Global Past-Future Early Exit Method for Accelerating Inference of
   Pre-trained Language Models", NAACL 2021), as implemented by the authors' benchmark (which
   follows Liao et al.'s released code rather than their paper). With n ICs, IC j has a head
@@ -69,6 +72,10 @@ class SDN(ExitMethod):
 class PBEE(ExitMethod):
     name = "pbee"
     exit_rule = "patience"
+
+
+class L2W(ExitMethod):
+    name = "l2w"
 
 
 class CascadeIC(nn.Module):
@@ -153,8 +160,8 @@ class GPF(ExitMethod):
         return torch.stack(losses).mean() if losses else None
 
 
-METHODS: dict[str, type[ExitMethod]] = {"sdn": SDN, "pbee": PBEE, "gpf": GPF, "ztw": ZTW}
-METHOD_KWARGS: dict[str, dict[str, Any]] = {"sdn": {}, "pbee": {}, "gpf": {"state_dim": 128}, "ztw": {}}
+METHODS: dict[str, type[ExitMethod]] = {"sdn": SDN, "pbee": PBEE, "gpf": GPF, "ztw": ZTW, "l2w": L2W}
+METHOD_KWARGS: dict[str, dict[str, Any]] = {"sdn": {}, "pbee": {}, "gpf": {"state_dim": 128}, "ztw": {}, "l2w": {}}
 
 
 def make_method(name: str, method_kwargs: Mapping[str, Any] | None = None) -> ExitMethod:
