@@ -2,7 +2,9 @@
 
 Every file is written to a temporary name in the same directory, flushed to disk and renamed into
 place, so a reader sees the old file or the new one, never a mix. Tensor files (``.pt``) start with
-a header holding their size and sha256; :func:`load_tensors` refuses a file that does not match it.
+a header holding their size and sha256; :func:`load_tensors` refuses a file that does not match it,
+and unpickles tensors and plain containers only (``weights_only=True``), so that a crafted file
+with a valid header never runs code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -33,10 +36,17 @@ def write_bytes_atomic(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600): a shared store stays readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -70,7 +80,13 @@ def load_tensors(path: Path) -> Any:
             f"{path} is corrupted ({len(payload)} bytes, expected {size} with sha256 {digest[:12]}...); "
             "remove it (mexit runs remove KEY) to retrain"
         )
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:  # tensors and plain containers only: a stored file never runs code, whatever its checksum says
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CorruptCheckpointError(
+            f"{path} holds more than tensors and plain values, which mexit never writes; refused without running it "
+            f"({str(error).splitlines()[0][:120]}); remove it to retrain"
+        ) from None
 
 
 def load_or_quarantine(path: Path) -> Any | None:

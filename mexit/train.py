@@ -13,6 +13,7 @@ epoch and ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -213,7 +214,7 @@ def train_phase(
     if saved is not None:
         model.load_phase_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["progress"]
+        state = _Progress(**saved["progress"])
         if weighting is not None:
             weighting.load(saved["weighting"])
 
@@ -283,7 +284,7 @@ def train_phase(
                 checkpoint.save_tensors(
                     partial_path,
                     {
-                        "model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": state,
+                        "model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": dataclasses.asdict(state),
                         **({"weighting": weighting.state()} if weighting is not None else {}),
                     },
                 )

@@ -199,14 +199,16 @@ def test_bad_placements_name_the_valid_range(placement, message: str) -> None:
     ("args", "kwargs", "message"),
     [
         (("resnet21", 10), {}, r"unknown backbone.*resnet20.*timm/"),
-        (("timm/convnext_tiny", 10), {}, r"accepted families.*resnet.*vision_transformer"),
+        (("timm/convnext_tiny", 10), {}, r"builds .convnext_tiny. as a ConvNeXt; accepted are models of the classes ResNet, VisionTransformer"),
+        (("timm/deit_tiny_distilled_patch16_224", 10), {}, r"VisionTransformerDistilled; accepted"),
+        (("timm/no_such_net", 10), {}, r"timm has no model .no_such_net."),
         (("tv/vgg16", 10), {}, "unknown backbone"),
         (("resnet20", 10), {"head": "big"}, r"unknown head.*pooled, conv, linear, mlp"),
         ((VIT, 10), {"head": "conv"}, r"head='conv' reads feature maps and does not fit.*linear, mlp"),
         (("resnet20", 10), {"head": "linear"}, r"reads ViT tokens .*pooled, conv"),
         (("resnet20", 10), {"head": "conv", "head_kwargs": {"num_layers": 6}}, r"1\.\.5"),
         (("resnet20", 10), {"head_kwargs": {"width": 3}}, "not accepted by head='pooled'"),
-        (("resnet20", 10), {"method": "l2w"}, r"unknown method.*sdn, pbee, gpf, ztw"),
+        (("resnet20", 10), {"method": "meta"}, r"unknown method.*sdn, pbee, gpf, ztw, l2w"),
         (("resnet20", 10), {"method": "sdn", "method_kwargs": {"state_dim": 8}}, "not accepted"),
         (("resnet20", 0), {}, "num_classes"),
         (("resnet20", 10), {"in_chans": 0}, "in_chans"),
@@ -513,3 +515,15 @@ def test_conv_heads_halve_channels_and_stride_as_the_authors_layouts(num_layers:
     model = build("resnet20", 4, in_chans=1, img_size=8, placement=[8], head="conv", head_kwargs={"num_layers": num_layers})
     convs = [m for m in model.ics[0].modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == layout
+
+
+def test_a_timm_deit_is_accepted_by_class_and_trains_in_every_regime(tmp_path) -> None:
+    from mexit.config import load_config, regime_configs
+    from mexit.store import RunStore
+
+    overrides = ["model.backbone=timm/deit_tiny_patch16_224", "model.head=linear", "model.placement=[1, 2]",
+                 "model.backbone_kwargs={patch_size: 4, depth: 3, embed_dim: 32, num_heads: 2}"]
+    store = RunStore(tmp_path)
+    runs = [store.get(c) for c in regime_configs(load_config("tiny", overrides), ["disjoint", "joint", "mixed"], [0])]
+    for run in runs:
+        assert run.logits("test").shape[0] == 3 and torch.isfinite(run.logits("test")).all()

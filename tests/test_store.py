@@ -176,6 +176,48 @@ def test_corrupted_checkpoint_is_detected_not_used(tmp_path: Path) -> None:
         run.model()
 
 
+def test_stored_files_follow_the_umask_so_a_shared_store_is_readable(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        checkpoint.write_json(tmp_path / "a.json", {"x": 1})
+        checkpoint.save_tensors(tmp_path / "b.pt", {"w": torch.ones(1)})
+        os.umask(0o002)
+        checkpoint.write_json(tmp_path / "c.json", {"x": 1})
+    finally:
+        os.umask(previous)
+    assert [(tmp_path / name).stat().st_mode & 0o777 for name in ("a.json", "b.pt", "c.json")] == [0o644, 0o644, 0o664]
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_crafted_file_with_a_valid_header_is_refused_without_running_code(tmp_path: Path) -> None:
+    import hashlib
+    import io
+    import pickle
+
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"model": _Payload(marker)}, buffer, pickle_module=pickle)
+    payload = buffer.getvalue()
+    crafted = tmp_path / "state.pt"
+    crafted.write_bytes(f"mexit-ckpt-v1 {len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode() + payload)
+    with pytest.raises(CorruptCheckpointError, match="more than tensors"):
+        checkpoint.load_tensors(crafted)
+    assert not marker.exists()
+    assert checkpoint.load_or_quarantine(crafted) is None and (tmp_path / "state.pt.corrupt").exists()
+    assert not marker.exists()
+    checkpoint.save_tensors(tmp_path / "plain.pt", {"model": {"w": torch.ones(2)}, "progress": {"epoch": 3, "trace": [{"a": 1.0}]}})
+    assert checkpoint.load_tensors(tmp_path / "plain.pt")["progress"]["epoch"] == 3
+
+
 def test_early_stopping_follows_the_papers_rule_and_reloads_the_best_state(tmp_path: Path) -> None:
     patience = 2
     config = load_config("tiny", ["train.regime=joint", "train.epochs=30", f"train.patience={patience}", "train.eval_every=2", "train.optim.lr=0.002"])
@@ -223,7 +265,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     progress = checkpoint.load_tensors(partial)["progress"]
-    assert 0 < progress.epoch < 6
+    assert 0 < progress["epoch"] < 6
     assert subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True).returncode == 0
     resumed = RunStore(killed_root).get(config)
     fresh = RunStore(tmp_path / "fresh").get(config)

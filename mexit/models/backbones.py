@@ -6,9 +6,9 @@ Names:
   as `num_blocks`, `step`, `base`, `channels`, `growth_rate` as keywords. Its blocks output several
   scales, packed ("multiscale" features); its classifiers read the coarsest;
 - torchvision ResNets: `tv/<name>` (`tv/resnet18`, `tv/wide_resnet50_2`, ...), ImageNet stem;
-- timm: `timm/<name>` for any model of timm's `resnet` family (ResNet, ResNeXt, SE-ResNet, ...)
-  or `vision_transformer` family (ViT-T/S/B/..., any patch and image size: pass `patch_size` as a
-  keyword; the image size comes from `build(img_size=...)`).
+- timm: `timm/<name>` for any timm model built as a `ResNet` (ResNet, ResNeXt, SE-ResNet, ...) or a
+  `VisionTransformer` (ViT-T/S/B/..., DeiT, ...; any patch and image size: pass `patch_size` as a
+  keyword; the image size comes from `build(img_size=...)`), recognised by class (`TIMM_FAMILIES`).
 
 Weights are never downloaded: models are created with `pretrained=False`, and `checkpoint` loads a
 local file holding the native model's state dict (timm, torchvision, or `SmallImageResNet`).
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import timm
+import torch
 import torchvision
 from timm.layers import global_pool_nlc
 from timm.models.resnet import ResNet as TimmResNet
@@ -34,7 +36,11 @@ FeatureKind = Literal["map", "tokens", "multiscale"]
 
 TIMM_PREFIX = "timm/"
 TV_PREFIX = "tv/"
-TIMM_FAMILIES: dict[str, FeatureKind] = {"resnet": "map", "vision_transformer": "tokens"}
+TIMM_FAMILIES: dict[type[nn.Module], FeatureKind] = {TimmResNet: "map", VisionTransformer: "tokens"}
+"""The timm classes mexit can split, by what their blocks output; a timm model is accepted by the
+class timm builds it as (ViT, DeiT and others built on `VisionTransformer`; ResNet, ResNeXt,
+SE-ResNet and others built on `ResNet`), unless it replaces the class's final head (DeiT's distilled
+two-head models do)."""
 TV_RESNETS: tuple[str, ...] = tuple(
     name for name in torchvision.models.list_models(module=torchvision.models)
     if name.startswith(("resnet", "resnext", "wide_resnet"))
@@ -43,7 +49,7 @@ BACKBONES: tuple[str, ...] = (
     *SMALL_RESNETS,
     *MSDNETS,
     *(TV_PREFIX + name for name in TV_RESNETS),
-    TIMM_PREFIX + "<any timm resnet or vision_transformer model>",
+    TIMM_PREFIX + "<any timm ResNet or VisionTransformer model>",
 )
 
 
@@ -73,18 +79,28 @@ def backbone_features(name: str) -> FeatureKind:
         return "multiscale"
     if name.startswith(TIMM_PREFIX):
         arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
+        if not timm.is_model(arch):
+            raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
+        cls = _timm_class(arch)
         for family, features in TIMM_FAMILIES.items():
-            if arch in timm.list_models(module=family):
+            if issubclass(cls, family) and family.forward_head is cls.forward_head:
                 return features
         raise ValueError(
-            f"backbone={name!r}: {arch!r} is not a timm model of the accepted families "
-            f"{sorted(TIMM_FAMILIES)} (timm.list_models(module='resnet') or "
-            "module='vision_transformer' lists them)"
+            f"backbone={name!r}: timm builds {arch!r} as a {cls.__name__}; accepted are models of the classes "
+            f"{', '.join(sorted(c.__name__ for c in TIMM_FAMILIES))} (or subclasses with their final head), "
+            "e.g. any ViT or DeiT, ResNet or ResNeXt"
         )
     raise ValueError(
         f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-1])}, or "
-        f"'{TIMM_PREFIX}<name>' for any timm model of the families {sorted(TIMM_FAMILIES)}"
+        f"'{TIMM_PREFIX}<name>' for any timm ResNet or VisionTransformer model (ViT, DeiT, ResNeXt, ...)"
     )
+
+
+@lru_cache(maxsize=None)
+def _timm_class(arch: str) -> type[nn.Module]:
+    """The class timm builds ``arch`` as, found by building it on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        return type(timm.create_model(arch, pretrained=False))
 
 
 def create_backbone(
