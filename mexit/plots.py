@@ -47,7 +47,8 @@ def flops_accuracy(
     band spans the lowest and highest replicate's accuracy at each operating point, drawn at the
     mean cost.
     """
-    point = next((c for c in POINT_COLUMNS if c in curves.columns), None)
+    present = [c for c in POINT_COLUMNS if c in curves.columns]
+    point = present[0] if present else None
     missing = [c for c in (hue, "cost_pct", "accuracy") if c not in curves.columns]
     if point is None or missing:
         raise ValueError(
@@ -65,6 +66,8 @@ def flops_accuracy(
         raise ValueError(f"band names a column {band!r} that curves lack")
     for level in levels:
         frame = curves[curves[hue] == level]
+        # frames of several evaluations side by side (thresholds, patiences): this line's own points
+        point = next((c for c in present if frame[c].notna().any()), present[0])
         mean = frame.groupby(point)[["cost_pct", "accuracy"]].mean().sort_index()
         ax.plot(mean["cost_pct"], mean["accuracy"], color=colours[level], label=str(level))
         if band is not None and frame[band].nunique() > 1:
@@ -85,7 +88,8 @@ def flops_accuracy(
 def format_budget_table(df: pd.DataFrame, *, digits: int = 1, ci: bool = False) -> pd.DataFrame:
     """The book's view of :func:`mexit.evaluate.budget_table`: one row per group, one column per
     budget ("25%" ..) plus "final exit", cells "mean ± std" ("mean" with one run, "–" where no
-    operating point fits); with ``ci``, cells are "mean [low, high]", the 95% CI of the mean."""
+    operating point fits); with ``ci``, cells are "mean [low, high]", the 95% CI of the mean. The
+    columns' name says which ("accuracy %, mean ± std over seeds" or "... mean [95% CI] ...")."""
     if not {"budget", "accuracy_mean", "accuracy_std", "final_accuracy_mean"} <= set(df.columns):
         raise ValueError("df must be a table from mexit.evaluate.budget_table")
     by = list(df.columns[: df.columns.get_loc("budget")])  # the group columns come first
@@ -108,7 +112,9 @@ def format_budget_table(df: pd.DataFrame, *, digits: int = 1, ci: bool = False) 
         record["final exit"] = cell(first["final_accuracy_mean"], first["final_accuracy_std"], first["final_accuracy_ci95"])
         records.append(record)
     table = pd.DataFrame(records)
-    return table.set_index(by) if by else table
+    table = table.set_index(by) if by else table
+    table.columns.name = "accuracy %, " + ("mean [95% CI]" if ci else "mean ± std") + " over seeds"  # what the cells hold
+    return table
 
 
 def format_differences(df: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
@@ -194,7 +200,7 @@ def variant_accuracy(table: pd.DataFrame, *, budget: float = 1.0, hue: str = "re
                     color=colours[k], label=str(level))
     ax.set_xticks(np.arange(len(variants)), variants, rotation=20, ha="right")
     ax.set_ylabel(f"Accuracy at {100 * budget:g}% budget (%)")
-    ax.legend(title=hue)
+    ax.legend(title=hue, bbox_to_anchor=(1.01, 1.0), loc="upper left")  # beside the markers, never over them
     return ax
 
 

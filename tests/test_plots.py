@@ -68,6 +68,14 @@ def test_flops_accuracy_patience_curves_on_given_axes():
     _, ax = plt.subplots()
     assert flops_accuracy(frames(patience_sweep), ax=ax) is ax
     assert len(ax.get_lines()) == 3 and len(ax.get_lines()[0].get_xdata()) == 3  # patience 0..2
+    # threshold and patience curves in one frame (an ablation's panel): each line on its own points
+    both = pd.concat([frames(sweep).assign(regime="sdn"), frames(patience_sweep).assign(regime="pbee")], ignore_index=True)
+    _, ax = plt.subplots()
+    flops_accuracy(both, ax=ax)
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [len(frames(sweep)["threshold"].unique()), 3]
+    _, ax = plt.subplots()
+    flops_accuracy(both[both["regime"] == "pbee"], ax=ax)
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [3]
 
 
 def test_flops_accuracy_rejects_missing_columns():
@@ -80,6 +88,8 @@ def test_flops_accuracy_rejects_missing_columns():
 def test_format_budget_table():
     table = format_budget_table(budget_table(RUNS, budgets=(0.1, 0.5, 1.0), by=("regime",)))
     assert list(table.columns) == ["10%", "50%", "100%", "final exit"]
+    assert table.columns.name == "accuracy %, mean ± std over seeds"
+    assert format_budget_table(budget_table(RUNS, by=("regime",)), ci=True).columns.name == "accuracy %, mean [95% CI] over seeds"
     assert table.index.name == "regime" and table.index.tolist() == ["disjoint", "joint", "mixed"]
     assert table.loc["mixed", "10%"] == "–"  # exit 0 alone costs 20% of the backbone
     mixed = budget_table(RUNS[4:], budgets=(0.5,), by=("regime",)).iloc[0]
