@@ -202,6 +202,8 @@ def test_bad_placements_name_the_valid_range(placement, message: str) -> None:
         (("timm/convnext_tiny", 10), {}, r"builds .convnext_tiny. as a ConvNeXt; accepted are models of the classes ResNet, VisionTransformer"),
         (("timm/deit_tiny_distilled_patch16_224", 10), {}, r"VisionTransformerDistilled; accepted"),
         (("timm/no_such_net", 10), {}, r"timm has no model .no_such_net."),
+        ((VIT, 10), {"img_size": 30, "patch_size": 4}, r"patch_size 4 does not divide the image size 30"),
+        ((VIT, 10), {"img_size": 32, "patch_size": 4, "embed_dim": 50, "num_heads": 3}, r"rejected its keyword arguments .*divisible by num_heads"),
         (("tv/vgg16", 10), {}, "unknown backbone"),
         (("resnet20", 10), {"head": "big"}, r"unknown head.*pooled, conv, linear, mlp"),
         ((VIT, 10), {"head": "conv"}, r"head='conv' reads feature maps and does not fit.*linear, mlp"),
@@ -225,7 +227,7 @@ def test_bad_input_is_refused_with_the_allowed_values(args, kwargs, message: str
 def test_names_are_listed() -> None:
     assert {"resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50", "tv/resnet50"} <= set(BACKBONES)
     assert set(HEADS) == {"pooled", "conv", "linear", "mlp", "msdnet"}
-    assert set(METHODS) == {"sdn", "pbee", "gpf", "ztw"}
+    assert set(METHODS) == {"sdn", "pbee", "gpf", "ztw", "l2w"}
 
 
 # --- one pass, early exit ------------------------------------------------------------------------

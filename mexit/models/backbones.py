@@ -146,6 +146,12 @@ def create_backbone(
         name, timm.create_model, arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
     if isinstance(model, VisionTransformer):
+        image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
+        if any(i % p for i, p in zip(image, patch)):
+            raise ValueError(
+                f"backbone={name!r}: patch_size {patch[0]} does not divide the image size {image[0]}; "
+                "choose data.image_size (or img_size) as a multiple of model.backbone_kwargs.patch_size"
+            )
         _maybe_load(model, checkpoint, classifier="head")
         return split_timm_vit(model)
     if isinstance(model, TimmResNet):
@@ -157,8 +163,8 @@ def create_backbone(
 def _construct(name: str, factory: Any, arch: str, **kwargs: Any) -> nn.Module:
     try:
         return factory(arch, **kwargs)
-    except TypeError as error:
-        raise ValueError(f"backbone={name!r} rejected its keyword arguments {sorted(kwargs)}: {error}") from error
+    except (TypeError, AssertionError) as error:  # timm asserts, e.g. a width the heads do not divide
+        raise ValueError(f"backbone={name!r} rejected its keyword arguments {sorted(kwargs)}: {error}") from None
 
 
 def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str) -> None:
