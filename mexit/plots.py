@@ -18,6 +18,17 @@ ACCURACY_LABEL = "Test accuracy (%)"
 POINT_COLUMNS: tuple[str, ...] = ("threshold", "patience")
 
 
+REGIME_ORDER: tuple[str, ...] = ("disjoint", "joint", "mixed")
+
+
+def level_colours(levels: list) -> dict:
+    """A colour per level: a regime always gets its own (disjoint, joint, mixed: the palette's first
+    three), so that a panel with mixed alone draws it in mixed's colour; other levels take the next."""
+    palette = sns.color_palette("colorblind", n_colors=len(REGIME_ORDER) + len(levels))
+    others = iter(palette[len(REGIME_ORDER):])
+    return {level: palette[REGIME_ORDER.index(level)] if level in REGIME_ORDER else next(others) for level in levels}
+
+
 def set_style() -> None:
     """The book's seaborn theme; every plotting helper applies it."""
     sns.set_theme(
@@ -61,7 +72,7 @@ def flops_accuracy(
     if ax is None:
         _, ax = plt.subplots()
     levels = list(pd.unique(curves[hue]))
-    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    colours = level_colours(levels)
     if band is not None and band not in curves.columns:
         raise ValueError(f"band names a column {band!r} that curves lack")
     for level in levels:
@@ -140,7 +151,7 @@ def exit_accuracies(exits: pd.DataFrame, *, hue: str = "regime", ax: Axes | None
     if ax is None:
         _, ax = plt.subplots()
     levels = list(pd.unique(exits[hue]))
-    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    colours = level_colours(levels)
     for level in levels:
         stats = exits[exits[hue] == level].groupby("exit").agg(
             cost_pct=("cost_pct", "mean"), mean=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max")
@@ -164,7 +175,7 @@ def validation_curves(trace: pd.DataFrame, *, hue: str = "regime", ax: Axes | No
     recorded = [c for c in trace.columns if c.startswith("val_acc_") and trace[c].notna().any()]
     final = max(int(c.removeprefix("val_acc_")) for c in recorded)  # the row's own last exit
     levels = list(pd.unique(trace[hue]))
-    colours = dict(zip(levels, sns.color_palette(n_colors=len(levels))))
+    colours = level_colours(levels)
     for (level, seed), frame in trace.groupby([hue, "seed"], sort=False):
         steps = frame.groupby("phase", sort=False)["step"].max().cumsum().shift(fill_value=0)
         global_step = frame["step"] + frame["phase"].map(steps)
@@ -191,7 +202,7 @@ def variant_accuracy(table: pd.DataFrame, *, budget: float = 1.0, hue: str = "re
         _, ax = plt.subplots()
     variants = list(pd.unique(at["variant"]))
     levels = list(pd.unique(at[hue]))
-    colours = sns.color_palette(n_colors=len(levels))
+    colours = list(level_colours(levels).values())
     width = 0.6 / max(1, len(levels))
     for k, level in enumerate(levels):
         frame = at[at[hue] == level].set_index("variant").reindex(variants)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from mexit import checkpoint, data, distributed
 from mexit.config import RunConfig, data_identity, stable_hash
@@ -296,8 +297,17 @@ class RunStore:
             yield
             return
         directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory / ".lock")):
+        lock = FileLock(str(directory / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"mexit: another process is training {directory}; waiting for it, then using its result",
+                  file=sys.stderr, flush=True)
+            lock.acquire()
+        try:
             yield
+        finally:
+            lock.release()
 
     def _train(
         self,

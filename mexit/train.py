@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +216,9 @@ def train_phase(
         model.load_phase_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = _Progress(**saved["progress"])
+        if dist.is_main:
+            print(f"[{label}{phase_name}] resuming after epoch {state.epoch} of {max_epochs} (step {state.step}) from {partial_path}",
+                  file=sys.stderr, flush=True)
         if weighting is not None:
             weighting.load(saved["weighting"])
 

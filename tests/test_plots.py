@@ -166,3 +166,15 @@ def test_variant_accuracy_marks_each_regime_per_variant_with_its_ci():
         variant_accuracy(table, budget=0.25)
     with pytest.raises(ValueError, match="variant"):
         variant_accuracy(budget_table(RUNS, by=("regime",)))
+
+
+def test_a_regime_keeps_its_colour_in_every_panel():
+    from mexit.plots import level_colours
+
+    every = level_colours(["disjoint", "joint", "mixed"])
+    assert level_colours(["mixed"])["mixed"] == every["mixed"] and level_colours(["joint", "mixed"])["joint"] == every["joint"]
+    other = level_colours(["dense", "mixed"])
+    assert other["mixed"] == every["mixed"] and other["dense"] not in every.values()
+    _, ax = plt.subplots()
+    flops_accuracy(frames(sweep)[lambda f: f["regime"] == "mixed"], ax=ax)
+    assert matplotlib.colors.same_color(ax.get_lines()[0].get_color(), every["mixed"])

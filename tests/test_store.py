@@ -266,7 +266,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     process.wait()
     progress = checkpoint.load_tensors(partial)["progress"]
     assert 0 < progress["epoch"] < 6
-    assert subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True).returncode == 0
+    resumed_process = subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True, text=True)
+    assert resumed_process.returncode == 0
+    assert f"P2] resuming after epoch {progress['epoch']} of 6" in resumed_process.stderr
     resumed = RunStore(killed_root).get(config)
     fresh = RunStore(tmp_path / "fresh").get(config)
     assert torch.equal(resumed.logits("test"), fresh.logits("test"))
@@ -309,6 +311,31 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path: Path) -> None:
     epoch_lines = [line for _, err in outputs for line in err.splitlines() if "epoch 1/3" in line]
     assert len(epoch_lines) == 1, "the run was trained twice"
     assert outputs[0][0].split()[0] == outputs[1][0].split()[0]  # the same run key
+
+
+def test_a_process_waiting_for_a_lock_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from filelock import FileLock
+
+    (tmp_path / "phases" / "k").mkdir(parents=True)
+    taken = threading.Event()
+
+    def hold() -> None:  # another holder (filelock refuses a second instance in one thread)
+        with FileLock(str(tmp_path / "phases" / "k" / ".lock")):
+            taken.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait()
+    with RunStore(tmp_path)._lock(tmp_path / "phases" / "k", True):
+        pass
+    holder.join()
+    assert "another process is training" in capsys.readouterr().err
+    with RunStore(tmp_path)._lock(tmp_path / "phases" / "k", True):  # free: no message
+        pass
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_is_one_line_per_epoch_outside_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mexit.plots import set_style
+from mexit.plots import level_colours, set_style
 
 
 def dominance_heatmap(probes: pd.DataFrame, *, value: str = "share", ax: Axes | None = None) -> Axes:
@@ -147,7 +147,7 @@ def block_profile(
     if ax is None:
         _, ax = plt.subplots()
     regimes = list(pd.unique(table["regime"]))
-    colours = dict(zip(regimes, sns.color_palette(n_colors=len(regimes))))
+    colours = level_colours(regimes)
     for regime in regimes:
         stats = table[table["regime"] == regime].groupby("block")[value].agg(["mean", "min", "max"])
         ax.plot(stats.index, stats["mean"], marker="o", markersize=4, color=colours[regime], label=regime)
