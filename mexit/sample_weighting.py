@@ -4,20 +4,22 @@ Networks", ECCV 2022): the training side of the ``"l2w"`` method.
 A weight prediction network (WPN: Linear(k, 500), ReLU, Linear(500, k), tanh) reads each sample's
 cross-entropies at the k exits of the phase's loss and predicts a weight per sample and exit,
 ``w = 1 + epsilon (WPN(losses) - mean(WPN(losses)))``; the phase optimises ``mean(w * losses)``. The
-WPN is meta-learned: on every ``meta_interval``-th step the batch is halved; a virtual SGD step
-(learning rate ``virtual_lr``) of the model on the first half's weighted loss is taken, kept
+WPN is meta-learned: on every ``META_INTERVAL``-th step the batch is halved; a virtual SGD step
+(learning rate ``VIRTUAL_LR``) of the model on the first half's weighted loss is taken, kept
 differentiable in the WPN's parameters, and the virtually updated model is scored on the second
 half by the *early-exit* objective: ranked by confidence, the most confident unallocated
 ``floor(N q_i)`` samples are allocated to exit i, the rest to the final exit, and the mean over exits
 of the allocated samples' cross-entropies is the meta loss, whose gradient trains the WPN (Adam).
 The real step then trains the model on the first half with the WPN's weights. ``q_i`` falls
-geometrically with depth, ``q_i ~ (p / 20)^i`` (i = 1..E), as in Han et al.'s code.
+geometrically with depth, ``q_i ~ (p / 20)^i`` (i = 1..E), as the benchmark takes it from Han et al.'s code.
 
-Settings (Han et al.'s and the authors' benchmark's): ``epsilon`` 0.3, ``p`` 15, WPN width 500,
-Adam lr 1e-4 and weight decay 1e-4, the virtual step's lr 1e-4. Ours: the meta step every 4th step
-(``meta_interval``; the authors' benchmark takes it as a required argument), and each meta batch
-sample is allocated to one exit only (the authors' benchmark never marks allocated samples, so
-every IC takes its most confident samples among all, and the final exit all of them).
+As in the authors' benchmark: epsilon 0.3 and p 15 (the values its comments give for Han et al.),
+the WPN's form (Linear, ReLU, Linear, tanh) and its weights' normalisation, the virtual step's SGD
+learning rate 1e-4, and the halved batch at a meta step. Ours, where the benchmark takes the value as
+a required argument or differs: the WPN's width 500 (its class's default), Adam (lr 1e-4, weight
+decay 1e-4) for the WPN, the meta step every 4th step (``META_INTERVAL``), and each meta-batch
+sample allocated to one exit only (the benchmark never marks allocated samples, so every IC takes
+its most confident samples among all, and the final exit all of them).
 """
 
 from __future__ import annotations

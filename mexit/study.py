@@ -283,12 +283,7 @@ def _variants(value: Any, regimes: Sequence[str], row_labels: Sequence[str]) -> 
         where = f"variants[{index}]"
         if not isinstance(variant, Mapping) or set(variant) - set(VARIANT_FIELDS):
             raise ParameterError(f"{where} must be a mapping with keys among {', '.join(VARIANT_FIELDS)}, got {variant!r}")
-        label = variant.get("label")
-        if not isinstance(label, str) or not label:
-            raise ParameterError(f"{where}.label must be a non-empty string, got {label!r}")
-        overrides = variant.get("overrides", [])
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise ParameterError(f"{where}.overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+        label, overrides = _label(where, variant), _overrides(where, variant)
         own = variant.get("regimes")
         if own is not None and (not isinstance(own, list) or not own or any(r not in regimes for r in own)):
             raise ParameterError(f"{where}.regimes must be a non-empty list among the study's regimes {list(regimes)}, got {own!r}")
@@ -319,6 +314,20 @@ def _crossed(rows: list[Mapping[str, Any]], variants: list[dict[str, Any]]) -> t
     return tuple(crossed)
 
 
+def _label(where: str, value: Mapping[str, Any]) -> str:
+    label = value.get("label")
+    if not isinstance(label, str) or not label:
+        raise ParameterError(f"{where}.label must be a non-empty string, got {label!r}")
+    return label
+
+
+def _overrides(where: str, value: Mapping[str, Any]) -> list[str]:
+    overrides = value.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ParameterError(f"{where}.overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+    return overrides
+
+
 def _check_builds(config: RunConfig) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
     depth, such as IC placement indices beyond it."""
@@ -337,14 +346,10 @@ def _row(index: int, value: Any, where: str | None = None) -> Row:
     unknown = set(value) - set(ROW_FIELDS)
     if unknown:
         raise ParameterError(f"{where} has unknown keys {sorted(unknown)}; allowed: {', '.join(ROW_FIELDS)}")
-    label, name = value.get("label"), value.get("config")
-    if not isinstance(label, str) or not label:
-        raise ParameterError(f"{where}.label must be a non-empty string, got {label!r}")
+    label, name = _label(where, value), value.get("config")
     if not isinstance(name, str) or not name:
         raise ParameterError(f"{where}.config must be a shipped config name or a YAML path, got {name!r}")
-    overrides = value.get("overrides", [])
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise ParameterError(f"{where}.overrides must be a list of 'section.field=value' strings, got {overrides!r}")
+    overrides = _overrides(where, value)
     paper = value.get("paper")
     if paper is not None and paper not in paper_rows():
         raise ParameterError(f"{where}.paper must be null or one of the paper's rows: {', '.join(paper_rows())}; got {paper!r}")
