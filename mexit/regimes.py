@@ -89,7 +89,8 @@ def exit_weights(
     """Loss weight of each exit in ``exits`` (indices among ``num_exits``), summing to 1.
 
     - ``uniform``: the plain mean of the per-exit cross-entropies (the paper's default).
-    - ``linear``: weights growing linearly with depth, ``(i + 1) / sum`` (PBEE, GPF).
+    - ``linear``: weights growing linearly with depth, ``(i + 1) / sum`` (GPF, as the authors; our
+      trained PBEE).
     - ``sdn``: our reading of SDN's schedule (Kaya et al., ICML 2019): an IC at relative depth
       ``tau = (i + 1) / num_exits`` has weight ``0.01 + (tau - 0.01) * progress``, growing with the
       phase's ``progress`` in [0, 1]; the final exit weighs 1. Normalised to sum to 1.
@@ -110,7 +111,8 @@ def exit_weights(
 
 
 def default_weighting(method: str) -> str:
-    """The loss weighting a method uses when the config says ``auto`` (GPF and PBEE: linear)."""
+    """The loss weighting a method uses when the config says ``auto`` (GPF and our trained PBEE:
+    linear; L2W replaces the loss weights by its learned per-sample weights)."""
     return "linear" if method in ("gpf", "pbee") else "uniform"
 
 

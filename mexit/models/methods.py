@@ -1,8 +1,11 @@
 """Early-exit methods: how internal classifiers (ICs) are wired, and each method's exit rule.
 
 - "sdn" (Kaya et al., ICML 2019): independent ICs; exit on max-probability.
-- "pbee" (Zhou et al., NeurIPS 2020): the same ICs; exit on patience (see `exit_rules`). Its loss
-  weights grow linearly with depth; the training code reads `model.method` to choose them.
+- "pbee" (Zhou et al., NeurIPS 2020): the same ICs; exit on patience (see `exit_rules`), trained
+  as a method of its own with loss weights growing linearly with depth (ours; the training code
+  reads `model.method` to choose them). The authors' benchmark does not train PBEE: it applies the
+  patience rule to an SDN-trained model, which the book does by scoring SDN runs with
+  `exit_method: pbee` (`mexit.study`).
 - "ztw" (Wołczyk et al., "Zero Time Waste", NeurIPS 2021), cascading part: IC k's final Linear
   also reads IC k-1's logits, detached (no gradient flows from IC k into IC k-1, as in ZTW and the
   authors' code) and passed through a LayerNorm of IC k's own (ZTW's appendix). ZTW's ensembling is
