@@ -103,7 +103,7 @@ def _take_overrides(values: list[str] | None, overrides: list[str]) -> list[str]
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from mexit.store import Run, RunStore
+    from mexit.store import Run, RunStore, run_problem
 
     store = RunStore(args.root)
     if args.action == "list":
@@ -113,7 +113,13 @@ def _runs(args: argparse.Namespace) -> int:
     if not args.key:
         raise ValueError(f"'mexit runs {args.action}' needs a run key")
     if args.action == "show":
-        run = Run(store.find(args.key))
+        run_dir = store.find(args.key)
+        problem = run_problem(run_dir)
+        if problem is not None:
+            print(f"run {run_dir.name} is {problem}: it has no results to show "
+                  f"('mexit train' with its config resumes it, 'mexit runs remove {run_dir.name}' deletes it)")
+            return 1
+        run = Run(run_dir)
         print(json.dumps({"key": run.key, "config": run.config.to_dict(), "metrics": run.metrics, "costs": run.costs}, indent=2))
         return 0
     for path in store.remove(args.key):

@@ -171,6 +171,25 @@ class Run:
         )
 
 
+RUN_JSON: tuple[str, ...] = ("config.json", "phases.json", "metrics.json", "costs.json")
+
+
+def run_problem(run_dir: Path) -> str | None:
+    """Why the run at ``run_dir`` cannot be read, or None: ``"unfinished"`` (no ``metrics.json``:
+    training stopped or is under way) or ``"damaged: <file> (<why>)"`` (a JSON file that does not
+    parse, or ``logits.pt`` missing). Tensor files are checked against their sha256 when loaded."""
+    if not (run_dir / "metrics.json").exists():
+        return "unfinished"
+    for name in RUN_JSON:
+        try:
+            checkpoint.read_json(run_dir / name)
+        except (OSError, ValueError) as error:
+            return f"damaged: {name} ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
+    if not (run_dir / "logits.pt").exists():
+        return "damaged: logits.pt (missing)"
+    return None
+
+
 def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
     """The run's multi-exit model. :func:`mexit.models.build` creates the backbone before the ICs,
     so after the same seed the backbone's initial weights do not depend on the ICs."""
@@ -202,7 +221,7 @@ class RunStore:
         """The run of ``config``: loaded if stored, resumed if interrupted, trained otherwise."""
         config.validate()
         run_dir = self.root / "runs" / config.key()
-        if (run_dir / "metrics.json").exists():
+        if (run_dir / "metrics.json").exists() and self._usable(run_dir):
             return Run(run_dir)
         ctx = distributed.context(device)
         config.train.check_world_size(ctx.world_size)
@@ -213,26 +232,55 @@ class RunStore:
         seed_everything(config.train.seed)
         model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
         with self._lock(run_dir, ctx.is_main):
-            if (run_dir / "metrics.json").exists():
+            if (run_dir / "metrics.json").exists() and self._usable(run_dir):
                 return Run(run_dir)
             self._train(config, run_dir, ctx, progress_label, splits, model)
         ctx.barrier()
         return Run(run_dir)
 
-    def runs(self) -> list[Run]:
+    def _usable(self, run_dir: Path) -> bool:
+        """Whether a finished run's files are whole; a damaged run is reported and moved aside to
+        ``<key>.damaged`` (kept for inspection), so that it is trained again, its intact phases reused."""
+        problem = run_problem(run_dir)
+        if problem is None:
+            try:
+                checkpoint.load_tensors(run_dir / "logits.pt")
+                return True
+            except checkpoint.CorruptCheckpointError as error:
+                problem = f"damaged: logits.pt ({error})"
+        aside = run_dir.with_name(run_dir.name + ".damaged")
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(run_dir, aside)
+        except FileNotFoundError:  # another process set it aside first
+            return False
+        print(f"mexit: run {run_dir.name} is {problem}; moved it to {aside.name} and training it again", file=sys.stderr, flush=True)
+        return False
+
+    def run_dirs(self) -> list[Path]:
+        """Every run folder in the store, finished or not (runs set aside as damaged excluded)."""
         base = self.root / "runs"
-        if not base.exists():
-            return []
-        return [Run(d) for d in sorted(base.iterdir()) if (d / "metrics.json").exists()]
+        return sorted(d for d in base.iterdir() if d.is_dir() and "." not in d.name) if base.exists() else []
+
+    def runs(self) -> list[Run]:
+        """The finished, readable runs."""
+        return [Run(d) for d in self.run_dirs() if run_problem(d) is None]
 
     def table(self) -> pd.DataFrame:
-        """One row per stored run: key, data, backbone, regime, seed, final and best exit accuracy."""
+        """One row per run folder: key, state (``finished``, ``unfinished`` or ``damaged: ...``),
+        data, backbone, regime, seed, final and best exit accuracy (blank where unknown)."""
         rows = []
-        for run in self.runs():
+        for run_dir in self.run_dirs():
+            problem = run_problem(run_dir)
+            if problem is not None:
+                rows.append({"key": run_dir.name, "state": problem})
+                continue
+            run = Run(run_dir)
             train = run.config.train
             rows.append(
                 {
                     "key": run.key,
+                    "state": "finished",
                     "dataset": run.config.data.name,
                     "backbone": run.config.model.backbone,
                     "method": run.config.model.method,
@@ -244,7 +292,7 @@ class RunStore:
                     "train_s": round(sum(run.metrics["phase_wall_time_s"]), 1),
                 }
             )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows).fillna("") if rows else pd.DataFrame()
 
     def cached_table(self, kind: str, inputs: dict[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """The table ``compute()`` returns for ``inputs``, computed once and kept under ``analyses/``.
@@ -268,9 +316,9 @@ class RunStore:
 
     def find(self, key_prefix: str) -> Path:
         base = self.root / "runs"
-        matches = [d for d in base.glob(f"{key_prefix}*") if d.is_dir()] if key_prefix else []
+        matches = [d for d in self.run_dirs() if d.name.startswith(key_prefix)] if key_prefix else []
         if len(matches) != 1:
-            known = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.exists() else []
+            known = [d.name for d in self.run_dirs()]
             found = "no run matches" if not matches else f"{len(matches)} runs match"
             listing = f"; stored: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else ""
             raise KeyError(f"{found} key {key_prefix!r} in {base}{listing}")

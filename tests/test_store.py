@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -355,6 +356,35 @@ def test_cli_lists_shows_and_removes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0 and '"test_acc"' in out
     assert _cli(capsys, "runs", "remove", key, root=tmp_path)[0] == 0
     assert "no runs" in _cli(capsys, "runs", "list", root=tmp_path)[1]
+
+
+def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_retrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = RunStore(tmp_path)
+    disjoint, mixed = (store.get(c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
+    phase_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "phases").glob("*/state.pt")}
+    metrics, logits = (mixed.path / "metrics.json").read_text(), mixed.logits("test").clone()
+    (mixed.path / "metrics.json").write_text(metrics[: len(metrics) // 2])  # truncated
+    (disjoint.path / "metrics.json").unlink()  # as if training had stopped before its end
+    code, out, err = _cli(capsys, "runs", "list", root=tmp_path)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "damaged: metrics.json (JSONDecodeError" in lines[mixed.key] and "unfinished" in lines[disjoint.key]
+    code, out, _ = _cli(capsys, "runs", "show", disjoint.key, root=tmp_path)
+    assert code == 1 and "is unfinished" in out
+    assert store.runs() == []
+    again = store.get(mixed.config)  # set aside, trained again from its intact phases
+    assert "damaged: metrics.json" in capsys.readouterr().err
+    assert (tmp_path / "runs" / f"{mixed.key}.damaged").is_dir()
+    assert torch.equal(again.logits("test"), logits) and again.metrics["test_acc"] == json.loads(metrics)["test_acc"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "phases").glob("*/state.pt")} == phase_files  # no phase retrained
+    blob = bytearray((again.path / "logits.pt").read_bytes())
+    blob[-10] ^= 0xFF
+    (again.path / "logits.pt").write_bytes(bytes(blob))
+    store.get(mixed.config)
+    assert "damaged: logits.pt" in capsys.readouterr().err
+    assert [r.key for r in store.runs()] == [mixed.key]  # the set-aside copy is not a run
 
 
 def test_cli_refuses_bad_parameters_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
