@@ -50,11 +50,29 @@ def _umask() -> int:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """``value`` as JSON, atomically, as ``{"sha256": ..., "value": ...}``: the hash of the value's
+    canonical JSON, which :func:`read_json` checks (a changed digit is noticed, not used)."""
+    plain = json.loads(json.dumps(value, default=str))  # what a reader gets back
+    record = {"sha256": _json_digest(plain), "value": plain}
+    write_bytes_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """The value :func:`write_json` stored; raises :class:`CorruptCheckpointError` naming the file
+    when it does not parse or its value no longer matches its sha256."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as error:
+        raise CorruptCheckpointError(f"{path}: does not parse ({str(error)[:80]}); remove it to recompute") from None
+    if not isinstance(record, dict) or set(record) != {"sha256", "value"}:
+        raise CorruptCheckpointError(f"{path}: not a mexit JSON file (no sha256 and value); remove it to recompute")
+    if _json_digest(record["value"]) != record["sha256"]:
+        raise CorruptCheckpointError(f"{path}: its content no longer matches its sha256; remove it to recompute")
+    return record["value"]
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def save_tensors(path: Path, value: Any) -> None:

@@ -183,8 +183,9 @@ def run_problem(run_dir: Path) -> str | None:
     for name in RUN_JSON:
         try:
             checkpoint.read_json(run_dir / name)
-        except (OSError, ValueError) as error:
-            return f"damaged: {name} ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
+        except (OSError, checkpoint.CorruptCheckpointError) as error:
+            why = str(error).splitlines()[0].removeprefix(f"{run_dir / name}: ").split("; remove it")[0]
+            return f"damaged: {name} ({why[:100]})"
     if not (run_dir / "logits.pt").exists():
         return "damaged: logits.pt (missing)"
     return None
@@ -376,7 +377,7 @@ class RunStore:
             with self._lock(phase_dir, ctx.is_main):
                 # Rank 0 decides whether the phase must be trained; every rank follows it.
                 stored = None
-                if ctx.is_main and (phase_dir / "phase.json").exists():
+                if ctx.is_main and (phase_dir / "phase.json").exists() and _phase_record_intact(phase_dir):
                     stored = checkpoint.load_or_quarantine(phase_dir / "state.pt")
                 if not ctx.broadcast_object(stored is not None):
                     result = train_phase(
@@ -437,6 +438,17 @@ class RunStore:
                 "world_size": ctx.world_size,
             },
         )
+
+
+def _phase_record_intact(phase_dir: Path) -> bool:
+    """Whether ``phase.json`` reads; a damaged one is reported and set aside, so the phase is trained again."""
+    try:
+        checkpoint.read_json(phase_dir / "phase.json")
+        return True
+    except checkpoint.CorruptCheckpointError as error:
+        os.replace(phase_dir / "phase.json", phase_dir / "phase.json.corrupt")
+        print(f"mexit: {error}; moved it to phase.json.corrupt and training the phase again", file=sys.stderr, flush=True)
+        return False
 
 
 def _save_phase(phase_dir: Path, result: PhaseResult) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -370,14 +371,14 @@ def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_
     code, out, err = _cli(capsys, "runs", "list", root=tmp_path)
     assert code == 0, err
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert "damaged: metrics.json (JSONDecodeError" in lines[mixed.key] and "unfinished" in lines[disjoint.key]
+    assert "damaged: metrics.json (does not parse" in lines[mixed.key] and "unfinished" in lines[disjoint.key]
     code, out, _ = _cli(capsys, "runs", "show", disjoint.key, root=tmp_path)
     assert code == 1 and "is unfinished" in out
     assert store.runs() == []
     again = store.get(mixed.config)  # set aside, trained again from its intact phases
     assert "damaged: metrics.json" in capsys.readouterr().err
     assert (tmp_path / "runs" / f"{mixed.key}.damaged").is_dir()
-    assert torch.equal(again.logits("test"), logits) and again.metrics["test_acc"] == json.loads(metrics)["test_acc"]
+    assert torch.equal(again.logits("test"), logits) and again.metrics["test_acc"] == json.loads(metrics)["value"]["test_acc"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "phases").glob("*/state.pt")} == phase_files  # no phase retrained
     blob = bytearray((again.path / "logits.pt").read_bytes())
     blob[-10] ^= 0xFF
@@ -385,6 +386,24 @@ def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_
     store.get(mixed.config)
     assert "damaged: logits.pt" in capsys.readouterr().err
     assert [r.key for r in store.runs()] == [mixed.key]  # the set-aside copy is not a run
+
+
+def test_a_changed_digit_in_a_json_file_is_noticed_and_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path)
+    run = store.get(load_config("tiny"))
+    costs = (run.path / "costs.json").read_text()
+    first = next(i for i, c in enumerate(costs) if c.isdigit() and costs[i - 1] in " [")
+    (run.path / "costs.json").write_text(costs[:first] + str((int(costs[first]) + 1) % 10) + costs[first + 1:])
+    with pytest.raises(CorruptCheckpointError, match="costs.json: its content no longer matches its sha256"):
+        run.costs
+    assert "damaged: costs.json (its content no longer matches its sha256)" in store.table().set_index("key").loc[run.key, "state"]
+    again = store.get(run.config)
+    assert "damaged: costs.json" in capsys.readouterr().err and again.costs["macs"] == json.loads(costs)["value"]["macs"]
+    phase = tmp_path / "phases" / phase_keys(run.config)[0] / "phase.json"
+    phase.write_text(phase.read_text().replace('"epochs_run": 1', '"epochs_run": 7'))
+    shutil.rmtree(again.path)
+    store.get(run.config)  # the phase record no longer matches: that phase is trained again
+    assert "phase.json.corrupt" in capsys.readouterr().err and checkpoint.read_json(phase)["epochs_run"] == 1
 
 
 def test_cli_refuses_bad_parameters_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
