@@ -177,7 +177,8 @@ RUN_JSON: tuple[str, ...] = ("config.json", "phases.json", "metrics.json", "cost
 def run_problem(run_dir: Path) -> str | None:
     """Why the run at ``run_dir`` cannot be read, or None: ``"unfinished"`` (no ``metrics.json``:
     training stopped or is under way) or ``"damaged: <file> (<why>)"`` (a JSON file that does not
-    parse, or ``logits.pt`` missing). Tensor files are checked against their sha256 when loaded."""
+    parse or no longer matches its sha256, or ``logits.pt`` missing). Tensor files are checked
+    against their sha256 when loaded."""
     if not (run_dir / "metrics.json").exists():
         return "unfinished"
     for name in RUN_JSON:
