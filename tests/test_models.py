@@ -529,3 +529,11 @@ def test_a_timm_deit_is_accepted_by_class_and_trains_in_every_regime(tmp_path) -
     runs = [store.get(c) for c in regime_configs(load_config("tiny", overrides), ["disjoint", "joint", "mixed"], [0])]
     for run in runs:
         assert run.logits("test").shape[0] == 3 and torch.isfinite(run.logits("test")).all()
+
+
+def test_the_vit_1l_head_is_a_plain_linear_as_the_authors_and_its_layernorm_an_option() -> None:
+    plain = build(VIT, 10, **VIT_KW, placement=[1])
+    normed = build(VIT, 10, **{**VIT_KW, "head_kwargs": {"norm": True}}, placement=[1])
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.ics.modules())
+    assert [type(m) for m in plain.ics[0].modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))] == [torch.nn.Linear]
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in normed.ics.modules())

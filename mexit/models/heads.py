@@ -14,10 +14,11 @@ Heads for MSDNet's multi-scale blocks (scales packed into N x values), reading t
 
 Heads for tokens (ViT blocks, N x L x D), reading the class token (or the mean of the patch tokens
 for a ViT without one) of the residual stream, i.e. before the backbone's final LayerNorm:
-- "linear": the paper's "1L" head, LayerNorm then one Linear.
+- "linear": the paper's "1L" head, one plain Linear on the token, as in the authors' code;
+  `norm=True` puts a LayerNorm before it (ours: the backbone's own classifier reads a normalised
+  token, and the residual stream's scale grows with depth).
 - "mlp": LayerNorm, then `layers` - 1 Linear + GELU layers of width `hidden`, then a Linear.
-  The LayerNorm is ours (the backbone's own classifier reads a normalised token; the residual
-  stream's scale grows with depth); `norm=False` drops it, as in the authors' code.
+  The LayerNorm is ours (as for `linear`); `norm=False` drops it, as in the authors' code.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class HeadSpec:
 HEADS: dict[str, HeadSpec] = {
     "pooled": HeadSpec("map", {"pool_size": 4}),
     "conv": HeadSpec("map", {"num_layers": 1, "pool_size": 4}),
-    "linear": HeadSpec("tokens", {"norm": True}),
+    "linear": HeadSpec("tokens", {"norm": False}),
     "mlp": HeadSpec("tokens", {"hidden": 1024, "layers": 2, "norm": True}),
     "msdnet": HeadSpec("multiscale", {"width": 128}),
 }
