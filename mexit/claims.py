@@ -294,8 +294,7 @@ def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
-        fits = frame.groupby("budget")["accuracy"].apply(lambda a: bool(a.notna().all()))
-        usable = sorted(b for b, ok in fits.items() if ok)
+        usable = _usable(frame)
         low = usable[:1]
 
         def at(regime: str, budgets: Sequence[float]) -> pd.Series:
@@ -315,8 +314,7 @@ def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
             MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high),
         }
         for claim, (effect, budgets) in effects.items():
-            where = f"{label} (budgets {', '.join(f'{100 * b:g}%' for b in budgets)})" if budgets else label
-            rows.append(assess(claim, effect.dropna().tolist(), where))
+            rows.append(assess(claim, effect.dropna().tolist(), _where(label, budgets)))
     return pd.DataFrame(rows)
 
 
