@@ -8,10 +8,10 @@ STAMP := $(VENV)/.mexit-installed
 
 .PHONY: book test test-outputs install clean-book
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --retries 10 --resume-retries 20 -c constraints.txt -e .
 	touch $(STAMP)
 
 install: $(STAMP)
