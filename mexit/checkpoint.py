@@ -4,7 +4,8 @@ Every file is written to a temporary name in the same directory, flushed to disk
 place, so a reader sees the old file or the new one, never a mix. Tensor files (``.pt``) start with
 a header holding their size and sha256; :func:`load_tensors` refuses a file that does not match it,
 and unpickles tensors and plain containers only (``weights_only=True``), so that a crafted file
-with a valid header never runs code.
+with a valid header never runs code. torch is imported by the two tensor functions only, so that
+reading a run's JSON files (``mexit runs list``) does not wait for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 
 _MAGIC = "mexit-ckpt-v1"
 
@@ -77,6 +77,8 @@ def _json_digest(value: Any) -> str:
 
 def save_tensors(path: Path, value: Any) -> None:
     """``torch.save`` ``value`` atomically, behind a header holding its size and sha256."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(value, buffer)
     payload = buffer.getvalue()
@@ -98,6 +100,8 @@ def load_tensors(path: Path) -> Any:
             f"{path} is corrupted ({len(payload)} bytes, expected {size} with sha256 {digest[:12]}...); "
             "remove it (mexit runs remove KEY) to retrain"
         )
+    import torch
+
     try:  # tensors and plain containers only: a stored file never runs code, whatever its checksum says
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

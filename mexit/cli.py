@@ -15,10 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from mexit.book import NotebookError
-from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
-from mexit.train import TrainingDiverged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,13 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mexit.book import build_book
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only)
-    except (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError, TrainingDiverged) as error:
+    except _user_errors() as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader left (`mexit runs show KEY | head`): stop quietly, as head expects
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors reported in one line. Evaluated only when an exception reaches `main`, so the
+    imports (torch among them) cost nothing to commands that need no torch, like `mexit runs list`."""
+    from mexit.book import NotebookError
+    from mexit.checkpoint import CorruptCheckpointError
+    from mexit.train import TrainingDiverged
+
+    return (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError, TrainingDiverged)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -13,6 +13,9 @@ A phase is keyed by the config up to and including it, so regimes that begin ali
 disjoint (P1, P3) and mixed (P1, P2) of the same seed train P1 once. Asking for a run that exists
 loads it; an interrupted one resumes; two processes asking for the same run take turns on a file
 lock, and the second finds the first one's result.
+
+torch and the training code are imported where a run is trained or its tensors read, so that
+listing and showing runs (``mexit runs``) starts without them.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 from filelock import FileLock, Timeout
 
-from mexit import checkpoint, data, distributed
+from mexit import checkpoint, data
 from mexit.config import RunConfig, data_identity, stable_hash
-from mexit.evaluate import ExitOutputs, exit_accuracy
-from mexit.train import PhaseResult, Probe, collect_logits, seed_everything, train_phase
+
+if TYPE_CHECKING:
+    import torch
+
+    from mexit import distributed
+    from mexit.evaluate import ExitOutputs
+    from mexit.train import PhaseResult, Probe
 
 DEFAULT_ROOT = "runs"
 
@@ -151,6 +158,8 @@ class Run:
 
     def outputs(self, **tags: Any) -> ExitOutputs:
         """The run's test (and validation) logits, labels and costs for :mod:`mexit.evaluate`."""
+        from mexit.evaluate import ExitOutputs
+
         train = self.config.train
         default_tags = {
             "regime": train.regime if train.phases is None else "+".join(train.phases),
@@ -193,12 +202,15 @@ def run_problem(run_dir: Path) -> str | None:
 
 
 def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    """The run's multi-exit model. :func:`mexit.models.build` creates the backbone before the ICs,
-    so after the same seed the backbone's initial weights do not depend on the ICs."""
+    """The run's multi-exit model, in channels-last memory order if ``train.channels_last``.
+    :func:`mexit.models.build` creates the backbone before the ICs, so after the same seed the
+    backbone's initial weights do not depend on the ICs."""
+    import torch
+
     from mexit import models
 
     m = config.model
-    return models.build(
+    model = models.build(
         m.backbone,
         num_classes,
         in_chans=input_shape[0],
@@ -211,6 +223,7 @@ def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classe
         checkpoint=m.checkpoint,
         **m.backbone_kwargs,
     )
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 
 class RunStore:
@@ -225,6 +238,9 @@ class RunStore:
         run_dir = self.root / "runs" / config.key()
         if (run_dir / "metrics.json").exists() and self._usable(run_dir):
             return Run(run_dir)
+        from mexit import distributed
+        from mexit.train import seed_everything
+
         ctx = distributed.context(device)
         config.train.check_world_size(ctx.world_size)
         if config.model.method == "l2w" and ctx.world_size > 1:
@@ -368,6 +384,8 @@ class RunStore:
         splits: data.Splits,
         model: torch.nn.Module,
     ) -> None:
+        from mexit.train import train_phase
+
         keys = phase_keys(config)
         if ctx.is_main:  # written before training, so that an unfinished run can be found and removed
             checkpoint.write_json(run_dir / "config.json", config.to_dict())
@@ -413,7 +431,9 @@ class RunStore:
         ctx: distributed.DistContext,
         results: list[dict[str, Any]],
     ) -> None:
+        from mexit.evaluate import exit_accuracy
         from mexit.flops import exit_costs
+        from mexit.train import collect_logits
 
         batch = config.train.eval_batch_size
         val, val_labels = collect_logits(model, splits.val, batch, ctx.device)

@@ -445,10 +445,25 @@ def test_mixed_pool_equals_adaptive_pooling_on_every_map_size() -> None:
     from mexit.models.heads import MixedPool
 
     pool = MixedPool(4)
-    for size in (32, 16, 8, 4, 6, 3):  # multiples of 4 take fixed kernels; the rest adaptive pooling
-        x = torch.randn(2, 3, size, size)
-        expected = 0.5 * torch.nn.functional.adaptive_max_pool2d(x, 4) + 0.5 * torch.nn.functional.adaptive_avg_pool2d(x, 4)
-        assert torch.allclose(pool(x), expected, atol=1e-6)
+    for size in (32, 16, 8, 4, 6, 3):  # channels-last multiples of 4 sum windows; the rest adaptive pooling
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 3, size, size).contiguous(memory_format=layout).requires_grad_()
+            reference = x.detach().contiguous().requires_grad_()
+            expected = 0.5 * nn.functional.adaptive_max_pool2d(reference, 4) + 0.5 * nn.functional.adaptive_avg_pool2d(reference, 4)
+            pooled = pool(x)
+            assert torch.allclose(pooled, expected, atol=1e-6)
+            weights = torch.randn_like(expected)
+            (pooled * weights).sum().backward()
+            (expected * weights).sum().backward()
+            assert torch.allclose(x.grad, reference.grad, atol=1e-6), (size, layout)
+
+
+def test_window_mean_is_average_pooling() -> None:
+    from mexit.models.heads import window_mean
+
+    x = torch.randn(3, 5, 12, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(window_mean(x, 4), nn.functional.avg_pool2d(x, (3, 2)), atol=1e-6)
+    assert torch.allclose(window_mean(x, 1), x.mean((2, 3), keepdim=True), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -537,3 +552,15 @@ def test_the_vit_1l_head_is_a_plain_linear_as_the_authors_and_its_layernorm_an_o
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.ics.modules())
     assert [type(m) for m in plain.ics[0].modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))] == [torch.nn.Linear]
     assert any(isinstance(m, torch.nn.LayerNorm) for m in normed.ics.modules())
+
+
+def test_select_samples_matches_boolean_indexing_and_keeps_the_memory_order() -> None:
+    from mexit.models.multiexit import select_samples
+
+    keep = torch.tensor([True, False, True, True, False])
+    for x in (torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4).contiguous(memory_format=torch.channels_last), torch.randn(5, 7, 2)):
+        chosen = select_samples(x, keep)
+        assert torch.equal(chosen, x[keep])
+        if x.dim() == 4:
+            layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            assert chosen.is_contiguous(memory_format=layout)

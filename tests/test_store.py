@@ -152,6 +152,19 @@ def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
     assert torch.equal(first.logits("test"), second.logits("test"))
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_model_takes_the_configured_memory_order(channels_last: bool) -> None:
+    from mexit.store import build_model
+
+    config = load_config("tiny", [f"train.channels_last={str(channels_last).lower()}"])
+    model = build_model(config, (1, 8, 8), 10)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert convs and all(w.is_contiguous(memory_format=layout) for w in convs)
+    maps = model.forward_blocks(torch.randn(2, 1, 8, 8))
+    assert maps[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_model_reloads_with_the_stored_weights(tmp_path: Path) -> None:
     run = RunStore(tmp_path).get(load_config("tiny"))
     model = run.model()
@@ -355,6 +368,15 @@ def test_cli_lists_shows_and_removes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert key in _cli(capsys, "runs", "list", root=tmp_path)[1]
     code, out, _ = _cli(capsys, "runs", "show", key[:6], root=tmp_path)
     assert code == 0 and '"test_acc"' in out
+    # Listing and showing need no torch: a fresh process answers without importing it.
+    script = (
+        "import sys; from mexit.cli import main; "
+        f"assert main(['runs', 'list', '--root', {str(tmp_path)!r}]) == 0; "
+        f"assert main(['runs', 'show', {key!r}, '--root', {str(tmp_path)!r}]) == 0; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    listed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert listed.returncode == 0 and key in listed.stdout, listed.stderr
     assert _cli(capsys, "runs", "remove", key, root=tmp_path)[0] == 0
     assert "no runs" in _cli(capsys, "runs", "list", root=tmp_path)[1]
 

