@@ -316,6 +316,8 @@ def test_train_items_are_augmented(name: str, roots: dict[str, str]) -> None:
     draws = [splits.train[0][0] for _ in range(5)]
     assert any(not torch.equal(draws[0], draw) for draw in draws[1:])
     assert torch.equal(splits.train_eval[0][0], splits.train_eval[0][0])
+    plain = load(config_for(name, roots, image_size=16, augment=False))  # the option: train items as evaluated
+    assert all(torch.equal(plain.train[i][0], plain.train_eval[i][0]) for i in range(3))
 
 
 def test_cifar_pixels_and_labels_match_the_pickles(roots: dict[str, str]) -> None:

@@ -47,7 +47,11 @@ _EMBEDDED_TEST_FRACTION = 0.2  # mnist5k and digits have no official test split
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset to load and how to split, resize and perturb it."""
+    """Which dataset to load and how to split, resize and perturb it.
+
+    ``augment`` False gives the training split the evaluation transform (no random crops or
+    flips): for tests and comparisons that must not depend on augmentation draws.
+    """
 
     name: str = "mnist5k"
     data_root: str | None = None
@@ -56,6 +60,7 @@ class DataConfig:
     image_size: int | None = None
     download: bool = False
     val_fraction: float = 0.1
+    augment: bool = True
     seed: int = 0
 
 

@@ -69,6 +69,8 @@ def load(config: DataConfig) -> Splits:
     train_idx, val_idx, test_idx = _split(raw, config)
     test_source = raw.train if raw.test is None else raw.test
     train_pipe, eval_pipe = _pipelines(config.name, size)
+    if not config.augment:
+        train_pipe = eval_pipe
     std, seed = config.noise_std, config.seed
     return Splits(
         name=config.name,
