@@ -78,6 +78,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_models.py::test_conv_heads_halve_channels_and_stride_as_the_authors_layouts",),
     ),
     Mutation(
+        "conv heads lose their strides", "mexit/models/heads.py",
+        "kernel_size=3, stride=stride, padding=1", "kernel_size=3, stride=1, padding=1",
+        ("tests/test_models.py::test_conv_heads_halve_channels_and_stride_as_the_authors_layouts",),
+    ),
+    Mutation(
+        "models.validate a no-op", "mexit/models/__init__.py",
+        '    """Check names and options without building anything (indices vs depth are checked by `build`)."""\n',
+        '    """Check names and options without building anything (indices vs depth are checked by `build`)."""\n    return\n',
+        ("tests/test_models.py",),
+    ),
+    Mutation(
         "resume without the optimiser's state", "mexit/train.py",
         'optimizer.load_state_dict(saved["optimizer"])', "pass",
         ("tests/test_store.py::test_interrupted_run_resumes_to_the_same_weights",),
