@@ -82,16 +82,16 @@ def notebook_names(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / NOTEBOOK_DIR).glob("*.ipynb"))
 
 
-def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
-    """Train (or find stored) every run the notebooks compare, once, before any notebook executes.
+def needed_runs(
+    profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, *, require_data: bool = True
+) -> dict[str, tuple[str, Any]]:
+    """Every run the notebooks compare, once: ``{run key: (progress label, RunConfig)}``, in row,
+    seed, regime order (so that a shared phase, P1 of disjoint and mixed, comes first).
 
     ``declared`` maps each notebook to the parameters its ``parameters`` cell declares. A notebook
     that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
-    runs; they are trained here in
-    row, seed, regime order, so that progress shows on the terminal and a shared phase (P1 of
-    disjoint and mixed) is trained once.
+    runs. ``require_data`` False plans runs whose ``data_root`` is not on this machine.
     """
-    from mexit.store import RunStore
     from mexit.study import run_label, study
 
     needed: dict[str, tuple[str, Any]] = {}
@@ -103,10 +103,26 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
             continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
         s = study(
             rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
-            variants=values.get("variants"),
+            variants=values.get("variants"), require_data=require_data,
         )
         for row, config in s.configs():
             needed.setdefault(config.key(), (run_label(row, config), config))
+    return needed
+
+
+def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The parameters each named notebook's ``parameters`` cell declares (papermill's reading)."""
+    import papermill
+
+    return {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
+
+
+def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
+    """Train (or find stored) every run the notebooks compare (:func:`needed_runs`), once, before
+    any notebook executes, so that progress shows on the terminal and a shared phase is trained once."""
+    from mexit.store import RunStore
+
+    needed = needed_runs(profile, declared, runs_root)
     store = RunStore(runs_root)
     stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
     print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
@@ -152,7 +168,7 @@ def _execute(
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
-    declared = {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
+    declared = declared_parameters(root, names)
     train_needed(profile, declared, store)
     executed = []
     for name in names:

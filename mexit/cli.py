@@ -4,6 +4,9 @@
     mexit train --config my.yaml train.epochs=30 model.placement=[2,4,6]
     mexit runs list | show KEY | remove KEY
     mexit book --profile quick [--only table1 ...]
+    mexit plan --profile paper
+    mexit sweep --profile paper --executor slurm --partition gpu --gpus-per-node 4 [--dry-run]
+    mexit sweep --profile paper --status
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
 
@@ -42,12 +46,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
 
+    plan = commands.add_parser("plan", parents=[common], help="list every run the book needs at a profile, with its cost")
+    plan.add_argument("--profile", default="quick")
+
+    sweep = commands.add_parser("sweep", parents=[common], help="submit every missing run of a profile through submitit")
+    sweep.add_argument("--profile", default="quick")
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
+    sweep.add_argument("--status", action="store_true", help="show each run's state, and resubmit failed jobs")
+    sweep.add_argument("--dry-run", action="store_true", help="show the jobs (and SLURM's sbatch script) without submitting")
+    sweep.add_argument("--wait", action="store_true", help="return when no job is pending or running")
+    sweep.add_argument("--partition", help="SLURM partition")
+    sweep.add_argument("--gpus-per-node", type=int, default=0, help="GPUs of each job; more than one trains under DDP")
+    sweep.add_argument("--nodes", type=int, default=1)
+    sweep.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES", help="each job's wall-time limit")
+    sweep.add_argument("--threads", type=int, default=1, help="CPU threads of each task")
+    sweep.add_argument("--jobs", type=int, help="local processes (default: CPU cores / threads)")
+    sweep.add_argument("--max-parallel", type=int, default=64, help="SLURM array tasks running at once")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
         if args.command == "runs":
             return _runs(args)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "sweep":
+            return _sweep(args)
         from mexit.book import build_book
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only)
@@ -107,6 +132,63 @@ def _take_overrides(values: list[str] | None, overrides: list[str]) -> list[str]
         return None
     overrides.extend(word for word in values if "=" in word)
     return [word for word in values if "=" not in word]
+
+
+def _runs_root(args: argparse.Namespace) -> Path:
+    from mexit.store import default_root
+
+    return Path(args.root) if args.root else default_root()
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from mexit import sweep
+
+    runs_root = _runs_root(args)
+    runs = sweep.plan(args.profile, Path.cwd(), runs_root)
+    table = sweep.plan_table(runs, runs_root)
+    shown = table.assign(train_macs=table["train_macs"].map("{:.2e}".format))
+    print(shown.to_string(index=False) if len(table) else f"profile {args.profile} needs no runs")
+    phases = {key for run in runs for key in run.phase_keys}
+    print(
+        f"{len(runs)} runs ({int(table['stored'].sum()) if len(table) else 0} stored), {len(phases)} phases to train, "
+        f"{len(sweep.groups(runs))} groups sharing no phase; estimated training cost {sweep.total_train_macs(runs):.2e} "
+        "forward MACs at the epoch caps (each shared phase once; early stopping may end phases sooner)"
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mexit import sweep
+
+    runs_root, root = _runs_root(args), Path.cwd()
+    options = sweep.JobOptions(
+        partition=args.partition, gpus_per_node=args.gpus_per_node, nodes=args.nodes, time_min=args.time,
+        threads=args.threads, jobs=args.jobs, max_parallel=args.max_parallel,
+    )
+    if args.status:
+        table = sweep.status(args.profile, root, runs_root)
+        print(table.to_string(index=False) if len(table) else f"profile {args.profile} needs no runs")
+        counts = table["state"].value_counts()
+        print(", ".join(f"{counts.get(state, 0)} {state}" for state in sweep.STATES))
+        if counts.get("failed", 0):
+            jobs = sweep.submit(args.profile, root, runs_root, args.executor, options, states=("failed",))
+            print(f"resubmitted {len(jobs)} job(s) ({args.executor}) for the failed runs; they resume from their checkpoints")
+        return 0
+    jobs = sweep.submit(args.profile, root, runs_root, args.executor, options, dry_run=args.dry_run)
+    for job in jobs:
+        if "sbatch" in job:
+            print(f"--- the job array's sbatch script ---\n{job['sbatch']}")
+        else:
+            what = "would submit" if args.dry_run else f"job {job['job_id']}"
+            print(f"{what}: {len(job['runs'])} run(s) {' '.join(job['runs'])}")
+    print(f"{'would submit' if args.dry_run else 'submitted'} {sum('runs' in job for job in jobs)} job(s) through {args.executor}"
+          + ("" if jobs else ": every run is done, pending or running"))
+    if args.wait and not args.dry_run:
+        table = sweep.wait(args.profile, root, runs_root)
+        counts = table["state"].value_counts()
+        print(", ".join(f"{counts.get(state, 0)} {state}" for state in sweep.STATES))
+        return 0 if counts.get("done", 0) == len(table) else 1
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from filelock import FileLock, Timeout
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from mexit import checkpoint, data
 from mexit.config import RunConfig, data_identity, stable_hash
@@ -47,6 +47,24 @@ DEFAULT_ROOT = "runs"
 
 def default_root() -> Path:
     return Path(os.environ.get("MEXIT_RUNS", DEFAULT_ROOT))
+
+
+LOCK_KINDS: tuple[str, ...] = ("os", "soft")
+
+
+def file_lock(path: Path) -> BaseFileLock:
+    """The lock guarding one phase's training or one analysis, by ``$MEXIT_LOCKS``:
+
+    - ``os`` (the default): an ``fcntl`` lock, released by the kernel when its holder dies. It holds
+      on local disks and on network filesystems whose locks work across machines (NFSv4, Lustre and
+      BeeGFS mounted with ``flock``).
+    - ``soft``: a lock file created exclusively (``O_EXCL``), which holds on any shared filesystem,
+      but outlives a holder that was killed: remove the stale ``.lock`` file by hand then.
+    """
+    kind = os.environ.get("MEXIT_LOCKS", "os")
+    if kind not in LOCK_KINDS:
+        raise ValueError(f"MEXIT_LOCKS must be one of {', '.join(LOCK_KINDS)}, got {kind!r}")
+    return SoftFileLock(str(path)) if kind == "soft" else FileLock(str(path))
 
 
 BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "checkpoint")
@@ -327,7 +345,7 @@ class RunStore:
         path = self.root / "analyses" / kind / f"{stable_hash({'kind': kind, 'mexit': __version__, **inputs})}.csv"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path.with_suffix(".lock"))):
+            with file_lock(path.with_suffix(".lock")):
                 if not path.exists():
                     checkpoint.write_bytes_atomic(path, compute().to_csv(index=False).encode())
         return pd.read_csv(path)
@@ -363,7 +381,7 @@ class RunStore:
             yield
             return
         directory.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(directory / ".lock"))
+        lock = file_lock(directory / ".lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:

@@ -195,6 +195,7 @@ def study(
     budgets: Any = (0.25, 0.5, 0.75, 1.0),
     grid: Any = "dense",
     variants: Any = None,
+    require_data: bool = True,
 ) -> Study:
     """Check a notebook's parameters; raises :class:`ParameterError` naming the first bad one.
 
@@ -204,7 +205,8 @@ def study(
     non-empty list from :data:`mexit.config.REGIMES`; ``runs_root``: the run store folder (None: ``$MEXIT_RUNS`` or ``./runs``);
     ``budgets``: fractions of the backbone cost in (0, 1]; ``grid``: the threshold grid of the
     sweeps (:data:`mexit.evaluate.sweeps.GRIDS`). Every row's config is fully validated
-    (backbone, placement, head, method, dataset and its ``data_root``) without training anything.
+    (backbone, placement, head, method, dataset and its ``data_root``, which must be a folder here
+    unless ``require_data`` is False: a plan made away from the data) without training anything.
 
     ``variants`` (an ablation; None otherwise): a non-empty list of ``{label, overrides, regimes,
     rows, exit_method}`` mappings, each a change applied to every row (its ``overrides`` after the
@@ -233,12 +235,12 @@ def study(
         raise ParameterError(f"runs_root must be a folder path (a string) or None ($MEXIT_RUNS or ./runs), got {runs_root!r}")
     if not isinstance(rows, list) or not rows:
         raise ParameterError(f"rows must be a non-empty list of {{label, config, overrides}} mappings, got {rows!r}")
-    checked_rows = tuple(_row(index, value) for index, value in enumerate(rows))
+    checked_rows = tuple(_row(index, value, require_data=require_data) for index, value in enumerate(rows))
     labels = [row.label for row in checked_rows]
     if len(set(labels)) != len(labels):
         raise ParameterError(f"rows must have distinct labels, got {labels}")
     if variants is not None:
-        checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels))
+        checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels), require_data)
     return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid)
 
 
@@ -300,7 +302,7 @@ def _variants(value: Any, regimes: Sequence[str], row_labels: Sequence[str]) -> 
     return checked
 
 
-def _crossed(rows: list[Mapping[str, Any]], variants: list[dict[str, Any]]) -> tuple[Row, ...]:
+def _crossed(rows: list[Mapping[str, Any]], variants: list[dict[str, Any]], require_data: bool) -> tuple[Row, ...]:
     """Each row with each variant's overrides after its own, checked as a row."""
     crossed = []
     for index, value in enumerate(rows):
@@ -308,7 +310,8 @@ def _crossed(rows: list[Mapping[str, Any]], variants: list[dict[str, Any]]) -> t
             if variant["rows"] is not None and value["label"] not in variant["rows"]:
                 continue
             overrides = [*value.get("overrides", []), *variant["overrides"]]
-            row = _row(index, {**value, "overrides": overrides}, f"variants[{number}] ({variant['label']!r}) on rows[{index}]")
+            where = f"variants[{number}] ({variant['label']!r}) on rows[{index}]"
+            row = _row(index, {**value, "overrides": overrides}, where, require_data=require_data)
             regimes = tuple(variant["regimes"]) if variant["regimes"] else None
             crossed.append(dataclasses.replace(row, variant=variant["label"], regimes=regimes, exit_method=variant["exit_method"]))
     return tuple(crossed)
@@ -339,7 +342,7 @@ def _check_builds(config: RunConfig) -> None:
         build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
 
 
-def _row(index: int, value: Any, where: str | None = None) -> Row:
+def _row(index: int, value: Any, where: str | None = None, *, require_data: bool = True) -> Row:
     where = where or f"rows[{index}]"
     if not isinstance(value, Mapping):
         raise ParameterError(f"{where} must be a mapping with keys {', '.join(ROW_FIELDS)}, got {value!r}")
@@ -360,6 +363,6 @@ def _row(index: int, value: Any, where: str | None = None) -> Row:
     except ValueError as error:
         raise ParameterError(f"{where} ({label!r}): {error}") from None
     root = config.data.data_root
-    if root is not None and not Path(root).is_dir():
+    if require_data and root is not None and not Path(root).is_dir():
         raise ParameterError(f"{where} ({label!r}): data.data_root={root!r} is not a folder on this machine")
     return Row(label, config, paper)

@@ -7,6 +7,8 @@ screenshots of every page land in ``_build/screenshots`` of the repository.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -94,8 +96,19 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny book, its runs trained first by `mexit sweep` through submitit's local executor (two
+    processes of one thread): the book step then only reads the store."""
     root = copy_sources(ROOT, tmp_path_factory.mktemp("book"))
-    assert build_book("tiny", root=root) == 0
+    store = root / "runs"
+    swept = subprocess.run(
+        [sys.executable, "-m", "mexit", "sweep", "--profile", "tiny", "--executor", "local", "--wait", "--root", str(store)],
+        cwd=root, capture_output=True, text=True,
+    )
+    assert swept.returncode == 0 and "0 pending, 0 running, 0 failed, 0 not submitted" in swept.stdout, swept.stdout + swept.stderr
+    trained = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
+    assert build_book("tiny", root=root, runs_root=str(store)) == 0
+    after = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
+    assert after == trained, "the book step trained or rewrote runs the sweep had stored"
     return root
 
 
