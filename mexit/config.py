@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -238,17 +239,40 @@ class RunConfig:
         return RunConfig.from_dict(values)
 
     def key(self) -> str:
-        """Stable 12-hex-digit hash of the config and the mexit version.
+        """Stable 12-hex-digit hash of the config, the mexit version and the training code's
+        fingerprint (:func:`code_identity`).
 
         Where the data lives (``data.data_root``, ``data.download``) is left out: the same run on
         another machine or mount has the same key.
         """
-        return stable_hash({"config": {**self.to_dict(), "data": data_identity(self.data)}, "mexit": __version__})
+        return stable_hash({"config": {**self.to_dict(), "data": data_identity(self.data)}, **code_identity()})
 
 
 def data_identity(config: DataConfig) -> dict[str, Any]:
     """The fields of a data config that change the data, not where it is read from."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_root", "download")}
+
+
+TRAINING_CODE: tuple[str, ...] = ("models", "data", "regimes.py", "train.py", "sample_weighting.py", "flops.py")
+"""The modules, under ``mexit/``, whose source decides a run's weights and what it stores."""
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """12 hex digits of the sha256 of the source of :data:`TRAINING_CODE` (paths and bytes), so that
+    an edit of the code that trains keys new runs instead of reusing runs trained by other code."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        path = package / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def code_identity() -> dict[str, str]:
+    """What run and phase keys hold of the code: the package version and :func:`code_fingerprint`."""
+    return {"mexit": __version__, "code": code_fingerprint()}
 
 
 def stable_hash(value: Any) -> str:

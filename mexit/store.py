@@ -1,4 +1,5 @@
-"""The run store: every trained model is a run, keyed by a stable hash of its full config.
+"""The run store: every trained model is a run, keyed by a stable hash of its full config and of
+the training code (:func:`mexit.config.code_identity`).
 
 Layout under ``root`` (default ``runs/``, or ``$MEXIT_RUNS``)::
 
@@ -33,7 +34,7 @@ import pandas as pd
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from mexit import checkpoint, data
-from mexit.config import RunConfig, data_identity, stable_hash
+from mexit.config import RunConfig, code_identity, data_identity, stable_hash
 
 if TYPE_CHECKING:
     import torch
@@ -76,8 +77,6 @@ def phase_keys(config: RunConfig) -> list[str]:
     """The key of the state after each phase: a hash of everything that phase's weights depend on.
     A run's first phase, when it is P1, leaves the ICs out (:data:`BACKBONE_FIELDS`), so that the
     disjoint and mixed runs of every IC configuration (placement, head, method) share one P1 per seed."""
-    from mexit import __version__
-
     train = config.train
     model = dataclasses.asdict(config.model)
     common = {
@@ -86,7 +85,8 @@ def phase_keys(config: RunConfig) -> list[str]:
         "patience": train.patience,
         "eval_every": train.eval_every,
         "num_workers": train.num_workers,
-        "mexit": __version__,
+        "channels_last": train.channels_last,
+        **code_identity(),
     }
     keys: list[str] = []
     prefix: list[dict[str, Any]] = []

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mexit.config import RunConfig, load_config, regime_configs, split_epochs
@@ -94,3 +100,36 @@ def test_world_size_must_split_every_phases_batch() -> None:
     mixup = load_config("tiny", ["train.optim.batch_size=6", "train.optim.mixup=0.8"])
     with pytest.raises(ValueError, match="2 samples per process|3 samples per process"):
         mixup.train.check_world_size(2)
+
+
+def test_run_and_phase_keys_follow_the_training_code(tmp_path: Path) -> None:
+    import mexit
+
+    copy = tmp_path / "mexit"
+    shutil.copytree(Path(mexit.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    script = (
+        "from mexit.config import load_config; from mexit.store import phase_keys; "
+        "c = load_config('tiny', ['train.regime=disjoint']); print(c.key(), *phase_keys(c))"
+    )
+
+    def keys() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    from mexit.store import phase_keys
+
+    config = load_config("tiny", ["train.regime=disjoint"])
+    assert keys() == [config.key(), *phase_keys(config)]  # the copy is the same code
+    (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# not training code\n")
+    assert keys() == [config.key(), *phase_keys(config)]
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# an edit of the training loop\n")
+    edited = keys()
+    assert all(new != old for new, old in zip(edited, [config.key(), *phase_keys(config)]))
+
+
+def test_the_memory_order_is_part_of_every_phase_key() -> None:
+    from mexit.store import phase_keys
+
+    on, off = (load_config("tiny", [f"train.channels_last={value}", "train.regime=disjoint"]) for value in ("true", "false"))
+    assert not set(phase_keys(on)) & set(phase_keys(off))
