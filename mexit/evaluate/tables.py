@@ -75,9 +75,11 @@ def budget_table(
 
     ``grid`` and ``rule`` are the threshold sweep's. For each run and budget b, the operating point
     is the last one (thresholds or patiences in increasing order, along which the expected cost never
-    falls, so the most accurate affordable one) whose expected cost is at most b x
+    falls) whose expected cost is at most b x
     ``backbone_cost``, picked on the test split (``fit="test"``, as the paper) or on the validation
-    split (``fit="val"``); the test accuracy and cost there are reported. Runs are grouped by their
+    split (``fit="val"``); the test accuracy and cost there are reported. This is the paper's rule:
+    the most expensive affordable point, which is not always the most accurate affordable one
+    (accuracy need not grow with cost), so a run's accuracy can fall as the budget grows. Runs are grouped by their
     ``tags`` values for the keys in ``by``; the other runs of a group (seeds) are the replicates.
 
     One row per (group, budget), groups in order of first appearance: the ``by`` columns,
