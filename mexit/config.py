@@ -29,6 +29,7 @@ PHASES: tuple[str, ...] = ("P1", "P2", "P3")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LOSS_WEIGHTS: tuple[str, ...] = ("auto", "uniform", "linear", "sdn")
+P3_LOSSES: tuple[str, ...] = ("ics", "all_heads")
 
 
 @dataclass
@@ -97,6 +98,9 @@ class TrainConfig:
     ``phase_optim`` overrides optimiser fields per phase, e.g. ``{"P2": {"lr": 0.02}}``.
     ``patience`` enables the paper's early stopping (evaluations without any head improving);
     ``None`` trains for the full epoch count and keeps the last state.
+    ``p3_loss`` is what P3's weighted mean runs over: ``ics`` (ours: the ICs it trains) or
+    ``all_heads`` (the authors': the frozen final head's constant term too, so each IC weighs 1/H
+    of H heads under uniform weights instead of 1/(H-1)).
     ``channels_last`` keeps the model's 4-D weights, and so the feature maps of convolutional
     backbones, in channels-last memory order: the same model, other rounding, and a ResNet-20
     training step about 25% faster on a CPU (``benchmarks/multiexit_speed.py``).
@@ -108,6 +112,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     phase_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss_weights: str = "auto"
+    p3_loss: str = "ics"
     gradient_equilibrium: bool = False
     patience: int | None = None
     eval_every: int | None = None
@@ -155,6 +160,7 @@ class TrainConfig:
         for index, phase in enumerate(self.phase_list):
             self.optim_for(index).validate(f"train.optim[{phase}]")
         _check_choice("train.loss_weights", self.loss_weights, LOSS_WEIGHTS)
+        _check_choice("train.p3_loss", self.p3_loss, P3_LOSSES)
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 (or null to disable), got {self.patience}")
         if self.eval_every is not None and self.eval_every < 1:

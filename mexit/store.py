@@ -98,6 +98,8 @@ def phase_keys(config: RunConfig) -> list[str]:
         }
         if name != "P1":  # settings that only matter once ICs train
             step["loss_weights"] = train.loss_weights
+        if name == "P3":
+            step["p3_loss"] = train.p3_loss
         if name == "P2":  # settings that only matter when backbone and ICs train together
             step.update(gradient_equilibrium=train.gradient_equilibrium, dominance_every=train.dominance_every)
         prefix.append(step)

@@ -183,6 +183,8 @@ def train_phase(
     max_epochs = config.phase_epochs[phase_index]
     num_exits = model.num_exits
     exits = phase.exits_in_loss(num_exits)
+    if phase_name == "P3" and config.p3_loss == "all_heads":  # the authors': the frozen final head's term too
+        exits = list(range(num_exits))
     scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
     # A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
     # only: its result does not depend on the ICs, so one P1 serves every IC configuration.

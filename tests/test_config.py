@@ -44,6 +44,7 @@ def test_overrides_parse_yaml_values() -> None:
         ("data.noise_std=-.inf", "data.noise_std must hold finite numbers"),
         ("train.phase_optim={P2: {lr: .inf}}", "train.phase_optim must hold finite numbers"),
         ("train.channels_last=yes please", "train.channels_last must be of type bool"),
+        ("train.p3_loss=final", "train.p3_loss"),
     ],
 )
 def test_bad_parameters_name_themselves(override: str, names: str) -> None:

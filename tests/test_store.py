@@ -118,6 +118,22 @@ def _initial_model(config: RunConfig) -> torch.nn.Module:
     return build_model(config, splits.input_shape, splits.num_classes)
 
 
+def test_p3_over_all_heads_weighs_each_ic_one_in_h(tmp_path: Path) -> None:
+    # The authors' P3 loss also averages the frozen final head's constant term: under uniform
+    # weights each of the 2 ICs of 3 heads weighs 1/3 instead of 1/2, i.e. our P3 at 2/3 the rate.
+    base = ["train.regime=disjoint", "train.optim.weight_decay=0", "train.optim.lr=0.03", "train.dominance_every=0"]
+    store = RunStore(tmp_path)
+    authors = store.get(load_config("tiny", [*base, "train.p3_loss=all_heads"]))
+    ours = store.get(load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.02}}"]))
+    assert authors.key != ours.key and phase_keys(authors.config)[0] == phase_keys(ours.config)[0]  # one P1
+    a, b = authors.model().state_dict(), ours.model().state_dict()
+    ics = [name for name in a if name.startswith("ics.") and a[name].is_floating_point()]
+    assert ics and all(torch.allclose(a[name], b[name], atol=1e-5) for name in ics)
+    moved = load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.03}}"])  # the same rate: the ICs differ
+    c = store.get(moved).model().state_dict()
+    assert not all(torch.allclose(a[name], c[name], atol=1e-5) for name in ics)
+
+
 def test_one_p1_per_seed_serves_every_ic_configuration(tmp_path: Path) -> None:
     """Two configs that differ only in their ICs (placement, head, method) share one stored P1,
     and a P1 trained apart for either gives bit-identical backbone weights."""
