@@ -501,3 +501,25 @@ def test_run_curve_follows_the_runs_method_as_the_budget_table_does():
     out = pbee_case("sdn")
     assert plain.drop(columns="evaluation").equals(sweep(out.test_logits, out.test_labels, out.costs, out.backbone_cost, grid="dense"))
     assert (plain["evaluation"] == "threshold").all()
+
+
+def test_float16_logits_leave_the_budget_table_within_005_points() -> None:
+    import torch
+
+    from mexit.store import compact_logits
+
+    rng = np.random.default_rng(0)
+    exits, n, classes = 4, 10_000, 100
+    labels = rng.integers(0, classes, n)
+    signal = np.linspace(1.0, 4.0, exits)[:, None, None] * np.eye(classes)[labels][None]
+    logits = (signal + rng.normal(0, 1.5, (exits, n, classes))).astype(np.float32) * 3
+    half = compact_logits(torch.from_numpy(logits))
+    assert half.dtype == torch.float16
+    costs = [1.0, 2.0, 3.0, 4.5]
+    tables = [
+        budget_table([ExitOutputs(values, labels, costs, 4.0, tags={"regime": "mixed", "method": "sdn"})], grid="dense")
+        for values in (logits, half.float().numpy())
+    ]
+    assert tables[0]["accuracy_mean"].between(1, 99).all()  # operating points inside the curve, not at its ends
+    assert np.abs(tables[0]["accuracy_mean"] - tables[1]["accuracy_mean"]).max() <= 0.05
+    assert compact_logits(torch.tensor([1e6])).dtype == torch.float32  # beyond float16: kept as float32
