@@ -2,6 +2,7 @@
 
     mexit train --config mnist5k-quick --regimes disjoint joint mixed --seeds 0 1 2
     mexit train --config my.yaml train.epochs=30 model.placement=[2,4,6]
+    mexit train --config resnet50-tinyimagenet --regimes disjoint mixed --dry-run
     mexit runs list | show KEY | remove KEY
     mexit book --profile quick [--only table1 ...]
     mexit plan --profile paper
@@ -19,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mexit.config import REGIMES, load_config, regime_configs, shipped_configs
+from mexit.config import REGIMES, RunConfig, load_config, regime_configs, shipped_configs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--regimes", nargs="+", metavar="REGIME", help=f"train each of these regimes ({', '.join(REGIMES)})")
     train.add_argument("--seeds", nargs="+", metavar="SEED", help="train each of these seeds")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    train.add_argument("--dry-run", action="store_true", help="show each run's resolved config and phases; train nothing")
     train.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.epochs=30")
 
     runs = commands.add_parser("runs", parents=[common], help="list, show or remove stored runs")
@@ -111,6 +113,10 @@ def _train(args: argparse.Namespace) -> int:
     configs = regime_configs(base, regimes, seeds) if (args.regimes or args.seeds) else [base]
     for config in configs:  # every config is checked before any training starts
         config.validate()
+    if args.dry_run:
+        for config in configs:
+            _show_plan(config)
+        return 0
     store = RunStore(args.root)
     for config in configs:
         started = time.perf_counter()
@@ -124,6 +130,25 @@ def _train(args: argparse.Namespace) -> int:
             f"train {sum(run.metrics['phase_wall_time_s']):.1f}s  (this call {time.perf_counter() - started:.1f}s)"
         )
     return 0
+
+
+def _show_plan(config: RunConfig) -> None:
+    """A run's key, its resolved config and, per phase, what trains and how (nothing is trained)."""
+    import pandas as pd
+    import yaml
+
+    from mexit import data
+    from mexit.store import build_model, phase_keys
+    from mexit.train import phase_plan
+
+    shape = data.input_shape(config.data)
+    model = build_model(config, shape, data.STANDARD_CLASSES[config.data.name])
+    table = pd.DataFrame(phase_plan(config.train, config.model.method, model.num_exits))
+    table.insert(1, "phase_key", phase_keys(config))
+    print(f"run {config.key()}: {model.num_exits} exits (ICs after blocks {list(model.placement)}), input {list(shape)}")
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+    print(table.to_string(index=False))
+    print()
 
 
 def _take_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:

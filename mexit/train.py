@@ -157,6 +157,48 @@ def make_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch.
     return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+def loss_exits(config: TrainConfig, phase_index: int, num_exits: int) -> list[int]:
+    """The exits (0-based; the final one is ``num_exits - 1``) whose losses a phase averages:
+    the phase's own (:meth:`Phase.exits_in_loss`), and in P3 with ``p3_loss=all_heads`` (the
+    authors') the frozen final head's constant term too."""
+    name = config.phase_list[phase_index]
+    if name == "P3" and config.p3_loss == "all_heads":
+        return list(range(num_exits))
+    return PHASE_SPECS[name].exits_in_loss(num_exits)
+
+
+def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[str, Any]]:
+    """What each phase of a run trains and how, as ``mexit train --dry-run`` shows it: the
+    phase, what trains, its epoch cap, optimiser settings, and the exits in its loss (1-based,
+    ``H`` the final head) with their weights."""
+    rows = []
+    for index, name in enumerate(config.phase_list):
+        phase, optim = PHASE_SPECS[name], config.optim_for(index)
+        exits = loss_exits(config, index, num_exits)
+        scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+        if method == "l2w" and phase.trains_ics:
+            weights = "learned per sample (L2W)"
+        else:
+            weights = f"{scheme}: " + " ".join(f"{w:.3g}" for w in exit_weights(scheme, exits, num_exits, progress=1.0).tolist())
+        trains = " + ".join(part for part, on in (("backbone", phase.trains_backbone), ("ICs", phase.trains_ics)) if on)
+        rows.append(
+            {
+                "phase": name,
+                "trains": trains,
+                "epochs": config.phase_epochs[index],
+                "optimizer": optim.optimizer,
+                "lr": optim.lr,
+                "momentum": optim.momentum,
+                "weight_decay": optim.weight_decay,
+                "schedule": f"{optim.schedule} (min {optim.min_lr:g}, warm-up {optim.warmup_epochs})",
+                "batch": optim.batch_size,
+                "loss_exits": " ".join("H" if i == num_exits - 1 else str(i + 1) for i in exits),
+                "loss_weights": weights,
+            }
+        )
+    return rows
+
+
 def train_phase(
     model: nn.Module,
     phase_index: int,
@@ -182,9 +224,7 @@ def train_phase(
     optim = config.optim_for(phase_index)
     max_epochs = config.phase_epochs[phase_index]
     num_exits = model.num_exits
-    exits = phase.exits_in_loss(num_exits)
-    if phase_name == "P3" and config.p3_loss == "all_heads":  # the authors': the frozen final head's term too
-        exits = list(range(num_exits))
+    exits = loss_exits(config, phase_index, num_exits)
     scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
     # A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
     # only: its result does not depend on the ICs, so one P1 serves every IC configuration.

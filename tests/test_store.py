@@ -542,6 +542,18 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
     assert np.allclose(start["share"], expected["share"], atol=1e-6)
 
 
+def test_a_dry_run_shows_each_phase_and_trains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(capsys, "train", "--config", "resnet50-tinyimagenet", "--regimes", "disjoint", "--dry-run", root=tmp_path)
+    assert code == 0, err
+    assert "7 exits (ICs after blocks [5, 7, 9, 11, 13, 15])" in out and "p3_loss: all_heads" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["P1"], ["P3"])}
+    assert "backbone" in rows["P1"] and " 0.20 " in rows["P1"] and rows["P1"].rstrip().endswith("uniform: 1")
+    # the authors' P3: lr 0.02, and the mean over all 7 heads (the frozen final head's term included)
+    assert " ICs " in rows["P3"] and " 0.02 " in rows["P3"] and "1 2 3 4 5 6 H" in rows["P3"]
+    assert rows["P3"].count("0.143") == 7
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "phases").exists()
+
+
 def test_cli_takes_overrides_after_regimes_and_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, "train", "--config", "tiny", "--regimes", "joint", "--seeds", "0", "1", "train.epochs=2", root=tmp_path)
     assert code == 0, err
