@@ -316,8 +316,28 @@ def test_train_items_are_augmented(name: str, roots: dict[str, str]) -> None:
     draws = [splits.train[0][0] for _ in range(5)]
     assert any(not torch.equal(draws[0], draw) for draw in draws[1:])
     assert torch.equal(splits.train_eval[0][0], splits.train_eval[0][0])
-    plain = load(config_for(name, roots, image_size=16, augment=False))  # the option: train items as evaluated
+    plain = load(config_for(name, roots, image_size=16, augment="none"))  # train items as evaluated
     assert all(torch.equal(plain.train[i][0], plain.train_eval[i][0]) for i in range(3))
+
+
+def test_the_authors_augmentation_where_their_code_fixes_one(roots: dict[str, str]) -> None:
+    from torchvision.transforms import v2
+
+    for name in ("cifar100", "imagenet"):
+        splits = load(config_for(name, roots, image_size=16, augment="authors"))
+        steps = [type(t).__name__ for t in splits.train.pipeline.to_unit.transforms]
+        assert "TrivialAugmentWide" in steps and "RandomHorizontalFlip" not in steps and "RandomCrop" not in steps
+        assert any(isinstance(t, v2.RandomErasing) and t.p == 0.1 for t in splits.train.pipeline.finish.transforms)
+        torch.manual_seed(0)
+        draws = [splits.train[0][0] for _ in range(5)]
+        assert any(not torch.equal(draws[0], draw) for draw in draws[1:])
+    imagenet = load(config_for("imagenet", roots, image_size=16, augment="authors"))
+    resize = imagenet.test.pipeline.to_unit.transforms[0]
+    assert isinstance(resize, v2.Resize) and resize.size == [16]  # Resize(size) then CenterCrop(size)
+    with pytest.raises(ValueError, match="data.augment='authors' is known for"):
+        load(config_for("cifar10", roots, augment="authors"))
+    with pytest.raises(ValueError, match="data.augment must be one of"):
+        load(config_for("cifar10", roots, augment="trivial"))
 
 
 def test_cifar_pixels_and_labels_match_the_pickles(roots: dict[str, str]) -> None:

@@ -492,7 +492,7 @@ def test_distributed_run_equals_single_process_without_batch_statistics_or_augme
     overrides = [
         "train.regime=joint", "train.epochs=2", "train.optim.lr=0.001", "train.optim.optimizer=adamw",
         "model.backbone=timm/vit_tiny_patch16_224", "model.backbone_kwargs={patch_size: 4}", "model.head=linear",
-        "model.placement=[4, 8]", "data.augment=false", "data.train_size=512", "train.dominance_every=0",
+        "model.placement=[4, 8]", "data.augment=none", "data.train_size=512", "train.dominance_every=0",
     ]  # fmt: skip
     single = RunStore(tmp_path / "single").get(load_config("tiny", overrides))
     result = _torchrun(tmp_path / "ddp", overrides, 29519)

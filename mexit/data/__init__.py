@@ -21,6 +21,8 @@ __all__ = ["DATASETS", "SPLITS", "STANDARD_CLASSES", "DataConfig", "ImageDataset
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "tinyimagenet", "imagenet")
 SPLITS: tuple[str, ...] = ("train", "train_eval", "val", "test")
+AUGMENTATIONS: tuple[str, ...] = ("ours", "authors", "none")
+AUTHORS_AUGMENTATION: tuple[str, ...] = ("cifar100", "tinyimagenet", "imagenet")
 
 _LAYOUTS = {
     "cifar10": "cifar-10-batches-py/ in torchvision's CIFAR-10 format",
@@ -52,8 +54,10 @@ _TRAIN_POOL = {  # images the train and val splits are drawn from
 class DataConfig:
     """Which dataset to load and how to split, resize and perturb it.
 
-    ``augment`` False gives the training split the evaluation transform (no random crops or
-    flips): for tests and comparisons that must not depend on augmentation draws.
+    ``augment`` is the training split's augmentation: ``ours`` (random crops, and flips for the
+    colour datasets), ``authors`` (their pipelines, for the datasets whose pipeline their code
+    fixes: :data:`AUTHORS_AUGMENTATION`), or ``none`` (the evaluation transform: for comparisons
+    that must not depend on augmentation draws).
     """
 
     name: str = "mnist5k"
@@ -63,7 +67,7 @@ class DataConfig:
     image_size: int | None = None
     download: bool = False
     val_fraction: float = 0.1
-    augment: bool = True
+    augment: str = "ours"
     seed: int = 0
 
 
@@ -97,6 +101,13 @@ def validate(config: DataConfig) -> None:
         raise ValueError(f"data.seed must be an integer in [0, 2**32), got {config.seed}")
     if config.name in _LAYOUTS and config.data_root is None:
         raise ValueError(f"data_root is required for {config.name}: a folder holding {_LAYOUTS[config.name]}")
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {config.augment!r}")
+    if config.augment == "authors" and config.name not in AUTHORS_AUGMENTATION:
+        raise ValueError(
+            f"data.augment='authors' is known for {AUTHORS_AUGMENTATION} only (the authors' code fixes no pipeline "
+            f"for {config.name}); use 'ours' or 'none'"
+        )
     if config.download and config.name not in ("cifar10", "cifar100"):
         raise ValueError(f"download=True is only supported for cifar10 and cifar100, not {config.name!r}")
 

@@ -68,9 +68,7 @@ def load(config: DataConfig) -> Splits:
     raw = _read(config, size)
     train_idx, val_idx, test_idx = _split(raw, config)
     test_source = raw.train if raw.test is None else raw.test
-    train_pipe, eval_pipe = _pipelines(config.name, size)
-    if not config.augment:
-        train_pipe = eval_pipe
+    train_pipe, eval_pipe = _pipelines(config.name, size, config.augment)
     std, seed = config.noise_std, config.seed
     return Splits(
         name=config.name,
@@ -270,8 +268,13 @@ class _Pipeline:
     finish: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _pipelines(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
-    """Train and eval pipelines at ``size`` x ``size``."""
+def _pipelines(name: str, size: int, augment: str) -> tuple[_Pipeline, _Pipeline]:
+    """Train and eval pipelines at ``size`` x ``size``; ``augment`` as :class:`mexit.data.DataConfig`'s."""
+    train, evaluate = _augmented(name, size) if augment != "authors" else _authors_augmented(name, size)
+    return (evaluate if augment == "none" else train), evaluate
+
+
+def _augmented(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
     unit = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     normalize = v2.Normalize(*_MEAN_STD[name])
     if name in ("mnist5k", "digits"):  # already float at ``size`` in memory
@@ -283,7 +286,7 @@ def _pipelines(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
         return _Pipeline(v2.Compose(train), normalize), _Pipeline(v2.Compose(evaluate), normalize)
     fit = [v2.Resize(size)] if size != _NATIVE_SIZE[name] else []
     crop = v2.RandomCrop(size, padding=size // 8)
-    if name == "tinyimagenet":
+    if name == "tinyimagenet":  # the authors' pipeline
         train = _Pipeline(
             v2.Compose([*fit, v2.TrivialAugmentWide(), crop, *unit]),
             v2.Compose([normalize, v2.RandomErasing(p=0.1)]),
@@ -291,6 +294,24 @@ def _pipelines(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
     else:
         train = _Pipeline(v2.Compose([*fit, crop, v2.RandomHorizontalFlip(), *unit]), normalize)
     return train, _Pipeline(v2.Compose([*fit, *unit]), normalize)
+
+
+def _authors_augmented(name: str, size: int) -> tuple[_Pipeline, _Pipeline]:
+    """The authors' pipelines (their ``datasets.py``): CIFAR-100 TrivialAugmentWide and
+    RandomErasing(0.1), no crop or flip; ImageNet RandomResizedCrop and TrivialAugmentWide (both
+    bicubic) and RandomErasing(0.1), evaluated after a bicubic Resize(size) and CenterCrop(size)."""
+    unit = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    erase = v2.Compose([v2.Normalize(*_MEAN_STD[name]), v2.RandomErasing(p=0.1)])
+    normalize = v2.Normalize(*_MEAN_STD[name])
+    if name == "imagenet":
+        bicubic = v2.InterpolationMode.BICUBIC
+        train = [v2.RandomResizedCrop(size, interpolation=bicubic), v2.TrivialAugmentWide(interpolation=bicubic), *unit]
+        evaluate = [v2.Resize(size, interpolation=bicubic), v2.CenterCrop(size), *unit]
+        return _Pipeline(v2.Compose(train), erase), _Pipeline(v2.Compose(evaluate), normalize)
+    if name == "cifar100":
+        fit = [v2.Resize(size)] if size != _NATIVE_SIZE[name] else []
+        return _Pipeline(v2.Compose([*fit, v2.TrivialAugmentWide(), *unit]), erase), _Pipeline(v2.Compose([*fit, *unit]), normalize)
+    return _augmented(name, size)  # tinyimagenet: ours is theirs
 
 
 @dataclass(frozen=True)
