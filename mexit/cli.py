@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep = commands.add_parser("sweep", parents=[common], help="submit every missing run of a profile through submitit")
     sweep.add_argument("--profile", default="quick")
     sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
-    sweep.add_argument("--status", action="store_true", help="show each run's state, and resubmit failed jobs")
+    sweep.add_argument("--status", action="store_true", help="show each run's state, and resubmit failed jobs as last submitted")
     sweep.add_argument("--dry-run", action="store_true", help="show the jobs (and SLURM's sbatch script) without submitting")
     sweep.add_argument("--wait", action="store_true", help="return when no job is pending or running")
     sweep.add_argument("--partition", help="SLURM partition")
@@ -196,8 +196,9 @@ def _sweep(args: argparse.Namespace) -> int:
         counts = table["state"].value_counts()
         print(", ".join(f"{counts.get(state, 0)} {state}" for state in sweep.STATES))
         if counts.get("failed", 0):
-            jobs = sweep.submit(args.profile, root, runs_root, args.executor, options, states=("failed",))
-            print(f"resubmitted {len(jobs)} job(s) ({args.executor}) for the failed runs; they resume from their checkpoints")
+            kind, options = sweep.last_submission(args.profile, runs_root) or (args.executor, options)
+            jobs = sweep.submit(args.profile, root, runs_root, kind, options, states=("failed",))
+            print(f"resubmitted {len(jobs)} job(s) ({kind}, as last submitted) for the failed runs; they resume from their checkpoints")
         return 0
     jobs = sweep.submit(args.profile, root, runs_root, args.executor, options, dry_run=args.dry_run)
     for job in jobs:

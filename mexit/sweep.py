@@ -248,6 +248,12 @@ def _records(runs_root: Path, profile: str) -> list[dict[str, Any]]:
     return checkpoint.read_json(path) if path.exists() else []
 
 
+def last_submission(profile: str, runs_root: Path) -> tuple[str, JobOptions] | None:
+    """The executor and options of the profile's latest submission (what a resubmission reuses)."""
+    records = _records(runs_root, profile)
+    return (records[-1]["executor"], JobOptions(**records[-1]["options"])) if records else None
+
+
 def submit(
     profile: str,
     root: Path,

@@ -130,7 +130,8 @@ def test_a_killed_job_is_reported_failed_and_resumes_when_resubmitted(tmp_path: 
     store = tmp_path / "runs"
     [run] = sweep.plan(str(profile), ROOT, store)
     partial = store / "phases" / phase_keys(run.config)[1] / "partial.pt"
-    [job] = sweep.submit(str(profile), ROOT, store, "local", sweep.JobOptions(jobs=1))
+    [job] = sweep.submit(str(profile), ROOT, store, "local", sweep.JobOptions(jobs=1, time_min=30))
+    assert sweep.last_submission(str(profile), store) == ("local", sweep.JobOptions(jobs=1, time_min=30))
     deadline = time.time() + 120
     while time.time() < deadline and not partial.exists():
         time.sleep(0.05)
