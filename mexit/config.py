@@ -7,6 +7,7 @@ load from YAML, take ``key=value`` overrides from the command line and hash stab
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -265,15 +266,28 @@ TRAINING_CODE: tuple[str, ...] = ("models", "data", "regimes.py", "train.py", "s
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """12 hex digits of the sha256 of the source of :data:`TRAINING_CODE` (paths and bytes), so that
-    an edit of the code that trains keys new runs instead of reusing runs trained by other code."""
+    """12 hex digits of the sha256 of the code of :data:`TRAINING_CODE`: each module's syntax tree
+    without its docstrings (comments and formatting are not in it), so that an edit of what the
+    code does keys new runs instead of reusing runs trained by other code, and an edit of its
+    documentation does not."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
     for name in TRAINING_CODE:
         path = package / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+            digest.update(file.relative_to(package).as_posix().encode() + b"\0" + _code_only(file.read_text()).encode() + b"\0")
     return digest.hexdigest()[:12]
+
+
+def _code_only(source: str) -> str:
+    """A module's syntax tree as text, docstrings removed."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            if isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def code_identity() -> dict[str, str]:

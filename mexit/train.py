@@ -1,6 +1,7 @@
 """One training loop for every phase: early stopping, resumable checkpoints, DDP, progress.
 
-Convergence follows the paper: the model is evaluated on the validation split every
+Convergence is early stopping in the manner of the authors' code (ours in four details, listed on
+the book's fidelity page): the model is evaluated on the validation split every
 ``min(batches per epoch, 300)`` steps; the state is kept whenever any trained head improves; the
 phase stops when every trained head has gone ``patience`` evaluations without improving, and the best
 state is reloaded. Without ``patience`` the phase runs its maximum epoch count and keeps the last state.

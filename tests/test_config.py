@@ -122,9 +122,11 @@ def test_run_and_phase_keys_follow_the_training_code(tmp_path: Path) -> None:
 
     config = load_config("tiny", ["train.regime=disjoint"])
     assert keys() == [config.key(), *phase_keys(config)]  # the copy is the same code
-    (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\n# not training code\n")
-    assert keys() == [config.key(), *phase_keys(config)]
-    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# an edit of the training loop\n")
+    (copy / "plots.py").write_text((copy / "plots.py").read_text() + "\nNOT_TRAINING_CODE = 1\n")
+    train = (copy / "train.py").read_text()
+    (copy / "train.py").write_text(train.replace('"""One training loop', '"""Edited docs. One training loop') + "\n# a comment\n")
+    assert keys() == [config.key(), *phase_keys(config)]  # documentation and comments are not code
+    (copy / "train.py").write_text(train + "\nEDITED_TRAINING_CODE = 1\n")
     edited = keys()
     assert all(new != old for new, old in zip(edited, [config.key(), *phase_keys(config)]))
 
