@@ -170,12 +170,15 @@ def _plan(args: argparse.Namespace) -> int:
 
     runs_root = _runs_root(args)
     runs = sweep.plan(args.profile, Path.cwd(), runs_root)
+    if not runs:
+        print(f"profile {args.profile} needs no runs")
+        return 0
     table = sweep.plan_table(runs, runs_root)
     shown = table.assign(train_macs=table["train_macs"].map("{:.2e}".format))
-    print(shown.to_string(index=False) if len(table) else f"profile {args.profile} needs no runs")
+    print(shown.to_string(index=False))
     phases = {key for run in runs for key in run.phase_keys}
     print(
-        f"{len(runs)} runs ({int(table['stored'].sum()) if len(table) else 0} stored), {len(phases)} phases to train, "
+        f"{len(runs)} runs ({int(table['stored'].sum())} stored), {len(phases)} phases to train, "
         f"{len(sweep.groups(runs))} groups sharing no phase; estimated training cost {sweep.total_train_macs(runs):.2e} "
         "forward MACs at the epoch caps (each shared phase once; early stopping may end phases sooner)"
     )

@@ -311,6 +311,8 @@ def status(profile: str, root: Path, runs_root: Path, *, runs: Sequence[PlannedR
     """One row per planned run: key, row, regime, seed, ``state`` (one of :data:`STATES`) and the
     job id of its latest submission ("" if none)."""
     runs = plan(profile, root, runs_root) if runs is None else runs
+    if not runs:
+        return pd.DataFrame(columns=["key", "row", "regime", "seed", "state", "job"])
     latest: dict[str, tuple[str, str, str]] = {}  # run key -> (executor, folder, job id)
     for record in _records(runs_root, profile):
         for job in record["jobs"]:
