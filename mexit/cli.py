@@ -196,9 +196,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.status:
         table = sweep.status(args.profile, root, runs_root)
         print(table.to_string(index=False) if len(table) else f"profile {args.profile} needs no runs")
-        counts = table["state"].value_counts()
-        print(", ".join(f"{counts.get(state, 0)} {state}" for state in sweep.STATES))
-        if counts.get("failed", 0):
+        print(sweep.state_counts(table))
+        if (table["state"] == "failed").any():
             kind, options = sweep.last_submission(args.profile, runs_root) or (args.executor, options)
             jobs = sweep.submit(args.profile, root, runs_root, kind, options, states=("failed",))
             print(f"resubmitted {len(jobs)} job(s) ({kind}, as last submitted) for the failed runs; they resume from their checkpoints")
@@ -214,9 +213,8 @@ def _sweep(args: argparse.Namespace) -> int:
           + ("" if jobs else ": every run is done, pending or running"))
     if args.wait and not args.dry_run:
         table = sweep.wait(args.profile, root, runs_root)
-        counts = table["state"].value_counts()
-        print(", ".join(f"{counts.get(state, 0)} {state}" for state in sweep.STATES))
-        return 0 if counts.get("done", 0) == len(table) else 1
+        print(sweep.state_counts(table))
+        return 0 if (table["state"] == "done").all() else 1
     return 0
 
 

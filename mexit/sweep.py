@@ -232,10 +232,10 @@ def _job_batches(run_groups: list[list[PlannedRun]], kind: str, options: JobOpti
     count = min(len(run_groups), options.jobs or max(1, (os.cpu_count() or 1) // options.threads))
     batches: list[list[PlannedRun]] = [[] for _ in range(count)]
     loads = [0.0] * count
-    for group in sorted(run_groups, key=total_train_macs, reverse=True):
+    for cost, group in sorted(((total_train_macs(group), group) for group in run_groups), key=lambda pair: -pair[0]):
         lightest = loads.index(min(loads))
         batches[lightest].extend(group)
-        loads[lightest] += total_train_macs(group)
+        loads[lightest] += cost
     return [batch for batch in batches if batch]
 
 
@@ -331,6 +331,12 @@ def status(profile: str, root: Path, runs_root: Path, *, runs: Sequence[PlannedR
             states.append({"finished": "failed", "": "not submitted"}.get(job_states.get(job_id, ""), job_states.get(job_id)))
         job_ids.append(job_id)
     return table.drop(columns="stored").assign(state=states, job=job_ids)
+
+
+def state_counts(table: pd.DataFrame) -> str:
+    """One line: how many runs of a :func:`status` table are in each of :data:`STATES`."""
+    counts = table["state"].value_counts()
+    return ", ".join(f"{counts.get(state, 0)} {state}" for state in STATES)
 
 
 def job_state(kind: str, folder: Path, job_id: str) -> str:

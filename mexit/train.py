@@ -168,6 +168,11 @@ def loss_exits(config: TrainConfig, phase_index: int, num_exits: int) -> list[in
     return PHASE_SPECS[name].exits_in_loss(num_exits)
 
 
+def loss_scheme(config: TrainConfig, method: str) -> str:
+    """The exits' loss weighting: ``train.loss_weights``, or the method's own when it says ``auto``."""
+    return default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+
+
 def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[str, Any]]:
     """What each phase of a run trains and how, as ``mexit train --dry-run`` shows it: the
     phase, what trains, its epoch cap, optimiser settings, and the exits in its loss (1-based,
@@ -176,7 +181,7 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
     for index, name in enumerate(config.phase_list):
         phase, optim = PHASE_SPECS[name], config.optim_for(index)
         exits = loss_exits(config, index, num_exits)
-        scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+        scheme = loss_scheme(config, method)
         if method == "l2w" and phase.trains_ics:
             weights = "learned per sample (L2W)"
         else:
@@ -226,7 +231,7 @@ def train_phase(
     max_epochs = config.phase_epochs[phase_index]
     num_exits = model.num_exits
     exits = loss_exits(config, phase_index, num_exits)
-    scheme = default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
+    scheme = loss_scheme(config, method)
     # A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
     # only: its result does not depend on the ICs, so one P1 serves every IC configuration.
     heads = HeadView(num_exits, with_ics=phase.trains_ics)

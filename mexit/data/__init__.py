@@ -45,8 +45,8 @@ STANDARD_CLASSES: dict[str, int] = {  # of the full public datasets; `load` coun
     "mnist5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000,
 }
 _EMBEDDED_TEST_FRACTION = 0.2  # mnist5k and digits have no official test split
-_TRAIN_POOL = {  # images the train and val splits are drawn from
-    "mnist5k": 4000, "digits": 1438, "cifar10": 50000, "cifar100": 50000, "tinyimagenet": 100000, "imagenet": 1281167,
+_TRAIN_SPLIT = {  # images of the public train split (the embedded sets' test split is carved out of it)
+    "mnist5k": 5000, "digits": 1797, "cifar10": 50000, "cifar100": 50000, "tinyimagenet": 100000, "imagenet": 1281167,
 }
 
 
@@ -82,7 +82,8 @@ def train_images(config: DataConfig) -> int:
     """About how many images one training epoch reads (``train_size``, or the public dataset's train
     split less ``val_fraction``), known without reading any file; ``load`` counts what is on disk."""
     validate(config)
-    return config.train_size or round(_TRAIN_POOL[config.name] * (1 - config.val_fraction))
+    pool = _TRAIN_SPLIT[config.name] * (1 - _EMBEDDED_TEST_FRACTION if config.name in ("mnist5k", "digits") else 1)
+    return config.train_size or round(pool * (1 - config.val_fraction))
 
 
 def validate(config: DataConfig) -> None:
