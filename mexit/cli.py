@@ -134,7 +134,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _show_plan(config: RunConfig) -> None:
     """A run's key, its resolved config and, per phase, what trains and how (nothing is trained)."""
-    import pandas as pd
     import yaml
 
     from mexit import data
@@ -143,11 +142,12 @@ def _show_plan(config: RunConfig) -> None:
 
     shape = data.input_shape(config.data)
     model = build_model(config, shape, data.STANDARD_CLASSES[config.data.name])
-    table = pd.DataFrame(phase_plan(config.train, config.model.method, model.num_exits))
-    table.insert(1, "phase_key", phase_keys(config))
     print(f"run {config.key()}: {model.num_exits} exits (ICs after blocks {list(model.placement)}), input {list(shape)}")
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
-    print(table.to_string(index=False))
+    for key, settings in zip(phase_keys(config), phase_plan(config.train, config.model.method, model.num_exits)):
+        print(f"phase {settings.pop('phase')} (phase key {key}):")
+        width = max(map(len, settings))
+        print("\n".join(f"  {name:<{width}}  {value}" for name, value in settings.items()))
     print()
 
 

@@ -31,6 +31,8 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LOSS_WEIGHTS: tuple[str, ...] = ("auto", "uniform", "linear", "sdn")
 P3_LOSSES: tuple[str, ...] = ("ics", "all_heads")
+STOPPING_RULES: tuple[str, ...] = ("ours", "authors")
+MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
 
 
 @dataclass
@@ -62,12 +64,14 @@ class OptimConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
+    mixup_mode: str = "batch"
     clip_grad: float | None = None
     bf16: bool = False
 
     def validate(self, where: str) -> None:
         _check_choice(f"{where}.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice(f"{where}.schedule", self.schedule, SCHEDULES)
+        _check_choice(f"{where}.mixup_mode", self.mixup_mode, MIXUP_MODES)
         if not self.lr > 0:
             raise ValueError(f"{where}.lr must be > 0, got {self.lr}")
         if self.min_lr < 0 or self.min_lr > self.lr:
@@ -102,6 +106,10 @@ class TrainConfig:
     ``p3_loss`` is what P3's weighted mean runs over: ``ics`` (ours: the ICs it trains) or
     ``all_heads`` (the authors': the frozen final head's constant term too, so each IC weighs 1/H
     of H heads under uniform weights instead of 1/(H-1)).
+    ``stopping`` is the early-stopping rule (:mod:`mexit.train`): ``ours`` or ``authors`` (their
+    code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
+    kept when the epoch cap ends a phase, and without ``patience`` neither a validation split nor any
+    evaluation during training).
     ``channels_last`` keeps the model's 4-D weights, and so the feature maps of convolutional
     backbones, in channels-last memory order: the same model, other rounding, and a ResNet-20
     training step about 25% faster on a CPU (``benchmarks/multiexit_speed.py``).
@@ -116,6 +124,7 @@ class TrainConfig:
     p3_loss: str = "ics"
     gradient_equilibrium: bool = False
     patience: int | None = None
+    stopping: str = "ours"
     eval_every: int | None = None
     eval_batch_size: int = 512
     num_workers: int = 0
@@ -132,6 +141,12 @@ class TrainConfig:
         if isinstance(self.epochs, int):
             return (self.epochs,) * len(self.phase_list)
         return tuple(self.epochs)
+
+    @property
+    def holds_out_validation(self) -> bool:
+        """Whether a validation split is carved out of train: always under our rule; under the
+        authors' only when early stopping is on (else every training image trains)."""
+        return self.stopping == "ours" or self.patience is not None
 
     def optim_for(self, phase_index: int) -> OptimConfig:
         """The optimiser settings of one phase: the shared ones with that phase's overrides."""
@@ -162,6 +177,7 @@ class TrainConfig:
             self.optim_for(index).validate(f"train.optim[{phase}]")
         _check_choice("train.loss_weights", self.loss_weights, LOSS_WEIGHTS)
         _check_choice("train.p3_loss", self.p3_loss, P3_LOSSES)
+        _check_choice("train.stopping", self.stopping, STOPPING_RULES)
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 (or null to disable), got {self.patience}")
         if self.eval_every is not None and self.eval_every < 1:

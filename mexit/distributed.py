@@ -41,6 +41,20 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of every rank's ``values`` (a CPU tensor), on every rank, on CPU."""
+        if not self.enabled:
+            return values
+        total = values.to(self.device)
+        dist.all_reduce(total)
+        return total.cpu()
+
+    def share_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics), so that all evaluate one model."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
+
 
 def context(device: str = "auto") -> DistContext:
     """The current process's context, initialising the process group under ``torchrun``.

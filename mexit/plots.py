@@ -173,6 +173,9 @@ def validation_curves(trace: pd.DataFrame, *, hue: str = "regime", ax: Axes | No
     if ax is None:
         _, ax = plt.subplots()
     recorded = [c for c in trace.columns if c.startswith("val_acc_") and trace[c].notna().any()]
+    if not recorded:  # no evaluation during training (the authors' rule without early stopping)
+        ax.set_title("no validation during training")
+        return ax
     final = max(int(c.removeprefix("val_acc_")) for c in recorded)  # the row's own last exit
     levels = list(pd.unique(trace[hue]))
     colours = level_colours(levels)

@@ -83,6 +83,7 @@ def phase_keys(config: RunConfig) -> list[str]:
         "data": data_identity(config.data),
         "seed": train.seed,
         "patience": train.patience,
+        "stopping": train.stopping,
         "eval_every": train.eval_every,
         "num_workers": train.num_workers,
         "channels_last": train.channels_last,
@@ -131,15 +132,27 @@ class Run:
             self._logits = checkpoint.load_tensors(self.path / "logits.pt")
         return self._logits
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether the run held out a validation split (not under the authors' rule without early stopping)."""
+        return "val" in self._load_logits()
+
     def logits(self, split: str = "test") -> torch.Tensor:
         """Every exit's logits on ``val`` or ``test``: ``[exits, samples, classes]``, float32 (stored
         as :func:`compact_logits` keeps them)."""
-        _check_split(split)
-        return self._load_logits()[split].float()
+        return self._load_logits()[self._stored(split)].float()
 
     def labels(self, split: str = "test") -> torch.Tensor:
+        return self._load_logits()[f"{self._stored(split)}_labels"]
+
+    def _stored(self, split: str) -> str:
         _check_split(split)
-        return self._load_logits()[f"{split}_labels"]
+        if split == "val" and not self.has_validation:
+            raise ValueError(
+                f"run {self.key} has no validation split: under train.stopping=authors without early stopping every "
+                "training image trains"
+            )
+        return split
 
     @property
     def costs(self) -> dict[str, Any]:
@@ -195,8 +208,8 @@ class Run:
             test_labels=self.labels("test").numpy(),
             costs=costs["macs"],
             backbone_cost=costs["backbone_macs"],
-            val_logits=self.logits("val").numpy(),
-            val_labels=self.labels("val").numpy(),
+            val_logits=self.logits("val").numpy() if self.has_validation else None,
+            val_labels=self.labels("val").numpy() if self.has_validation else None,
             tags={**default_tags, **tags},
         )
 
@@ -267,7 +280,7 @@ class RunStore:
         if config.model.method == "l2w" and ctx.world_size > 1:
             raise ValueError("model.method=l2w trains on one process only: its weight network is not synchronised across ranks")
         # Data and model first: a missing dataset or a bad placement fails before anything is stored.
-        splits = data.load(config.data)
+        splits = data.load(config.data, holdout=config.train.holds_out_validation)
         seed_everything(config.train.seed)
         model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
         with self._lock(run_dir, ctx.is_main):
@@ -424,7 +437,7 @@ class RunStore:
                         model,
                         index,
                         splits.train,
-                        splits.val,
+                        splits.stopping_val,
                         config.train,
                         config.model.method,
                         ctx,
@@ -456,21 +469,22 @@ class RunStore:
         from mexit.flops import exit_costs
         from mexit.train import collect_logits
 
-        batch = config.train.eval_batch_size
-        val, val_labels = collect_logits(model, splits.val, batch, ctx.device)
-        test, test_labels = collect_logits(model, splits.test, batch, ctx.device)
-        val, test = compact_logits(val), compact_logits(test)
-        checkpoint.save_tensors(
-            run_dir / "logits.pt", {"val": val, "val_labels": val_labels, "test": test, "test_labels": test_labels}
-        )
+        batch, workers = config.train.eval_batch_size, config.train.num_workers
+        test, test_labels = collect_logits(model, splits.test, batch, ctx.device, workers)
+        logits = {"test": compact_logits(test), "test_labels": test_labels}
+        accuracy = {"test_acc": exit_accuracy(test, test_labels).tolist(), "val_acc": None}  # the model's, before rounding
+        if len(splits.val):  # no validation split without early stopping under the authors' rule
+            val, val_labels = collect_logits(model, splits.val, batch, ctx.device, workers)
+            logits.update(val=compact_logits(val), val_labels=val_labels)
+            accuracy["val_acc"] = exit_accuracy(val, val_labels).tolist()
+        checkpoint.save_tensors(run_dir / "logits.pt", logits)
         costs = exit_costs(model.cpu(), splits.input_shape)
         checkpoint.write_json(run_dir / "costs.json", {"macs": list(costs.macs), "backbone_macs": costs.backbone_macs, "unit": "MACs"})
         checkpoint.write_json(
             run_dir / "metrics.json",
             {
                 "key": run_dir.name,
-                "val_acc": exit_accuracy(val.float(), val_labels).tolist(),
-                "test_acc": exit_accuracy(test.float(), test_labels).tolist(),
+                **accuracy,
                 "phase_wall_time_s": [r["wall_time_s"] for r in results],
                 "phase_epochs_run": [r["epochs_run"] for r in results],
                 "phase_stopped_early": [r["stopped_early"] for r in results],
@@ -496,7 +510,8 @@ def _phase_record_intact(phase_dir: Path) -> bool:
 
 def _save_phase(phase_dir: Path, result: PhaseResult) -> None:
     checkpoint.save_tensors(phase_dir / "state.pt", {"model": result.state})
-    checkpoint.write_bytes_atomic(phase_dir / "trace.csv", pd.DataFrame(result.trace).to_csv(index=False).encode())
+    trace = pd.DataFrame(result.trace, columns=None if result.trace else ["phase", "epoch", "step"])  # none without evaluations
+    checkpoint.write_bytes_atomic(phase_dir / "trace.csv", trace.to_csv(index=False).encode())
     if result.probes:
         checkpoint.write_bytes_atomic(phase_dir / "probes.csv", pd.DataFrame(result.probes).to_csv(index=False).encode())
     checkpoint.write_json(

@@ -150,7 +150,7 @@ def phase_macs(config: RunConfig) -> list[float]:
     if model_key not in _FORWARD_MACS:
         _FORWARD_MACS[model_key] = _forward_macs(config)
     backbone, every_exit = _FORWARD_MACS[model_key]
-    images = data.train_images(config.data)
+    images = data.train_images(config.data, holdout=config.train.holds_out_validation)
     return [
         (backbone if name == "P1" else every_exit) * images * epochs
         for name, epochs in zip(config.train.phase_list, config.train.phase_epochs)

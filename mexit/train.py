@@ -1,10 +1,20 @@
 """One training loop for every phase: early stopping, resumable checkpoints, DDP, progress.
 
-Convergence is early stopping in the manner of the authors' code (ours in four details, listed on
-the book's fidelity page): the model is evaluated on the validation split every
-``min(batches per epoch, 300)`` steps; the state is kept whenever any trained head improves; the
-phase stops when every trained head has gone ``patience`` evaluations without improving, and the best
-state is reloaded. Without ``patience`` the phase runs its maximum epoch count and keeps the last state.
+Convergence is early stopping on the validation split, by one of two rules (``train.stopping``):
+
+- ``ours``: every phase is evaluated every ``min(batches per epoch, 300)`` steps; a head's counter
+  grows at every evaluation that does not improve its best accuracy (a tie counts); the heads
+  tracked are those in the phase's loss; when a phase ends with ``patience`` set, by stopping or at
+  its epoch cap, the best state is reloaded. Without ``patience`` the phase still evaluates (the
+  validation curves) and keeps its last state.
+- ``authors`` (their code's ``EarlyStopperEarlyExit``): P1 is evaluated every epoch, P2 and P3
+  every ``min(batches per epoch, 300)`` steps; a counter grows only when a head's accuracy falls
+  below its best (a tie does not count); every head the phase computes is tracked, the frozen final
+  head in P3 included; the best state is reloaded only when the phase stops early (the last state is
+  kept at the epoch cap). Without ``patience`` there is no validation split and no evaluation.
+
+Under both, the state is kept whenever any tracked head improves, and a phase stops when every
+tracked head's counter has reached ``patience``. ``train.eval_every`` overrides the cadence.
 
 Each epoch's shuffling and augmentation are seeded from ``(seed, phase, epoch)``; a checkpoint is
 written at the end of every epoch, so a phase killed at any point resumes from its last completed
@@ -27,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mexit import checkpoint
 from mexit.config import OptimConfig, TrainConfig
@@ -126,14 +136,14 @@ def epoch_batches(
 
 @torch.no_grad()
 def collect_logits(
-    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device
+    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Every exit's logits on ``dataset`` in eval mode: ``([E, N, C] float32, [N] int64)`` on CPU."""
     was_training = model.training
     model.eval()
     outputs: list[Tensor] = []
     labels: list[Tensor] = []
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
         logits = model(images.to(device))
         outputs.append(torch.stack([out.float().cpu() for out in logits]))
         labels.append(torch.as_tensor(targets))
@@ -168,6 +178,38 @@ def loss_exits(config: TrainConfig, phase_index: int, num_exits: int) -> list[in
     return PHASE_SPECS[name].exits_in_loss(num_exits)
 
 
+def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch: int) -> int | None:
+    """Steps between a phase's validations (see the module's docstring), or ``None`` for none:
+    ``train.eval_every`` when set, else ``min(batches per epoch, 300)``; under the authors' rule
+    every epoch in P1, and never without ``patience``."""
+    if config.stopping == "authors":
+        if config.patience is None:
+            return None
+        if config.eval_every is None and config.phase_list[phase_index] == "P1":
+            return batches_per_epoch
+    return config.eval_every or min(batches_per_epoch, 300)
+
+
+def stopping_plan(config: TrainConfig, phase_index: int, batches_per_epoch: int | None = None) -> str:
+    """How a phase is evaluated and stopped, in words, as ``mexit train --dry-run`` shows it."""
+    if config.stopping == "authors" and config.patience is None:
+        return "no validation (authors' rule without patience); the last state is kept"
+    interval = evaluation_interval(config, phase_index, batches_per_epoch or 10**9)
+    if config.eval_every is not None:
+        cadence = f"every {interval} steps"
+    elif config.stopping == "authors" and config.phase_list[phase_index] == "P1":
+        cadence = "every epoch"
+    else:
+        cadence = f"every {interval} steps" if batches_per_epoch else "every min(batches per epoch, 300) steps"
+    if config.patience is None:
+        return f"validation {cadence}, no early stopping; the last state is kept"
+    if config.stopping == "authors":
+        rule = "ties do not count, every computed head tracked, the best state reloaded only after an early stop"
+    else:
+        rule = "ties count, the heads in the loss tracked, the best state reloaded"
+    return f"validation {cadence}, patience {config.patience} ({config.stopping}: {rule})"
+
+
 def loss_scheme(config: TrainConfig, method: str) -> str:
     """The exits' loss weighting: ``train.loss_weights``, or the method's own when it says ``auto``."""
     return default_weighting(method) if config.loss_weights == "auto" else config.loss_weights
@@ -200,6 +242,7 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
                 "batch": optim.batch_size,
                 "loss_exits": " ".join("H" if i == num_exits - 1 else str(i + 1) for i in exits),
                 "loss_weights": weights,
+                "stopping": stopping_plan(config, index),
             }
         )
     return rows
@@ -252,7 +295,7 @@ def train_phase(
     train_targets = len(train_set)  # type: ignore[arg-type]
     drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
     global_batches = len(epoch_batches(train_targets, optim.batch_size, 0, 0, dist.world_size, drop_last))
-    eval_every = config.eval_every or min(global_batches, 300)
+    eval_every = evaluation_interval(config, phase_index, global_batches)
     total_steps = global_batches * max_epochs
     # Gradient dominance is measured where exits compete for the backbone: phases training both.
     probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
@@ -320,7 +363,7 @@ def train_phase(
                 state.loss_steps += 1
                 if probing and state.step % config.dominance_every == 0:
                     started += _record_probe(probe, model, state, phase_name, exits, weights)
-                if state.step % eval_every == 0:
+                if eval_every is not None and state.step % eval_every == 0:
                     _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
                     if state.stopped_early:
                         break
@@ -346,7 +389,10 @@ def train_phase(
         model.ics_active = True
         model.gradient_equilibrium = False
 
-    if config.patience is not None and state.best_state is not None:
+    restore_best = config.patience is not None and state.best_state is not None
+    if config.stopping == "authors":  # at the epoch cap their loop keeps the last state
+        restore_best = restore_best and state.stopped_early
+    if restore_best:
         model.load_phase_state(state.best_state)
     return PhaseResult(
         state={k: v.detach().cpu().clone() for k, v in heads.state(model).items()},
@@ -356,7 +402,7 @@ def train_phase(
         epochs_run=state.epoch,
         steps=state.step,
         stopped_early=state.stopped_early,
-        best_step=state.best_step if config.patience is not None else state.step,
+        best_step=state.best_step if restore_best else state.step,
     )
 
 
@@ -383,12 +429,10 @@ def _evaluate(
     phase_name: str,
 ) -> None:
     """Validation accuracy of every exit the model computes (``heads``); updates the early-stopping
-    state of ``exits`` and the trace.
-
-    Under DDP every rank evaluates, then all take rank 0's accuracies, so that they agree on
-    improvement and stopping (their BatchNorm statistics may differ slightly).
+    state of the tracked heads (the module's docstring: ``exits`` under our rule, every computed
+    head under the authors') and the trace. Under DDP each rank evaluates its shard (all ranks agree).
     """
-    accuracy = dist.broadcast_object(validation_accuracy(model, val_set, config.eval_batch_size, dist.device))
+    accuracy = validation_accuracy(model, val_set, config.eval_batch_size, dist.device, num_workers=config.num_workers, dist=dist)
     train_loss = state.loss_sum / max(1, state.loss_steps)
     row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
     row.update({f"train_loss_{name}": float(train_loss[i]) for i, name in enumerate(heads.names)})
@@ -397,13 +441,13 @@ def _evaluate(
     state.loss_sum = torch.zeros_like(state.loss_sum)
     state.loss_steps = 0
     improved = False
-    positions = heads.positions(exits)
+    positions = range(len(heads.names)) if config.stopping == "authors" else heads.positions(exits)
     for i in positions:
         if accuracy[i] > state.best_acc[i]:
             state.best_acc[i] = float(accuracy[i])
             state.bad_evals[i] = 0
             improved = True
-        else:
+        elif accuracy[i] < state.best_acc[i] or config.stopping == "ours":  # the authors' ties do not count
             state.bad_evals[i] += 1
     if config.patience is None:
         return
@@ -414,19 +458,37 @@ def _evaluate(
 
 
 @torch.no_grad()
-def validation_accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> Tensor:
-    """Accuracy (%) of every exit on ``dataset``, counted batch by batch (no logits kept)."""
+def validation_accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    *,
+    num_workers: int = 0,
+    dist: DistContext | None = None,
+) -> Tensor:
+    """Accuracy (%) of every exit on ``dataset``, counted batch by batch (no logits kept).
+
+    Under DDP (``dist``) each rank counts every ``world_size``-th sample from its rank on, with rank
+    0's buffers (BatchNorm statistics), and the counts are summed: every rank gets the accuracy of
+    one model on the whole split, for a ``world_size``-th of the work.
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError("the validation split is empty")
+    if dist is not None and dist.enabled:
+        dist.share_buffers(model)
+        dataset = Subset(dataset, range(dist.rank, size, dist.world_size))
     was_training = model.training
     model.eval()
-    correct: Tensor | None = None
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    correct = torch.zeros(model.num_exits if model.ics_active else 1, dtype=torch.float64)
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
         predictions = torch.stack([out.argmax(-1) for out in model(images.to(device))])
-        hits = (predictions == torch.as_tensor(targets).to(device)).sum(1).cpu()
-        correct = hits if correct is None else correct + hits
+        correct += (predictions == torch.as_tensor(targets).to(device)).sum(1).cpu()
     model.train(was_training)
-    if correct is None:
-        raise ValueError("the validation split is empty")
-    return correct.double() / len(dataset) * 100  # type: ignore[arg-type]
+    if dist is not None:
+        correct = dist.all_sum(correct)
+    return correct / size * 100
 
 
 class _Batches:
@@ -450,6 +512,7 @@ def _mixup(optim: OptimConfig, num_classes: int) -> Callable[[Tensor, Tensor], t
     return Mixup(
         mixup_alpha=optim.mixup,
         cutmix_alpha=optim.cutmix,
+        mode=optim.mixup_mode,
         label_smoothing=optim.label_smoothing,
         num_classes=num_classes,
     )

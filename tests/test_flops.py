@@ -1,12 +1,15 @@
-"""Tests of mexit.flops: per-exit cumulative costs, and parity with fvcore."""
+"""Tests of mexit.flops: per-exit cumulative costs, parity with fvcore, and the authors' counting."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
+from torch import Tensor, nn
 
-from mexit.flops import exit_costs
+from mexit.flops import AUTHORS_HANDLERS, COUNTINGS, counting_difference, exit_costs
 from mexit.models import MultiExit, build
+from mexit.models.methods import make_method
 
 
 def fvcore_by_operator(model: MultiExit, shape: tuple[int, ...]) -> dict[str, int]:
@@ -51,6 +54,7 @@ def test_to_frame_is_tidy_and_names_units() -> None:
     assert frame["flops"].tolist() == [2 * m for m in costs.macs]
     assert frame["pct_of_backbone"].iloc[-1] > 100.0 > frame["pct_of_backbone"].iloc[0]
     assert "multiply-accumulate" in frame.attrs["units"]
+    assert costs.counting == frame.attrs["counting"] == "macs"
 
 
 def test_exit_costs_keeps_the_mode_and_takes_an_input_shape() -> None:
@@ -78,8 +82,8 @@ def test_attention_is_counted_with_or_without_the_fused_kernel() -> None:
 
 
 # fvcore counts one multiply-add as one flop, like our MACs. Conv, linear and matmul counts must
-# agree exactly. fvcore also counts normalisation layers (BatchNorm: one per element; LayerNorm:
-# five per element) and adaptive average pooling, which FlopCounterMode ignores; in these models
+# agree exactly. fvcore also counts normalisation layers (BatchNorm in eval mode: two per element;
+# LayerNorm: five per element) and adaptive average pooling, which FlopCounterMode ignores; in these models
 # that is under 2% of the total (1.1% for resnet20, whose narrow convs do few MACs per element).
 # fvcore cannot see inside the fused attention kernel (it skips aten::scaled_dot_product_attention),
 # so the ViT is traced with explicit attention matmuls.
@@ -117,3 +121,83 @@ def test_the_authors_resnet50_placement_exits_at_their_costs() -> None:
     costs = exit_costs(build("resnet50", 200, img_size=64, placement="resnet50-paper", head="pooled"))
     percent = [round(100 * m / costs.backbone_macs) for m in costs.macs[:-1]]
     assert percent == [32, 43, 58, 69, 80, 95]
+
+
+class _PlusGelu(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x + F.gelu(x)
+
+
+def _tiny_model() -> MultiExit:
+    """Input (1, 4, 4); a 3x3 conv to 2 channels; block 1: x + gelu(x); block 2: ReLU, 2x2 max-pool.
+    The IC after block 1: adaptive average pool, linear 2 -> 3, softmax; the final head: adaptive
+    max pool, linear 2 -> 3."""
+    stem = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    blocks = [_PlusGelu(), nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))]
+    ic = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3), nn.Softmax(dim=1))
+    final_head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    return MultiExit(stem, blocks, final_head, [ic], [1], make_method("sdn"), 3, (1, 4, 4))
+
+
+def test_authors_counting_is_exact_on_a_tiny_model() -> None:
+    model = _tiny_model()
+    conv, linear = 2 * 16 * 9, 2 * 3  # multiply-adds: both countings
+    plus_gelu = 32 + 32  # 1 per output element each; ReLU and max-pooling: no handler, 0
+    ic = 32 + 2 * 3  # average pool: 1 per input element; softmax: 2 per output element
+    final = 8  # adaptive max pool: 1 per input element
+    macs = exit_costs(model)
+    assert (macs.macs, macs.backbone_macs) == ((conv + linear, conv + 2 * linear), conv + linear)
+    authors = exit_costs(model, counting="authors")
+    assert authors.counting == "authors"
+    assert authors.macs == (conv + plus_gelu + ic + linear, conv + plus_gelu + ic + final + 2 * linear)
+    assert authors.backbone_macs == conv + plus_gelu + final + linear
+
+
+def test_authors_attention_counts_scaling_and_softmax() -> None:
+    """The fused attention of a ViT under the authors' handler: per attention score, its two
+    matrix products (q k^T, attn v) plus 1 for the scaling and 2 for the softmax."""
+    model = build("timm/vit_tiny_patch16_224", 10, img_size=32, patch_size=8, head="linear", placement=[])
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    analysis = FlopCountAnalysis(model.eval(), torch.zeros(1, 3, 32, 32)).set_op_handle(**AUTHORS_HANDLERS)
+    counts = analysis.by_operator()
+    scores = 12 * 3 * 17 * 17  # blocks x heads x tokens^2
+    assert counts["matmul"] == scores * (64 + 64)
+    assert counts["div"] == scores and counts["softmax"] == 2 * scores
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("resnet20", {"in_chans": 1}),
+        ("timm/vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "head": "linear"}),
+        ("msdnet", {"img_size": 32}),
+    ],
+)
+def test_authors_counting_is_theirs_and_never_below_ours(name: str, kwargs: dict) -> None:
+    model = build(name, 10, placement="every2", **kwargs)
+    ours = exit_costs(model)
+    authors = exit_costs(model, counting="authors")
+    assert all(a > m for a, m in zip(authors.macs, ours.macs))
+    assert authors.backbone_macs > ours.backbone_macs
+    analysis = FlopCountAnalysis(model.eval(), torch.zeros(1, *model.input_shape)).set_op_handle(**AUTHORS_HANDLERS)
+    assert authors.macs[-1] == analysis.total()  # a full forward runs every exit
+
+
+def test_counting_difference_per_exit() -> None:
+    model = build("resnet20", 10, in_chans=1, placement=[3, 6])
+    frame = counting_difference(model)
+    assert list(frame.columns) == ["exit", "macs", "macs_pct", "authors", "authors_pct", "difference_pp"]
+    for counting in COUNTINGS:
+        costs = exit_costs(model, counting=counting)
+        assert frame[counting].tolist() == list(costs.macs)
+        assert frame[f"{counting}_pct"].tolist() == pytest.approx([100 * m / costs.backbone_macs for m in costs.macs])
+    assert frame["difference_pp"].tolist() == pytest.approx((frame["authors_pct"] - frame["macs_pct"]).tolist())
+    # The residual additions and BatchNorm of the backbone scale with it; the ICs' mixed pooling adds more.
+    assert 0 < frame["difference_pp"].abs().max() < 1
+    assert "percentage points" in frame.attrs["units"]
+
+
+def test_unknown_counting_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"counting must be one of \('macs', 'authors'\), got 'fvcore'"):
+        exit_costs(build("resnet20", 10, in_chans=1, placement=[]), counting="fvcore")

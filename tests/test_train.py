@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,79 @@ def test_diverged_training_stops_with_its_phase_epoch_and_step_and_stores_nothin
     code = main(["--root", str(tmp_path), "train", "--config", "tiny", "train.regime=joint", "train.optim.lr=1e6"])
     err = capsys.readouterr().err
     assert code == 2 and "mexit: error: training diverged in P2, epoch 1" in err and "Traceback" not in err
+
+
+def _replay_stopping(accuracy: np.ndarray, patience: int, ties_count: bool) -> int | None:
+    """The evaluation (row) at which early stopping stops, replayed on recorded accuracies [evals, heads]."""
+    best, bad = np.full(accuracy.shape[1], -1.0), np.zeros(accuracy.shape[1], dtype=int)
+    for row, values in enumerate(accuracy):
+        worse = values < best if not ties_count else values <= best
+        bad = np.where(values > best, 0, np.where(worse, bad + 1, bad))
+        best = np.maximum(best, values)
+        if (bad >= patience).all():
+            return row
+    return None
+
+
+def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_the_cap(tmp_path: Path) -> None:
+    overrides = ["train.regime=joint", "train.epochs=30", "train.patience=2", "train.eval_every=2", "train.optim.lr=0.002",
+                 "train.dominance_every=0", "train.stopping=authors"]  # fmt: skip
+    run = RunStore(tmp_path).get(load_config("tiny", overrides))
+    accuracy = run.trace()[[f"val_acc_{i}" for i in range(3)]].to_numpy()
+    stop = _replay_stopping(accuracy, patience=2, ties_count=False)
+    assert stop == len(accuracy) - 1 and run.metrics["phase_stopped_early"] == [True]
+    assert _replay_stopping(accuracy, patience=2, ties_count=True) != stop, "no tie decided anything: the test cannot tell the rules apart"
+    # at the epoch cap (no early stop) the authors keep the last state, ours reloads the best one; the
+    # last of the 33 steps is not an evaluation's (every 4th), so the best state is never the last
+    capped = ["train.regime=joint", "train.epochs=3", "train.patience=100", "train.eval_every=4", "train.dominance_every=0"]
+    authors, ours = (RunStore(tmp_path).get(load_config("tiny", [*capped, f"train.stopping={rule}"])) for rule in ("authors", "ours"))
+    assert authors.metrics["phase_stopped_early"] == ours.metrics["phase_stopped_early"] == [False]
+    assert authors.phases()["steps"].tolist() == [33] and authors.phases()["best_step"].tolist() == [33]
+    assert ours.phases()["best_step"].iloc[0] in set(ours.trace()["step"]) and ours.phases()["best_step"].iloc[0] < 33
+    assert not torch.equal(authors.logits("test"), ours.logits("test"))
+
+
+def test_the_authors_p3_tracks_the_frozen_final_head_which_only_augmented_validation_moves(tmp_path: Path) -> None:
+    overrides = ["train.regime=disjoint", "train.epochs=[1, 2]", "train.patience=1", "train.eval_every=2", "train.dominance_every=0",
+                 "train.stopping=authors"]  # fmt: skip
+    plain = RunStore(tmp_path).get(load_config("tiny", overrides))
+    p3 = plain.trace().query("phase == 'P3'")
+    assert p3["val_acc_2"].nunique() == 1  # frozen, evaluated on fixed images: every evaluation ties
+    assert plain.metrics["phase_stopped_early"][1] is False  # its counter never grows, so P3 cannot stop early
+    augmented = RunStore(tmp_path).get(load_config("tiny", [*overrides, "data.val_transform=train"]))
+    assert augmented.trace().query("phase == 'P3'")["val_acc_2"].nunique() > 1  # augmented images: it moves
+
+
+def test_the_authors_rule_evaluates_p1_every_epoch_and_never_without_patience(tmp_path: Path) -> None:
+    from mexit import data
+    from mexit.train import evaluation_interval
+
+    authors = load_config("tiny", ["train.regime=mixed", "train.patience=5", "train.stopping=authors"]).train
+    ours = load_config("tiny", ["train.regime=mixed", "train.patience=5"]).train
+    assert [evaluation_interval(authors, i, 1000) for i in (0, 1)] == [1000, 300]
+    assert [evaluation_interval(ours, i, 1000) for i in (0, 1)] == [300, 300]
+    assert [evaluation_interval(authors, i, 40) for i in (0, 1)] == [40, 40]
+    # without patience the authors hold out nothing and evaluate nothing: every training image trains
+    config = load_config("tiny", ["train.regime=joint", "train.dominance_every=0", "train.stopping=authors"])
+    assert not config.train.holds_out_validation and evaluation_interval(config.train, 0, 40) is None
+    run = RunStore(tmp_path).get(config)
+    assert run.trace().empty and not run.has_validation and run.outputs().val_logits is None
+    assert run.metrics["val_acc"] is None
+    with pytest.raises(ValueError, match="has no validation split"):
+        run.logits("val")
+    held, whole = data.load(config.data), data.load(config.data, holdout=False)
+    assert len(whole.train) == len(held.train) + len(held.val) and len(whole.val) == 0
+    assert abs(data.train_images(config.data, holdout=False) - len(whole.train)) <= 1  # "about": the split rounds
+
+
+def test_mixup_mode_is_passed_to_timm_and_checked() -> None:
+    from mexit.train import _mixup
+
+    assert _mixup(OptimConfig(mixup=0.8, cutmix=1.0, mixup_mode="elem"), 10).mode == "elem"
+    assert _mixup(OptimConfig(mixup=0.8), 10).mode == "batch"
+    with pytest.raises(ValueError, match="mixup_mode 'sample'; allowed: batch, pair, elem"):
+        load_config("tiny", ["train.optim.mixup_mode=sample"]).validate()
+    with pytest.raises(ValueError, match="train.stopping 'theirs'; allowed: ours, authors"):
+        load_config("tiny", ["train.stopping=theirs"]).validate()
+    with pytest.raises(ValueError, match="data.val_transform must be one of"):
+        load_config("tiny", ["data.val_transform=augmented"]).validate()

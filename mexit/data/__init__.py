@@ -23,6 +23,7 @@ DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "tinyim
 SPLITS: tuple[str, ...] = ("train", "train_eval", "val", "test")
 AUGMENTATIONS: tuple[str, ...] = ("ours", "authors", "none")
 AUTHORS_AUGMENTATION: tuple[str, ...] = ("cifar100", "tinyimagenet", "imagenet")
+VAL_TRANSFORMS: tuple[str, ...] = ("eval", "train")
 
 _LAYOUTS = {
     "cifar10": "cifar-10-batches-py/ in torchvision's CIFAR-10 format",
@@ -58,6 +59,9 @@ class DataConfig:
     colour datasets), ``authors`` (their pipelines, for the datasets whose pipeline their code
     fixes: :data:`AUTHORS_AUGMENTATION`), or ``none`` (the evaluation transform: for comparisons
     that must not depend on augmentation draws).
+    ``val_transform`` is what early stopping sees of the validation split: ``eval`` (ours: the
+    evaluation transform) or ``train`` (the authors': the training transform, augmented); the
+    validation logits a run stores always go through the evaluation transform.
     """
 
     name: str = "mnist5k"
@@ -68,6 +72,7 @@ class DataConfig:
     download: bool = False
     val_fraction: float = 0.1
     augment: str = "ours"
+    val_transform: str = "eval"
     seed: int = 0
 
 
@@ -78,12 +83,13 @@ def input_shape(config: DataConfig) -> tuple[int, int, int]:
     return (len(_MEAN_STD[config.name][0]), size, size)
 
 
-def train_images(config: DataConfig) -> int:
+def train_images(config: DataConfig, holdout: bool = True) -> int:
     """About how many images one training epoch reads (``train_size``, or the public dataset's train
-    split less ``val_fraction``), known without reading any file; ``load`` counts what is on disk."""
+    split less ``val_fraction`` when a validation split is held out), known without reading any
+    file; ``load`` counts what is on disk."""
     validate(config)
     pool = _TRAIN_SPLIT[config.name] * (1 - _EMBEDDED_TEST_FRACTION if config.name in ("mnist5k", "digits") else 1)
-    return config.train_size or round(pool * (1 - config.val_fraction))
+    return config.train_size or round(pool * (1 - config.val_fraction if holdout else 1))
 
 
 def validate(config: DataConfig) -> None:
@@ -102,6 +108,8 @@ def validate(config: DataConfig) -> None:
         raise ValueError(f"data.seed must be an integer in [0, 2**32), got {config.seed}")
     if config.name in _LAYOUTS and config.data_root is None:
         raise ValueError(f"data_root is required for {config.name}: a folder holding {_LAYOUTS[config.name]}")
+    if config.val_transform not in VAL_TRANSFORMS:
+        raise ValueError(f"data.val_transform must be one of {VAL_TRANSFORMS}, got {config.val_transform!r}")
     if config.augment not in AUGMENTATIONS:
         raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {config.augment!r}")
     if config.augment == "authors" and config.name not in AUTHORS_AUGMENTATION:

@@ -44,7 +44,12 @@ class ImageDataset(Dataset):
 
 @dataclass
 class Splits:
-    """The four splits of one dataset, with its class count and per-item input shape."""
+    """The four splits of one dataset, with its class count and per-item input shape.
+
+    ``stopping_val`` is the validation split as early stopping sees it (through the transform that
+    :class:`~mexit.data.DataConfig`'s ``val_transform`` names); ``val`` always goes through the
+    evaluation transform. Without a held-out split both are empty.
+    """
 
     name: str
     train: ImageDataset
@@ -53,6 +58,7 @@ class Splits:
     test: ImageDataset
     num_classes: int
     input_shape: tuple[int, int, int]
+    stopping_val: ImageDataset
 
     def targets(self, split: str) -> torch.Tensor:
         """Int64 labels of one split, in item order, without reading any image."""
@@ -61,23 +67,26 @@ class Splits:
         return torch.tensor(getattr(self, split).targets, dtype=torch.int64)
 
 
-def load(config: DataConfig) -> Splits:
-    """The train / train_eval / val / test splits of ``config.name``."""
+def load(config: DataConfig, holdout: bool = True) -> Splits:
+    """The train / train_eval / val / test splits of ``config.name``; with ``holdout=False`` no
+    validation split is carved out of train (it is empty, and every training image trains)."""
     validate(config)
     size = config.image_size or _DEFAULT_SIZE[config.name]
     raw = _read(config, size)
-    train_idx, val_idx, test_idx = _split(raw, config)
+    train_idx, val_idx, test_idx = _split(raw, config, holdout)
     test_source = raw.train if raw.test is None else raw.test
     train_pipe, eval_pipe = _pipelines(config.name, size, config.augment)
     std, seed = config.noise_std, config.seed
+    val = ImageDataset(raw.train, val_idx, eval_pipe, _Noise(std, (seed, 1)) if std else None)
     return Splits(
         name=config.name,
         train=ImageDataset(raw.train, train_idx, train_pipe, _Noise(std) if std else None),
         train_eval=ImageDataset(raw.train, train_idx, eval_pipe, None),
-        val=ImageDataset(raw.train, val_idx, eval_pipe, _Noise(std, (seed, 1)) if std else None),
+        val=val,
         test=ImageDataset(test_source, test_idx, eval_pipe, _Noise(std, (seed, 2)) if std else None),
         num_classes=raw.num_classes,
         input_shape=(raw.channels, size, size),
+        stopping_val=val if config.val_transform == "eval" else ImageDataset(raw.train, val_idx, train_pipe, _Noise(std) if std else None),
     )
 
 
@@ -232,14 +241,18 @@ def _folder_source(directory: Path, class_to_idx: dict[str, int], name: str) -> 
 # --- splits -------------------------------------------------------------------------------------
 
 
-def _split(raw: _Raw, config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train, val and test row indices (test rows index ``raw.test``, or ``raw.train`` when carved)."""
+def _split(raw: _Raw, config: DataConfig, holdout: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, val and test row indices (test rows index ``raw.test``, or ``raw.train`` when carved);
+    val is empty without ``holdout``."""
     rows = np.arange(len(raw.train.targets))
     if raw.test is None:
         rows, test = _stratified(rows, raw.train.targets, _EMBEDDED_TEST_FRACTION, config.seed, "test split")
     else:
         test = np.arange(len(raw.test.targets))
-    train, val = _stratified(rows, raw.train.targets, config.val_fraction, config.seed, "val_fraction")
+    if holdout:
+        train, val = _stratified(rows, raw.train.targets, config.val_fraction, config.seed, "val_fraction")
+    else:
+        train, val = rows, rows[:0]
     if config.train_size is not None:
         if config.train_size > len(train):
             raise ValueError(f"data.train_size must be at most {len(train)} for {config.name}, got {config.train_size}")

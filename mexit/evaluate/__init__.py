@@ -11,7 +11,11 @@ model's MACs; accuracies are %. A curve and a table from three stored runs (``ru
     format_budget_table(budget_table(runs, by=("regime",), grid="dense"))
 
 ``budget_table`` scores each run by its ``method`` tag (PBEE by patience, ZTW through its
-ensemble); the ZTW ensemble on its own is fitted on a split named explicitly::
+ensemble). Its options name each evaluation choice, the authors' or ours: ``pick`` (the paper's
+``"last"`` affordable operating point or our most accurate ``"best"`` one, picked on validation),
+``aggregate`` (our point per run, ``"runs"``, or the authors' mean curve over seeds, ``"curves"``)
+and ``ztw_final`` (our ensembled final exit, ``"ensembled"``, or the authors' ``"plain"`` one).
+The ZTW ensemble on its own is fitted on a split named explicitly::
 
     from mexit.evaluate import exit_accuracy, ztw_ensemble
     r = runs[0]

@@ -11,9 +11,13 @@ import pandas as pd
 
 from mexit.evaluate.stats import mean_ci
 from mexit.evaluate.sweeps import check_exit_arrays, check_labels, exit_accuracy, patience_sweep, sweep, to_numpy
-from mexit.evaluate.ztw import ztw_ensemble
+from mexit.evaluate.ztw import ZTW_FINALS, ztw_ensemble
 
 FITS: tuple[str, ...] = ("test", "val")
+# which operating point a budget gets: the paper's "last" affordable one or our "best" one (see budget_table)
+PICKS: tuple[str, ...] = ("last", "best")
+# how the runs of a group are combined: our "runs" (a point per run) or the authors' "curves" (see budget_table)
+AGGREGATES: tuple[str, ...] = ("runs", "curves")
 # how runs are scored, by their "method" tag; every other method uses the confidence threshold
 EVALUATIONS: dict[str, str] = {"pbee": "patience", "ztw": "ztw-ensemble"}
 
@@ -62,62 +66,84 @@ def budget_table(
     fit: str = "test",
     grid: str = "paper",
     rule: str = "maxprob",
+    pick: str = "last",
+    aggregate: str = "runs",
+    ztw_final: str = "ensembled",
 ) -> pd.DataFrame:
     """Accuracy at fractions of the backbone-only cost, summarised over the runs of each group.
 
-    Each run is scored by the early-exit rule of its ``tags["method"]`` (``"sdn"`` when absent):
+    Each run's operating points (its curve) come from the early-exit rule of its
+    ``tags["method"]`` (``"sdn"`` when absent):
 
     - ``"pbee"``: :func:`~mexit.evaluate.patience_sweep`, patience 0..E-1 as operating points;
     - ``"ztw"``: :func:`~mexit.evaluate.sweep` over the ZTW ensemble of its outputs
-      (:func:`~mexit.evaluate.ztw_ensemble` fitted on its ``val_logits``/``val_labels``, which such
-      a run must have);
+      (:func:`~mexit.evaluate.ztw_ensemble` with ``final=ztw_final``, fitted on its
+      ``val_logits``/``val_labels``, which such a run must have);
     - any other method (``"sdn"``, ``"gpf"``, ...): :func:`~mexit.evaluate.sweep` on its outputs.
 
-    ``grid`` and ``rule`` are the threshold sweep's. For each run and budget b, the operating point
-    is the last one (thresholds or patiences in increasing order, along which the expected cost never
-    falls) whose expected cost is at most b x
-    ``backbone_cost``, picked on the test split (``fit="test"``, as the paper) or on the validation
-    split (``fit="val"``); the test accuracy and cost there are reported. This is the paper's rule:
-    the most expensive affordable point, which is not always the most accurate affordable one
-    (accuracy need not grow with cost), so a run's accuracy can fall as the budget grows. Runs are grouped by their
-    ``tags`` values for the keys in ``by``; the other runs of a group (seeds) are the replicates.
+    ``grid`` and ``rule`` are the threshold sweep's. Points are picked by their expected cost and
+    accuracy on the fitting split, ``fit``: the test split (``"test"``, as the paper) or the
+    validation split (``"val"``); the test accuracy and test cost at the picked point are reported.
+    At budget b, a point fits if its expected cost is at most b x ``backbone_cost``, and ``pick``
+    chooses among the points that fit:
+
+    - ``"last"`` (the paper's rule): the last one in the curve's order (thresholds or patiences
+      increasing, along which the expected cost never falls), i.e. the most expensive affordable
+      point. It is not always the most accurate affordable one (accuracy need not grow with cost),
+      so accuracy can fall as the budget grows;
+    - ``"best"`` (ours): the most accurate one, the earlier (cheaper) one on a tie. Picking the
+      most accurate point on the split reported on would be selection on test, so it needs
+      ``fit="val"``.
+
+    Runs are grouped by their ``tags`` values for the keys in ``by``; the other runs of a group
+    (seeds) are the replicates, combined as ``aggregate`` says:
+
+    - ``"runs"`` (ours): each run picks its own point on its own curves; the summary is over the
+      runs' test accuracies at their points;
+    - ``"curves"`` (the authors'): the runs' curves, which must have the same operating points
+      (the same grid, or for patience the same number of exits) and the same ``backbone_cost``,
+      are averaged point by point (mean cost and mean accuracy over runs at each operating point);
+      one point is picked on the mean curve of the fitting split, and the summary is over the
+      runs' test accuracies at that point.
 
     One row per (group, budget), groups in order of first appearance: the ``by`` columns,
     ``budget`` (fraction), ``accuracy_mean``, ``accuracy_std`` (ddof 1), ``accuracy_ci95``
     (half-width of the 95% t-interval over runs; NaN with one run), ``n`` (runs), ``cost_pct_mean``
-    (test cost, % of backbone), ``final_accuracy_mean``/``_std``/``_ci95`` (the plain final exit on
-    its own, never ensembled, whose cost exceeds 100% of the backbone), ``fit``, ``evaluation``
-    (``"threshold"``, ``"patience"`` or ``"ztw-ensemble"``; comma-joined if a group mixes them)
-    and ``note``. Where no operating point fits a budget in some run of a group, the group's
+    (mean test cost at the picked points, % of backbone), ``final_accuracy_mean``/``_std``/``_ci95``
+    (the plain final exit on its own, never ensembled, whose cost exceeds 100% of the backbone),
+    ``fit``, ``pick``, ``aggregate``, ``evaluation`` (``"threshold"``, ``"patience"`` or
+    ``"ztw-ensemble"``; comma-joined if a group mixes them) and ``note``. Where no operating point
+    fits a budget in some run of a group (or, with ``"curves"``, on the mean curve), the group's
     accuracy at that budget is NaN and ``note`` says so.
     """
     by = list(by)
-    budgets = _check_budget_args(outputs, budgets, fit, by)
+    budgets = _check_budget_args(outputs, budgets, fit, by, pick, ztw_final)
+    _check_option("aggregate", aggregate, AGGREGATES)
 
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple, list[ExitOutputs]] = {}
     for out in outputs:
-        key = tuple(out.tags[k] for k in by)
-        groups.setdefault(key, []).append(_run_points(out, budgets, fit, grid, rule))
+        groups.setdefault(tuple(out.tags[k] for k in by), []).append(out)
 
     rows = []
     for key, runs in groups.items():
-        final = _summary(np.array([run["final"] for run in runs]))
-        evaluation = ", ".join(dict.fromkeys(run["evaluation"] for run in runs))
+        accuracy, cost = _picked_points(runs, budgets, fit, grid, rule, pick, aggregate, ztw_final)
+        final = _summary(np.array([_final_accuracy(out) for out in runs]))
+        evaluation = ", ".join(dict.fromkeys(_evaluation(out) for out in runs))
         for b, budget in enumerate(budgets):
-            accuracy = np.array([run["accuracy"][b] for run in runs])
-            cost = np.array([run["cost_pct"][b] for run in runs])
-            unfit = int(np.isnan(accuracy).sum())
+            unfit = int(np.isnan(accuracy[:, b]).sum())
             rows.append(
                 {
                     **dict(zip(by, key)),
                     "budget": budget,
-                    **{f"accuracy_{k}": v for k, v in _summary(accuracy).items()},
+                    **{f"accuracy_{k}": v for k, v in _summary(accuracy[:, b]).items()},
                     "n": len(runs),
-                    "cost_pct_mean": cost.mean(),
+                    "cost_pct_mean": cost[:, b].mean(),
                     **{f"final_accuracy_{k}": v for k, v in final.items()},
                     "fit": fit,
+                    "pick": pick,
+                    "aggregate": aggregate,
                     "evaluation": evaluation,
-                    "note": f"no operating point fits in {unfit} of {len(runs)} runs" if unfit else "",
+                    "note": _note(unfit, len(runs), aggregate),
                 }
             )
     return pd.DataFrame(rows)
@@ -130,40 +156,57 @@ def run_points(
     fit: str = "test",
     grid: str = "paper",
     rule: str = "maxprob",
+    pick: str = "last",
+    ztw_final: str = "ensembled",
 ) -> pd.DataFrame:
     """Each run's own operating point at each budget, before any summary over seeds.
 
-    The points are picked as in :func:`budget_table`. One row per (run, budget): the run's tags,
-    ``budget``, ``accuracy`` and ``cost_pct`` (NaN where no operating point fits),
-    ``final_accuracy`` (the plain final exit) and ``evaluation``. Pair these rows across regimes with
-    :func:`mexit.evaluate.paired_differences`.
+    The points are picked as in :func:`budget_table` with ``aggregate="runs"``. One row per (run,
+    budget): the run's tags, ``budget``, ``accuracy`` and ``cost_pct`` (NaN where no operating
+    point fits), ``final_accuracy`` (the plain final exit), ``pick`` and ``evaluation``. Pair these
+    rows across regimes with :func:`mexit.evaluate.paired_differences`.
     """
-    budgets = _check_budget_args(outputs, budgets, fit, by=())
+    budgets = _check_budget_args(outputs, budgets, fit, (), pick, ztw_final)
+    accuracy, cost = _picked_points(outputs, budgets, fit, grid, rule, pick, "runs", ztw_final)
     rows = []
-    for out in outputs:
-        points = _run_points(out, budgets, fit, grid, rule)
+    for r, out in enumerate(outputs):
         for b, budget in enumerate(budgets):
             rows.append(
                 {
                     **out.tags,
                     "budget": float(budget),
-                    "accuracy": points["accuracy"][b],
-                    "cost_pct": points["cost_pct"][b],
-                    "final_accuracy": points["final"],
-                    "evaluation": points["evaluation"],
+                    "accuracy": accuracy[r, b],
+                    "cost_pct": cost[r, b],
+                    "final_accuracy": _final_accuracy(out),
+                    "pick": pick,
+                    "evaluation": _evaluation(out),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def _check_budget_args(outputs: Sequence[ExitOutputs], budgets: Sequence[float], fit: str, by: Sequence[str]) -> np.ndarray:
+def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``name`` and its ``allowed`` values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_budget_args(
+    outputs: Sequence[ExitOutputs], budgets: Sequence[float], fit: str, by: Sequence[str], pick: str, ztw_final: str
+) -> np.ndarray:
     if len(outputs) == 0:
         raise ValueError("outputs must hold at least one ExitOutputs")
     budgets = np.asarray(budgets, dtype=np.float64)
     if budgets.ndim != 1 or budgets.size == 0 or not np.all((budgets > 0) & (budgets <= 1)):  # nan fails too
         raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    _check_option("fit", fit, FITS)
+    _check_option("pick", pick, PICKS)
+    _check_option("ztw_final", ztw_final, ZTW_FINALS)
+    if pick == "best" and fit == "test":
+        raise ValueError(
+            "pick='best' with fit='test' picks the most accurate point on the split it reports, which is "
+            "selection on test; use fit='val'"
+        )
     for out in outputs:
         missing = [key for key in by if key not in out.tags]
         if missing:
@@ -180,14 +223,23 @@ def _evaluation(out: ExitOutputs) -> str:
     return EVALUATIONS.get(out.tags.get("method", "sdn"), "threshold")
 
 
-def run_curve(out: ExitOutputs, *, grid: str = "paper", rule: str = "maxprob") -> pd.DataFrame:
+def _final_accuracy(out: ExitOutputs) -> float:
+    """Test accuracy (%) of the run's plain final exit."""
+    return float(exit_accuracy(out.test_logits, out.test_labels)[-1])
+
+
+def run_curve(
+    out: ExitOutputs, *, grid: str = "paper", rule: str = "maxprob", ztw_final: str = "ensembled"
+) -> pd.DataFrame:
     """A run's operating points on the test split, scored as :func:`budget_table` scores it (by its
-    ``method`` tag: patience for PBEE, the fitted ensemble for ZTW, else the threshold ``rule`` on
-    ``grid``), in the order along which the expected cost never falls; with its ``evaluation``."""
-    return _curves(out, grid, rule, fit="test")[0].assign(evaluation=_evaluation(out))
+    ``method`` tag: patience for PBEE, the fitted ensemble with ``final=ztw_final`` for ZTW, else the
+    threshold ``rule`` on ``grid``), in the order along which the expected cost never falls; with
+    its ``evaluation``."""
+    _check_option("ztw_final", ztw_final, ZTW_FINALS)
+    return _curves(out, grid, rule, "test", ztw_final)[0].assign(evaluation=_evaluation(out))
 
 
-def _curves(out: ExitOutputs, grid: str, rule: str, fit: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _curves(out: ExitOutputs, grid: str, rule: str, fit: str, ztw_final: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The run's operating points on test, and on the split that picks them (``fit``)."""
     evaluation = _evaluation(out)
     test_logits, val_logits = out.test_logits, out.val_logits
@@ -197,6 +249,7 @@ def _curves(out: ExitOutputs, grid: str, rule: str, fit: str) -> tuple[pd.DataFr
             np.concatenate([out.val_logits, out.test_logits], axis=1),
             fit_logits=out.val_logits,
             fit_labels=out.val_labels,
+            final=ztw_final,
         )
         val_logits, test_logits = both[:, :n_val], both[:, n_val:]
 
@@ -209,21 +262,74 @@ def _curves(out: ExitOutputs, grid: str, rule: str, fit: str) -> tuple[pd.DataFr
     return test, points(val_logits, out.val_labels) if fit == "val" else test
 
 
-def _run_points(out: ExitOutputs, budgets: np.ndarray, fit: str, grid: str, rule: str) -> dict[str, Any]:
-    """One run's test accuracy and cost (%) at each budget's picked operating point, its plain final
-    exit's accuracy and its evaluation."""
-    evaluation = _evaluation(out)
-    test, picking = _curves(out, grid, rule, fit)
-    accuracy = np.full(len(budgets), np.nan)
-    cost_pct = np.full(len(budgets), np.nan)
-    fits = picking["cost_macs"].to_numpy()[None, :] <= budgets[:, None] * out.backbone_cost
-    for b, row_fits in enumerate(fits):
-        if row_fits.any():
-            last = np.flatnonzero(row_fits)[-1]
-            accuracy[b] = test["accuracy"].iloc[last]
-            cost_pct[b] = test["cost_pct"].iloc[last]
-    final = exit_accuracy(out.test_logits, out.test_labels)[-1]
-    return {"accuracy": accuracy, "cost_pct": cost_pct, "final": final, "evaluation": evaluation}
+def _picked_points(
+    runs: Sequence[ExitOutputs],
+    budgets: np.ndarray,
+    fit: str,
+    grid: str,
+    rule: str,
+    pick: str,
+    aggregate: str,
+    ztw_final: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test accuracy and test cost (%), both [runs, budgets], at the operating point picked for each
+    run and budget (NaN where none fits): each run's own point on its own curves
+    (``aggregate="runs"``), or one point for all runs, picked on their mean curve (``"curves"``)."""
+    curves = [_curves(out, grid, rule, fit, ztw_final) for out in runs]
+    if aggregate == "runs":
+        picked = [_pick(picking, budgets * out.backbone_cost, pick) for out, (_, picking) in zip(runs, curves)]
+    else:
+        mean = _mean_curve(runs, [picking for _, picking in curves])
+        picked = [_pick(mean, budgets * runs[0].backbone_cost, pick)] * len(runs)
+    accuracy = np.array([_at(test["accuracy"], p) for (test, _), p in zip(curves, picked)])
+    cost = np.array([_at(test["cost_pct"], p) for (test, _), p in zip(curves, picked)])
+    return accuracy, cost
+
+
+def _pick(points: pd.DataFrame, limits: np.ndarray, pick: str) -> np.ndarray:
+    """Row index of the point picked by ``pick`` among the rows of ``points`` whose ``cost_macs`` is
+    at most each limit: the last such row (``"last"``) or the first with the highest ``accuracy``
+    among them (``"best"``); -1 where no row fits."""
+    cost, accuracy = points["cost_macs"].to_numpy(), points["accuracy"].to_numpy()
+    picked = np.full(len(limits), -1)
+    for b, limit in enumerate(limits):
+        fitting = np.flatnonzero(cost <= limit)
+        if fitting.size:
+            picked[b] = fitting[-1] if pick == "last" else fitting[np.argmax(accuracy[fitting])]
+    return picked
+
+
+def _mean_curve(runs: Sequence[ExitOutputs], curves: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The runs' curves averaged point by point: ``cost_macs`` and ``accuracy``, the mean over runs
+    at each operating point. The curves must have the same operating points (the first column:
+    thresholds or patiences) and the runs the same ``backbone_cost``."""
+    operating_points = [(curve.columns[0], curve.iloc[:, 0].tolist()) for curve in curves]
+    if any(points != operating_points[0] for points in operating_points):
+        shapes = [f"{len(values)} {name}s" for name, values in operating_points]
+        raise ValueError(
+            "aggregate='curves' averages a group's curves point by point, so its runs need the same operating "
+            f"points (the same grid, or for patience the same number of exits); runs {[out.tags for out in runs]} "
+            f"have curves of {shapes}"
+        )
+    backbone_costs = [out.backbone_cost for out in runs]
+    if len(set(backbone_costs)) > 1:
+        raise ValueError(f"aggregate='curves' needs the runs of a group to share backbone_cost, got {backbone_costs}")
+    columns = ("cost_macs", "accuracy")
+    return pd.DataFrame({column: np.mean([curve[column] for curve in curves], axis=0) for column in columns})
+
+
+def _at(values: pd.Series, picked: np.ndarray) -> np.ndarray:
+    """``values`` at each picked row index, NaN where the index is -1 (nothing picked)."""
+    return np.where(picked >= 0, values.to_numpy()[picked], np.nan)
+
+
+def _note(unfit: int, n_runs: int, aggregate: str) -> str:
+    """The ``note`` of a budget table row where ``unfit`` of its ``n_runs`` runs have no point."""
+    if not unfit:
+        return ""
+    if aggregate == "curves":
+        return "no operating point of the mean curve fits"
+    return f"no operating point fits in {unfit} of {n_runs} runs"
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:

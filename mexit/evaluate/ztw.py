@@ -10,7 +10,18 @@ The weights and biases of each exit are fitted by minimising the negative log-li
 fitting split, always named by the caller (never, by default, the split reported on), each exit
 separately; this is our implementation, not the authors' code: a convex problem solved by L-BFGS-B
 from the plain output (w_ii = 1, other weights and biases 0), and the plain output is kept wherever
-fitting does not lower the fitting NLL. Unlike the ZTW paper, the final exit is ensembled too.
+fitting does not lower the fitting NLL.
+
+Which exits are ensembled is ``final`` of :func:`ztw_ensemble` (``ZTW_FINALS``): ``"ensembled"``
+(ours) ensembles every exit, the final one included; ``"plain"`` (the authors') ensembles the ICs
+only and leaves the final exit its own output, as the authors' ``ZTWEnsembling`` builds no
+ensemble on the backbone's head. Their fit differs from ours too: each ensemble is a trainable
+layer, mean_j(exp(v_ij) * log p_j) + b_i (weights strictly positive, each starting near 1/k for an
+exit with k members, i.e. near the plain average of the members rather than the exit's own
+output), trained by gradient steps of the run's optimiser on the mean cross-entropy over all exits
+on the training split, the backbone and ICs frozen; we fit the same family of outputs (but that a
+weight may be exactly 0) as a convex problem on the split the caller names (validation in
+:func:`~mexit.evaluate.budget_table`).
 """
 
 from __future__ import annotations
@@ -24,15 +35,20 @@ from scipy.special import log_softmax
 from mexit.evaluate.sweeps import check_labels, to_numpy
 
 MAX_ITER = 500
+# which exits are ensembled: every exit ("ensembled", ours) or the ICs only ("plain", the authors')
+ZTW_FINALS: tuple[str, ...] = ("ensembled", "plain")
 
 
-def ztw_ensemble(logits: Any, *, fit_logits: Any, fit_labels: Any) -> np.ndarray:
+def ztw_ensemble(logits: Any, *, fit_logits: Any, fit_labels: Any, final: str = "ensembled") -> np.ndarray:
     """Ensembled per-exit log-probabilities [E, N, C] of ``logits`` [E, N, C].
 
     The weights are fitted on ``fit_logits`` [E, M, C] / ``fit_labels`` [M], a split other than the
     one reported on (e.g. validation); in-sample fitting means passing the same arrays explicitly.
-    Deterministic.
+    ``final``: ``"ensembled"`` (ours) ensembles every exit; ``"plain"`` (the authors') ensembles the
+    ICs only, and the final exit's output is its own log-softmax. Deterministic.
     """
+    if final not in ZTW_FINALS:
+        raise ValueError(f"final must be one of {ZTW_FINALS}, got {final!r}")
     logits = _check_logits(logits, "logits")
     fit_logits = _check_logits(fit_logits, "fit_logits")
     if fit_logits.shape[0] != logits.shape[0] or fit_logits.shape[2] != logits.shape[2]:
@@ -43,9 +59,11 @@ def ztw_ensemble(logits: Any, *, fit_logits: Any, fit_labels: Any) -> np.ndarray
     fit_logp = log_softmax(fit_logits.astype(np.float64), axis=-1)
     logp = log_softmax(logits.astype(np.float64), axis=-1)
     out = np.empty(logits.shape, dtype=np.result_type(logits.dtype, np.float32))
-    for i in range(logits.shape[0]):
+    n_ensembled = logits.shape[0] if final == "ensembled" else logits.shape[0] - 1
+    for i in range(n_ensembled):
         weights, bias = _fit_exit(fit_logp[: i + 1], fit_labels)
         out[i] = log_softmax(np.tensordot(weights, logp[: i + 1], axes=1) + bias, axis=-1)
+    out[n_ensembled:] = logp[n_ensembled:]
     return out
 
 
