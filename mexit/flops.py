@@ -26,20 +26,24 @@ every counted element-wise op is one such unit too) and FLOPs = 2 x MACs.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import pandas as pd
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import Handle, elementwise_flop_counter, get_shape
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mexit.models import MultiExit
+
+with warnings.catch_warnings():  # fvcore scripts a function with torch's deprecated JIT on import
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import Handle, elementwise_flop_counter, get_shape
 
 COUNTINGS = ("macs", "authors")
 

@@ -24,6 +24,8 @@ import pandas as pd
 from mexit.config import REGIMES, RunConfig, load_config, regime_configs
 from mexit.evaluate import ExitOutputs, single_exits
 from mexit.evaluate.sweeps import GRIDS
+from mexit.evaluate.tables import AGGREGATES, PICKS
+from mexit.evaluate.ztw import ZTW_FINALS
 from mexit.reference import paper_accuracy, paper_rows
 from mexit.store import Run, RunStore, build_model, default_root
 
@@ -68,6 +70,17 @@ class Study:
     runs_root: Path
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     grid: str = "dense"
+    pick: str = "last"
+    aggregate: str = "runs"
+    ztw_final: str = "ensembled"
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """How runs are scored at the budgets: the keyword arguments of
+        :func:`mexit.evaluate.run_points` and :func:`~mexit.evaluate.budget_table` (the point
+        ``pick``ed on test for ``last``, the paper's, and on validation for ``best``)."""
+        fit = "val" if self.pick == "best" else "test"
+        return {"budgets": self.budgets, "grid": self.grid, "pick": self.pick, "fit": fit, "ztw_final": self.ztw_final}
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -178,12 +191,26 @@ def backbone_only(exits: pd.DataFrame) -> tuple[float, float] | None:
     return (100.0, float(final["accuracy"].mean()))
 
 
-def sweep_table(outputs: list[ExitOutputs], grid: str) -> pd.DataFrame:
+def sweep_table(outputs: list[ExitOutputs], grid: str, ztw_final: str = "ensembled") -> pd.DataFrame:
     """Every run's operating points (:func:`mexit.evaluate.run_curve`: the threshold sweep on
     ``grid``, or its method's own evaluation), with the run's tags."""
     from mexit.evaluate import run_curve
 
-    return pd.concat([run_curve(o, grid=grid).assign(**o.tags) for o in outputs], ignore_index=True)
+    return pd.concat([run_curve(o, grid=grid, ztw_final=ztw_final).assign(**o.tags) for o in outputs], ignore_index=True)
+
+
+def counting_table(s: Study) -> pd.DataFrame:
+    """Per row, each exit's cost under our counting and the authors'
+    (:func:`mexit.flops.counting_difference`, on the model of the row's first run), tagged ``row``."""
+    from mexit.flops import counting_difference
+
+    first: dict[str, Run] = {}
+    for row, run in s.runs():
+        first.setdefault(row.label, run)
+    frames = [
+        counting_difference(run.model(), tuple(run.metrics["input_shape"])).assign(row=label) for label, run in first.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 def study(
@@ -195,6 +222,9 @@ def study(
     budgets: Any = (0.25, 0.5, 0.75, 1.0),
     grid: Any = "dense",
     variants: Any = None,
+    pick: Any = "last",
+    aggregate: Any = "runs",
+    ztw_final: Any = "ensembled",
     require_data: bool = True,
 ) -> Study:
     """Check a notebook's parameters; raises :class:`ParameterError` naming the first bad one.
@@ -204,7 +234,8 @@ def study(
     optional); ``seeds``: a non-empty list of distinct non-negative integers; ``regimes``: a
     non-empty list from :data:`mexit.config.REGIMES`; ``runs_root``: the run store folder (None: ``$MEXIT_RUNS`` or ``./runs``);
     ``budgets``: fractions of the backbone cost in (0, 1]; ``grid``: the threshold grid of the
-    sweeps (:data:`mexit.evaluate.sweeps.GRIDS`). Every row's config is fully validated
+    sweeps (:data:`mexit.evaluate.sweeps.GRIDS`); ``pick``, ``aggregate`` and ``ztw_final``: how
+    budget tables read the runs (:func:`mexit.evaluate.budget_table`; :attr:`Study.scoring`). Every row's config is fully validated
     (backbone, placement, head, method, dataset and its ``data_root``, which must be a folder here
     unless ``require_data`` is False: a plan made away from the data) without training anything.
 
@@ -229,6 +260,9 @@ def study(
     checked_budgets = check_budgets(budgets)
     if grid not in GRIDS:
         raise ParameterError(f"grid: unknown threshold grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    for name, value, allowed in (("pick", pick, PICKS), ("aggregate", aggregate, AGGREGATES), ("ztw_final", ztw_final, ZTW_FINALS)):
+        if value not in allowed:
+            raise ParameterError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
     if runs_root is None:
         runs_root = default_root()
     if not isinstance(runs_root, (str, Path)) or not str(runs_root):
@@ -241,7 +275,9 @@ def study(
         raise ParameterError(f"rows must have distinct labels, got {labels}")
     if variants is not None:
         checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels), require_data)
-    return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid)
+    return Study(
+        checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid, pick, aggregate, ztw_final
+    )
 
 
 def check_budgets(budgets: Any) -> tuple[float, ...]:

@@ -159,3 +159,29 @@ def test_ztw_plain_final_ensembles_the_ics_only():
             call([out], ztw_final="ics")
     with pytest.raises(ValueError, match=r"ztw_final must be one of \('ensembled', 'plain'\), got 'ics'"):
         run_curve(out, ztw_final="ics")
+
+
+def test_rule_comparison_stacks_the_three_readings_and_drops_validation_where_there_is_none() -> None:
+    from mexit.evaluate import rule_comparison
+    from mexit.evaluate.tables import READINGS
+    from mexit.plots import format_budget_table
+
+    rng = np.random.default_rng(0)
+    outputs = []
+    for seed in range(3):
+        logits = rng.normal(size=(3, 200, 5)) + np.arange(3)[:, None, None] * np.eye(5)[rng.integers(0, 5, 200)][None]
+        labels = logits[-1].argmax(-1)
+        outputs.append(ExitOutputs(logits, labels, [30.0, 60.0, 100.0], 100.0, logits[:, :80], labels[:80], tags={"regime": "mixed", "seed": seed}))
+    frame = rule_comparison(outputs, budgets=(0.5, 1.0), by=("regime",))
+    assert list(frame.columns[:3]) == ["regime", "reading", "budget"] and frame["reading"].unique().tolist() == list(READINGS)
+    for label, options in READINGS.items():
+        alone = budget_table(outputs, budgets=(0.5, 1.0), by=("regime",), **options)
+        assert np.allclose(frame.loc[frame["reading"] == label, "accuracy_mean"], alone["accuracy_mean"], equal_nan=True)
+    assert format_budget_table(frame).index.names == ["regime", "reading"]
+    two = rule_comparison([*outputs, *(ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, o.val_logits, o.val_labels,
+                                                   tags={**o.tags, "regime": "joint"}) for o in outputs)], budgets=(1.0,), by=("regime",))
+    assert two["regime"].tolist() == ["mixed"] * 3 + ["joint"] * 3  # group by group, each with its readings in order
+    assert two["reading"].tolist() == list(READINGS) * 2
+    without = [ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, tags=o.tags) for o in outputs]
+    frame = rule_comparison(without, budgets=(0.5, 1.0), by=("regime",))
+    assert frame["reading"].nunique() == 2 and frame["note"].str.contains("no validation split").all()

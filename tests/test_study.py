@@ -43,6 +43,9 @@ def _params(**changes: Any) -> dict[str, Any]:
         ({"budgets": [0.0]}, ["budgets", "(0, 1]"]),
         ({"budgets": "0.5"}, ["budgets"]),
         ({"grid": "sparse"}, ["grid", "sparse", "paper, dense"]),
+        ({"pick": "first"}, ["pick", "first", "last, best"]),
+        ({"aggregate": "seeds"}, ["aggregate", "seeds", "runs, curves"]),
+        ({"ztw_final": "none"}, ["ztw_final", "none", "ensembled, plain"]),
         ({"runs_root": 3}, ["runs_root"]),
     ],
 )
@@ -198,3 +201,23 @@ def test_head_costs_and_p1_sharing_summarise_the_runs() -> None:
     assert p1_sharing(phases).to_dict("records") == [
         {"row": "R", "seed": 0, "runs": 3, "p1_states": 1}, {"row": "R", "seed": 1, "runs": 1, "p1_states": 1},
     ]
+
+
+def test_scoring_picks_the_best_point_on_validation_and_the_last_on_test() -> None:
+    assert study(**_params()).scoring["fit"] == "test"
+    best = study(**_params(pick="best", aggregate="curves", ztw_final="plain"))
+    assert best.scoring == {"budgets": best.budgets, "grid": best.grid, "pick": "best", "fit": "val", "ztw_final": "plain"}
+    assert best.aggregate == "curves"
+
+
+def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_path: Path) -> None:
+    from mexit.flops import exit_costs
+    from mexit.study import counting_table
+
+    s = study(**_params(seeds=[0], regimes=["joint"], runs_root=str(tmp_path), rows=[{**TINY_ROW, "overrides": ["train.dominance_every=0"]}]))
+    table = counting_table(s)
+    run = s.runs()[0][1]
+    assert table["row"].unique().tolist() == ["tiny"] and len(table) == len(run.metrics["test_acc"])
+    assert table["macs"].tolist() == list(run.costs["macs"])  # ours: what the run stored
+    authors = exit_costs(run.model(), tuple(run.metrics["input_shape"]), counting="authors")
+    assert table["authors"].tolist() == list(authors.macs) and (table["authors"] > table["macs"]).all()

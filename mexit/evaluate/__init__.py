@@ -34,7 +34,7 @@ from mexit.evaluate.sweeps import (
 )
 from mexit.evaluate.cost import convergence, cost_ratio, regime_cost, shared_cost
 from mexit.evaluate.stats import mean_ci, paired_differences
-from mexit.evaluate.tables import ExitOutputs, budget_table, run_curve, run_points
+from mexit.evaluate.tables import ExitOutputs, budget_table, rule_comparison, run_curve, run_points
 from mexit.evaluate.ztw import ztw_ensemble
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "paired_differences",
     "patience_sweep",
     "regime_cost",
+    "rule_comparison",
     "shared_cost",
     "run_curve",
     "run_points",

@@ -336,3 +336,41 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     """Mean, std (ddof 1) and 95% t-interval half-width over runs; NaN if any run is NaN."""
     summary = mean_ci(values)
     return {k: summary[k] for k in ("mean", "std", "ci95")}
+
+
+READINGS: dict[str, dict[str, str]] = {
+    "last, per run (the paper's point; ours to aggregate)": {"pick": "last", "aggregate": "runs", "fit": "test"},
+    "last, on seed-averaged curves (the authors')": {"pick": "last", "aggregate": "curves", "fit": "test"},
+    "best on validation, per run (ours)": {"pick": "best", "aggregate": "runs", "fit": "val"},
+}
+"""The readings of a budget table the book shows side by side: :func:`budget_table`'s ``pick``,
+``aggregate`` and ``fit`` for each."""
+
+
+def rule_comparison(
+    outputs: Sequence[ExitOutputs],
+    *,
+    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    by: Sequence[str] = ("regime", "method"),
+    grid: str = "paper",
+    ztw_final: str = "ensembled",
+) -> pd.DataFrame:
+    """:func:`budget_table` under each of :data:`READINGS`, stacked, with a ``reading`` column after
+    the ``by`` columns (:func:`mexit.plots.format_budget_table` then shows a row per reading). The
+    validation reading is left out when a run has no validation split (then every row's
+    ``note`` says so)."""
+    with_validation = all(out.val_logits is not None for out in outputs)
+    frames = []
+    for label, options in READINGS.items():
+        if options["fit"] == "val" and not with_validation:
+            continue
+        table = budget_table(outputs, budgets=budgets, by=by, grid=grid, ztw_final=ztw_final, **options)
+        table.insert(len(by), "reading", label)  # a group column, so format_budget_table shows a row per reading
+        frames.append(table)
+    frame = pd.concat(frames, ignore_index=True)
+    groups = list(zip(*(frame[column] for column in by))) if by else [()] * len(frame)
+    first_seen = {group: index for index, group in reversed(list(enumerate(groups)))}
+    frame = frame.iloc[sorted(range(len(frame)), key=lambda i: first_seen[groups[i]])].reset_index(drop=True)  # group by group
+    if not with_validation:
+        frame["note"] = [f"{note}; " * bool(note) + "no validation split: no reading on it" for note in frame["note"]]
+    return frame
