@@ -32,6 +32,7 @@ SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LOSS_WEIGHTS: tuple[str, ...] = ("auto", "uniform", "linear", "sdn")
 P3_LOSSES: tuple[str, ...] = ("ics", "all_heads")
 STOPPING_RULES: tuple[str, ...] = ("ours", "authors")
+EQUILIBRIA: tuple[str, ...] = ("ours", "imta")
 MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
 
 
@@ -106,6 +107,11 @@ class TrainConfig:
     ``p3_loss`` is what P3's weighted mean runs over: ``ics`` (ours: the ICs it trains) or
     ``all_heads`` (the authors': the frozen final head's constant term too, so each IC weighs 1/H
     of H heads under uniform weights instead of 1/(H-1)).
+    ``equilibrium`` is how ``gradient_equilibrium`` (Li et al., ICCV 2019) applies in the phases
+    training backbone and ICs together (without it, it does nothing): ``ours``, the gradient scaling
+    on a block's whole output and the loss the weighted mean; or ``imta`` (their code's), the scaling
+    on MSDNet's coarsest scale only (on other backbones, whose blocks output one scale, as ``ours``)
+    and the loss the sum of the exits' losses (the weighted mean times the number of exits in it).
     ``stopping`` is the early-stopping rule (:mod:`mexit.train`): ``ours`` or ``authors`` (their
     code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
     kept when the epoch cap ends a phase, and without ``patience`` neither a validation split nor any
@@ -123,6 +129,7 @@ class TrainConfig:
     loss_weights: str = "auto"
     p3_loss: str = "ics"
     gradient_equilibrium: bool = False
+    equilibrium: str = "ours"
     patience: int | None = None
     stopping: str = "ours"
     eval_every: int | None = None
@@ -177,6 +184,7 @@ class TrainConfig:
             self.optim_for(index).validate(f"train.optim[{phase}]")
         _check_choice("train.loss_weights", self.loss_weights, LOSS_WEIGHTS)
         _check_choice("train.p3_loss", self.p3_loss, P3_LOSSES)
+        _check_choice("train.equilibrium", self.equilibrium, EQUILIBRIA)
         _check_choice("train.stopping", self.stopping, STOPPING_RULES)
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 (or null to disable), got {self.patience}")

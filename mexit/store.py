@@ -102,7 +102,7 @@ def phase_keys(config: RunConfig) -> list[str]:
         if name == "P3":
             step["p3_loss"] = train.p3_loss
         if name == "P2":  # settings that only matter when backbone and ICs train together
-            step.update(gradient_equilibrium=train.gradient_equilibrium, dominance_every=train.dominance_every)
+            step.update(gradient_equilibrium=train.gradient_equilibrium, equilibrium=train.equilibrium, dominance_every=train.dominance_every)
         prefix.append(step)
         if prefix == [step] and name == "P1":  # the backbone alone from its initial weights: ICs play no part
             identity = {field: model[field] for field in BACKBONE_FIELDS}

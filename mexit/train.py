@@ -224,10 +224,12 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
         phase, optim = PHASE_SPECS[name], config.optim_for(index)
         exits = loss_exits(config, index, num_exits)
         scheme = loss_scheme(config, method)
+        summed = config.gradient_equilibrium and config.equilibrium == "imta" and phase.trains_backbone and phase.trains_ics
         if method == "l2w" and phase.trains_ics:
             weights = "learned per sample (L2W)"
         else:
-            weights = f"{scheme}: " + " ".join(f"{w:.3g}" for w in exit_weights(scheme, exits, num_exits, progress=1.0).tolist())
+            values = exit_weights(scheme, exits, num_exits, progress=1.0) * (len(exits) if summed else 1)
+            weights = f"{scheme}{' x the exits, summed (IMTA)' if summed else ''}: " + " ".join(f"{w:.3g}" for w in values.tolist())
         trains = " + ".join(part for part, on in (("backbone", phase.trains_backbone), ("ICs", phase.trains_ics)) if on)
         rows.append(
             {
@@ -281,6 +283,9 @@ def train_phase(
     handle = apply_phase(model, phase)
     model.ics_active = phase.trains_ics
     model.gradient_equilibrium = config.gradient_equilibrium and phase.trains_backbone and phase.trains_ics
+    model.equilibrium = config.equilibrium
+    # IMTA's gradient equilibrium trains on the sum of the exits' losses, not their weighted mean.
+    summed = model.gradient_equilibrium and config.equilibrium == "imta"
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
     network: nn.Module = model
@@ -344,6 +349,8 @@ def train_phase(
                     loss, per_exit = multi_exit_loss(logits, targets, heads.positions(exits), weights, smoothing)
                     if weighting is not None:
                         loss = weighting.weighted_loss(per_sample_losses(logits, targets, exits, smoothing))
+                    if summed:
+                        loss = loss * len(exits)
                     if phase.trains_ics:
                         extra = model.auxiliary_loss(logits, targets)
                         if extra is not None:
@@ -388,6 +395,7 @@ def train_phase(
         handle.remove()
         model.ics_active = True
         model.gradient_equilibrium = False
+        model.equilibrium = "ours"
 
     restore_best = config.patience is not None and state.best_state is not None
     if config.stopping == "authors":  # at the epoch cap their loop keeps the last state

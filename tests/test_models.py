@@ -352,7 +352,7 @@ def grads(model: MultiExit, x: torch.Tensor, exit_index: int, module: nn.Module)
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in module.parameters()])
 
 
-def test_gradient_equilibrium_scales_gradients_as_imta() -> None:
+def test_our_gradient_equilibrium_scales_the_gradients_reaching_each_block() -> None:
     torch.manual_seed(0)
     model = build("resnet20", 3, in_chans=1, img_size=8, placement=[2, 5, 7]).eval().double()
     x = torch.randn(4, 1, 8, 8, dtype=torch.double)
@@ -370,6 +370,19 @@ def test_gradient_equilibrium_scales_gradients_as_imta() -> None:
             assert torch.allclose(block3_on, block3_off / (k - 1), rtol=1e-9, atol=1e-12)
         assert stem_on.abs().sum() > 0
     assert all(torch.equal(a, b.detach()) for a, b in zip(model(x), plain))  # forward unchanged
+
+
+def test_imta_gradient_equilibrium_scales_a_chain_backbone_exactly_as_ours() -> None:
+    """A ResNet block outputs one scale, so IMTA's coarsest-scale rule scales all of it, as ours."""
+    torch.manual_seed(0)
+    model = build("resnet20", 3, in_chans=1, img_size=8, placement=[2, 5, 7]).eval().double()
+    model.gradient_equilibrium = True
+    x = torch.randn(4, 1, 8, 8, dtype=torch.double)
+    for exit_index in range(model.num_exits):
+        model.equilibrium = "ours"
+        ours = grads(model, x, exit_index, model)
+        model.equilibrium = "imta"
+        assert torch.equal(grads(model, x, exit_index, model), ours) and ours.abs().sum() > 0
 
 
 # --- methods ---------------------------------------------------------------------------------------

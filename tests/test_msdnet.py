@@ -163,3 +163,58 @@ def test_evaluation_and_every_analysis_accept_an_msdnet(tmp_path: Path) -> None:
     assert len(path) == 3 * 3 and len(barrier(path)) == 3
     assert len(block_ranks(model, data, samples=64)) == 3
     assert len(block_mutual_information(model, data, samples=64)) == 3
+
+
+def _output_grad(model: torch.nn.Module, x: torch.Tensor, exit_index: int, block: torch.nn.Module) -> list[torch.Tensor]:
+    """The gradient of exit `exit_index`'s summed squared logits at `block`'s output, one map per scale."""
+    outputs: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        outputs.append(output)
+
+    handle = block.register_forward_hook(keep)
+    model(x)[exit_index].square().sum().backward()
+    handle.remove()
+    return unpack(outputs[0].grad, block.out_shapes)
+
+
+def _stem_grad(model: torch.nn.Module, x: torch.Tensor, exit_index: int) -> torch.Tensor:
+    model.zero_grad()
+    model(x)[exit_index].square().sum().backward()
+    return torch.cat([p.grad.flatten() for p in model.stem.parameters()])
+
+
+def test_imta_gradient_equilibrium_scales_the_coarsest_scale_only() -> None:
+    """At the block feeding the last IC (two exits left) the final exit's gradient is halved: on
+    the whole output under ours, on the coarsest scale only under IMTA's rule (the finer scale's
+    passes unscaled); the IC's own, which reaches the coarsest scale only, is halved by both. So
+    ours scales the stem's gradient from the final exit by 1/3, and IMTA's rule does not."""
+    torch.manual_seed(0)
+    model = build("msdnet", 4, in_chans=1, img_size=8, placement="every", **SMALL).eval().double()
+    block = model.blocks[1]
+    assert model.num_exits == 3 and model.placement == (1, 2) and len(block.out_shapes) == 2  # a finer and the coarsest
+    x = torch.randn(4, 1, 8, 8, dtype=torch.double)
+    plain, ours, imta = {}, {}, {}
+    for exit_index in (1, 2):
+        model.gradient_equilibrium = False
+        plain[exit_index] = _output_grad(model, x, exit_index, block)
+        model.gradient_equilibrium = True
+        for rule, found in (("ours", ours), ("imta", imta)):
+            model.equilibrium = rule
+            found[exit_index] = _output_grad(model, x, exit_index, block)
+    finer, coarsest = 0, 1
+    for exit_index in (1, 2):
+        for found in (ours, imta):
+            assert torch.allclose(found[exit_index][coarsest], plain[exit_index][coarsest] / 2, rtol=1e-12, atol=0)
+    assert plain[1][finer].abs().sum() == 0 and plain[2][finer].abs().sum() > 0  # the IC reads the coarsest scale
+    assert torch.allclose(ours[2][finer], plain[2][finer] / 2, rtol=1e-12, atol=0)
+    assert torch.equal(imta[2][finer], plain[2][finer])
+
+    model.gradient_equilibrium = False
+    stem_plain = _stem_grad(model, x, 2)
+    model.gradient_equilibrium = True
+    model.equilibrium = "ours"
+    assert torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-9, atol=1e-15)
+    model.equilibrium = "imta"
+    assert not torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-3)

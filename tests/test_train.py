@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -185,3 +186,52 @@ def test_mixup_mode_is_passed_to_timm_and_checked() -> None:
         load_config("tiny", ["train.stopping=theirs"]).validate()
     with pytest.raises(ValueError, match="data.val_transform must be one of"):
         load_config("tiny", ["data.val_transform=augmented"]).validate()
+
+
+def test_equilibrium_is_ours_or_imta() -> None:
+    with pytest.raises(ValueError, match="unknown train.equilibrium 'li'; allowed: ours, imta"):
+        load_config("tiny", ["train.equilibrium=li"]).validate()
+
+
+def test_equilibrium_keys_p2_and_leaves_p1_shared() -> None:
+    from mexit.store import phase_keys
+
+    ours, imta = (phase_keys(load_config("tiny", ["train.gradient_equilibrium=true", f"train.equilibrium={rule}"]))
+                  for rule in ("ours", "imta"))
+    assert ours[0] == imta[0] and ours[1] != imta[1]  # mixed: P1, P2
+
+
+class _FirstStep(Exception):
+    """Raised by a spy to end training once the first step's gradient is measured."""
+
+
+def test_imta_equilibrium_trains_on_the_sum_of_the_exits_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a chain backbone IMTA's rule scales gradients as ours (tests/test_models.py), so the
+    first P2 step's gradient norm under it is the number of exits in the loss (tiny: 2 ICs and the
+    final head) times ours; without gradient equilibrium the option changes nothing."""
+    import mexit.train
+
+    norms: dict[tuple[str, str], float] = {}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def first_norm(params: object, max_norm: float, *args: object, **kwargs: object) -> NoReturn:
+        raise _FirstStep(float(real_clip(params, max_norm, *args, **kwargs)))
+
+    monkeypatch.setattr(mexit.train.nn.utils, "clip_grad_norm_", first_norm)
+    base = ["train.regime=joint", "train.dominance_every=0", "train.optim.clip_grad=1e9"]  # measures, never clips
+    for equilibrium in ("true", "false"):
+        for rule in ("ours", "imta"):
+            config = load_config("tiny", [*base, f"train.gradient_equilibrium={equilibrium}", f"train.equilibrium={rule}"])
+            with pytest.raises(_FirstStep) as stop:
+                RunStore(tmp_path / equilibrium / rule).get(config)
+            norms[equilibrium, rule] = stop.value.args[0]
+    assert norms["true", "imta"] == pytest.approx(3 * norms["true", "ours"], rel=1e-5)
+    assert norms["false", "imta"] == norms["false", "ours"] != norms["true", "ours"]
+
+
+def test_the_dry_run_shows_imtas_summed_loss() -> None:
+    from mexit.train import phase_plan
+
+    config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=imta"]).train
+    p1, p2 = phase_plan(config, "sdn", num_exits=3)
+    assert p1["loss_weights"] == "uniform: 1" and p2["loss_weights"] == "uniform x the exits, summed (IMTA): 1 1 1"

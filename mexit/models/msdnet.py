@@ -246,6 +246,11 @@ class MSDBlock(nn.Module):
         self.in_shapes = list(in_shapes)
         self.out_shapes: list[ScaleShape] = list(layers[-1].out_shapes)
 
+    @property
+    def coarsest_values(self) -> int:
+        """Values a sample of its output's coarsest scale: the last ones of the packed output."""
+        return math.prod(self.out_shapes[-1])
+
     def forward(self, x: Tensor) -> Tensor:
         scales = unpack(x, self.in_shapes)
         for layer in self.layers:

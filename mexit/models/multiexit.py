@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mexit.models.exit_rules import make_rule
 from mexit.models.methods import ExitMethod, Record
+from mexit.models.msdnet import MSDBlock
 
 
 _BACKBONE_PREFIXES = ("stem.", "blocks.", "final_head.")
@@ -38,16 +39,22 @@ def select_samples(x: Tensor, keep: Tensor) -> Tensor:
 
 
 class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by `scale` backward."""
+    """Identity forward; backward multiplies the gradient by `scale`: all of it when `width` is
+    None, else only the last `width` values of each row (dim 1) of a 2-D tensor."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, scale: float, width: int | None) -> Tensor:
         ctx.scale = scale
+        ctx.width = width
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        if ctx.width is None:
+            return grad * ctx.scale, None, None
+        grad = grad.clone()
+        grad[:, grad.shape[1] - ctx.width:] *= ctx.scale
+        return grad, None, None
 
 
 class _Records:
@@ -73,7 +80,11 @@ class MultiExit(nn.Module):
     `num_exits` exits (the last one is `final_head`'s), computing each block once.
     `gradient_equilibrium` (Li et al., ICCV 2019): with k exits, at the block feeding exit i
     (1-based) the gradient from that IC is scaled by 1/(k-i+1) and the gradient from the rest of
-    the backbone by (k-i)/(k-i+1); forward values are unchanged.
+    the backbone by (k-i)/(k-i+1); forward values are unchanged. `equilibrium` says which part of
+    the block's output is scaled: "ours", all of it; "imta" (IMTA's code), for an MSDNet only its
+    coarsest scale (the one the classifiers read), the finer scales' gradients passing unscaled.
+    Any other backbone's block outputs a single scale (one feature map or token sequence), so there
+    "imta" scales exactly as "ours" (the training loop also sums the exits' losses under "imta").
 
     With `ics_active` False (the backbone-alone phase P1), `forward` skips the ICs and returns the
     final exit's logits only, so that nothing about the ICs touches the backbone's training.
@@ -106,6 +117,7 @@ class MultiExit(nn.Module):
         self.method = method.name
         self.exit_rule = method.exit_rule
         self.gradient_equilibrium = False
+        self.equilibrium = "ours"
         self.ics_active = True
         self._method = method
         self._ic_at = {block: k for k, block in enumerate(self.placement)}
@@ -166,8 +178,10 @@ class MultiExit(nn.Module):
             features = x
             if self.gradient_equilibrium and torch.is_grad_enabled():
                 remaining = self.num_exits - k
-                features = _ScaleGrad.apply(x, 1 / remaining)
-                x = _ScaleGrad.apply(x, (remaining - 1) / remaining)
+                coarsest_only = self.equilibrium == "imta" and isinstance(block, MSDBlock)
+                width = block.coarsest_values if coarsest_only else None
+                features = _ScaleGrad.apply(x, 1 / remaining, width)
+                x = _ScaleGrad.apply(x, (remaining - 1) / remaining, width)
             logits, record = self._method.ic_logits(self.ics, k, features, records)
             records.append(record)
             keep = yield logits
