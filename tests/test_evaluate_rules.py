@@ -182,6 +182,8 @@ def test_rule_comparison_stacks_the_three_readings_and_drops_validation_where_th
                                                    tags={**o.tags, "regime": "joint"}) for o in outputs)], budgets=(1.0,), by=("regime",))
     assert two["regime"].tolist() == ["mixed"] * 3 + ["joint"] * 3  # group by group, each with its readings in order
     assert two["reading"].tolist() == list(READINGS) * 2
-    without = [ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, tags=o.tags) for o in outputs]
-    frame = rule_comparison(without, budgets=(0.5, 1.0), by=("regime",))
-    assert frame["reading"].nunique() == 2 and frame["note"].str.contains("no validation split").all()
+    without = [ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, tags={**o.tags, "regime": "joint"}) for o in outputs]
+    frame = rule_comparison([*outputs, *without], budgets=(0.5, 1.0), by=("regime",))
+    joint, mixed = frame[frame["regime"] == "joint"], frame[frame["regime"] == "mixed"]
+    assert joint["reading"].nunique() == 2 and joint["note"].str.contains("no validation split").all()
+    assert mixed["reading"].nunique() == 3 and not mixed["note"].str.contains("no validation split").any()

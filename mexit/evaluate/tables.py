@@ -356,21 +356,25 @@ def rule_comparison(
     ztw_final: str = "ensembled",
 ) -> pd.DataFrame:
     """:func:`budget_table` under each of :data:`READINGS`, stacked, with a ``reading`` column after
-    the ``by`` columns (:func:`mexit.plots.format_budget_table` then shows a row per reading). The
-    validation reading is left out when a run has no validation split (then every row's
-    ``note`` says so)."""
-    with_validation = all(out.val_logits is not None for out in outputs)
+    the ``by`` columns (:func:`mexit.plots.format_budget_table` then shows a row per reading), group
+    by group. A group with a run that held out no validation split has no validation reading, and
+    its rows' ``note`` says so."""
+    def key(out: ExitOutputs) -> tuple:
+        return tuple(out.tags[k] for k in by)
+
+    without_validation = {key(out) for out in outputs if out.val_logits is None}
     frames = []
     for label, options in READINGS.items():
-        if options["fit"] == "val" and not with_validation:
+        scored = [out for out in outputs if options["fit"] != "val" or key(out) not in without_validation]
+        if not scored:
             continue
-        table = budget_table(outputs, budgets=budgets, by=by, grid=grid, ztw_final=ztw_final, **options)
+        table = budget_table(scored, budgets=budgets, by=by, grid=grid, ztw_final=ztw_final, **options)
         table.insert(len(by), "reading", label)  # a group column, so format_budget_table shows a row per reading
         frames.append(table)
     frame = pd.concat(frames, ignore_index=True)
-    groups = list(zip(*(frame[column] for column in by))) if by else [()] * len(frame)
+    groups = [tuple(row) for row in frame[list(by)].itertuples(index=False)]
     first_seen = {group: index for index, group in reversed(list(enumerate(groups)))}
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: first_seen[groups[i]])].reset_index(drop=True)  # group by group
-    if not with_validation:
-        frame["note"] = [f"{note}; " * bool(note) + "no validation split: no reading on it" for note in frame["note"]]
+    lacking = [tuple(row) in without_validation for row in frame[list(by)].itertuples(index=False)]
+    frame.loc[lacking, "note"] = [f"{note}; " * bool(note) + "no validation split: no reading on it" for note in frame.loc[lacking, "note"]]
     return frame
