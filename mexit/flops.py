@@ -2,7 +2,8 @@
 
 The cost of leaving at exit k is everything run to produce its logits: the backbone up to the
 block it reads plus every internal classifier up to and including k (the paper's convention).
-Each exit is counted on one input (batch 1) in eval mode, as a forward that stops at its logits.
+Each exit is counted on one input (batch 1) in eval mode: under "macs" in one pass, exit by
+exit; under "authors" as a forward that stops at its logits (fvcore traces whole forwards).
 Two countings (`COUNTINGS`):
 
 - "macs" (ours): the multiply-adds of convolutions, linear layers, matrix products and attention,
@@ -134,11 +135,22 @@ AUTHORS_HANDLERS: dict[str, Handle] = {
 }
 
 
-def _count_macs(module: nn.Module, x: Tensor) -> int:
-    """MACs run by `module(x)`, by FlopCounterMode: matrix products, convolutions and attention."""
+def _count_macs(step: Callable[[], Any]) -> int:
+    """MACs run by `step()`, by FlopCounterMode: matrix products, convolutions and attention."""
     with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
-        module(x)
+        step()
     return counter.get_total_flops() // 2
+
+
+def _cumulative_macs(model: MultiExit, x: Tensor) -> tuple[int, ...]:
+    """Each exit's cumulative MACs in one pass: FlopCounterMode counts what runs, so the stream's
+    steps are counted one exit at a time and summed."""
+    stream = model.exit_stream(x)
+    macs, total = [], 0
+    for _ in range(model.num_exits):
+        total += _count_macs(lambda: next(stream))
+        macs.append(total)
+    return tuple(macs)
 
 
 def _count_authors(module: nn.Module, x: Tensor) -> int:
@@ -149,12 +161,10 @@ def _count_authors(module: nn.Module, x: Tensor) -> int:
     return int(analysis.total())
 
 
-_COUNTERS: dict[str, Callable[[nn.Module, Tensor], int]] = {"macs": _count_macs, "authors": _count_authors}
-
-
 class _UpToExit(nn.Module):
     """`model` run until exit `index` (0-based; the last is the final head): returns the logits of
-    exits 0..`index`, all of them so that a JIT trace keeps every IC run on the way."""
+    exits 0..`index`, all of them so that fvcore's JIT trace keeps every IC run on the way (a trace
+    drops work whose result is not returned)."""
 
     def __init__(self, model: MultiExit, index: int) -> None:
         super().__init__()
@@ -184,14 +194,17 @@ def exit_costs(model: MultiExit, input_shape: Sequence[int] | None = None, count
     shape = tuple(input_shape or model.input_shape)
     if len(shape) != 3:
         raise ValueError(f"input_shape must be (channels, height, width), got {shape}")
-    count = _COUNTERS[counting]
     x = torch.zeros(1, *shape, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            macs = tuple(count(_UpToExit(model, k), x) for k in range(model.num_exits))
-            backbone_macs = count(_Backbone(model), x)
+            if counting == "macs":
+                macs = _cumulative_macs(model, x)
+                backbone_macs = _count_macs(lambda: _Backbone(model)(x))
+            else:
+                macs = tuple(_count_authors(_UpToExit(model, k), x) for k in range(model.num_exits))
+                backbone_macs = _count_authors(_Backbone(model), x)
     finally:
         model.train(was_training)
     return ExitCosts(macs, backbone_macs, counting)

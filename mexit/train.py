@@ -190,17 +190,17 @@ def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch
     return config.eval_every or min(batches_per_epoch, 300)
 
 
-def stopping_plan(config: TrainConfig, phase_index: int, batches_per_epoch: int | None = None) -> str:
-    """How a phase is evaluated and stopped, in words, as ``mexit train --dry-run`` shows it."""
+def stopping_plan(config: TrainConfig, phase_index: int) -> str:
+    """How a phase is evaluated and stopped (:func:`evaluation_interval`), in words, as
+    ``mexit train --dry-run`` shows it."""
     if config.stopping == "authors" and config.patience is None:
         return "no validation (authors' rule without patience); the last state is kept"
-    interval = evaluation_interval(config, phase_index, batches_per_epoch or 10**9)
     if config.eval_every is not None:
-        cadence = f"every {interval} steps"
+        cadence = f"every {config.eval_every} steps"
     elif config.stopping == "authors" and config.phase_list[phase_index] == "P1":
         cadence = "every epoch"
     else:
-        cadence = f"every {interval} steps" if batches_per_epoch else "every min(batches per epoch, 300) steps"
+        cadence = "every min(batches per epoch, 300) steps"
     if config.patience is None:
         return f"validation {cadence}, no early stopping; the last state is kept"
     if config.stopping == "authors":
@@ -208,6 +208,18 @@ def stopping_plan(config: TrainConfig, phase_index: int, batches_per_epoch: int 
     else:
         rule = "ties count, the heads in the loss tracked, the best state reloaded"
     return f"validation {cadence}, patience {config.patience} ({config.stopping}: {rule})"
+
+
+def equilibrium_on(config: TrainConfig, phase_index: int) -> bool:
+    """Whether gradient equilibrium acts in a phase: when it is on and the phase trains backbone and ICs together."""
+    phase = PHASE_SPECS[config.phase_list[phase_index]]
+    return config.gradient_equilibrium and phase.trains_backbone and phase.trains_ics
+
+
+def sums_exit_losses(config: TrainConfig, phase_index: int) -> bool:
+    """Whether a phase trains on the sum of the exits' losses (IMTA's gradient equilibrium)
+    instead of their weighted mean."""
+    return equilibrium_on(config, phase_index) and config.equilibrium == "imta"
 
 
 def loss_scheme(config: TrainConfig, method: str) -> str:
@@ -224,7 +236,7 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
         phase, optim = PHASE_SPECS[name], config.optim_for(index)
         exits = loss_exits(config, index, num_exits)
         scheme = loss_scheme(config, method)
-        summed = config.gradient_equilibrium and config.equilibrium == "imta" and phase.trains_backbone and phase.trains_ics
+        summed = sums_exit_losses(config, index)
         if method == "l2w" and phase.trains_ics:
             weights = "learned per sample (L2W)"
         else:
@@ -282,10 +294,9 @@ def train_phase(
     heads = HeadView(num_exits, with_ics=phase.trains_ics)
     handle = apply_phase(model, phase)
     model.ics_active = phase.trains_ics
-    model.gradient_equilibrium = config.gradient_equilibrium and phase.trains_backbone and phase.trains_ics
+    model.gradient_equilibrium = equilibrium_on(config, phase_index)
     model.equilibrium = config.equilibrium
-    # IMTA's gradient equilibrium trains on the sum of the exits' losses, not their weighted mean.
-    summed = model.gradient_equilibrium and config.equilibrium == "imta"
+    summed = sums_exit_losses(config, phase_index)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, optim)
     network: nn.Module = model
