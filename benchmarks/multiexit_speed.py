@@ -3,9 +3,13 @@
 (a) Training-step time of a multi-exit model over that of its plain backbone, next to the goal:
     at most 1 + the ICs' share of the backbone's MACs + 5%. Models are in channels-last memory
     order, as mexit trains them (`train.channels_last`); the plain backbone in the default
-    (NCHW) order is timed too, to show what that order saves.
+    (NCHW) order is timed too, to show what that order saves. The ICs' floor: their forward and
+    backward passes alone, on maps cut to the pooled size (so pooling costs nothing), over the
+    plain step: what the ICs' operations cost however fast their pooling were.
 (b) Early-exit inference time over the full forward pass, at a max-probability threshold chosen
-    so that half of the samples leave at an IC in the first half of the network.
+    so that half of the samples leave at an IC in the first half of the network; next to the
+    backbone alone with the same samples dropped at the same blocks (the ICs free), which is
+    what the blocks' own times, rather than their MACs, predict.
 
 Models are randomly initialised and inputs are Gaussian noise: timing depends only on shapes
 and, for (b), on where samples leave, which the threshold fixes. Run: python benchmarks/multiexit_speed.py
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from mexit.flops import exit_costs
 from mexit.models import MultiExit, build
+from mexit.models.multiexit import select_samples
 
 CASES = {
     "resnet20": dict(backbone="resnet20", kwargs=dict(in_chans=3, img_size=32), batch=128),
@@ -60,6 +65,28 @@ def build_case(name: str, placement: str | list[int], channels_last: bool = True
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+def ics_alone_step(model: MultiExit, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None] | None:
+    """The ICs' forward and backward passes (losses summed as in `train_step`) on each IC's input
+    cut to its pooled size, so that pooling is free: the cost of the ICs' other operations.
+    None where the ICs do not pool maps (ViTs)."""
+    sizes = [getattr(ic.body[0], "size", None) for ic in model.ics]
+    if not sizes or None in sizes:
+        return None
+    with torch.no_grad():
+        maps = model.forward_blocks(x)
+    inputs = [
+        maps[block - 1][:, :, :size, :size].contiguous(memory_format=torch.channels_last).requires_grad_()
+        for block, size in zip(model.placement, sizes)
+    ]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss = sum(F.cross_entropy(ic(features), y) for ic, features in zip(model.ics, inputs)) / model.num_exits
+        loss.backward()
+
+    return step
+
+
 def training_overhead(name: str, repeats: int) -> None:
     case = CASES[name]
     models = {
@@ -75,6 +102,9 @@ def training_overhead(name: str, repeats: int) -> None:
     for label, model in models.items():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         steps[label] = lambda model=model, optimizer=optimizer: train_step(model, x, y, optimizer)
+    ics_alone = ics_alone_step(models["multi"], x, y)
+    if ics_alone is not None:
+        steps["ICs alone"] = ics_alone
     median = interleaved_medians(steps, repeats, warmup=2)
     ratio = median["multi"] / median["plain"]
     goal = 1 + share + 0.05
@@ -85,6 +115,9 @@ def training_overhead(name: str, repeats: int) -> None:
     print(f"  {'':<11} plain backbone in NCHW order {median['plain NCHW'] * 1e3:7.1f} ms: channels-last "
           f"steps take x{median['plain'] / median['plain NCHW']:.2f} (plain), "
           f"x{median['multi'] / median['plain NCHW']:.2f} (multi-exit) of its time")
+    if "ICs alone" in median:
+        print(f"  {'':<11} the ICs' floor: their forward and backward passes on maps cut to the pooled size take "
+              f"{median['ICs alone'] * 1e3:.1f} ms, {100 * median['ICs alone'] / median['plain']:.1f}% of the plain step")
 
 
 @torch.no_grad()
@@ -101,24 +134,39 @@ def early_exit_speedup(name: str, repeats: int, batch: int) -> None:
     counts = torch.bincount(result.exit_index, minlength=model.num_exits)
     mean_macs = sum(int(n) * m for n, m in zip(counts, costs.macs)) / batch
 
-    def backbone() -> None:
+    keeps = {}  # after block b: which of the samples still there go on, where any leave
+    remaining = result.exit_index
+    for k, block in enumerate(model.placement):
+        keep = remaining > k
+        if not keep.all():
+            keeps[block] = keep
+            remaining = remaining[keep]
+
+    def backbone(drop: bool = False) -> None:
         h = model.stem(x)
-        for block in model.blocks:
+        for index, block in enumerate(model.blocks, 1):
             h = block(h)
+            if drop and index in keeps:
+                h = select_samples(h, keeps[index])
         model.final_head(h)
 
     median = interleaved_medians(
-        {"all exits": lambda: model(x), "backbone": backbone, "early exit": lambda: model.early_exit(x, threshold)},
+        {"all exits": lambda: model(x), "backbone": backbone, "early exit": lambda: model.early_exit(x, threshold),
+         "dropped": lambda: backbone(drop=True)},
         repeats, warmup=1,
     )
     left_early = float((result.exit_index <= max(early)).float().mean())
     print(f"  {name:<11} batch {batch}, threshold {threshold:.4f}: {100 * left_early:.0f}% leave by block "
           f"{depth // 2} of {depth}; mean cost {100 * mean_macs / costs.backbone_macs:.0f}% of the backbone's MACs")
     full, plain, early_ms = median["all exits"], median["backbone"], median["early exit"]
+    predicted = costs.backbone_macs / mean_macs
     print(f"    all exits {full * 1e3:7.1f} ms, backbone only {plain * 1e3:7.1f} ms,"
           f" early exit {early_ms * 1e3:7.1f} ms"
           f" -> speed-up x{full / early_ms:.2f} over all exits, x{plain / early_ms:.2f} over the backbone"
-          f" (MACs predict x{costs.backbone_macs / mean_macs:.2f} over the backbone)")
+          f" (MACs predict x{predicted:.2f}: {100 * plain / early_ms / predicted:.0f}% of it)")
+    print(f"    the backbone alone, the same samples dropped at the same blocks: {median['dropped'] * 1e3:7.1f} ms,"
+          f" x{plain / median['dropped']:.2f} (what the blocks' times predict; the ICs and exit decisions take"
+          f" {100 * (early_ms / median['dropped'] - 1):.0f}% more)")
 
 
 def main() -> None:

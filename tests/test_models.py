@@ -295,14 +295,19 @@ def simulate(logits: list[torch.Tensor], rule: str, threshold: float) -> tuple[t
 
 
 @pytest.mark.parametrize(
-    ("backbone", "method", "rule"),
-    [("resnet20", "sdn", "maxprob"), ("resnet20", "gpf", "maxprob"), ("resnet20", "ztw", "entropy"),
-     ("resnet20", "pbee", None), (VIT, "ztw", "maxprob"), (VIT, "gpf", "entropy")],
+    ("backbone", "method", "rule", "channels_last"),
+    [("resnet20", "sdn", "maxprob", False), ("resnet20", "sdn", "maxprob", True), ("resnet20", "gpf", "maxprob", False),
+     ("resnet20", "ztw", "entropy", False), ("resnet20", "pbee", None, True), (VIT, "ztw", "maxprob", False),
+     (VIT, "gpf", "entropy", False)],
 )
-def test_early_exit_equals_simulation_from_all_exit_logits(backbone: str, method: str, rule: str | None) -> None:
+def test_early_exit_equals_simulation_from_all_exit_logits(
+    backbone: str, method: str, rule: str | None, channels_last: bool
+) -> None:
     torch.manual_seed(0)
     kwargs = {**VIT_KW} if backbone == VIT else {"in_chans": 1, "img_size": 8}
     model = build(backbone, 3, method=method, placement="every2", **kwargs).eval()
+    if channels_last:  # as mexit trains CNNs: the pooled ICs then reduce windows of the maps' NHWC view
+        model = model.to(memory_format=torch.channels_last)
     x = torch.randn(64, *model.input_shape) * 3
     with torch.no_grad():
         logits = model(x)
@@ -469,6 +474,25 @@ def test_mixed_pool_equals_adaptive_pooling_on_every_map_size() -> None:
             (pooled * weights).sum().backward()
             (expected * weights).sum().backward()
             assert torch.allclose(x.grad, reference.grad, atol=1e-6), (size, layout)
+
+
+def test_mixed_pool_without_a_gradient_for_the_map_equals_adaptive_pooling() -> None:
+    from mexit.models.heads import MixedPool, window_max
+
+    pool = MixedPool(4)
+    x = torch.randn(3, 5, 16, 8).relu().contiguous(memory_format=torch.channels_last)  # ReLU: tied zeros
+    expected_max = nn.functional.adaptive_max_pool2d(x, 4)
+    assert torch.equal(window_max(x, 4), expected_max)
+    alpha = pool.alpha.detach().clone().requires_grad_()
+    expected = alpha * expected_max + (1 - alpha) * nn.functional.adaptive_avg_pool2d(x, 4)
+    pooled = pool(x)  # x needs no gradient (a frozen backbone's map): the maxima come from window_max
+    assert torch.allclose(pooled, expected, atol=1e-6)
+    weights = torch.randn_like(expected)
+    (pooled * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(pool.alpha.grad, alpha.grad, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(pool(x.requires_grad_()), expected, atol=1e-6)
 
 
 def test_window_mean_is_average_pooling() -> None:

@@ -226,14 +226,18 @@ class MultiExit(nn.Module):
         out = logits.new_empty(n, logits.shape[-1])
         for k in range(self.num_exits - 1):
             leave, state = decide.leave(logits, state)
-            out[active[leave]] = logits[leave]
-            exit_index[active[leave]] = k
-            if leave.all():
+            if not leave.any():
+                logits = stream.send(None)
+                continue
+            leaving = active[leave]
+            out[leaving] = logits[leave]
+            exit_index[leaving] = k
+            if len(leaving) == len(active):
                 stream.close()
                 return EarlyExit(out, out.argmax(-1), exit_index)
             keep = ~leave
             active = active[keep]
             state = tuple(t[keep] for t in state)
-            logits = stream.send(keep if leave.any() else None)
+            logits = stream.send(keep)
         out[active] = logits
         return EarlyExit(out, out.argmax(-1), exit_index)
