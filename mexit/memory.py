@@ -33,12 +33,12 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(OPT_OUT, "1").strip() == "0":
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # only glibc has both
-    except (OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
         return False
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version")):  # only glibc has both
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
