@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
+JOBS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mexit-installed
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 book: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/mexit book --profile $(PROFILE)
+	HF_HUB_OFFLINE=1 $(BIN)/mexit book --profile $(PROFILE) --jobs $(JOBS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

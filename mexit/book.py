@@ -90,7 +90,7 @@ def needed_runs(
 
     ``declared`` maps each notebook to the parameters its ``parameters`` cell declares. A notebook
     that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
-    runs. ``require_data`` False plans runs whose ``data_root`` is not on this machine.
+    runs, and those of its ``fresh_seeds`` where it declares them (Table 1's verdicts on fresh seeds). ``require_data`` False plans runs whose ``data_root`` is not on this machine.
     """
     from mexit.study import run_label, study
 
@@ -105,8 +105,10 @@ def needed_runs(
             rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
             variants=values.get("variants"), require_data=require_data,
         )
-        for row, config in s.configs():
-            needed.setdefault(config.key(), (run_label(row, config), config))
+        fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in parameters and "fresh_seeds" in values else None
+        for part in (s, fresh) if fresh is not None else (s,):
+            for row, config in part.configs():
+                needed.setdefault(config.key(), (run_label(row, config), config))
     return needed
 
 
@@ -117,33 +119,73 @@ def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
     return {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
 
 
-def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
+def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, jobs: int = 1) -> None:
     """Train (or find stored) every run the notebooks compare (:func:`needed_runs`), once, before
-    any notebook executes, so that progress shows on the terminal and a shared phase is trained once."""
+    any notebook executes, so that progress shows on the terminal and a shared phase is trained once.
+
+    ``jobs`` > 1 trains in that many processes of one thread each: the runs that share a phase form
+    one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
+    cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
+    1.3x the work of one process on two threads."""
     from mexit.store import RunStore
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     needed = needed_runs(profile, declared, runs_root)
-    store = RunStore(runs_root)
     stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
     print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    for label, config in needed.values():
-        store.get(config, progress_label=label)
+    if jobs == 1:
+        store = RunStore(runs_root)
+        for label, config in needed.values():
+            store.get(config, progress_label=label)
+    else:
+        _train_in_processes(needed, runs_root, jobs)
     print(f"runs ready in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
 
 
+def _train_in_processes(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mexit.store import phase_keys
+    from mexit.sweep import JobOptions, PlannedRun, groups, job_batches
+
+    planned = [PlannedRun(key, label, config, tuple(phase_keys(config))) for key, (label, config) in needed.items()]
+    batches = job_batches(groups(planned), "local", JobOptions(threads=1, jobs=jobs))
+    with ProcessPoolExecutor(len(batches), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_train_batch, str(runs_root), [(run.label, run.config.to_dict()) for run in batch]) for batch in batches
+        ]
+        for future in futures:
+            future.result()  # a failed run's error, raised here
+
+
+def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """One training process's work: each run in order, on one thread."""
+    import torch
+
+    from mexit.config import RunConfig
+    from mexit.store import RunStore
+
+    torch.set_num_threads(1)
+    store = RunStore(runs_root)
+    for label, config in runs:
+        store.get(RunConfig.from_dict(config), progress_label=label)
+
+
 def execute_notebooks(
-    profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None
+    profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None, jobs: int = 1
 ) -> list[Executed]:
     """Execute the notebooks (all, or ``only`` these names) with the profile's parameters into
-    ``book/generated/``, after training every run they compare.
+    ``book/generated/``, after training every run they compare (in ``jobs`` processes).
 
     Raises :class:`NotebookError` naming the notebook, its failing cell and the error.
     """
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True)
+    return _execute(profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True, jobs=jobs)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
@@ -158,7 +200,7 @@ def write_test_outputs(root: Path | None = None) -> list[Executed]:
 
 
 def _execute(
-    profile_name: str, root: Path, into: Path, store: Path, only: Sequence[str] | None, inject_runs_root: bool
+    profile_name: str, root: Path, into: Path, store: Path, only: Sequence[str] | None, inject_runs_root: bool, jobs: int = 1
 ) -> list[Executed]:
     import papermill
 
@@ -169,7 +211,7 @@ def _execute(
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
     declared = declared_parameters(root, names)
-    train_needed(profile, declared, store)
+    train_needed(profile, declared, store, jobs)
     executed = []
     for name in names:
         source = root / NOTEBOOK_DIR / f"{name}.ipynb"
@@ -203,13 +245,15 @@ def build_book(
     build: bool = True,
     root: Path | None = None,
     only: Sequence[str] | None = None,
+    jobs: int = 1,
 ) -> int:
-    """Execute the notebooks, then ``jupyter-book build -W``; returns the build's exit status."""
+    """Execute the notebooks (their runs trained in ``jobs`` processes), then ``jupyter-book build
+    -W``; returns the build's exit status."""
     root = (root or Path.cwd()).resolve()
     if not (root / "_config.yml").exists():
         raise FileNotFoundError(f"no _config.yml in {root}: run 'mexit book' from the repository root")
     started = time.perf_counter()
-    execute_notebooks(profile, root, runs_root, only)
+    execute_notebooks(profile, root, runs_root, only, jobs)
     if not build:
         return 0
     missing = [name for name in notebook_names(root) if not (root / GENERATED_DIR / f"{name}.ipynb").exists()]

@@ -1,16 +1,26 @@
-"""The paper's claims as tests on measured effects: a verdict computed from a 95% CI, never typed.
+"""The paper's claims as tests on measured effects: a verdict computed from a CI, never typed.
 
 A :class:`Claim` says what is claimed, where the claim comes from, how this book measures it and
-which effect values confirm it. :func:`assess` turns the per-seed effects of one row into a verdict:
+which effect values confirm it. Each page's ``*_claims`` function measures its claims' per-seed
+effects (:func:`assess`, which also records which runs each effect compares) and :func:`decide`
+turns them into verdicts, checking first that the compared runs are evidence
+(:mod:`mexit.evaluate.evidence`):
 
-- ``"held"``: the whole 95% CI lies where the claim holds;
-- ``"not held"``: the whole CI lies where it does not;
-- ``"inconclusive"``: the CI straddles the boundary;
-- ``"untested at this scale"``: fewer than two seeds, so no CI.
+- ``"untested: not converged"``: a run compared did not converge (a phase still rising at its
+  epoch cap, or no curve to tell) or learned nothing (its exits at chance), so the effect measures
+  truncation or noise, not the regimes;
+- ``"untested: phases ended at the cap"``: a claim about training time (``needs="early_stopping"``)
+  on runs whose phases ran to their epoch caps: their time measures the caps;
+- ``"untested at this scale"``: fewer than two seeds, so no interval;
+- otherwise the interval decides: ``"held"`` when it lies wholly where the claim holds,
+  ``"not held"`` when it lies wholly where it does not, ``"inconclusive"`` when it straddles.
 
-A claim holds where the effect is positive (``kind="positive"``: strictly above 0) or inside a
-stated interval (``kind="within"``). Which effect and which interval are this book's reading of the
-claim, stated in :attr:`Claim.measure` and shown on the status page.
+The intervals are simultaneous over a page's family of tested claims (Bonferroni): with ``m``
+claims decided on a page, each interval is a t-interval at ``1 - 0.05 / m``, so that the chance of
+any verdict of the page being decided by chance alone is at most 5%. A claim holds where the effect
+is positive (``kind="positive"``: strictly above 0) or inside a stated interval (``kind="within"``).
+Which effect and which interval are this book's reading of the claim, stated in
+:attr:`Claim.measure` and shown on the status page.
 """
 
 from __future__ import annotations
@@ -24,14 +34,21 @@ import pandas as pd
 from mexit.evaluate.cost import cost_ratio
 from mexit.evaluate.stats import format_interval, mean_ci
 
-VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", "untested at this scale")
+NOT_CONVERGED = "untested: not converged"
+AT_THE_CAP = "untested: phases ended at the cap"
+NO_INTERVAL = "untested at this scale"
+VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP)
 KINDS: tuple[str, ...] = ("positive", "within")
+NEEDS: tuple[str, ...] = ("convergence", "early_stopping")
+FAMILY_LEVEL = 0.95
+"""The confidence that every verdict of a page's family of claims holds at once."""
 
 
 @dataclass(frozen=True)
 class Claim:
     """One claim: ``key`` (a glue-safe name), the ``statement``, its ``source``, how it is measured,
-    the effect's ``unit``, and where it holds (``kind`` with ``interval`` for ``"within"``)."""
+    the effect's ``unit``, where it holds (``kind`` with ``interval`` for ``"within"``) and what its
+    runs must show to be evidence (``needs``: converged runs, or phases that early stopping ended)."""
 
     key: str
     statement: str
@@ -40,19 +57,32 @@ class Claim:
     unit: str
     kind: str = "positive"
     interval: tuple[float, float] = (0.0, math.inf)
+    needs: str = "convergence"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.needs not in NEEDS:
+            raise ValueError(f"needs must be one of {NEEDS}, got {self.needs!r}")
         low, high = self.interval
         if not low < high:
             raise ValueError(f"interval must have low < high, got {self.interval}")
 
 
+@dataclass(frozen=True)
+class Compared:
+    """The runs an effect compares: those of ``row`` in ``regimes`` (and, in an ablation, of these
+    ``variants``), every seed."""
+
+    row: str
+    regimes: tuple[str, ...]
+    variants: tuple[str, ...] | None = None
+
+
 def verdict(claim: Claim, low: float, high: float, n: int) -> str:
-    """The verdict of ``claim`` given the 95% CI ``[low, high]`` of its effect over ``n`` seeds."""
+    """The verdict of ``claim`` on evidence runs, given the interval ``[low, high]`` of its effect over ``n`` seeds."""
     if n < 2 or not (math.isfinite(low) and math.isfinite(high)):
-        return "untested at this scale"
+        return NO_INTERVAL
     if claim.kind == "positive":
         if low > 0:
             return "held"
@@ -63,29 +93,97 @@ def verdict(claim: Claim, low: float, high: float, n: int) -> str:
     return "not held" if high < lo or low > hi else "inconclusive"
 
 
-def assess(claim: Claim, effects: Sequence[float], scale: str) -> dict[str, object]:
-    """One status row: the claim, the ``scale`` it was tested at, the effect's mean and CI over
-    the per-seed ``effects`` (NaN entries dropped), and the computed verdict."""
-    values = [float(e) for e in effects if not math.isnan(float(e))]
-    summary = mean_ci(values)
+def assess(claim: Claim, effects: Sequence[float], scale: str, compared: Compared) -> dict[str, object]:
+    """One claim's measurement, not yet decided: the claim, the ``scale`` it was tested at, the
+    per-seed ``effects`` (NaN entries dropped) and the runs they ``compared``. :func:`decide` turns
+    a page's measurements into verdicts."""
+    values = tuple(float(e) for e in effects if not math.isnan(float(e)))
     return {
         "claim": claim.statement,
         "key": claim.key,
         "source": claim.source,
         "measure": claim.measure,
         "scale": scale,
-        "seeds": summary["n"],
-        "effect": summary["mean"],
-        "ci_low": summary["low"],
-        "ci_high": summary["high"],
         "unit": claim.unit,
-        "verdict": verdict(claim, summary["low"], summary["high"], summary["n"]),
+        "effects": values,
+        "compared": compared,
     }
 
 
+DECIDED_COLUMNS: tuple[str, ...] = (
+    "claim", "key", "source", "measure", "scale", "unit", "effects", "compared",
+    "seeds", "effect", "ci_low", "ci_high", "ci_level", "family", "verdict", "why",
+)
+
+
+def decide(measured: Sequence[dict[str, object]], evidence: pd.DataFrame, level: float = FAMILY_LEVEL) -> pd.DataFrame:
+    """Verdicts for one page's family of measurements (:func:`assess` rows), given ``evidence``:
+    :meth:`mexit.study.Study.evidence`'s per-run table (``row``, ``regime``, ``seed``, ``evidence``,
+    ``early_stopped``, ``why``; ``variant`` in an ablation).
+
+    A claim whose compared runs are not evidence is untested (the module's docstring), with the
+    reasons in ``why``. The others are decided on t-intervals at ``1 - (1 - level) / m``, ``m`` the
+    number of them with an interval (``family``; ``ci_level``): simultaneous at ``level``."""
+    rows = []
+    for item in measured:
+        claim = _claim(str(item["key"]))
+        blocked, why = _blocked(claim, item["compared"], evidence)  # type: ignore[arg-type]
+        rows.append({**item, "blocked": blocked, "why": why, "seeds": len(item["effects"])})  # type: ignore[arg-type]
+    family = sum(1 for r in rows if r["blocked"] is None and r["seeds"] >= 2)
+    each = 1 - (1 - level) / max(1, family)
+    decided = []
+    for r in rows:
+        summary = mean_ci(list(r["effects"]), level=each)
+        outcome = r.pop("blocked") or verdict(_claim(str(r["key"])), summary["low"], summary["high"], summary["n"])
+        decided.append({**r, "effect": summary["mean"], "ci_low": summary["low"], "ci_high": summary["high"],
+                        "ci_level": each, "family": family, "verdict": outcome})
+    return pd.DataFrame(decided, columns=list(DECIDED_COLUMNS))
+
+
+def _claim(key: str) -> Claim:
+    for claim in CLAIMS:
+        if claim.key == key:
+            return claim
+    raise ValueError(f"unknown claim key {key!r}; known: {', '.join(c.key for c in CLAIMS)}")
+
+
+def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[str | None, str]:
+    """The untested verdict the compared runs force (None: they are evidence) and why."""
+    missing = [c for c in ("row", "regime", "seed", "evidence", "early_stopped", "why") if c not in evidence.columns]
+    if missing:
+        raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)} (use Study.evidence())")
+    of_row = evidence[evidence["row"] == compared.row]
+    if of_row.empty:
+        raise ValueError(f"evidence holds no run of row {compared.row!r}: build it from the same study as the effects")
+    runs = of_row[of_row["regime"].isin(compared.regimes)]
+    if compared.variants is not None:
+        runs = runs[runs["variant"].isin(compared.variants)] if "variant" in runs.columns else runs.iloc[:0]
+    if runs.empty:  # no run of these regimes: the effect is empty too, and untested at this scale
+        return None, ""
+
+    def reasons(failing: pd.DataFrame, what: str) -> str:
+        """The failing runs grouped by why: "2 of 6 runs: joint s0, joint s1: P2: still rising ..."."""
+        named = "; ".join(
+            ", ".join(f"{r.regime}{f' [{r.variant}]' if compared.variants else ''} s{int(r.seed)}" for r in group.itertuples())
+            + f": {what or why}"
+            for why, group in failing.groupby("why", sort=False)
+        )
+        return f"{len(failing)} of {len(runs)} runs: {named}"
+
+    failing = runs[~runs["evidence"].astype(bool)]
+    if not failing.empty:
+        return NOT_CONVERGED, reasons(failing, "")
+    if claim.needs == "early_stopping":
+        capped = runs[~runs["early_stopped"].astype(bool)]
+        if not capped.empty:
+            return AT_THE_CAP, reasons(capped, "a phase ran to its epoch cap")
+    return None, ""
+
+
 def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1) -> pd.DataFrame:
-    """The book's view of :func:`assess` rows: claim, source, profile, scale, seeds,
-    "effect [low, high] unit", verdict (``profile`` None: "custom", parameters given by hand)."""
+    """The book's view of :func:`decide` rows: claim, source, profile, scale, seeds, "effect [low,
+    high] unit" (the interval simultaneous over the page's claims), verdict and, for an untested
+    claim, why (``profile`` None: "custom", parameters given by hand)."""
     def effect(row: pd.Series) -> str:
         text = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
         if text == "–":
@@ -99,16 +197,18 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
             "profile": profile or "custom",
             "scale": rows["scale"],
             "seeds": rows["seeds"],
-            "effect [95% CI]": rows.apply(effect, axis=1),
+            "effect [CI]": rows.apply(effect, axis=1),
+            "CI level": rows["ci_level"].map(lambda v: f"{100 * v:.2f}%".replace(".00%", "%")),
             "verdict": rows["verdict"],
+            "why untested": rows["why"].map(lambda w: w or "–"),
         }
     ).set_index("claim")
 
 
 def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
-    """How each claim of :func:`assess` rows is measured and where it holds, one row per claim."""
+    """How each claim of :func:`decide` rows is measured and where it holds, one row per claim."""
     def holds(row: pd.Series) -> str:
-        claim = next(c for c in CLAIMS if c.key == row["key"])
+        claim = _claim(row["key"])
         if claim.kind == "positive":
             return f"the CI lies above 0 {claim.unit}"
         low, high = claim.interval
@@ -122,6 +222,27 @@ def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {"claim": unique["claim"], "measured as": unique["measure"], "held when": unique.apply(holds, axis=1)}
     ).set_index("claim")
+
+
+def agreement(book: pd.DataFrame, fresh: pd.DataFrame | None) -> pd.DataFrame:
+    """The book's verdicts beside those of a disjoint set of seeds (both :func:`decide` rows of the
+    same claims and rows): ``claim``, ``scale`` (the book's), ``book seeds``, ``fresh seeds``,
+    ``agree`` (the same verdict) and ``overturned`` (the book decided, held or not held, and the
+    fresh seeds did not confirm it). Without ``fresh`` rows (None), an empty frame of those columns."""
+    if fresh is None:
+        return pd.DataFrame(columns=["claim", "scale", "book seeds", "fresh seeds", "agree", "overturned"])
+    merged = book.merge(fresh[["key", "compared", "verdict"]], on=["key", "compared"], how="left", suffixes=("", "_fresh"))
+    decided = merged["verdict"].isin(("held", "not held"))
+    return pd.DataFrame(
+        {
+            "claim": merged["claim"],
+            "scale": merged["scale"],
+            "book seeds": merged["verdict"],
+            "fresh seeds": merged["verdict_fresh"].fillna("–"),
+            "agree": merged["verdict"] == merged["verdict_fresh"],
+            "overturned": decided & (merged["verdict"] != merged["verdict_fresh"]),
+        }
+    )
 
 
 # --- the claims Table 1 and the training-cost page test -----------------------------------------
@@ -170,6 +291,7 @@ MIXED_TIME_27 = Claim(
     "%",
     kind="within",
     interval=(17.0, 37.0),
+    needs="early_stopping",
 )
 TABLE1_CLAIMS: tuple[Claim, ...] = (MIXED_BEATS_JOINT_HIGH, DISJOINT_WEAK_LOW, MIXED_BEST, MIXED_GAIN_1_3)
 
@@ -286,11 +408,11 @@ ABLATION_CLAIMS: tuple[Claim, ...] = (MIXED_AHEAD, SCALING_UNNEEDED_WITH_MIXED, 
 CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS)
 
 
-def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
+def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The Table 1 claims per row, from :func:`mexit.evaluate.run_points` tagged ``row``,
-    ``regime`` and ``seed``. Only budgets at which every run of the row has an operating point are
-    used; the "low budget" is the lowest of them (25% where the first exits allow it). A claim whose
-    regimes or budgets the points lack is untested."""
+    ``regime`` and ``seed``, decided on ``evidence`` (:func:`decide`). Only budgets at which every
+    run of the row has an operating point are used; the "low budget" is the lowest of them (25%
+    where the first exits allow it). A claim whose regimes or budgets the points lack is untested."""
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
@@ -307,25 +429,27 @@ def table1_claims(points: pd.DataFrame) -> pd.DataFrame:
         mixed_high, joint_high, disjoint_high = (at(r, high) for r in ("mixed", "joint", "disjoint"))
         mixed_all, joint_all, disjoint_all = (at(r, usable) for r in ("mixed", "joint", "disjoint"))
         worse_low = pd.concat([at("joint", low), at("mixed", low)], axis=1).min(axis=1, skipna=False)
+        every = ("disjoint", "joint", "mixed")
         effects = {
-            MIXED_BEATS_JOINT_HIGH: (mixed_high - joint_high, high),
-            DISJOINT_WEAK_LOW: (worse_low - at("disjoint", low), low),
-            MIXED_BEST: (mixed_all - pd.concat([joint_all, disjoint_all], axis=1).max(axis=1, skipna=False), usable),
-            MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high),
+            MIXED_BEATS_JOINT_HIGH: (mixed_high - joint_high, high, ("joint", "mixed")),
+            DISJOINT_WEAK_LOW: (worse_low - at("disjoint", low), low, every),
+            MIXED_BEST: (mixed_all - pd.concat([joint_all, disjoint_all], axis=1).max(axis=1, skipna=False), usable, every),
+            MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high, every),
         }
-        for claim, (effect, budgets) in effects.items():
-            rows.append(assess(claim, effect.dropna().tolist(), _where(label, budgets)))
-    return pd.DataFrame(rows)
+        for claim, (effect, budgets, regimes) in effects.items():
+            rows.append(assess(claim, effect.dropna().tolist(), _where(label, budgets), Compared(str(label), regimes)))
+    return decide(rows, evidence)
 
 
-def time_claims(costs: pd.DataFrame) -> pd.DataFrame:
+def time_claims(costs: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The training-time claim per row, from :func:`mexit.evaluate.regime_cost` (each regime charged
-    its own phases, P1 included)."""
+    its own phases, P1 included), decided on ``evidence``: only where early stopping ended every
+    phase of the runs compared."""
     rows = []
     for label, frame in costs.groupby("row", sort=False):
         saving = 100 * (1 - cost_ratio(frame, "mixed", "joint"))
-        rows.append(assess(MIXED_TIME_27, saving.tolist(), label))
-    return pd.DataFrame(rows)
+        rows.append(assess(MIXED_TIME_27, saving.tolist(), label, Compared(str(label), ("joint", "mixed"))))
+    return decide(rows, evidence)
 
 
 def pair_label(a: str, b: str) -> str:
@@ -349,9 +473,10 @@ def _per_seed(frame: pd.DataFrame, regime: str, value: str) -> pd.Series:
     return frame[frame["regime"] == regime].groupby("seed")[value].mean()
 
 
-def dominance_claims(end: pd.DataFrame) -> pd.DataFrame:
+def dominance_claims(end: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The gradient-dominance claims per row, from the probes at the end of P2
-    (:func:`mexit.analysis.runs.dominance_at`), tagged ``row``, ``regime`` and ``seed``."""
+    (:func:`mexit.analysis.runs.dominance_at`), tagged ``row``, ``regime`` and ``seed``, decided on
+    ``evidence``."""
     rows = []
     for label, frame in end.groupby("row", sort=False):
         blocks = int(frame["exit_block"].max())
@@ -364,26 +489,27 @@ def dominance_claims(end: pd.DataFrame) -> pd.DataFrame:
         depth = (middle["share"] * middle["exit_block"] / blocks * 100).groupby([middle["regime"], middle["seed"], middle["block"]]).sum()
         depth = (depth / per_block["share"].sum()).rename("depth").reset_index()
         where = f"{label} (blocks {', '.join(map(str, depth_thirds(blocks)[1]))} of {blocks})"
-        rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead").tolist(), where))
+        rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead").tolist(), where, Compared(str(label), ("joint",))))
         shift = _per_seed(depth, "mixed", "depth") - _per_seed(depth, "joint", "depth")
-        rows.append(assess(MIXED_DEEPER_DOMINATE, shift.dropna().tolist(), where))
-    return pd.DataFrame(rows)
+        rows.append(assess(MIXED_DEEPER_DOMINATE, shift.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+    return decide(rows, evidence)
 
 
-def connectivity_claims(barriers: pd.DataFrame) -> pd.DataFrame:
+def connectivity_claims(barriers: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The basin claims per row, from the linear paths' :func:`mexit.analysis.runs.barrier_table`
-    (the final exit's error barrier)."""
+    (the final exit's error barrier), decided on ``evidence``."""
     rows = []
     for label, frame in barriers[barriers["path"] == "linear"].groupby("row", sort=False):
         final = frame[frame["exit"] == frame["exit"].max()]
         for claim, pair in ((DISJOINT_MIXED_ONE_BASIN, ("disjoint", "mixed")), (JOINT_OTHER_BASIN, ("joint", "mixed"))):
-            rows.append(assess(claim, final[final["pair"] == pair_label(*pair)]["error_barrier"].tolist(), label))
-    return pd.DataFrame(rows)
+            barrier = final[final["pair"] == pair_label(*pair)]["error_barrier"].tolist()
+            rows.append(assess(claim, barrier, label, Compared(str(label), pair)))
+    return decide(rows, evidence)
 
 
-def rank_claims(ranks: pd.DataFrame) -> pd.DataFrame:
+def rank_claims(ranks: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The numerical-rank claims per row, from :func:`mexit.analysis.runs.rank_table` (its
-    ``rank_pct``: the rank in % of the largest measurable)."""
+    ``rank_pct``: the rank in % of the largest measurable), decided on ``evidence``."""
     rows = []
     for label, frame in ranks.groupby("row", sort=False):
         early, _, deep = depth_thirds(int(frame["block"].max()))
@@ -391,29 +517,30 @@ def rank_claims(ranks: pd.DataFrame) -> pd.DataFrame:
             part = frame[frame["block"].isin(blocks)]
             effect = sign * (_per_seed(part, "mixed", "rank_pct") - _per_seed(part, "joint", "rank_pct"))
             where = f"{label} (blocks {', '.join(map(str, blocks))})"
-            rows.append(assess(claim, effect.dropna().tolist(), where))
-    return pd.DataFrame(rows)
+            rows.append(assess(claim, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+    return decide(rows, evidence)
 
 
-def information_claims(information: pd.DataFrame) -> pd.DataFrame:
-    """The mutual-information claim per row, from :func:`mexit.analysis.runs.information_table`."""
+def information_claims(information: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
+    """The mutual-information claim per row, from :func:`mexit.analysis.runs.information_table`,
+    decided on ``evidence``."""
     rows = []
     for label, frame in information.groupby("row", sort=False):
         deep = depth_thirds(int(frame["block"].max()))[2]
         part = frame[frame["block"].isin(deep)]
         effect = _per_seed(part, "mixed", "label_bits") - _per_seed(part, "joint", "label_bits")
         where = f"{label} (blocks {', '.join(map(str, deep))})"
-        rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect.dropna().tolist(), where))
-    return pd.DataFrame(rows)
+        rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+    return decide(rows, evidence)
 
 
-def ablation_claims(points: pd.DataFrame, change: tuple[Claim, str, str] | None = None) -> pd.DataFrame:
+def ablation_claims(points: pd.DataFrame, evidence: pd.DataFrame, change: tuple[Claim, str, str] | None = None) -> pd.DataFrame:
     """The ablation claims from :func:`mexit.evaluate.run_points` of a study with variants (tagged
     ``row``, ``variant``, ``regime``, ``seed``): :data:`MIXED_AHEAD` per row and variant that trains
     mixed and another regime; with ``change = (claim, regime, reference_regime)``, that claim per
     row and per variant after the row's first (the reference): ``regime``'s accuracy with the
     variant minus ``reference_regime``'s with the reference. Accuracy is averaged over the budgets
-    at which every run compared has a point; pairs are matched by seed."""
+    at which every run compared has a point; pairs are matched by seed. Decided on ``evidence``."""
     rows = []
     for (label, variant), frame in points.groupby(["row", "variant"], sort=False):
         regimes = list(pd.unique(frame["regime"]))
@@ -422,7 +549,8 @@ def ablation_claims(points: pd.DataFrame, change: tuple[Claim, str, str] | None 
         budgets = _usable(frame)
         others = pd.concat([_budget_mean(frame, r, budgets) for r in regimes if r != "mixed"], axis=1).max(axis=1, skipna=False)
         effect = _budget_mean(frame, "mixed", budgets) - others
-        rows.append(assess(MIXED_AHEAD, effect.dropna().tolist(), _where(f"{label}, {variant}", budgets)))
+        compared = Compared(str(label), tuple(regimes), (str(variant),))
+        rows.append(assess(MIXED_AHEAD, effect.dropna().tolist(), _where(f"{label}, {variant}", budgets), compared))
     if change is not None:
         claim, regime, reference_regime = change
         for label, frame in points.groupby("row", sort=False):
@@ -435,8 +563,9 @@ def ablation_claims(points: pd.DataFrame, change: tuple[Claim, str, str] | None 
                 budgets = _usable(pd.concat([reference, changed]))
                 effect = _budget_mean(changed, regime, budgets) - _budget_mean(reference, reference_regime, budgets)
                 where = _where(f"{label}, {regime} with {variant} vs {reference_regime} with {variants[0]}", budgets)
-                rows.append(assess(claim, effect.dropna().tolist(), where))
-    return pd.DataFrame(rows, columns=list(assess(MIXED_AHEAD, [], "").keys()))
+                compared = Compared(str(label), tuple(dict.fromkeys((regime, reference_regime))), (str(variants[0]), str(variant)))
+                rows.append(assess(claim, effect.dropna().tolist(), where, compared))
+    return decide(rows, evidence)
 
 
 def _usable(points: pd.DataFrame) -> list[float]:

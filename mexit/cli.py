@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     book.add_argument("--profile", default="quick")
     book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
+    book.add_argument("--jobs", type=int, default=1, help="train the missing runs in this many single-threaded processes")
 
     plan = commands.add_parser("plan", parents=[common], help="list every run the book needs at a profile, with its cost")
     plan.add_argument("--profile", default="quick")
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         from mexit.book import build_book
 
-        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only)
+        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs)
     except _user_errors() as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)

@@ -23,9 +23,11 @@ import pandas as pd
 
 from mexit.config import REGIMES, RunConfig, load_config, regime_configs
 from mexit.evaluate import ExitOutputs, single_exits
+from mexit.evaluate.evidence import DEFAULT_WINDOW, run_evidence
 from mexit.evaluate.sweeps import GRIDS
 from mexit.evaluate.tables import AGGREGATES, PICKS
 from mexit.evaluate.ztw import ZTW_FINALS
+from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
 from mexit.store import Run, RunStore, build_model, default_root
 
@@ -87,6 +89,18 @@ class Study:
         """The regime comparisons of the paper that this study's regimes allow: mixed - joint, mixed - disjoint."""
         return [(a, b) for a, b in PAIRS if a in self.regimes and b in self.regimes]
 
+    def with_seeds(self, seeds: Any, name: str = "fresh_seeds") -> Study | None:
+        """The same study on another set of seeds, disjoint from this one's (None for an empty list):
+        how a page sets its verdicts beside those of fresh seeds. A bad list raises
+        :class:`ParameterError` naming ``name``."""
+        if isinstance(seeds, list) and not seeds:
+            return None
+        checked = _seed_list(name, seeds)
+        shared = sorted(set(checked) & set(self.seeds))
+        if shared:
+            raise ParameterError(f"{name} must be disjoint from seeds {list(self.seeds)}; both hold {shared}")
+        return dataclasses.replace(self, seeds=tuple(checked))
+
     def configs(self) -> list[tuple[Row, RunConfig]]:
         """Every run the study needs, row by row and seed by seed (so a shared P1 is trained first)."""
         return [
@@ -115,6 +129,19 @@ class Study:
             run.outputs(**row.tags, **({"method": row.exit_method} if row.exit_method else {})) for row, run in self.runs()
         ]
 
+    def evidence(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Whether each run is evidence (:mod:`mexit.evaluate.evidence`): one row per run (its tags,
+        ``converged``, ``learned``, ``early_stopped``, ``evidence``, ``why``) and one per (run, phase)
+        (``phase``, ``epochs``, ``ended``, ``converged``), both tagged ``row``, ``regime``, ``seed``,
+        ``run`` (and ``variant`` in an ablation). What every claim of a notebook is checked against."""
+        runs, phases = [], []
+        for row, run in self.runs():
+            tags = {**row.tags, "regime": run.config.train.regime, "seed": run.config.train.seed, "run": run.key}
+            summary, per_phase = run_evidence_of(run)
+            runs.append({**tags, **summary})
+            phases.append(per_phase.assign(**tags))
+        return pd.DataFrame(runs), pd.concat(phases, ignore_index=True)
+
     def traces(self) -> pd.DataFrame:
         """Every run's training trace (:meth:`mexit.store.Run.trace`) with ``row``, ``regime``, ``seed``."""
         return self._per_run(lambda run: run.trace())
@@ -125,6 +152,18 @@ class Study:
             for row, run in self.runs()
         ]
         return pd.concat(frames, ignore_index=True)
+
+
+def run_evidence_of(run: Run) -> tuple[dict[str, object], pd.DataFrame]:
+    """:func:`mexit.evaluate.evidence.run_evidence` of one stored run: each phase's curve over the
+    exits its loss trains, its patience (or the default) as the plateau window."""
+    train = run.config.train
+    num_exits = len(run.metrics["test_acc"])
+    exits = [PHASE_SPECS[name].exits_in_loss(num_exits) for name in train.phase_list]
+    window = train.patience or DEFAULT_WINDOW
+    accuracies = [float(a) for a in run.metrics["test_acc"]]
+    val_size = len(run.labels("val")) if run.has_validation else 1
+    return run_evidence(run.trace(), run.phases(), exits, [window] * len(exits), accuracies, run.labels("test").numpy(), val_size)
 
 
 def run_label(row: Row, config: RunConfig) -> str:
@@ -248,11 +287,7 @@ def study(
     its runs by that method's exit rule: ``"pbee"`` applies the patience rule to whatever the variant
     trained (PBEE as the authors run it, on an SDN-trained model).
     """
-    checked_seeds = _int_list("seeds", seeds)
-    if len(set(checked_seeds)) != len(checked_seeds):
-        raise ParameterError(f"seeds must be distinct, got {checked_seeds}")
-    if any(seed < 0 for seed in checked_seeds):
-        raise ParameterError(f"seeds must be non-negative integers, got {checked_seeds}")
+    checked_seeds = _seed_list("seeds", seeds)
     checked_regimes = _str_list("regimes", regimes)
     for regime in checked_regimes:
         if regime not in REGIMES:
@@ -291,6 +326,15 @@ def check_budgets(budgets: Any) -> tuple[float, ...]:
 
 
 _YAML_HINT = " (with papermill, pass lists as YAML: -y 'seeds: [0, 1, 2]')"
+
+
+def _seed_list(name: str, value: Any) -> list[int]:
+    seeds = _int_list(name, value)
+    if len(set(seeds)) != len(seeds):
+        raise ParameterError(f"{name} must be distinct, got {seeds}")
+    if any(seed < 0 for seed in seeds):
+        raise ParameterError(f"{name} must be non-negative integers, got {seeds}")
+    return seeds
 
 
 def _int_list(name: str, value: Any) -> list[int]:

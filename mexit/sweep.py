@@ -224,7 +224,7 @@ def _sbatch_script(folder: Path, options: JobOptions, array_size: int) -> str:
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **_slurm_parameters(options))
 
 
-def _job_batches(run_groups: list[list[PlannedRun]], kind: str, options: JobOptions) -> list[list[PlannedRun]]:
+def job_batches(run_groups: list[list[PlannedRun]], kind: str, options: JobOptions) -> list[list[PlannedRun]]:
     """SLURM: one job per group. Local: the groups dealt over ``jobs`` processes, the costliest
     first, each to the process with the least estimated work so far."""
     if kind == "slurm":
@@ -281,7 +281,7 @@ def submit(
     table = status(profile, root, runs_root, runs=runs)
     wanted = set(table.loc[table["state"].isin(states), "key"])
     todo = [group for group in groups(runs) if any(run.key in wanted for run in group)]
-    batches = _job_batches(todo, kind, options)
+    batches = job_batches(todo, kind, options)
     folder = (runs_root / "sweeps" / "jobs").resolve()
     arguments = [
         ([run.config.to_dict() for run in batch], [run.key for run in batch]) for batch in batches

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 
 from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks, load_profile, notebook_parameters
 from mexit.claims import VERDICTS
@@ -27,7 +28,8 @@ NOTEBOOKS = tuple(sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")))
 def test_profiles_give_global_and_per_notebook_parameters() -> None:
     profile = load_profile("quick")
     table1 = notebook_parameters(profile, "table1")
-    assert table1["budgets"] == [0.25, 0.5, 0.75, 1.0] and len(table1["seeds"]) == 3
+    assert table1["budgets"] == [0.25, 0.5, 0.75, 1.0] and len(table1["seeds"]) == 5  # verdicts that survive fresh seeds
+    assert len(table1["fresh_seeds"]) == 5 and not set(table1["fresh_seeds"]) & set(table1["seeds"])
     assert len({row["config"] for row in table1["rows"]}) >= 2  # two backbone families
     assert "budgets" not in notebook_parameters(profile, "training_cost")
     assert len(notebook_parameters(load_profile("paper"), "table1")["rows"]) == 6
@@ -146,3 +148,23 @@ def test_glued_numbers_reach_the_pages(tiny_book: Path) -> None:
     assert {"claims", "mixed_minus_joint_100", "n_rows", "n_seeds"} <= glued
     page = (tiny_book / "_build" / "html" / "book" / "generated" / "table1.html").read_text()
     assert "{glue" not in page
+
+
+def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Path) -> None:
+    """``mexit book --jobs 2``: the needed runs, dealt over two single-threaded processes in groups
+    that share no phase, are stored once each, with the same logits as when trained in this process."""
+    from mexit.book import declared_parameters, needed_runs, train_needed
+    from mexit.store import RunStore
+
+    profile = {"global_params": {"rows": [{"label": "tiny", "config": "tiny"}], "seeds": [0], "regimes": ["disjoint", "joint", "mixed"]},
+               "notebooks": {}}
+    declared = declared_parameters(ROOT, ["training_cost"])
+    train_needed(profile, declared, tmp_path / "two", jobs=2)
+    train_needed(profile, declared, tmp_path / "one", jobs=1)
+    needed = needed_runs(profile, declared, tmp_path / "one")
+    assert len(needed) == 3 and len(list((tmp_path / "two" / "phases").iterdir())) == 4  # P1 shared by disjoint and mixed
+    for _, config in needed.values():
+        two, one = RunStore(tmp_path / "two").get(config), RunStore(tmp_path / "one").get(config)
+        assert torch.equal(two.logits("test"), one.logits("test"))
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        train_needed(profile, declared, tmp_path / "one", jobs=0)

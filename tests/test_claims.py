@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mexit import claims
-from mexit.claims import Claim, assess, status_view, table1_claims, time_claims, verdict
+from mexit.claims import Claim, Compared, assess, decide, status_view, table1_claims, time_claims, verdict
 
 BETTER = Claim("better", "A beats B", "test", "A - B", "points")
 SIZED = Claim("sized", "A beats B by 1-3", "test", "A - B", "points", kind="within", interval=(1.0, 3.0))
@@ -35,6 +35,23 @@ def test_verdict_follows_the_interval(claim: Claim, low: float, high: float, n: 
     assert verdict(claim, low, high, n) == expected
 
 
+def _evidence(frame: pd.DataFrame, failing: dict[tuple, str] | None = None, capped: set[tuple] = frozenset()) -> pd.DataFrame:
+    """Per-run evidence for the runs of a tidy ``frame`` (its row, [variant,] regime, seed): every run
+    converged and stopped early, but ``failing`` ({(regime, seed): why}) and ``capped`` ({(regime, seed)})."""
+    tags = [c for c in ("row", "variant", "regime", "seed") if c in frame.columns]
+    runs = frame[tags].drop_duplicates().reset_index(drop=True)
+    failing = failing or {}
+    keys = list(zip(runs["regime"], runs["seed"]))
+    return runs.assign(
+        converged=[k not in failing for k in keys], learned=True, early_stopped=[k not in capped for k in keys],
+        evidence=[k not in failing for k in keys], why=[failing.get(k, "") for k in keys],
+    )
+
+
+EVIDENCE = pd.DataFrame([{"row": "r", "regime": r, "seed": s, "evidence": True, "early_stopped": True, "why": ""}
+                         for r in ("disjoint", "joint", "mixed") for s in range(4)])
+
+
 def test_a_claim_needs_a_known_kind_and_an_ordered_interval() -> None:
     with pytest.raises(ValueError, match="kind"):
         Claim("k", "s", "src", "m", "u", kind="bigger")
@@ -42,20 +59,52 @@ def test_a_claim_needs_a_known_kind_and_an_ordered_interval() -> None:
         Claim("k", "s", "src", "m", "u", kind="within", interval=(3.0, 1.0))
 
 
-def test_assess_computes_the_t_interval_of_the_effects() -> None:
-    row = assess(BETTER, [1.0, 2.0, 3.0], "row A")
-    half = 4.302652729749464 * 1.0 / math.sqrt(3)  # t(0.975, 2) * std / sqrt(n)
+def test_decide_computes_the_t_interval_of_the_effects() -> None:
+    mixed = Compared("r", ("joint", "mixed"))
+    row = decide([assess(claims.MIXED_BEST, [1.0, 2.0, 3.0], "row A", mixed)], EVIDENCE).iloc[0]
+    half = 4.302652729749464 * 1.0 / math.sqrt(3)  # t(0.975, 2) * std / sqrt(n): a family of one
     assert row["effect"] == pytest.approx(2.0)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half))
     assert row["verdict"] == "inconclusive" and row["seeds"] == 3 and row["scale"] == "row A"
-    assert assess(BETTER, [1.0, 1.1, 0.9, 1.05], "r")["verdict"] == "held"
-    one = assess(BETTER, [5.0, math.nan], "r")
+    assert decide([assess(claims.MIXED_BEST, [1.0, 1.1, 0.9, 1.05], "r", mixed)], EVIDENCE).iloc[0]["verdict"] == "held"
+    both = decide([assess(claims.MIXED_BEST, [1.0, 2.0, 3.0], "row A", mixed), assess(claims.MIXED_BEST, [5.0, math.nan], "r", mixed)], EVIDENCE)
+    one = both.iloc[1]
     assert one["seeds"] == 1 and one["verdict"] == "untested at this scale"
-    view = status_view(pd.DataFrame([row, one]), profile="quick")
-    assert list(view.columns) == ["source", "profile", "scale", "seeds", "effect [95% CI]", "verdict"]
-    assert view.index.tolist() == ["A beats B", "A beats B"]
-    assert set(view["profile"]) == {"quick"} and set(status_view(pd.DataFrame([row]))["profile"]) == {"custom"}
-    assert view["effect [95% CI]"].tolist() == [f"2.0 [{2 - half:.1f}, {2 + half:.1f}] points", "5.0 points (no CI)"]
+    view = status_view(both, profile="quick")
+    assert list(view.columns) == ["source", "profile", "scale", "seeds", "effect [CI]", "CI level", "verdict", "why untested"]
+    assert view.index.tolist() == ["Mixed is the best regime overall"] * 2
+    assert set(view["profile"]) == {"quick"} and set(status_view(both.iloc[:1])["profile"]) == {"custom"}
+    assert view["effect [CI]"].tolist() == [f"2.0 [{2 - half:.1f}, {2 + half:.1f}] points", "5.0 points (no CI)"]
+    assert view["CI level"].tolist() == ["95%", "95%"]  # one claim with an interval: a family of one
+
+
+def test_intervals_are_simultaneous_over_a_pages_claims() -> None:
+    """Bonferroni: m decided claims get intervals at 1 - 0.05 / m each; untested ones do not count."""
+    mixed = Compared("r", ("joint", "mixed"))
+    effects = [1.0, 1.6, 2.2]
+    rows = decide([assess(claims.MIXED_BEST, effects, "a", mixed), assess(claims.MIXED_BEST, effects, "b", mixed),
+                   assess(claims.MIXED_BEST, [3.0], "c", mixed)], EVIDENCE)
+    assert rows["family"].tolist() == [2, 2, 2] and rows["ci_level"].iloc[0] == pytest.approx(0.975)
+    from scipy import stats
+    half = stats.t.ppf(1 - 0.025 / 2, 2) * np.std(effects, ddof=1) / math.sqrt(3)
+    assert rows["ci_low"].iloc[0] == pytest.approx(1.6 - half)
+    alone = decide([assess(claims.MIXED_BEST, effects, "a", mixed)], EVIDENCE).iloc[0]
+    assert alone["verdict"] == "held" and rows["verdict"].iloc[0] == "inconclusive"  # [0.11, 3.09] widens past 0
+
+
+def test_a_claim_on_runs_that_are_not_evidence_is_untested() -> None:
+    mixed = Compared("r", ("joint", "mixed"))
+    measured = [assess(claims.MIXED_BEST, [5.0, 5.1, 5.2], "r", mixed)]
+    truncated = EVIDENCE.assign(evidence=(EVIDENCE["regime"] != "joint") | (EVIDENCE["seed"] != 1),
+                                why=["P2: still rising at the cap" if (r, s) == ("joint", 1) else "" for r, s in zip(EVIDENCE["regime"], EVIDENCE["seed"])])
+    row = decide(measured, truncated).iloc[0]
+    assert row["verdict"] == "untested: not converged"
+    assert row["why"] == "1 of 8 runs: joint s1: P2: still rising at the cap"
+    assert row["family"] == 0
+    disjoint_only = EVIDENCE.assign(evidence=EVIDENCE["regime"] != "disjoint")  # not compared: no matter
+    assert decide(measured, disjoint_only).iloc[0]["verdict"] == "held"
+    with pytest.raises(ValueError, match="no run of row 'r'"):
+        decide(measured, EVIDENCE.assign(row="other"))
 
 
 def _points(accuracy: dict[str, list[list[float]]], budgets=(0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:
@@ -78,7 +127,7 @@ def test_table1_claims_measure_the_stated_differences() -> None:
             "mixed": [[58, 74, 84, 88], [60, 75, 85, 89], [59, 73, 83, 87]],
         }
     )
-    rows = table1_claims(points).set_index("key")
+    rows = table1_claims(points, _evidence(points)).set_index("key")
     # mixed - joint at 75% and 100%: +2 in every seed
     assert rows.loc["mixed_beats_joint_high", "effect"] == pytest.approx(2.0)
     assert rows.loc["mixed_beats_joint_high", "verdict"] == "held"
@@ -100,7 +149,7 @@ def test_table1_claims_use_the_budgets_every_run_can_meet() -> None:
             "mixed": [[nan, 74, 84, 88], [nan, 75, 85, 89], [nan, 73, 83, 87]],
         }
     )
-    rows = table1_claims(points).set_index("key")
+    rows = table1_claims(points, _evidence(points)).set_index("key")
     assert rows.loc["disjoint_weak_low", "effect"] == pytest.approx(2.0)  # at 50%: joint 72 - disjoint 70
     assert rows.loc["disjoint_weak_low", "scale"] == "R (budgets 50%)"
     assert rows.loc["mixed_best", "effect"] == pytest.approx(2.0)
@@ -109,7 +158,7 @@ def test_table1_claims_use_the_budgets_every_run_can_meet() -> None:
 
 def test_table1_claims_without_a_regime_are_untested() -> None:
     points = _points({"joint": [[60, 70, 80, 90]] * 3, "mixed": [[61, 71, 81, 91], [62, 72, 82, 92], [60, 70, 80, 90]]})
-    rows = table1_claims(points).set_index("key")
+    rows = table1_claims(points, _evidence(points)).set_index("key")
     assert rows.loc["mixed_beats_joint_high", "verdict"] in claims.VERDICTS[:3]
     for key in ("disjoint_weak_low", "mixed_best", "mixed_gain_1_3"):
         assert rows.loc[key, "verdict"] == "untested at this scale"
@@ -117,7 +166,7 @@ def test_table1_claims_without_a_regime_are_untested() -> None:
 
 def test_measures_say_how_each_claim_is_measured_and_held() -> None:
     points = _points({"disjoint": [[50, 70, 80, 85]] * 2, "joint": [[60, 72, 82, 86]] * 2, "mixed": [[58, 74, 84, 88]] * 2})
-    view = claims.measures_view(table1_claims(points))
+    view = claims.measures_view(table1_claims(points, _evidence(points)))
     assert len(view) == 4
     assert view.loc["Mixed is 1-3% more accurate at higher budgets", "held when"] == "the CI lies within [1, 3] points"
     assert view.loc["Mixed is the best regime overall", "held when"] == "the CI lies above 0 points"
@@ -131,11 +180,11 @@ def test_time_claim_is_the_saving_of_mixed_over_joint() -> None:
             for regime, wall in (("joint", joint), ("mixed", mixed))
         ]
     )
-    row = time_claims(costs).iloc[0]
+    row = time_claims(costs, _evidence(costs)).iloc[0]
     assert row["effect"] == pytest.approx(27.0) and row["seeds"] == 3
     assert row["verdict"] == "held"  # every seed saves exactly 27%: a zero-width interval inside [17, 37]
     slower = costs.assign(wall_time_s=np.where(costs["regime"] == "mixed", costs["wall_time_s"] * 2, costs["wall_time_s"]))
-    assert time_claims(slower).iloc[0]["verdict"] == "not held"
+    assert time_claims(slower, _evidence(slower)).iloc[0]["verdict"] == "not held"
 
 
 # --- the analysis pages' claims --------------------------------------------------------------------
@@ -167,7 +216,7 @@ def test_dominance_claims_measure_the_ics_lead_and_the_depth_shift() -> None:
         [_probes("joint", s, f) for s, f in enumerate((0.2, 0.3, 0.6))]
         + [_probes("mixed", s, f) for s, f in enumerate((0.7, 0.8, 0.75))]
     )
-    result = claims.dominance_claims(end).set_index("key")
+    result = claims.dominance_claims(end, _evidence(end)).set_index("key")
     # joint: the IC's share minus the final head's at block 2 = 60, 40 and -20 points of the gradient
     # (the final head leads in seed 2: it is no IC)
     assert result.loc["joint_ics_dominate_middle", "effect"] == pytest.approx(80 / 3)
@@ -187,7 +236,7 @@ def test_connectivity_claims_read_the_final_exits_linear_error_barrier() -> None
             for e in (0, 1)
         ]
     )
-    result = claims.connectivity_claims(barriers).set_index("key")
+    result = claims.connectivity_claims(barriers, _evidence(barriers.assign(regime=barriers['pair'].str.split('–')).explode('regime'))).set_index("key")
     assert result.loc["disjoint_mixed_one_basin", "effect"] == pytest.approx(0.6)
     assert result.loc["disjoint_mixed_one_basin", "verdict"] == "held"
     assert result.loc["joint_other_basin", "effect"] == pytest.approx(11.0)
@@ -201,17 +250,18 @@ def test_rank_and_information_claims_compare_mixed_with_joint_by_seed() -> None:
             for regime, rank, bits in (("joint", 50 + 10 * block, 1.0), ("mixed", 60 + seed, 1.5 + 0.1 * seed)):
                 rows.append({"row": "r", "regime": regime, "seed": seed, "block": block, "rank_pct": rank, "label_bits": bits})
     table = pd.DataFrame(rows)
-    ranks = claims.rank_claims(table).set_index("key")
+    ranks = claims.rank_claims(table, _evidence(table)).set_index("key")
     assert ranks.loc["rank_early_higher", "effect"] == pytest.approx(1.0)  # (60 + s) - 60 at block 1, mean 1
     assert ranks.loc["rank_deep_lower", "effect"] == pytest.approx(80 - 61)  # joint 80 - mixed 60 + s at block 3
     assert ranks.loc["rank_deep_lower", "verdict"] == "held"
-    information = claims.information_claims(table).set_index("key")
+    information = claims.information_claims(table, _evidence(table)).set_index("key")
     assert information.loc["mixed_deep_label_information", "effect"] == pytest.approx(0.6)
     assert information.loc["mixed_deep_label_information", "scale"] == "r (blocks 3)"
 
 
 def test_one_sided_intervals_read_as_below_and_above() -> None:
-    rows = pd.DataFrame([assess(claims.DISJOINT_MIXED_ONE_BASIN, [0.1, 0.2], "r"), assess(claims.JOINT_OTHER_BASIN, [5.0, 6.0], "r")])
+    rows = decide([assess(claims.DISJOINT_MIXED_ONE_BASIN, [0.1, 0.2], "r", Compared("r", ("disjoint", "mixed"))),
+                   assess(claims.JOINT_OTHER_BASIN, [5.0, 6.0], "r", Compared("r", ("joint", "mixed")))], EVIDENCE)
     held = claims.measures_view(rows)["held when"].tolist()
     assert held == ["the CI lies below 2 points", "the CI lies above 2 points"]
 
@@ -234,21 +284,21 @@ def test_ablation_claims_compare_mixed_per_variant_and_each_variant_with_the_fir
         {
             ("small", "disjoint"): [[50, 60], [52, 62], [51, 61]],
             ("small", "mixed"): [[55, 66], [56, 67], [57, 68]],
-            ("large", "disjoint"): [[nan, 64], [nan, 65], [nan, 66]],  # no point at 50% with the large head
-            ("large", "mixed"): [[54, 60], [55, 61], [56, 60]],
+            ("large", "disjoint"): [[nan, 64], [nan, 66], [nan, 66]],  # no point at 50% with the large head
+            ("large", "mixed"): [[54, 60], [55, 61], [56, 61]],
         }
     )
-    rows = claims.ablation_claims(points, (claims.LARGER_ICS_HELP_DISJOINT, "disjoint", "disjoint"))
+    rows = claims.ablation_claims(points, _evidence(points), (claims.LARGER_ICS_HELP_DISJOINT, "disjoint", "disjoint"))
     ahead = rows[rows["key"] == "mixed_ahead"].set_index("scale")
     # small: mixed - disjoint averaged over 50% and 100%: 5.5, 4.5, 6.5
     assert ahead.loc["R, small (budgets 50%, 100%)", "effect"] == pytest.approx(5.5)
     assert ahead.loc["R, small (budgets 50%, 100%)", "verdict"] == "held"
-    # large: only 100% fits every run: 60 - 64, 61 - 65, 60 - 66
+    # large: only 100% fits every run: 60 - 64, 61 - 66, 61 - 66
     assert ahead.loc["R, large (budgets 100%)", "effect"] == pytest.approx(-14 / 3)
     assert ahead.loc["R, large (budgets 100%)", "verdict"] == "not held"
     change = rows[rows["key"] == "larger_ics_help_disjoint"].iloc[0]
-    # disjoint with large - with small at the budgets both meet (100%): 4, 3, 5
-    assert change["effect"] == pytest.approx(4.0) and change["verdict"] == "held"
+    # disjoint with large - with small at the budgets both meet (100%): 4, 4, 5
+    assert change["effect"] == pytest.approx(13 / 3) and change["verdict"] == "held"
     assert change["scale"] == "R, disjoint with large vs disjoint with small (budgets 100%)"
 
 
@@ -259,11 +309,11 @@ def test_ablation_claims_compare_across_regimes_and_skip_variants_without_a_riva
             ("50:50", "mixed"): [[61, 72], [62, 72], [62, 74]],
         }
     )
-    rows = claims.ablation_claims(points, (claims.SPLIT_BEATS_JOINT, "mixed", "joint"))
+    rows = claims.ablation_claims(points, _evidence(points), (claims.SPLIT_BEATS_JOINT, "mixed", "joint"))
     assert list(rows["key"]) == ["split_beats_joint"]  # no variant trains mixed beside another regime
     assert rows["effect"].iloc[0] == pytest.approx((1.5 + 1 + 1) / 3)
-    assert claims.ablation_claims(points).empty
-    assert list(claims.ablation_claims(points).columns) == list(rows.columns)
+    assert claims.ablation_claims(points, _evidence(points)).empty
+    assert list(claims.ablation_claims(points, _evidence(points)).columns) == list(rows.columns)
 
 
 def test_scaling_is_unneeded_when_no_variant_gains_a_point() -> None:
@@ -273,5 +323,31 @@ def test_scaling_is_unneeded_when_no_variant_gains_a_point() -> None:
             ("linear", "mixed"): [[69, 79], [71, 80], [71, 82]],
         }
     )
-    row = claims.ablation_claims(points, (claims.SCALING_UNNEEDED_WITH_MIXED, "mixed", "mixed")).iloc[0]
+    row = claims.ablation_claims(points, _evidence(points), (claims.SCALING_UNNEEDED_WITH_MIXED, "mixed", "mixed")).iloc[0]
     assert row["effect"] == pytest.approx(-2 / 3) and row["verdict"] == "held"  # the CI lies below +1 point
+
+
+def test_the_time_claim_on_phases_that_ran_to_their_caps_is_untested() -> None:
+    costs = pd.DataFrame(
+        [{"row": "R", "regime": regime, "seed": seed, "wall_time_s": wall}
+         for seed in range(3) for regime, wall in (("joint", 100.0), ("mixed", 73.0))]
+    )
+    capped = time_claims(costs, _evidence(costs, capped={("mixed", 0)})).iloc[0]
+    assert capped["verdict"] == "untested: phases ended at the cap"
+    assert capped["why"] == "1 of 6 runs: mixed s0: a phase ran to its epoch cap"
+    at_chance = time_claims(costs, _evidence(costs, failing={("joint", 2): "exits at chance"})).iloc[0]
+    assert at_chance["verdict"] == "untested: not converged"  # convergence is checked first
+
+
+def test_agreement_sets_the_books_verdicts_beside_a_fresh_seed_sets() -> None:
+    book = _points({"disjoint": [[50, 70, 80, 85]] * 3, "joint": [[60, 72, 82, 86], [61, 73, 83, 87], [59, 71, 81, 85]],
+                    "mixed": [[58, 74, 84, 88], [60, 75, 85, 89], [59, 73, 83, 87]]})
+    fresh = _points({"disjoint": [[50, 70, 80, 85]] * 3, "joint": [[60, 72, 82, 86], [61, 73, 83, 87], [59, 71, 81, 85]],
+                     "mixed": [[58, 74, 84, 88], [60, 75, 80, 80], [59, 73, 83, 87]]})
+    together = claims.agreement(table1_claims(book, _evidence(book)), table1_claims(fresh, _evidence(fresh))).set_index("claim")
+    assert list(together.columns) == ["scale", "book seeds", "fresh seeds", "agree", "overturned"]
+    high = together.loc["Mixed is more accurate than joint at high budgets"]
+    assert (high["book seeds"], high["fresh seeds"]) == ("held", "inconclusive")
+    assert high["overturned"] and not high["agree"]
+    low = together.loc["Disjoint is the weakest regime at low budgets"]
+    assert low["agree"] and not low["overturned"]

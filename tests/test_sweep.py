@@ -41,6 +41,17 @@ def test_the_plan_is_what_the_book_trains_grouped_by_shared_phases(tmp_path: Pat
     assert sweep.total_train_macs(runs) < table["train_macs"].sum()
 
 
+def test_the_plan_holds_table1s_fresh_seeds() -> None:
+    profile = load_profile("tiny")
+    fresh = profile["notebooks"]["table1"]["fresh_seeds"]
+    assert fresh and not set(fresh) & set(profile["global_params"]["seeds"])
+    runs = sweep.plan("tiny", ROOT, Path("unused"))
+    assert set(fresh) <= {run.config.train.seed for run in runs}
+    clash = {**profile, "notebooks": {**profile["notebooks"], "table1": {**profile["notebooks"]["table1"], "fresh_seeds": [1, 9]}}}
+    with pytest.raises(ValueError, match=r"fresh_seeds must be disjoint from seeds \[0, 1\]; both hold \[1\]"):
+        needed_runs(clash, declared_parameters(ROOT, ["table1"]), Path("unused"))
+
+
 def test_a_phase_cost_is_forward_macs_times_images_times_epochs() -> None:
     from mexit import data
     from mexit.config import load_config

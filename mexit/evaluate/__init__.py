@@ -32,7 +32,8 @@ from mexit.evaluate.sweeps import (
     sweep,
     threshold_grid,
 )
-from mexit.evaluate.cost import convergence, cost_ratio, regime_cost, shared_cost
+from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost
+from mexit.evaluate.evidence import evidence_view, phase_view
 from mexit.evaluate.stats import mean_ci, paired_differences
 from mexit.evaluate.tables import ExitOutputs, budget_table, rule_comparison, run_curve, run_points
 from mexit.evaluate.ztw import ztw_ensemble
@@ -40,14 +41,15 @@ from mexit.evaluate.ztw import ztw_ensemble
 __all__ = [
     "ExitOutputs",
     "budget_table",
-    "convergence",
     "cost_ratio",
     "confidences",
+    "evidence_view",
     "exit_accuracy",
     "largest_cost_gap",
     "mean_ci",
     "paired_differences",
     "patience_sweep",
+    "phase_view",
     "regime_cost",
     "rule_comparison",
     "shared_cost",

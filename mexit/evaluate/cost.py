@@ -43,17 +43,3 @@ def _check(phases: pd.DataFrame, by: Sequence[str]) -> None:
     missing = [c for c in (*by, "phase_key", *COST_COLUMNS) if c not in phases.columns]
     if missing:
         raise ValueError(f"phases lacks columns {missing}; it has {list(phases.columns)}")
-
-
-def convergence(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime", "phase")) -> pd.DataFrame:
-    """How each phase ended, over seeds: mean epochs run against the cap, and how many runs early
-    stopping ended (the rest ran to the cap, where the cosine schedule has reached its floor)."""
-    _check(phases, by)
-    grouped = phases.groupby(list(by), sort=False)
-    return pd.DataFrame(
-        {
-            "epochs run (mean)": grouped["epochs_run"].mean().round(1),
-            "epoch cap": grouped["epoch_cap"].max(),
-            "stopped early": grouped["stopped_early"].sum().astype(int).astype(str) + " of " + grouped.size().astype(str),
-        }
-    )

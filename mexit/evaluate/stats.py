@@ -8,18 +8,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-def mean_ci(values: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Mean, std (ddof 1), half-width of the 95% t-interval, its bounds ``low``/``high`` and ``n``.
+def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Mean, std (ddof 1), half-width ``ci95`` of the two-sided t-interval at ``level`` (95% unless
+    told: a family of claims asks for a wider one), its bounds ``low``/``high`` and ``n``.
 
     With fewer than two values, or any NaN, only ``mean`` and ``n`` are set; the rest are NaN.
     """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     mean = float(values.mean()) if n else float("nan")
     if n < 2 or np.isnan(values).any():
         return {"mean": mean, "std": np.nan, "ci95": np.nan, "low": np.nan, "high": np.nan, "n": n}
     std = float(values.std(ddof=1))
-    half_width = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+    half_width = float(stats.t.ppf(0.5 + level / 2, n - 1) * std / np.sqrt(n))
     return {"mean": mean, "std": std, "ci95": half_width, "low": mean - half_width, "high": mean + half_width, "n": n}
 
 

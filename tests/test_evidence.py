@@ -1,0 +1,115 @@
+"""A run is evidence only when each phase converged (early stopping, or a plateau before the cap) and
+it learned more than chance; tested on built curves and on tiny runs through the study."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mexit import claims
+from mexit.evaluate import run_points
+from mexit.evaluate.evidence import evidence_view, learned, noise_tolerance, phase_ending, phase_view, plateau, run_evidence
+from mexit.study import study
+
+RISING = [40, 50, 58, 64, 68, 71, 73, 75, 77, 79]  # still gaining 2 points an evaluation at the cap
+FLAT = [40, 60, 70, 75, 77, 78, 77.5, 78.2, 77.8, 78.0, 78.4, 77.9]  # +0.4 over the last 5
+
+
+def test_a_curve_still_rising_at_the_cap_is_no_plateau() -> None:
+    flat, gain = plateau(RISING, window=5)
+    assert not flat and gain == pytest.approx(79 - 68)
+    assert phase_ending(RISING, stopped_early=False, window=5) == (
+        "not converged", "still rising at the cap (+11.0 points in its last 5 evaluations, tolerance 1.0)")
+
+
+def test_a_curve_that_levelled_off_before_the_cap_is_a_plateau() -> None:
+    flat, gain = plateau(FLAT, window=5)
+    assert flat and gain == pytest.approx(78.4 - 78.0)
+    assert phase_ending(FLAT, stopped_early=False, window=5)[0] == "plateau"
+    assert not plateau(FLAT, window=5, tolerance=0.3)[0]  # a stricter tolerance sees the +0.4
+
+
+def test_the_tolerance_is_the_validation_splits_noise_at_the_best_value() -> None:
+    assert noise_tolerance(80.0, 400) == pytest.approx(2.0)  # 100 sqrt(0.8 x 0.2 / 400)
+    assert noise_tolerance(80.0, 40_000) == 1.0  # a large split resolves less than a point: the floor
+    assert noise_tolerance(100.0, 400) == 1.0
+    with pytest.raises(ValueError, match="val_size"):
+        noise_tolerance(80.0, 0)
+    gained = [70, 76, 78, 78, 78, 78, 78, 79.8]  # +1.8 on 400 images: within the noise
+    assert phase_ending(gained, stopped_early=False, window=5, tolerance=noise_tolerance(79.8, 400))[0] == "plateau"
+    assert phase_ending(gained, stopped_early=False, window=5, tolerance=noise_tolerance(79.8, 10_000))[0] == "not converged"
+
+
+def test_early_stopping_ends_a_phase_converged_and_a_short_or_missing_curve_does_not() -> None:
+    assert phase_ending(RISING[:3], stopped_early=True, window=10) == ("early stopping", "early stopping")
+    short = phase_ending(FLAT[:5], stopped_early=False, window=5)
+    assert short == ("not converged", "too few evaluations for a 5-evaluation plateau (5)")
+    assert phase_ending([], stopped_early=False, window=5) == ("not converged", "no validation curve")
+    with pytest.raises(ValueError, match="window"):
+        plateau(FLAT, window=0)
+
+
+def test_a_model_at_chance_has_not_learned() -> None:
+    labels = np.repeat(np.arange(10), 50)  # 500 labels, 10 balanced classes: chance is 10%
+    assert learned(10.0, labels) == (False, 10.0)
+    margin = 100 * 3 * math.sqrt(0.1 * 0.9 / 500)  # three binomial standard errors: 4.0 points
+    assert not learned(10.0 + margin - 0.1, labels)[0] and learned(10.0 + margin + 0.1, labels)[0]
+    skewed = np.array([0] * 80 + [1] * 20)  # chance is the most frequent class, not 1 / classes
+    assert learned(60.0, skewed) == (False, 80.0)
+
+
+def _trace(curves: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.concat(
+        [pd.DataFrame({"phase": phase, "val_acc_0": curve, "val_acc_1": curve}) for phase, curve in curves.items()],
+        ignore_index=True,
+    )
+
+
+def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
+    phases = pd.DataFrame([
+        {"phase": "P1", "stopped_early": True, "epochs_run": 3, "epoch_cap": 30},
+        {"phase": "P2", "stopped_early": False, "epochs_run": 10, "epoch_cap": 10},
+    ])
+    labels = np.repeat(np.arange(10), 50)
+    summary, per_phase = run_evidence(_trace({"P1": RISING[:3], "P2": RISING}), phases, [[1], [0, 1]], [5, 5], [60.0, 79.0], labels, 10_000)
+    assert summary == {"converged": False, "learned": True, "early_stopped": False, "evidence": False,
+                       "why": "P2: still rising at the cap (+11.0 points in its last 5 evaluations, tolerance 1.0)"}
+    assert per_phase[["phase", "epochs_run", "epoch_cap", "ending"]].values.tolist() == [
+        ["P1", 3, 30, "early stopping"], ["P2", 10, 10, "not converged"]]
+    view = phase_view(per_phase.assign(row="r", regime="mixed"))
+    assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "1 of 1"]
+    at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), phases, [[1], [0, 1]], [5, 5], [10.0, 11.0], labels, 400)
+    assert at_chance["converged"] and not at_chance["evidence"]
+    assert at_chance["why"] == "exits at chance (best 11.0% against 10.0%)"
+
+
+def test_evidence_view_counts_the_runs_per_group() -> None:
+    evidence = pd.DataFrame([
+        {"row": "r", "regime": "joint", "seed": s, "converged": s != 1, "learned": True, "early_stopped": False,
+         "evidence": s != 1, "why": "P2: still rising" if s == 1 else ""}
+        for s in range(3)
+    ])
+    view = evidence_view(evidence)
+    assert view.loc[("r", "joint")].tolist() == ["2 of 3", "0 of 3", "s1: P2: still rising"]
+    both = evidence_view(evidence.assign(evidence=evidence["seed"] == 0, why=["", "P2: x", "P2: x"]))
+    assert both.loc[("r", "joint"), "not evidence"] == "s1, s2: P2: x"
+    with pytest.raises(ValueError, match="lacks columns"):
+        evidence_view(evidence.drop(columns="why"))
+
+
+def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
+    """Tiny runs (one epoch: one evaluation a phase) are no evidence: every claim is untested."""
+    s = study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0, 1], regimes=["disjoint", "joint", "mixed"], runs_root=str(tmp_path))
+    evidence, phases = s.evidence()
+    assert len(evidence) == 6 and not evidence["evidence"].any()
+    assert set(phases["phase"]) == {"P1", "P2", "P3"} and not phases["converged"].any()
+    assert evidence["why"].str.contains("too few evaluations for a 5-evaluation plateau").all()
+    assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == ["P1, P3: too few evaluations for a 5-evaluation plateau (1)"] * 2
+    status = claims.table1_claims(run_points(s.outputs(), budgets=s.budgets, grid=s.grid), evidence)
+    assert set(status["verdict"]) == {"untested: not converged"}
+    time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)["wall_time_s"].sum(), evidence)
+    assert time["verdict"].tolist() == ["untested: not converged"]
