@@ -113,3 +113,27 @@ def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     assert set(status["verdict"]) == {"untested: not converged"}
     time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)["wall_time_s"].sum(), evidence)
     assert time["verdict"].tolist() == ["untested: not converged"]
+
+
+def test_a_claim_is_decided_only_on_runs_whose_built_curves_converged() -> None:
+    """From curves to verdict: a run still rising at its cap, or one at chance, leaves the claim
+    untested; the same effects on converged runs above chance get a verdict."""
+    labels = np.repeat(np.arange(10), 50)
+    phases = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
+
+    def evidence(joint_curve: list[float], joint_accuracy: float) -> pd.DataFrame:
+        rows = []
+        for regime, curve, accuracy in (("joint", joint_curve, joint_accuracy), ("mixed", FLAT, 80.0)):
+            for seed in range(3):
+                summary, _ = run_evidence(_trace({"P2": curve}), phases, [[0, 1]], [5], [accuracy], labels, 400)
+                rows.append({"row": "r", "regime": regime, "seed": seed, **summary})
+        return pd.DataFrame(rows)
+
+    measured = [claims.assess(claims.MIXED_BEATS_JOINT_HIGH, [2.0, 2.5, 3.0], "r", claims.Compared("r", ("joint", "mixed")))]
+    assert claims.decide(measured, evidence(FLAT, 78.0)).iloc[0]["verdict"] == "held"
+    rising = [*RISING, 81, 83]  # 12 evaluations, +6 points in the last 5
+    truncated = claims.decide(measured, evidence(rising, 78.0)).iloc[0]
+    assert truncated["verdict"] == "untested: not converged"
+    assert truncated["why"].startswith("3 of 6 runs: joint s0, joint s1, joint s2: P2: still rising at the cap")
+    at_chance = claims.decide(measured, evidence(FLAT, 10.0)).iloc[0]
+    assert at_chance["verdict"] == "untested: not converged" and "exits at chance" in at_chance["why"]

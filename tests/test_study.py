@@ -221,3 +221,16 @@ def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_p
     assert table["macs"].tolist() == list(run.costs["macs"])  # ours: what the run stored
     authors = exit_costs(run.model(), tuple(run.metrics["input_shape"]), counting="authors")
     assert table["authors"].tolist() == list(authors.macs) and (table["authors"] > table["macs"]).all()
+
+
+def test_a_study_on_fresh_seeds_keeps_everything_but_the_seeds() -> None:
+    s = study(**_params(seeds=[0, 1]))
+    fresh = s.with_seeds([2, 3])
+    assert fresh is not None and fresh.seeds == (2, 3) and fresh.rows == s.rows and fresh.regimes == s.regimes
+    assert s.with_seeds([]) is None
+    with pytest.raises(ParameterError, match=r"fresh_seeds must be disjoint from seeds \[0, 1\]; both hold \[1\]"):
+        s.with_seeds([1, 2])
+    with pytest.raises(ParameterError, match="fresh_seeds must be distinct"):
+        s.with_seeds([2, 2])
+    with pytest.raises(ParameterError, match="fresh_seeds must be a non-empty list of integers"):
+        s.with_seeds("2, 3")
