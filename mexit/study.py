@@ -163,7 +163,7 @@ def run_evidence_of(run: Run) -> tuple[dict[str, object], pd.DataFrame]:
     window = train.patience or DEFAULT_WINDOW
     accuracies = [float(a) for a in run.metrics["test_acc"]]
     val_size = len(run.labels("val")) if run.has_validation else 1
-    return run_evidence(run.trace(), run.phases(), exits, [window] * len(exits), accuracies, run.labels("test").numpy(), val_size)
+    return run_evidence(run.trace(), run.phases(), exits, window, accuracies, run.labels("test").numpy(), val_size)
 
 
 def run_label(row: Row, config: RunConfig) -> str:

@@ -75,14 +75,14 @@ def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
         {"phase": "P2", "stopped_early": False, "epochs_run": 10, "epoch_cap": 10},
     ])
     labels = np.repeat(np.arange(10), 50)
-    summary, per_phase = run_evidence(_trace({"P1": RISING[:3], "P2": RISING}), phases, [[1], [0, 1]], [5, 5], [60.0, 79.0], labels, 10_000)
+    summary, per_phase = run_evidence(_trace({"P1": RISING[:3], "P2": RISING}), phases, [[1], [0, 1]], 5, [60.0, 79.0], labels, 10_000)
     assert summary == {"converged": False, "learned": True, "early_stopped": False, "evidence": False,
                        "why": "P2: still rising at the cap (+11.0 points in its last 5 evaluations, tolerance 1.0)"}
     assert per_phase[["phase", "epochs_run", "epoch_cap", "ending"]].values.tolist() == [
         ["P1", 3, 30, "early stopping"], ["P2", 10, 10, "not converged"]]
     view = phase_view(per_phase.assign(row="r", regime="mixed"))
     assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "1 of 1"]
-    at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), phases, [[1], [0, 1]], [5, 5], [10.0, 11.0], labels, 400)
+    at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), phases, [[1], [0, 1]], 5, [10.0, 11.0], labels, 400)
     assert at_chance["converged"] and not at_chance["evidence"]
     assert at_chance["why"] == "exits at chance (best 11.0% against 10.0%)"
 
@@ -125,7 +125,7 @@ def test_a_claim_is_decided_only_on_runs_whose_built_curves_converged() -> None:
         rows = []
         for regime, curve, accuracy in (("joint", joint_curve, joint_accuracy), ("mixed", FLAT, 80.0)):
             for seed in range(3):
-                summary, _ = run_evidence(_trace({"P2": curve}), phases, [[0, 1]], [5], [accuracy], labels, 400)
+                summary, _ = run_evidence(_trace({"P2": curve}), phases, [[0, 1]], 5, [accuracy], labels, 400)
                 rows.append({"row": "r", "regime": regime, "seed": seed, **summary})
         return pd.DataFrame(rows)
 

@@ -94,7 +94,7 @@ def run_evidence(
     trace: pd.DataFrame,
     phases: pd.DataFrame,
     trained_exits: Sequence[Sequence[int]],
-    windows: Sequence[int],
+    window: int,
     exit_accuracies: Sequence[float],
     test_labels: np.ndarray,
     val_size: int,
@@ -102,14 +102,14 @@ def run_evidence(
     """The evidence of one run: ``({converged, learned, early_stopped, evidence, why}, per-phase frame)``.
 
     ``trace`` and ``phases`` are the run's (:meth:`mexit.store.Run.trace` and ``phases``, which hold
-    ``stopped_early``, ``epochs_run`` and ``epoch_cap``); ``trained_exits[p]`` and ``windows[p]`` are
-    the exits phase ``p``'s loss trains and its plateau window; ``exit_accuracies`` each exit's test
+    ``stopped_early``, ``epochs_run`` and ``epoch_cap``); ``trained_exits[p]`` are the exits phase
+    ``p``'s loss trains; ``window`` the plateau's evaluations (the run's patience); ``exit_accuracies`` each exit's test
     accuracy (%); ``val_size`` the validation split's images (the curves' noise,
     :func:`noise_tolerance`). The per-phase frame has ``phase``, ``epochs_run``, ``epoch_cap``,
     ``ending`` (:data:`ENDINGS`), ``ended`` (in words) and ``converged``."""
     rows: list[dict[str, object]] = []
     problems: dict[str, list[str]] = {}  # why -> the phases it holds for
-    for (_, phase), exits, window in zip(phases.iterrows(), trained_exits, windows, strict=True):
+    for (_, phase), exits in zip(phases.iterrows(), trained_exits, strict=True):
         part = trace[trace["phase"] == phase["phase"]] if "phase" in trace.columns else trace.iloc[:0]
         columns = [f"val_acc_{i}" for i in exits if f"val_acc_{i}" in part.columns]
         curve = part[columns].mean(axis=1).to_numpy() if columns else np.array([])
