@@ -8,6 +8,7 @@
     mexit plan --profile paper
     mexit sweep --profile paper --executor slurm --partition gpu --gpus-per-node 4 [--dry-run]
     mexit sweep --profile paper --status
+    mexit smoke-data DIR [--train-per-class 10 --test-per-class 2]
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--jobs", type=int, help="local processes (default: CPU cores / threads)")
     sweep.add_argument("--max-parallel", type=int, default=64, help="SLURM array tasks running at once")
 
+    smoke = commands.add_parser("smoke-data", help="write CIFAR-100, TinyImageNet and ImageNet in their real layouts, random pixels")
+    smoke.add_argument("directory", help="a new folder; each dataset lands in DIRECTORY/<name>, its data_root")
+    smoke.add_argument("--train-per-class", type=int, default=10, help="training images a class (10: a 10%% validation split holds every class)")
+    smoke.add_argument("--test-per-class", type=int, default=2, help="test images a class")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -76,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "smoke-data":
+            return _smoke_data(args)
         from mexit.book import build_book
 
         return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs)
@@ -150,6 +158,16 @@ def _show_plan(config: RunConfig) -> None:
         width = max(map(len, settings))
         print("\n".join(f"  {name:<{width}}  {value}" for name, value in settings.items()))
     print()
+
+
+def _smoke_data(args: argparse.Namespace) -> int:
+    from mexit.data.generated import REAL_CLASSES, write_all
+
+    roots = write_all(args.directory, train_per_class=args.train_per_class, test_per_class=args.test_per_class)
+    for name, root in roots.items():
+        print(f"{name}: {REAL_CLASSES[name]} classes x ({args.train_per_class} train + {args.test_per_class} test) in {root}"
+              f"  (data.data_root={root})")
+    return 0
 
 
 def _take_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:

@@ -11,7 +11,7 @@ import torchvision.datasets
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mexit.data import DATASETS, DataConfig, Splits, input_shape, load
+from mexit.data import DATASETS, DataConfig, Splits, generated, input_shape, load
 
 CLASSES = 4  # classes in the written real-format datasets
 TRAIN_PER_CLASS = 10
@@ -22,58 +22,16 @@ def _labels(per_class: int) -> list[int]:
     return [label for label in range(CLASSES) for _ in range(per_class)]
 
 
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as file:
-        pickle.dump(obj, file)
-
-
 def write_cifar(root: Path, name: str) -> None:
-    """CIFAR-10 / CIFAR-100 pickles laid out exactly as torchvision's archives unpack."""
-    spec = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    label_key = "labels" if name == "cifar10" else "fine_labels"
-    folder = root / spec.base_folder
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train_labels = _labels(TRAIN_PER_CLASS)
-    chunks = np.array_split(np.arange(len(train_labels)), len(spec.train_list))
-    for (file, _md5), rows in zip(spec.train_list, chunks):
-        data = rng.integers(0, 256, (len(rows), 3072), dtype=np.uint8)
-        _pickle(folder / file, {"data": data, label_key: [train_labels[r] for r in rows], "batch_label": file})
-    test_labels = _labels(TEST_PER_CLASS)
-    data = rng.integers(0, 256, (len(test_labels), 3072), dtype=np.uint8)
-    _pickle(folder / spec.test_list[0][0], {"data": data, label_key: test_labels, "batch_label": "test"})
-    _pickle(folder / spec.meta["filename"], {spec.meta["key"]: [f"class{i}" for i in range(CLASSES)]})
-
-
-def _jpeg(path: Path, size: tuple[int, int], seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
+    generated.write(root, name, classes=CLASSES, train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)
 
 
 def write_tinyimagenet(root: Path) -> None:
-    """The official tiny-imagenet-200 layout, with a few 64x64 JPEGs per class."""
-    base = root / "tiny-imagenet-200"
-    wnids = [f"n0{i}" for i in range(CLASSES)]
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")
-    for wnid in wnids:
-        for i in range(TRAIN_PER_CLASS):
-            _jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (64, 64), seed=i)
-        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    lines = []
-    for i, label in enumerate(_labels(TEST_PER_CLASS)):
-        _jpeg(base / "val" / "images" / f"val_{i}.JPEG", (64, 64), seed=100 + i)
-        lines.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    generated.write(root, "tinyimagenet", classes=CLASSES, train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)
 
 
 def write_imagenet(root: Path) -> None:
-    """ImageFolder train/ and val/ trees with small JPEGs of varied sizes."""
-    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", TEST_PER_CLASS)):
-        for label in range(CLASSES):
-            for i in range(per_class):
-                _jpeg(root / split / f"n1{label}" / f"{i}.JPEG", (40 + i, 30 + label), seed=i)
+    generated.write(root, "imagenet", classes=CLASSES, train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)
 
 
 WRITERS = {
@@ -287,7 +245,7 @@ def test_partly_missing_files_are_named(roots: dict[str, str], tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match="val_0.JPEG"):
         load(DataConfig(name="tinyimagenet", data_root=str(tmp_path)))
     write_imagenet(tmp_path / "inet")
-    (tmp_path / "inet" / "val" / "n10").rename(tmp_path / "inet" / "val" / "n99")
+    (tmp_path / "inet" / "val" / "n00000001").rename(tmp_path / "inet" / "val" / "n99999999")
     with pytest.raises(FileNotFoundError, match="class folders of .*val differ"):
         load(DataConfig(name="imagenet", data_root=str(tmp_path / "inet")))
 
@@ -366,4 +324,31 @@ def test_folder_datasets_follow_their_annotations(roots: dict[str, str]) -> None
     for split in ("train_eval", "test"):
         dataset = getattr(imagenet, split)
         folders = [Path(dataset.source.paths[row]).parent.name for row in dataset.indices]
-        assert folders == [f"n1{label}" for label in imagenet.targets(split).tolist()]
+        assert folders == [f"n{label + 1:08d}" for label in imagenet.targets(split).tolist()]
+
+
+def test_generated_datasets_have_the_real_class_counts_and_layouts(tmp_path: Path) -> None:
+    """``mexit smoke-data DIR``: CIFAR-100, TinyImageNet and ImageNet at 100, 200 and 1,000 classes,
+    each read by its real loader from ``DIR/<name>``; ImageNet's JPEGs vary in size and colour mode."""
+    from mexit.cli import main
+
+    assert main(["smoke-data", str(tmp_path / "smoke"), "--train-per-class", "10", "--test-per-class", "1"]) == 0
+    for name, classes in (("cifar100", 100), ("tinyimagenet", 200), ("imagenet", 1000)):
+        splits = load(DataConfig(name=name, data_root=str(tmp_path / "smoke" / name), image_size=32))
+        assert splits.num_classes == classes and len(splits.test) == classes
+        assert len(splits.train) + len(splits.val) == 10 * classes
+        assert set(splits.targets("val").tolist()) == set(range(classes)), "a 10% validation split holds every class"
+    folder = tmp_path / "smoke" / "imagenet" / "train" / "n00000001"
+    with Image.open(next(folder.iterdir())) as first:
+        modes, sizes = {first.mode}, {first.size}
+    for path in sorted((tmp_path / "smoke" / "imagenet" / "val").glob("*/*.JPEG"))[:12]:
+        with Image.open(path) as image:
+            modes.add(image.mode)
+            sizes.add(image.size)
+    assert modes == {"RGB", "L", "CMYK"} and len(sizes) > 3
+    with pytest.raises(FileExistsError, match="exists already"):
+        generated.write(tmp_path / "smoke" / "imagenet", "imagenet", classes=2)
+    with pytest.raises(ValueError, match="name must be one of cifar10, cifar100, tinyimagenet, imagenet"):
+        generated.write(tmp_path / "x", "mnist")
+    with pytest.raises(ValueError, match="train_per_class must be >= 1"):
+        generated.write(tmp_path / "x", "imagenet", train_per_class=0)
