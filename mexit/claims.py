@@ -124,19 +124,21 @@ def decide(measured: Sequence[dict[str, object]], evidence: pd.DataFrame, level:
     A claim whose compared runs are not evidence is untested (the module's docstring), with the
     reasons in ``why``. The others are decided on t-intervals at ``1 - (1 - level) / m``, ``m`` the
     number of them with an interval (``family``; ``ci_level``): simultaneous at ``level``."""
-    rows = []
+    missing = [c for c in ("row", "regime", "seed", "evidence", "early_stopped", "why") if c not in evidence.columns]
+    if missing:
+        raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)} (use Study.evidence())")
+    checked = []  # (measurement, its claim, the untested verdict its runs force or None, why)
     for item in measured:
         claim = _claim(str(item["key"]))
-        blocked, why = _blocked(claim, item["compared"], evidence)  # type: ignore[arg-type]
-        rows.append({**item, "blocked": blocked, "why": why, "seeds": len(item["effects"])})  # type: ignore[arg-type]
-    family = sum(1 for r in rows if r["blocked"] is None and r["seeds"] >= 2)
+        checked.append((item, claim, *_blocked(claim, item["compared"], evidence)))  # type: ignore[arg-type]
+    family = sum(1 for item, _, blocked, _ in checked if blocked is None and len(item["effects"]) >= 2)  # type: ignore[arg-type]
     each = 1 - (1 - level) / max(1, family)
     decided = []
-    for r in rows:
-        summary = mean_ci(list(r["effects"]), level=each)
-        outcome = r.pop("blocked") or verdict(_claim(str(r["key"])), summary["low"], summary["high"], summary["n"])
-        decided.append({**r, "effect": summary["mean"], "ci_low": summary["low"], "ci_high": summary["high"],
-                        "ci_level": each, "family": family, "verdict": outcome})
+    for item, claim, blocked, why in checked:
+        summary = mean_ci(list(item["effects"]), level=each)  # type: ignore[call-overload]
+        decided.append({**item, "seeds": summary["n"], "effect": summary["mean"], "ci_low": summary["low"],
+                        "ci_high": summary["high"], "ci_level": each, "family": family, "why": why,
+                        "verdict": blocked or verdict(claim, summary["low"], summary["high"], summary["n"])})
     return pd.DataFrame(decided, columns=list(DECIDED_COLUMNS))
 
 
@@ -149,9 +151,6 @@ def _claim(key: str) -> Claim:
 
 def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[str | None, str]:
     """The untested verdict the compared runs force (None: they are evidence) and why."""
-    missing = [c for c in ("row", "regime", "seed", "evidence", "early_stopped", "why") if c not in evidence.columns]
-    if missing:
-        raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)} (use Study.evidence())")
     of_row = evidence[evidence["row"] == compared.row]
     if of_row.empty:
         raise ValueError(f"evidence holds no run of row {compared.row!r}: build it from the same study as the effects")
@@ -224,25 +223,21 @@ def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
     ).set_index("claim")
 
 
+AGREEMENT_COLUMNS: tuple[str, ...] = ("claim", "scale", "book seeds", "fresh seeds", "agree", "overturned")
+
+
 def agreement(book: pd.DataFrame, fresh: pd.DataFrame | None) -> pd.DataFrame:
     """The book's verdicts beside those of a disjoint set of seeds (both :func:`decide` rows of the
     same claims and rows): ``claim``, ``scale`` (the book's), ``book seeds``, ``fresh seeds``,
     ``agree`` (the same verdict) and ``overturned`` (the book decided, held or not held, and the
     fresh seeds did not confirm it). Without ``fresh`` rows (None), an empty frame of those columns."""
     if fresh is None:
-        return pd.DataFrame(columns=["claim", "scale", "book seeds", "fresh seeds", "agree", "overturned"])
+        return pd.DataFrame(columns=list(AGREEMENT_COLUMNS))
     merged = book.merge(fresh[["key", "compared", "verdict"]], on=["key", "compared"], how="left", suffixes=("", "_fresh"))
     decided = merged["verdict"].isin(("held", "not held"))
-    return pd.DataFrame(
-        {
-            "claim": merged["claim"],
-            "scale": merged["scale"],
-            "book seeds": merged["verdict"],
-            "fresh seeds": merged["verdict_fresh"].fillna("–"),
-            "agree": merged["verdict"] == merged["verdict_fresh"],
-            "overturned": decided & (merged["verdict"] != merged["verdict_fresh"]),
-        }
-    )
+    columns = (merged["claim"], merged["scale"], merged["verdict"], merged["verdict_fresh"].fillna("–"),
+               merged["verdict"] == merged["verdict_fresh"], decided & (merged["verdict"] != merged["verdict_fresh"]))
+    return pd.DataFrame(dict(zip(AGREEMENT_COLUMNS, columns)))
 
 
 # --- the claims Table 1 and the training-cost page test -----------------------------------------

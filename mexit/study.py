@@ -132,7 +132,7 @@ class Study:
     def evidence(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Whether each run is evidence (:mod:`mexit.evaluate.evidence`): one row per run (its tags,
         ``converged``, ``learned``, ``early_stopped``, ``evidence``, ``why``) and one per (run, phase)
-        (``phase``, ``epochs``, ``ended``, ``converged``), both tagged ``row``, ``regime``, ``seed``,
+        (``phase``, ``epochs_run``, ``epoch_cap``, ``ending``, ``ended``, ``converged``), both tagged ``row``, ``regime``, ``seed``,
         ``run`` (and ``variant`` in an ablation). What every claim of a notebook is checked against."""
         runs, phases = [], []
         for row, run in self.runs():
