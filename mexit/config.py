@@ -99,8 +99,10 @@ class TrainConfig:
 
     ``regime`` names one of :data:`REGIMES`; ``phases`` overrides it with any list of ``P1``
     (backbone alone, final head's loss), ``P2`` (backbone and all ICs together) and ``P3`` (ICs
-    only, backbone frozen). ``epochs`` is the maximum epoch count of every phase, or one count per
-    phase (:func:`split_epochs` divides a fixed budget for the phase-length ablation).
+    only, backbone frozen). ``epochs`` is the maximum epoch count of every phase, one count per
+    phase of the list (:func:`split_epochs` divides a fixed budget for the phase-length ablation),
+    or a count per phase name, ``{P1: 30, P2: 20, P3: 20}``, which holds for every regime (a
+    backbone that needs longer than the ICs to converge).
     ``phase_optim`` overrides optimiser fields per phase, e.g. ``{"P2": {"lr": 0.02}}``.
     ``patience`` enables the paper's early stopping (evaluations without any head improving);
     ``None`` trains for the full epoch count and keeps the last state.
@@ -123,7 +125,7 @@ class TrainConfig:
 
     regime: str = "mixed"
     phases: list[str] | None = None
-    epochs: int | list[int] = 20
+    epochs: int | list[int] | dict[str, int] = 20
     optim: OptimConfig = field(default_factory=OptimConfig)
     phase_optim: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss_weights: str = "auto"
@@ -147,6 +149,8 @@ class TrainConfig:
     def phase_epochs(self) -> tuple[int, ...]:
         if isinstance(self.epochs, int):
             return (self.epochs,) * len(self.phase_list)
+        if isinstance(self.epochs, Mapping):
+            return tuple(self.epochs.get(phase, 0) for phase in self.phase_list)
         return tuple(self.epochs)
 
     @property
@@ -168,12 +172,19 @@ class TrainConfig:
                 raise ValueError("train.phases must list at least one phase of " + ", ".join(PHASES))
             for phase in self.phases:
                 _check_choice("train.phases", phase, PHASES)
+        if isinstance(self.epochs, Mapping):
+            for name in self.epochs:
+                _check_choice("train.epochs phase", name, PHASES)
+            missing = [phase for phase in self.phase_list if phase not in self.epochs]
+            if missing:
+                raise ValueError(f"train.epochs gives no count for phases {missing} of {list(self.phase_list)}")
         epochs = self.phase_epochs
         if len(epochs) != len(self.phase_list):
             raise ValueError(
                 f"train.epochs has {len(epochs)} entries for {len(self.phase_list)} phases {self.phase_list}"
             )
-        if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in epochs):
+        counts = list(self.epochs.values()) if isinstance(self.epochs, Mapping) else epochs
+        if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in counts):
             raise ValueError(f"train.epochs must be positive integers, got {self.epochs}")
         for name in self.phase_optim:
             _check_choice("train.phase_optim", name, PHASES)

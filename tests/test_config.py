@@ -45,6 +45,9 @@ def test_overrides_parse_yaml_values() -> None:
         ("train.phase_optim={P2: {lr: .inf}}", "train.phase_optim must hold finite numbers"),
         ("train.channels_last=yes please", "train.channels_last must be of type bool"),
         ("train.p3_loss=final", "train.p3_loss"),
+        ("train.epochs={P1: 3, P4: 2}", "train.epochs phase"),
+        ("train.epochs={P1: 3, P2: 0}", "train.epochs"),
+        ("train.epochs={P2: 3}", "train.epochs gives no count for phases"),
     ],
 )
 def test_bad_parameters_name_themselves(override: str, names: str) -> None:
@@ -136,3 +139,18 @@ def test_the_memory_order_is_part_of_every_phase_key() -> None:
 
     on, off = (load_config("tiny", [f"train.channels_last={value}", "train.regime=disjoint"]) for value in ("true", "false"))
     assert not set(phase_keys(on)) & set(phase_keys(off))
+
+
+def test_epochs_by_phase_name_hold_for_every_regime() -> None:
+    """A count per phase name: P1 longer than P2 and P3, whatever the regime's phase list; the P1
+    of disjoint and mixed, 30 epochs either way, is one stored phase."""
+    from mexit.store import phase_keys
+
+    by_name = "train.epochs={P1: 30, P2: 20, P3: 15}"
+    disjoint, joint, mixed = (load_config("tiny", [by_name, f"train.regime={r}"]) for r in ("disjoint", "joint", "mixed"))
+    for config in (disjoint, joint, mixed):
+        config.validate()
+    assert (disjoint.train.phase_epochs, joint.train.phase_epochs, mixed.train.phase_epochs) == ((30, 15), (20,), (30, 20))
+    assert phase_keys(disjoint)[0] == phase_keys(mixed)[0]
+    listed = load_config("tiny", ["train.epochs=[30, 20]", "train.regime=mixed"])
+    assert phase_keys(listed) == phase_keys(mixed)
