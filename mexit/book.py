@@ -13,6 +13,7 @@ beside each verdict).
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -46,12 +47,13 @@ class Executed:
 
 def copy_sources(root: Path, target: Path) -> Path:
     """Copy what a build reads (:data:`BOOK_SOURCES`, without executed notebooks or hidden files)
-    from ``root`` to ``target``: a scratch book that builds without touching ``root``'s ``_build``."""
+    from ``root`` to ``target``: a scratch book that builds without touching ``root``'s ``_build``.
+    Into an existing ``target``, the sources are replaced and its executed notebooks kept."""
     for name in BOOK_SOURCES:
         source, destination = root / name, target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"))
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("generated", ".*"), dirs_exist_ok=True)
         else:
             shutil.copy(source, destination)
     return target
@@ -101,15 +103,28 @@ def needed_runs(
         values = notebook_parameters(profile, name)
         if "variants" in parameters and "variants" not in values:
             continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
+        values = {**declared_defaults(parameters), **values}  # what the profile leaves out, the notebook's default gives
         s = study(
             rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
             variants=values.get("variants"), require_data=require_data,
         )
-        fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in parameters and "fresh_seeds" in values else None
+        fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None
         for part in (s, fresh) if fresh is not None else (s,):
             for row, config in part.configs():
                 needed.setdefault(config.key(), (run_label(row, config), config))
     return needed
+
+
+def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The default values of a notebook's declared parameters (papermill's reading of its
+    ``parameters`` cell), those written as Python literals."""
+    defaults = {}
+    for name, declared in parameters.items():
+        try:
+            defaults[name] = ast.literal_eval(declared["default"])
+        except (ValueError, SyntaxError):
+            continue  # an expression, not a literal: the notebook computes it
+    return defaults
 
 
 def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
@@ -185,7 +200,7 @@ def execute_notebooks(
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True, jobs=jobs)
+    return _execute(load_profile(profile_name), profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True, jobs=jobs)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
@@ -196,15 +211,21 @@ def write_test_outputs(root: Path | None = None) -> list[Executed]:
 
     root = (root or Path.cwd()).resolve()
     store = (root / default_root()).resolve()
-    return _execute("tiny", root, root / TEST_OUTPUT_DIR, store, None, inject_runs_root=False)
+    return _execute(load_profile("tiny"), "tiny", root, root / TEST_OUTPUT_DIR, store, None, inject_runs_root=False)
 
 
 def _execute(
-    profile_name: str, root: Path, into: Path, store: Path, only: Sequence[str] | None, inject_runs_root: bool, jobs: int = 1
+    profile: Mapping[str, Any],
+    profile_name: str,
+    root: Path,
+    into: Path,
+    store: Path,
+    only: Sequence[str] | None,
+    inject_runs_root: bool,
+    jobs: int = 1,
 ) -> list[Executed]:
     import papermill
 
-    profile = load_profile(profile_name)
     available = notebook_names(root)
     names = list(only) if only else available
     unknown = [name for name in names if name not in available]
@@ -249,18 +270,64 @@ def build_book(
 ) -> int:
     """Execute the notebooks (their runs trained in ``jobs`` processes), then ``jupyter-book build
     -W``; returns the build's exit status."""
-    root = (root or Path.cwd()).resolve()
-    if not (root / "_config.yml").exists():
-        raise FileNotFoundError(f"no _config.yml in {root}: run 'mexit book' from the repository root")
+    root = _book_root(root)
     started = time.perf_counter()
     execute_notebooks(profile, root, runs_root, only, jobs)
-    if not build:
-        return 0
+    return render(root, started) if build else 0
+
+
+def build_smoke_book(
+    profile: str,
+    directory: str | Path,
+    build: bool = True,
+    root: Path | None = None,
+    only: Sequence[str] | None = None,
+    jobs: int = 1,
+    seeds: Sequence[int] | None = None,
+) -> int:
+    """The smoke build of ``profile`` (:mod:`mexit.smoke`): the generated datasets in ``directory``
+    (written where missing), its runs in ``directory/runs``, its book, every page under the smoke
+    banner, in ``directory/book`` (``_build/html`` there). Nothing of ``root``'s book or store is
+    touched. ``seeds`` replace the smoke's two (:data:`mexit.smoke.SMOKE_SEEDS`). Returns the build's exit status."""
+    from mexit import smoke
+
+    root = _book_root(root)
+    directory = Path(directory).resolve()
+    started = time.perf_counter()
+    profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
+    smoke.ensure_data(directory, smoke.datasets_read(profile_values))
+    target = copy_sources(root, directory / "book")
+    _add_banner(target / "_config.yml", smoke.banner(profile))
+    _execute(profile_values, f"{profile} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, True, jobs)
+    return render(target, started) if build else 0
+
+
+def render(root: Path, started: float | None = None) -> int:
+    """``jupyter-book build -W`` of the book at ``root`` (every notebook executed); its exit status."""
     missing = [name for name in notebook_names(root) if not (root / GENERATED_DIR / f"{name}.ipynb").exists()]
     if missing:
         raise ValueError(f"notebooks {missing} were never executed; run 'mexit book' without --only once")
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", "-W", "--keep-going", str(root)]
     status = subprocess.call(command, cwd=root)
     if status == 0:
-        print(f"book built in {time.perf_counter() - started:.1f}s: {root / '_build' / 'html' / 'index.html'}")
+        took = "" if started is None else f" in {time.perf_counter() - started:.1f}s"
+        print(f"book built{took}: {root / '_build' / 'html' / 'index.html'}")
     return status
+
+
+def _book_root(root: Path | None) -> Path:
+    root = (root or Path.cwd()).resolve()
+    if not (root / "_config.yml").exists():
+        raise FileNotFoundError(f"no _config.yml in {root}: run 'mexit book' from the repository root")
+    return root
+
+
+def _add_banner(config_path: Path, text: str) -> None:
+    """Put ``text`` at the top of every page (the theme's announcement bar) and in the book's title."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text())
+    config["title"] = f"{config['title']} (smoke build)"
+    options = config.setdefault("sphinx", {}).setdefault("config", {}).setdefault("html_theme_options", {})
+    options["announcement"] = text
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))

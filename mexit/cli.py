@@ -5,6 +5,7 @@
     mexit train --config resnet50-tinyimagenet --regimes disjoint mixed --dry-run
     mexit runs list | show KEY | remove KEY
     mexit book --profile quick [--only table1 ...]
+    mexit book --profile paper --smoke DIR
     mexit plan --profile paper
     mexit sweep --profile paper --executor slurm --partition gpu --gpus-per-node 4 [--dry-run]
     mexit sweep --profile paper --status
@@ -49,9 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
     book.add_argument("--jobs", type=int, default=1, help="train the missing runs in this many single-threaded processes")
+    book.add_argument(
+        "--smoke", metavar="DIR",
+        help="a smoke build: every run of the profile capped to a few steps on generated data in DIR (written there when "
+        "missing), its runs in DIR/runs, its book in DIR/book; see mexit/smoke.py",
+    )
 
     plan = commands.add_parser("plan", parents=[common], help="list every run the book needs at a profile, with its cost")
     plan.add_argument("--profile", default="quick")
+    plan.add_argument(
+        "--throughput", metavar="FILE",
+        help="measured training rates (benchmarks/paper_throughput.py --write FILE) that turn MACs into GPU-hours "
+        "(default: throughput.json in the run store's folder)",
+    )
 
     sweep = commands.add_parser("sweep", parents=[common], help="submit every missing run of a profile through submitit")
     sweep.add_argument("--profile", default="quick")
@@ -84,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "smoke-data":
             return _smoke_data(args)
-        from mexit.book import build_book
+        from mexit.book import build_book, build_smoke_book
 
+        if args.smoke:
+            if args.root:
+                raise ValueError("--smoke keeps its runs in DIR/runs; leave out --root")
+            return build_smoke_book(args.profile, args.smoke, build=not args.no_build, only=args.only, jobs=args.jobs)
         return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs)
     except _user_errors() as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -185,15 +200,21 @@ def _runs_root(args: argparse.Namespace) -> Path:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from mexit import sweep
+    from mexit import sweep, throughput
 
     runs_root = _runs_root(args)
     runs = sweep.plan(args.profile, Path.cwd(), runs_root)
     if not runs:
         print(f"profile {args.profile} needs no runs")
         return 0
-    table = sweep.plan_table(runs, runs_root)
+    path = Path(args.throughput) if args.throughput else throughput.default_path(runs_root)
+    rates = throughput.load(path)
+    if args.throughput and rates is None:
+        raise FileNotFoundError(f"--throughput: no file at {path}")
+    table = sweep.plan_table(runs, runs_root, throughput=rates)
     shown = table.assign(train_macs=table["train_macs"].map("{:.2e}".format))
+    if rates is not None:
+        shown = shown.assign(gpu_hours=table["gpu_hours"].map("{:.1f}".format))
     print(shown.to_string(index=False))
     phases = {key for run in runs for key in run.phase_keys}
     print(
@@ -201,6 +222,16 @@ def _plan(args: argparse.Namespace) -> int:
         f"{len(sweep.groups(runs))} groups sharing no phase; estimated training cost {sweep.total_train_macs(runs):.2e} "
         "forward MACs at the epoch caps (each shared phase once; early stopping may end phases sooner)"
     )
+    if rates is None:
+        print(f"no throughput file at {path}: on the GPU node, 'python benchmarks/paper_throughput.py --write {path}' "
+              "measures one, and this plan then gives GPU-hours per row")
+        return 0
+    hours, unmeasured = sweep.total_gpu_hours(runs, rates)
+    per_row = table.groupby("row", sort=False)["gpu_hours"].sum(min_count=1)
+    print(f"estimated {rates.device}-hours per row at the epoch caps (each run's phases in full; measured rates from {path}):")
+    print("\n".join(f"  {row}: {value:.1f}" for row, value in per_row.items()))
+    print(f"estimated total: {hours:.1f} {rates.device}-hours (each shared phase once)"
+          + (f"; not measured, left out: {', '.join(unmeasured)}" if unmeasured else ""))
     return 0
 
 

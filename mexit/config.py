@@ -118,6 +118,11 @@ class TrainConfig:
     code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
     kept when the epoch cap ends a phase, and without ``patience`` neither a validation split nor any
     evaluation during training).
+    ``max_steps`` ends every phase after that many optimiser steps, whatever its epoch cap (the
+    schedule still runs over the cap), and ``eval_batches`` lets every evaluation (early stopping's,
+    and the stored validation and test logits) read only the first that many batches of its split:
+    a smoke run (:mod:`mexit.smoke`) that goes through every step of the real code path in seconds.
+    ``None`` (the default) for both: no such limit.
     ``channels_last`` keeps the model's 4-D weights, and so the feature maps of convolutional
     backbones, in channels-last memory order: the same model, other rounding, and a ResNet-20
     training step about 25% faster on a CPU (``benchmarks/multiexit_speed.py``).
@@ -139,6 +144,8 @@ class TrainConfig:
     num_workers: int = 0
     dominance_every: int = 0
     channels_last: bool = True
+    max_steps: int | None = None
+    eval_batches: int | None = None
     seed: int = 0
 
     @property
@@ -205,6 +212,10 @@ class TrainConfig:
             raise ValueError(f"train.dominance_every must be >= 0, got {self.dominance_every}")
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("max_steps", "eval_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{name} must be >= 1 (or null for no limit), got {value}")
         if self.eval_batch_size < 1:
             raise ValueError(f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
 

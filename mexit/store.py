@@ -87,6 +87,8 @@ def phase_keys(config: RunConfig) -> list[str]:
         "eval_every": train.eval_every,
         "num_workers": train.num_workers,
         "channels_last": train.channels_last,
+        "max_steps": train.max_steps,
+        "eval_batches": train.eval_batches,
         **code_identity(),
     }
     keys: list[str] = []
@@ -467,14 +469,14 @@ class RunStore:
     ) -> None:
         from mexit.evaluate import exit_accuracy
         from mexit.flops import exit_costs
-        from mexit.train import collect_logits
+        from mexit.train import collect_logits, evaluation_split
 
         batch, workers = config.train.eval_batch_size, config.train.num_workers
-        test, test_labels = collect_logits(model, splits.test, batch, ctx.device, workers)
+        test, test_labels = collect_logits(model, evaluation_split(splits.test, config.train), batch, ctx.device, workers)
         logits = {"test": compact_logits(test), "test_labels": test_labels}
         accuracy = {"test_acc": exit_accuracy(test, test_labels).tolist(), "val_acc": None}  # the model's, before rounding
         if len(splits.val):  # no validation split without early stopping under the authors' rule
-            val, val_labels = collect_logits(model, splits.val, batch, ctx.device, workers)
+            val, val_labels = collect_logits(model, evaluation_split(splits.val, config.train), batch, ctx.device, workers)
             logits.update(val=compact_logits(val), val_labels=val_labels)
             accuracy["val_acc"] = exit_accuracy(val, val_labels).tolist()
         checkpoint.save_tensors(run_dir / "logits.pt", logits)
@@ -530,7 +532,9 @@ def _save_phase(phase_dir: Path, result: PhaseResult) -> None:
 def _dominance_probe(config: RunConfig, splits: data.Splits) -> Probe:
     from mexit.analysis.dominance import training_probe
 
-    return training_probe(splits.train_eval, seed=config.train.seed)
+    train = config.train  # a smoke run probes one evaluation's worth of images, not 256
+    size = 256 if train.eval_batches is None else min(256, max(2, train.eval_batches * train.eval_batch_size))
+    return training_probe(splits.train_eval, seed=train.seed, probe_size=size)
 
 
 def compact_logits(logits: torch.Tensor) -> torch.Tensor:

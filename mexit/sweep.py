@@ -20,6 +20,7 @@ filesystems); ``mexit book`` afterwards only reads.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from mexit import checkpoint
 from mexit.book import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.config import RunConfig, stable_hash
 from mexit.store import phase_keys
+from mexit.throughput import Throughput, entry
 
 EXECUTORS: tuple[str, ...] = ("local", "slurm")
 STATES: tuple[str, ...] = ("done", "pending", "running", "failed", "not submitted")
@@ -102,12 +104,16 @@ def groups(runs: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
     return [sorted(group, key=lambda run: order[run.key]) for group in members if group]
 
 
-def plan_table(runs: Sequence[PlannedRun], runs_root: Path, *, costs: bool = True) -> pd.DataFrame:
+def plan_table(
+    runs: Sequence[PlannedRun], runs_root: Path, *, costs: bool = True, throughput: Throughput | None = None
+) -> pd.DataFrame:
     """One row per planned run: key, row, regime, seed, phases, shared (phases another planned run
     also uses), stored, and ``train_macs``: an estimate of its training cost, the forward MACs per
     image of each phase's model (P1: the backbone alone; P2, P3: every exit) x the images of an
     epoch x the phase's epoch cap, shared phases counted in each run that uses them. Early stopping
-    may end a phase before its cap (``costs`` False leaves this column out)."""
+    may end a phase before its cap (``costs`` False leaves this column out). With a ``throughput``
+    (:mod:`mexit.throughput`), ``gpu_hours``: those MACs at the measured rate of its backbone on its
+    dataset (NaN where the file has none)."""
     users: dict[str, int] = {}
     for run in runs:
         for key in run.phase_keys:
@@ -126,6 +132,7 @@ def plan_table(runs: Sequence[PlannedRun], runs_root: Path, *, costs: bool = Tru
                 "shared": "+".join(shared),
                 "stored": (runs_root / "runs" / run.key / "metrics.json").exists(),
                 **({"train_macs": sum(phase_macs(run.config))} if costs else {}),
+                **({"gpu_hours": _hours(run.config, throughput)} if throughput is not None else {}),
             }
         )
     return pd.DataFrame(rows)
@@ -137,6 +144,25 @@ def total_train_macs(runs: Sequence[PlannedRun]) -> float:
     for run in runs:
         costs.update(zip(run.phase_keys, phase_macs(run.config)))
     return sum(costs.values())
+
+
+def total_gpu_hours(runs: Sequence[PlannedRun], throughput: Throughput) -> tuple[float, list[str]]:
+    """The plan's estimated hours on the throughput file's device, each shared phase counted once,
+    and the runs' ``backbone/dataset`` entries the file does not measure (left out of the sum)."""
+    hours: dict[str, float] = {}
+    unmeasured: set[str] = set()
+    for run in runs:
+        seconds = throughput.phase_seconds(run.config, phase_macs(run.config))
+        if seconds is None:
+            unmeasured.add(entry(run.config))
+            continue
+        hours.update(zip(run.phase_keys, (s / 3600 for s in seconds)))
+    return sum(hours.values()), sorted(unmeasured)
+
+
+def _hours(config: RunConfig, throughput: Throughput) -> float:
+    seconds = throughput.phase_seconds(config, phase_macs(config))
+    return math.nan if seconds is None else sum(seconds) / 3600
 
 
 _FORWARD_MACS: dict[str, tuple[float, float]] = {}

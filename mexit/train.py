@@ -151,6 +151,19 @@ def collect_logits(
     return torch.cat(outputs, dim=1), torch.cat(labels)
 
 
+def evaluation_split(dataset: Dataset, config: TrainConfig) -> Dataset:
+    """What an evaluation reads of ``dataset``: all of it, or its first ``config.eval_batches``
+    batches of ``config.eval_batch_size`` (a smoke run's evaluations)."""
+    if config.eval_batches is None:
+        return dataset
+    return Subset(dataset, range(min(len(dataset), config.eval_batches * config.eval_batch_size)))  # type: ignore[arg-type]
+
+
+def at_step_cap(config: TrainConfig, step: int) -> bool:
+    """Whether a phase has taken the ``config.max_steps`` optimiser steps that end it (never, without a cap)."""
+    return config.max_steps is not None and step >= config.max_steps
+
+
 def learning_rate(optim: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up for ``warmup_epochs``, then cosine to ``min_lr`` (or constant)."""
     warmup = optim.warmup_epochs * steps_per_epoch
@@ -331,7 +344,7 @@ def train_phase(
 
     bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
     try:
-        while state.epoch < max_epochs and not state.stopped_early:
+        while state.epoch < max_epochs and not state.stopped_early and not at_step_cap(config, state.step):
             started = time.perf_counter()
             order_seed = seed_everything(config.seed, phase_index, state.epoch)
             batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
@@ -385,6 +398,10 @@ def train_phase(
                     _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
                     if state.stopped_early:
                         break
+                if at_step_cap(config, state.step):
+                    if eval_every is not None and state.step % eval_every:  # the state the cap leaves, evaluated once
+                        _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
+                    break
             state.epoch += 1
             state.wall_time_s += time.perf_counter() - started
             if not all(bool(torch.isfinite(p).all()) for p in params):
@@ -451,7 +468,9 @@ def _evaluate(
     state of the tracked heads (the module's docstring: ``exits`` under our rule, every computed
     head under the authors') and the trace. Under DDP each rank evaluates its shard (all ranks agree).
     """
-    accuracy = validation_accuracy(model, val_set, config.eval_batch_size, dist.device, num_workers=config.num_workers, dist=dist)
+    accuracy = validation_accuracy(
+        model, evaluation_split(val_set, config), config.eval_batch_size, dist.device, num_workers=config.num_workers, dist=dist
+    )
     train_loss = state.loss_sum / max(1, state.loss_steps)
     row: dict[str, Any] = {"phase": phase_name, "epoch": state.epoch, "step": state.step}
     row.update({f"train_loss_{name}": float(train_loss[i]) for i, name in enumerate(heads.names)})

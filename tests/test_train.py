@@ -235,3 +235,26 @@ def test_the_dry_run_shows_imtas_summed_loss() -> None:
     config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=imta"]).train
     p1, p2 = phase_plan(config, "sdn", num_exits=3)
     assert p1["loss_weights"] == "uniform: 1" and p2["loss_weights"] == "uniform x the exits, summed (IMTA): 1 1 1"
+
+
+def test_a_step_cap_ends_every_phase_and_evaluations_read_their_first_batches(tmp_path: Path) -> None:
+    """train.max_steps ends each phase after that many optimiser steps (its last state evaluated
+    once), whatever its epoch cap; train.eval_batches limits early stopping's evaluations and the
+    stored logits to the first batches of their splits; gradient dominance is probed at its steps."""
+    capped = ["train.regime=mixed", "train.epochs=5", "train.patience=3", "train.max_steps=3", "train.eval_batches=2",
+              "train.eval_batch_size=16", "train.optim.batch_size=32", "train.dominance_every=1"]
+    run = RunStore(tmp_path).get(load_config("tiny", capped))
+    phases = run.phases()
+    assert phases["steps"].tolist() == [3, 3] and phases["epochs_run"].tolist() == [1, 1]
+    assert phases["epoch_cap"].tolist() == [5, 5] and not phases["stopped_early"].any()
+    assert run.trace()["step"].tolist() == [3, 3]  # one evaluation a phase, of the state the cap left
+    assert len(run.labels("test")) == 32 and len(run.labels("val")) == 32
+    assert sorted(run.probes()["step"].unique().tolist()) == [0, 1, 2, 3]
+    uncapped = RunStore(tmp_path).get(load_config("tiny", capped[:3]))
+    assert len(uncapped.labels("test")) > 32 and uncapped.key != run.key
+
+
+def test_step_and_evaluation_caps_are_checked() -> None:
+    for name in ("max_steps", "eval_batches"):
+        with pytest.raises(ValueError, match=f"train.{name} must be >= 1"):
+            load_config("tiny", [f"train.{name}=0"]).validate()

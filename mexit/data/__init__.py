@@ -92,6 +92,11 @@ def train_images(config: DataConfig, holdout: bool = True) -> int:
     return config.train_size or round(pool * (1 - config.val_fraction if holdout else 1))
 
 
+def needs_data_root(name: str) -> bool:
+    """Whether dataset ``name`` is read from files under a ``data_root`` (not embedded or generated in memory)."""
+    return name in _LAYOUTS
+
+
 def validate(config: DataConfig) -> None:
     """Check every field of ``config`` without reading any file."""
     if config.name not in DATASETS:

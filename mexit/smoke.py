@@ -1,0 +1,125 @@
+"""A smoke build: every run a profile needs, through the real code path, in seconds a run.
+
+``mexit book --profile paper --smoke DIR`` proves that the paper profile runs before a GPU-hour is
+spent on it. :func:`smoke_profile` turns a profile into its smoke version:
+
+- every row (the profile's and each notebook's) reads the generated datasets under ``DIR``
+  (:func:`mexit.data.generated.write_all`, written there by :func:`ensure_data` when missing), at
+  their real class counts and the configs' own input resolutions;
+- every run keeps its config (model at its real size, optimiser, schedule, augmentation, early
+  stopping, probes) except what :data:`SMOKE_TRAIN` caps: each phase ends after a few optimiser
+  steps on small batches, each evaluation reads a few batches, gradient dominance is probed at
+  every step (the configs' thousands of steps would never come), and data loaders run one worker
+  process where the config asks for several;
+- two seeds (the fewest that give an interval), the fresh seeds (where a page has them) two more;
+- the analyses' sizes (path points, plane, Bezier steps, rank and mutual-information samples)
+  scaled down (:data:`SMOKE_SIZES`).
+
+The caps are fields of the run config (``train.max_steps``, ``train.eval_batches``), so a smoke run
+never shares a key with a real one; its store is ``DIR/runs`` and its book ``DIR/book``, whose every
+page carries :func:`banner`. Numbers in a smoke book mean nothing: the pixels are random.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mexit.config import load_config
+
+SMOKE_TRAIN: dict[str, Any] = {
+    "train.max_steps": 2,
+    "train.eval_batches": 2,
+    "train.optim.batch_size": 8,
+    "train.eval_batch_size": 8,
+}
+"""What a smoke run changes of every config: two optimiser steps a phase at batch 8, and every
+evaluation on two batches of 8 (early stopping's, the stored validation and test logits)."""
+SMOKE_SEEDS: tuple[int, ...] = (0, 1)
+SMOKE_FRESH_SEEDS: tuple[int, ...] = (2, 3)
+SMOKE_SIZES: dict[str, dict[str, Any]] = {
+    "mode_connectivity": {
+        "points": 3, "bn_batches": 1, "eval_samples": 16, "bezier_steps": 2,
+        "plane_points": 3, "plane_bn_batches": 1, "plane_eval_samples": 16,
+    },
+    "numerical_rank": {"samples": 16, "max_features": 64},
+    "mutual_information": {"samples": 32, "max_features": 256},
+    "gradient_dominance": {"equilibrium_seeds": [0]},
+}
+"""The analyses' parameters in a smoke build, per notebook."""
+
+
+def banner(profile_name: str) -> str:
+    """What tops every page of a smoke build."""
+    return (
+        f"Smoke build of the {profile_name} profile: every run trained for {SMOKE_TRAIN['train.max_steps']} optimiser "
+        "steps a phase on generated data (random pixels), every analysis at a toy size. It shows that the profile runs; "
+        "no number in it means anything."
+    )
+
+
+def smoke_profile(
+    profile: Mapping[str, Any], data_dir: str | Path, seeds: Sequence[int] = SMOKE_SEEDS
+) -> dict[str, Any]:
+    """The smoke version of ``profile`` (as :func:`mexit.book.load_profile` returns it) reading the
+    generated datasets under ``data_dir`` (module docstring); ``seeds`` replace every seed list."""
+    data_dir = Path(data_dir).resolve()
+    smoke = copy.deepcopy(dict(profile))
+    groups = [smoke["global_params"], *smoke["notebooks"].values()]
+    for group in groups:
+        if group is None:
+            continue
+        if "rows" in group:
+            group["rows"] = [_smoke_row(row, data_dir) for row in group["rows"]]
+        if "seeds" in group:
+            group["seeds"] = list(seeds)
+        if group.get("fresh_seeds"):
+            group["fresh_seeds"] = [seed for seed in SMOKE_FRESH_SEEDS if seed not in seeds]
+    for notebook, sizes in SMOKE_SIZES.items():
+        smoke["notebooks"][notebook] = {**(smoke["notebooks"].get(notebook) or {}), **sizes}
+    return smoke
+
+
+def datasets_read(profile: Mapping[str, Any]) -> list[str]:
+    """The datasets (names) the rows of ``profile`` read from a ``data_root``."""
+    from mexit.data import needs_data_root
+
+    names = {load_config(row["config"], row.get("overrides", [])).data.name for row in _rows(profile)}
+    return sorted(name for name in names if needs_data_root(name))
+
+
+def ensure_data(data_dir: str | Path, names: Sequence[str]) -> dict[str, Path]:
+    """The generated datasets ``names`` under ``data_dir``, written where missing: ``{name: data_root}``."""
+    from mexit.data.generated import write
+
+    data_dir = Path(data_dir)
+    roots = {}
+    for name in names:
+        root = data_dir / name
+        if not root.exists():
+            write(root, name)
+        roots[name] = root
+    return roots
+
+
+def _rows(profile: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    groups = [profile["global_params"], *profile["notebooks"].values()]
+    return [row for group in groups if group for row in group.get("rows", [])]
+
+
+def _smoke_row(row: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
+    """``row`` with the smoke overrides after its own: the generated data, the caps, probes every step."""
+    from mexit.data import needs_data_root
+
+    overrides = list(row.get("overrides", []))
+    config = load_config(row["config"], overrides)
+    extra = [f"{name}={value}" for name, value in SMOKE_TRAIN.items()]
+    if needs_data_root(config.data.name):
+        extra.append(f"data.data_root={data_dir / config.data.name}")
+    if config.train.dominance_every > 0:
+        extra.append("train.dominance_every=1")
+    if config.train.num_workers > 1:  # one loader process still goes through the workers' path, without 8 forks a loader
+        extra.append("train.num_workers=1")
+    return {**row, "overrides": overrides + extra}
