@@ -67,10 +67,7 @@ def smoke_profile(
     generated datasets under ``data_dir`` (module docstring); ``seeds`` replace every seed list."""
     data_dir = Path(data_dir).resolve()
     smoke = copy.deepcopy(dict(profile))
-    groups = [smoke["global_params"], *smoke["notebooks"].values()]
-    for group in groups:
-        if group is None:
-            continue
+    for group in _groups(smoke):
         if "rows" in group:
             group["rows"] = [_smoke_row(row, data_dir) for row in group["rows"]]
         if "seeds" in group:
@@ -104,9 +101,13 @@ def ensure_data(data_dir: str | Path, names: Sequence[str]) -> dict[str, Path]:
     return roots
 
 
+def _groups(profile: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The profile's parameter groups: its global one and each notebook's (those it gives values)."""
+    return [group for group in (profile["global_params"], *profile["notebooks"].values()) if group]
+
+
 def _rows(profile: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    groups = [profile["global_params"], *profile["notebooks"].values()]
-    return [row for group in groups if group for row in group.get("rows", [])]
+    return [row for group in _groups(profile) for row in group.get("rows", [])]
 
 
 def _smoke_row(row: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
