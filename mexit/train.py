@@ -159,6 +159,11 @@ def evaluation_split(dataset: Dataset, config: TrainConfig) -> Dataset:
     return Subset(dataset, range(min(len(dataset), config.eval_batches * config.eval_batch_size)))  # type: ignore[arg-type]
 
 
+def _phase_over(progress: _Progress, max_epochs: int, config: TrainConfig) -> bool:
+    """Whether a phase in ``progress`` has ended: at its epoch cap, stopped early or at its step cap."""
+    return progress.epoch >= max_epochs or progress.stopped_early or at_step_cap(config, progress.step)
+
+
 def at_step_cap(config: TrainConfig, step: int) -> bool:
     """Whether a phase has taken the ``config.max_steps`` optimiser steps that end it (never, without a cap)."""
     return config.max_steps is not None and step >= config.max_steps
@@ -344,7 +349,7 @@ def train_phase(
 
     bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
     try:
-        while state.epoch < max_epochs and not state.stopped_early and not at_step_cap(config, state.step):
+        while not _phase_over(state, max_epochs, config):
             started = time.perf_counter()
             order_seed = seed_everything(config.seed, phase_index, state.epoch)
             batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
@@ -410,8 +415,8 @@ def train_phase(
                     f"{state.step} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
                 )
             bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{heads.name(i)}"] for i in exits} if state.trace else {})
-            if partial_path is not None and dist.is_main:
-                checkpoint.save_tensors(
+            if partial_path is not None and dist.is_main and not _phase_over(state, max_epochs, config):
+                checkpoint.save_tensors(  # a resume point, where the phase goes on: a finished one is stored whole
                     partial_path,
                     {
                         "model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": dataclasses.asdict(state),

@@ -258,3 +258,23 @@ def test_step_and_evaluation_caps_are_checked() -> None:
     for name in ("max_steps", "eval_batches"):
         with pytest.raises(ValueError, match=f"train.{name} must be >= 1"):
             load_config("tiny", [f"train.{name}=0"]).validate()
+
+
+def test_resume_points_are_written_only_where_the_phase_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end-of-epoch resume checkpoint (partial.pt) is written after every epoch but a phase's
+    last: a finished phase is stored whole, so its last resume point would be written to be deleted."""
+    from mexit import checkpoint
+
+    written: list[str] = []
+    save = checkpoint.save_tensors
+
+    def recording(path: Path, tensors: dict) -> None:
+        written.append(Path(path).name)
+        save(path, tensors)
+
+    monkeypatch.setattr(checkpoint, "save_tensors", recording)
+    RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"]))
+    assert written.count("partial.pt") == 2 * 2  # two phases, three epochs each: after epochs 1 and 2
+    written.clear()
+    RunStore(tmp_path / "capped").get(load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.max_steps=1"]))
+    assert "partial.pt" not in written  # each phase ends in its first epoch, at the step cap
