@@ -32,7 +32,7 @@ def test_the_smoke_profile_caps_every_row_and_reads_the_generated_data(tmp_path:
     assert len(rows) == len(_all_rows(paper)) > 6
     for row in rows:
         config = load_config(row["config"], row["overrides"])
-        assert config.train.max_steps == 2 and config.train.eval_batches == 2 and config.train.optim.batch_size == 8
+        assert config.train.max_steps == 1 and config.train.eval_batches == 2 and config.train.optim.batch_size == 8
         assert Path(config.data.data_root) == tmp_path.resolve() / config.data.name
         original = next(r for r in _all_rows(paper) if r["label"] == row["label"] and r["config"] == row["config"])
         assert row["overrides"][: len(original["overrides"])] == original["overrides"]  # the row's own come first
