@@ -370,6 +370,18 @@ def test_input_information_of_clusters_points_and_constants() -> None:
         input_information(clusters, noise_ratio=0)
 
 
+def test_mutual_information_with_about_one_sample_a_class_splits_at_random() -> None:
+    """32 samples of 100 classes (a smoke build's CIFAR-100; ImageNet's 1,000 classes at the
+    paper's sample count are alike): no class is large enough to hold one out, so the split is a
+    random one instead of an empty held-out part that stopped the probe."""
+    labels = torch.tensor([i % 100 for i in range(0, 64, 2)] [:30] + [0, 2])  # 30 classes once, two of them twice
+    features = torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(0))
+    bits = mutual_information(features, labels)
+    assert math.isfinite(bits)
+    every_class_once = torch.arange(32)
+    assert math.isfinite(mutual_information(features, every_class_once))
+
+
 def test_block_mutual_information_table() -> None:
     table = block_mutual_information(_resnet(), _images(80), samples=80, max_features=128)
     assert list(table.columns) == [

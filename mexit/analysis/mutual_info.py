@@ -34,6 +34,8 @@ from mexit.analysis.features import block_representations
 
 PROBE_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 """Inverse L2 strengths the probe chooses from, by held-in validation cross-entropy."""
+UNSEEN_MASS = 1e-6
+"""The probability the label probe spreads evenly over all classes (:func:`_probe_cross_entropy`)."""
 
 
 def mutual_information(
@@ -140,7 +142,11 @@ def _check_pair(features: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarra
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices kept and held out: ``floor(fraction * count)`` of every class held out, at least one kept."""
+    """Indices kept and held out: ``floor(fraction * count)`` of every class held out, at least one kept.
+
+    Where every class is too small for that to hold any out (a class or two per sample: a few
+    hundred samples of ImageNet's 1,000 classes, or a smoke build's 32 of CIFAR-100's 100), the
+    split is a random one instead: ``round(fraction * n)`` held out (at least one, never all)."""
     kept: list[np.ndarray] = []
     held: list[np.ndarray] = []
     for value in np.unique(labels):
@@ -148,6 +154,10 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
         cut = min(int(fraction * len(members)), len(members) - 1)
         held.append(members[:cut])
         kept.append(members[cut:])
+    if sum(len(part) for part in held) == 0 and len(labels) > 1:
+        order = rng.permutation(len(labels))
+        cut = min(max(1, round(fraction * len(labels))), len(labels) - 1)
+        return np.sort(order[cut:]), np.sort(order[:cut])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
@@ -168,11 +178,17 @@ def _principal_components(
 def _probe_cross_entropy(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, c: float
 ) -> float:
-    """Held-out cross-entropy (nats) of a multinomial logistic regression with inverse L2 strength ``c``."""
+    """Held-out cross-entropy (nats) of a multinomial logistic regression with inverse L2 strength
+    ``c``, its distribution mixed with :data:`UNSEEN_MASS` of a uniform one over every class of
+    either part: a class the probe never saw (a split of a few samples a class) then costs about
+    ``log(classes / UNSEEN_MASS)`` nats, not an infinite or misread one; any mixture is a predictor
+    of ``Y``, so the bound stays a bound."""
     probe = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y)
-    log_proba = probe.predict_log_proba(test_x)
-    columns = np.searchsorted(probe.classes_, test_y)
-    return float(-log_proba[np.arange(len(test_y)), columns].mean())
+    classes = np.union1d(train_y, test_y)
+    proba = np.zeros((len(test_y), len(classes)))
+    proba[:, np.searchsorted(classes, probe.classes_)] = probe.predict_proba(test_x)
+    proba = (1 - UNSEEN_MASS) * proba + UNSEEN_MASS / len(classes)
+    return float(-np.log(proba[np.arange(len(test_y)), np.searchsorted(classes, test_y)]).mean())
 
 
 def _entropy_nats(labels: np.ndarray) -> float:
