@@ -142,6 +142,7 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
     cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
     1.3x the work of one process on two threads."""
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     if jobs < 1:
@@ -153,7 +154,7 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     if jobs == 1:
         store = RunStore(runs_root)
         for label, config in needed.values():
-            store.get(config, progress_label=label)
+            train_or_load(store, config, progress_label=label)
     else:
         _train_in_processes(needed, runs_root, jobs)
     print(f"runs ready in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
@@ -181,12 +182,13 @@ def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None
     import torch
 
     from mexit.config import RunConfig
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     torch.set_num_threads(1)
     store = RunStore(runs_root)
     for label, config in runs:
-        store.get(RunConfig.from_dict(config), progress_label=label)
+        train_or_load(store, RunConfig.from_dict(config), progress_label=label)
 
 
 def execute_notebooks(

@@ -29,6 +29,7 @@ from mexit.evaluate.tables import AGGREGATES, PICKS
 from mexit.evaluate.ztw import ZTW_FINALS
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
+from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore, build_model, default_root
 
 ROW_FIELDS: tuple[str, ...] = ("label", "config", "overrides", "paper")
@@ -114,7 +115,7 @@ class Study:
         store = RunStore(self.runs_root)
         pairs = []
         for row, config in self.configs():
-            pairs.append((row, store.get(config, progress_label=run_label(row, config))))
+            pairs.append((row, train_or_load(store, config, progress_label=run_label(row, config))))
         return pairs
 
     def phase_costs(self) -> pd.DataFrame:

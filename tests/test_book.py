@@ -16,6 +16,7 @@ import papermill
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks, load_profile, notebook_parameters
 from mexit.claims import VERDICTS
 
@@ -164,7 +165,7 @@ def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Pa
     needed = needed_runs(profile, declared, tmp_path / "one")
     assert len(needed) == 3 and len(list((tmp_path / "two" / "phases").iterdir())) == 4  # P1 shared by disjoint and mixed
     for _, config in needed.values():
-        two, one = RunStore(tmp_path / "two").get(config), RunStore(tmp_path / "one").get(config)
+        two, one = train_or_load(RunStore(tmp_path / "two"), config), train_or_load(RunStore(tmp_path / "one"), config)
         assert torch.equal(two.logits("test"), one.logits("test"))
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         train_needed(profile, declared, tmp_path / "one", jobs=0)

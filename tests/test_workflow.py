@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 
+from mexit.pipeline import train_or_load
 from mexit.config import load_config, regime_configs  # noqa: E402
 from mexit.evaluate import budget_table, sweep  # noqa: E402
 from mexit.plots import flops_accuracy, format_budget_table  # noqa: E402
@@ -18,7 +19,7 @@ from mexit.store import RunStore  # noqa: E402
 
 def test_curve_and_table_from_three_stored_runs(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    runs = [store.get(c).outputs() for c in regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0])]
+    runs = [train_or_load(store, c).outputs() for c in regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0])]
     curves = pd.concat(sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs)
     ax = flops_accuracy(curves, hue="regime")
     assert len(ax.get_lines()) >= 3

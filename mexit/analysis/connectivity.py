@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mexit.analysis.features import sample_indices, stack_items
 from mexit.evaluate import exit_accuracy
+from mexit.evaluate.inference import collect_logits
 from mexit.progress import StepProgress
 from mexit.regimes import multi_exit_loss
-from mexit.train import collect_logits
 
 
 def linear_path(

@@ -29,6 +29,7 @@ from mexit.analysis.rank import block_ranks
 from mexit.claims import depth_thirds, pair_label
 from mexit.config import RunConfig, regime_configs
 from mexit.evaluate.stats import format_interval, mean_ci
+from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore
 from mexit.study import ParameterError, Study, run_label
 
@@ -73,7 +74,7 @@ def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame
     for row in s.rows:
         base = dataclasses.replace(row.config, train=dataclasses.replace(row.config.train, gradient_equilibrium=True))
         for config in regime_configs(base, ["joint"], chosen):
-            run = store.get(config, progress_label=f"{run_label(row, config)}GE ")
+            run = train_or_load(store, config, progress_label=f"{run_label(row, config)}GE ")
             frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
     return pd.concat(frames, ignore_index=True)
 
