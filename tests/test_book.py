@@ -128,6 +128,15 @@ def test_the_tiny_book_shows_every_page_whole_in_a_browser(tiny_book: Path) -> N
     assert len(list(screenshots.glob("*.png"))) >= len(reports)
 
 
+def test_the_pages_name_no_folder_of_the_machine_that_built_them(tiny_book: Path) -> None:
+    """The store reaches the notebooks as $MEXIT_RUNS: a page shows the parameters a reader can
+    reuse (``runs_root = None``), not the builder's run store."""
+    pages = list((tiny_book / "_build" / "html" / "book" / "generated").glob("*.html"))
+    assert len(pages) == len(NOTEBOOKS)
+    for page in pages:
+        assert str(tiny_book) not in page.read_text(), f"{page.name} names the folder the book was built in"
+
+
 def test_the_built_book_needs_no_network(tiny_book: Path) -> None:
     html = tiny_book / "_build" / "html"
     loads = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(https?://[^\"]+)\"")
