@@ -62,6 +62,12 @@ def copy_sources(root: Path, target: Path) -> Path:
     return target
 
 
+def profile_label(name: str) -> str:
+    """How a page names its profile: a shipped profile's name, or a profile file's stem (never a
+    folder of the machine that built the book)."""
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
 def load_profile(name: str) -> dict[str, Any]:
     """A profile's ``global_params`` and per-notebook ``notebooks`` parameter groups, from a shipped
     profile's name or a YAML file of the same shape."""
@@ -97,7 +103,7 @@ def needed_runs(
     that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
     runs, and those of its ``fresh_seeds`` where it declares them (Table 1's verdicts on fresh seeds). ``require_data`` False plans runs whose ``data_root`` is not on this machine.
     """
-    from mexit.study import run_label, study
+    from mexit.study import make_study, run_label
 
     needed: dict[str, tuple[str, Any]] = {}
     for name, parameters in declared.items():
@@ -107,7 +113,7 @@ def needed_runs(
         if "variants" in parameters and "variants" not in values:
             continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
         values = {**declared_defaults(parameters), **values}  # what the profile leaves out, the notebook's default gives
-        s = study(
+        s = make_study(
             rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
             variants=values.get("variants"), require_data=require_data,
         )
@@ -205,7 +211,7 @@ def execute_notebooks(
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(load_profile(profile_name), profile_name, root, root / GENERATED_DIR, store, only, jobs=jobs)
+    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
@@ -313,8 +319,8 @@ def build_smoke_book(
     profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
     smoke.ensure_data(directory, smoke.datasets_read(profile_values))
     target = copy_sources(root, directory / "book")
-    _add_banner(target / "_config.yml", smoke.banner(profile))
-    _execute(profile_values, f"{profile} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, jobs)
+    _add_banner(target / "_config.yml", smoke.banner(profile_label(profile)))
+    _execute(profile_values, f"{profile_label(profile)} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, jobs)
     return render(target, started) if build else 0
 
 

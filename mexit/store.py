@@ -150,7 +150,7 @@ class Run:
         _check_split(split)
         if split == "val" and not self.has_validation:
             raise ValueError(
-                f"run {self.key} has no validation split: under train.stopping=authors without early stopping every "
+                f"run {self.key} has no validation split: under train.stopping=restore-on-stop without early stopping every "
                 "training image trains"
             )
         return split

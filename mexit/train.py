@@ -2,18 +2,18 @@
 
 Convergence is early stopping on the validation split, by one of two rules (``train.stopping``):
 
-- ``ours``: every phase is evaluated every ``min(batches per epoch, 300)`` steps; a head's counter
+- ``restore-best`` (ours): every phase is evaluated every ``min(batches per epoch, 300)`` steps; a head's counter
   grows at every evaluation that does not improve its best accuracy (a tie counts); the heads
   tracked are those in the phase's loss; when a phase ends with ``patience`` set, by stopping or at
   its epoch cap, the best state is reloaded. Without ``patience`` the phase still evaluates (the
   validation curves) and keeps its last state.
-- ``authors`` (their code's ``EarlyStopperEarlyExit``): P1 is evaluated every epoch, P2 and P3
+- ``restore-on-stop`` (the authors' code's ``EarlyStopperEarlyExit``): P1 is evaluated every epoch, P2 and P3
   every ``min(batches per epoch, 300)`` steps; a counter grows only when a head's accuracy falls
   below its best (a tie does not count); every head the phase computes is tracked, the frozen final
   head in P3 included; the best state is reloaded only when the phase stops early (the last state is
   kept at the epoch cap). Without ``patience`` there is no validation split and no evaluation.
 
-Under both, the state is kept whenever any tracked head improves, and a phase stops when every
+(The earlier spellings ``ours`` and ``authors`` are read as these.) Under both, the state is kept whenever any tracked head improves, and a phase stops when every
 tracked head's counter has reached ``patience``. ``train.eval_every`` overrides the cadence.
 
 Each epoch's shuffling and augmentation are seeded from ``(seed, phase, epoch)``; a checkpoint is
@@ -71,7 +71,7 @@ class PhaseResult:
 
 
 @dataclass
-class _Progress:
+class _PhaseState:
     """Everything the loop needs to resume a phase: saved at the end of every epoch."""
 
     epoch: int = 0
@@ -136,9 +136,9 @@ def epoch_batches(
     return [batch[rank::world_size] for batch in batches]
 
 
-def _phase_over(progress: _Progress, max_epochs: int, config: TrainConfig) -> bool:
-    """Whether a phase in ``progress`` has ended: at its epoch cap, stopped early or at its step cap."""
-    return progress.epoch >= max_epochs or progress.stopped_early or at_step_cap(config, progress.step)
+def _phase_over(state: _PhaseState, max_epochs: int, config: TrainConfig) -> bool:
+    """Whether a phase in ``state`` has ended: at its epoch cap, stopped early or at its step cap."""
+    return state.epoch >= max_epochs or state.stopped_early or at_step_cap(config, state.step)
 
 
 def at_step_cap(config: TrainConfig, step: int) -> bool:
@@ -153,8 +153,8 @@ def learning_rate(optim: OptimConfig, step: int, total_steps: int, steps_per_epo
         return optim.lr * (step + 1) / warmup
     if optim.schedule == "constant":
         return optim.lr
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    fraction_done = (step - warmup) / max(1, total_steps - warmup)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * min(1.0, fraction_done)))
 
 
 def make_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -177,7 +177,7 @@ def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch
     """Steps between a phase's validations (see the module's docstring), or ``None`` for none:
     ``train.eval_every`` when set, else ``min(batches per epoch, 300)``; under the authors' rule
     every epoch in P1, and never without ``patience``."""
-    if config.stopping == "authors":
+    if config.stopping == "restore-on-stop":
         if config.patience is None:
             return None
         if config.eval_every is None and config.phase_list[phase_index] == "P1":
@@ -188,17 +188,17 @@ def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch
 def stopping_plan(config: TrainConfig, phase_index: int) -> str:
     """How a phase is evaluated and stopped (:func:`evaluation_interval`), in words, as
     ``mexit train --dry-run`` shows it."""
-    if config.stopping == "authors" and config.patience is None:
+    if config.stopping == "restore-on-stop" and config.patience is None:
         return "no validation (authors' rule without patience); the last state is kept"
     if config.eval_every is not None:
         cadence = f"every {config.eval_every} steps"
-    elif config.stopping == "authors" and config.phase_list[phase_index] == "P1":
+    elif config.stopping == "restore-on-stop" and config.phase_list[phase_index] == "P1":
         cadence = "every epoch"
     else:
         cadence = "every min(batches per epoch, 300) steps"
     if config.patience is None:
         return f"validation {cadence}, no early stopping; the last state is kept"
-    if config.stopping == "authors":
+    if config.stopping == "restore-on-stop":
         rule = "ties do not count, every computed head tracked, the best state reloaded only after an early stop"
     else:
         rule = "ties count, the heads in the loss tracked, the best state reloaded"
@@ -214,7 +214,7 @@ def equilibrium_on(config: TrainConfig, phase_index: int) -> bool:
 def sums_exit_losses(config: TrainConfig, phase_index: int) -> bool:
     """Whether a phase trains on the sum of the exits' losses (IMTA's gradient equilibrium)
     instead of their weighted mean."""
-    return equilibrium_on(config, phase_index) and config.equilibrium == "imta"
+    return equilibrium_on(config, phase_index) and config.equilibrium == "coarsest-scale"
 
 
 def loss_scheme(config: TrainConfig, method: str) -> str:
@@ -235,7 +235,7 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
         if method == "l2w" and phase.trains_ics:
             weights = "learned per sample (L2W)"
         else:
-            values = exit_weights(scheme, exits, num_exits, progress=1.0) * (len(exits) if summed else 1)
+            values = exit_weights(scheme, exits, num_exits, fraction_done=1.0) * (len(exits) if summed else 1)
             weights = f"{scheme}{' x the exits, summed (IMTA)' if summed else ''}: " + " ".join(f"{w:.3g}" for w in values.tolist())
         trains = " + ".join(part for part, on in (("backbone", phase.trains_backbone), ("ICs", phase.trains_ics)) if on)
         rows.append(
@@ -307,7 +307,7 @@ def phase_mode(model: nn.Module, config: TrainConfig, phase_index: int) -> Itera
         handle.remove()
         model.ics_active = True
         model.gradient_equilibrium = False
-        model.equilibrium = "ours"
+        model.equilibrium = "whole-output"
 
 
 def train_phase(
@@ -344,11 +344,11 @@ def train_phase(
     return kept_state(model, state, config, setup.heads)
 
 
-def kept_state(model: nn.Module, state: _Progress, config: TrainConfig, heads: HeadView) -> PhaseResult:
+def kept_state(model: nn.Module, state: _PhaseState, config: TrainConfig, heads: HeadView) -> PhaseResult:
     """What a finished phase leaves: its best state where early stopping keeps it (the module's
     docstring: under the authors' rule only after an early stop), else its last."""
     restore_best = config.patience is not None and state.best_state is not None
-    if config.stopping == "authors":  # at the epoch cap their loop keeps the last state
+    if config.stopping == "restore-on-stop":  # at the epoch cap the authors' loop keeps the last state
         restore_best = restore_best and state.stopped_early
     if restore_best:
         model.load_phase_state(state.best_state)
@@ -415,17 +415,17 @@ class _PhaseLoop:
     def total_steps(self) -> int:
         return self.global_batches * self.setup.max_epochs
 
-    def resume(self, partial_path: Path | None, label: str) -> _Progress:
-        """The phase's progress: from its resume point at ``partial_path`` (weights, optimiser and
+    def resume(self, partial_path: Path | None, label: str) -> _PhaseState:
+        """The phase's state: from its resume point at ``partial_path`` (weights, optimiser and
         L2W state restored), or from its start."""
         outputs = len(self.setup.heads.names)
-        state = _Progress(best_acc=[-1.0] * outputs, bad_evals=[0] * outputs, loss_sum=torch.zeros(outputs))
+        state = _PhaseState(best_acc=[-1.0] * outputs, bad_evals=[0] * outputs, loss_sum=torch.zeros(outputs))
         saved = checkpoint.load_or_quarantine(partial_path) if partial_path is not None else None
         if saved is None:
             return state
         self.model.load_phase_state(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        state = _Progress(**saved["progress"])
+        state = _PhaseState(**saved["state"])
         if self.dist.is_main:
             print(f"[{label}{self.setup.name}] resuming after epoch {state.epoch} of {self.setup.max_epochs} "
                   f"(step {state.step}) from {partial_path}", file=sys.stderr, flush=True)
@@ -433,7 +433,7 @@ class _PhaseLoop:
             self.weighting.load(saved["weighting"])
         return state
 
-    def run_epoch(self, state: _Progress) -> None:
+    def run_epoch(self, state: _PhaseState) -> None:
         """One epoch of optimiser steps (seeded shuffling and augmentation), with the probes and
         evaluations that fall in it; it ends early when the phase stops or reaches its step cap."""
         setup, config, dist = self.setup, self.config, self.dist
@@ -466,7 +466,7 @@ class _PhaseLoop:
         state.epoch += 1
         state.wall_time_s += time.perf_counter() - started
 
-    def batch_loss(self, images: Tensor, targets: Tensor, state: _Progress) -> tuple[Tensor, Tensor, Tensor]:
+    def batch_loss(self, images: Tensor, targets: Tensor, state: _PhaseState) -> tuple[Tensor, Tensor, Tensor]:
         """The step's loss, each exit's loss in it, and the exits' weights: mixup, L2W's meta step
         and weighted loss, bf16 autocast on CUDA, IMTA's sum, the method's auxiliary term. Raises
         :class:`TrainingDiverged` on a loss that is not finite."""
@@ -509,11 +509,11 @@ class _PhaseLoop:
             nn.utils.clip_grad_norm_(self.params, self.setup.optim.clip_grad)
         self.optimizer.step()
 
-    def evaluate(self, state: _Progress) -> None:
+    def evaluate(self, state: _PhaseState) -> None:
         setup = self.setup
         _evaluate(self.model, self.val_set, self.config, self.dist, state, setup.heads, setup.exits, setup.name)
 
-    def end_epoch(self, state: _Progress, bar: PhaseProgress, partial_path: Path | None) -> None:
+    def end_epoch(self, state: _PhaseState, bar: PhaseProgress, partial_path: Path | None) -> None:
         """After an epoch: check that the weights are finite, show progress, and write the resume
         point where the phase goes on (a finished phase is stored whole by its caller)."""
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
@@ -524,14 +524,14 @@ class _PhaseLoop:
         heads = self.setup.heads
         bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{heads.name(i)}"] for i in self.setup.exits} if state.trace else {})
         if partial_path is not None and self.dist.is_main and not _phase_over(state, self.setup.max_epochs, self.config):
-            progress = {"model": heads.state(self.model), "optimizer": self.optimizer.state_dict(), "progress": dataclasses.asdict(state)}
+            resume_point = {"model": heads.state(self.model), "optimizer": self.optimizer.state_dict(), "state": dataclasses.asdict(state)}
             if self.weighting is not None:
-                progress["weighting"] = self.weighting.state()
-            checkpoint.save_tensors(partial_path, progress)
+                resume_point["weighting"] = self.weighting.state()
+            checkpoint.save_tensors(partial_path, resume_point)
 
 
 def _record_probe(
-    probe: Probe, model: nn.Module, state: _Progress, phase_name: str, exits: Sequence[int], weights: Tensor
+    probe: Probe, model: nn.Module, state: _PhaseState, phase_name: str, exits: Sequence[int], weights: Tensor
 ) -> float:
     """Run ``probe`` at the current step, keep its rows; returns the seconds it took, which the
     phase's wall time leaves out (a measurement is not training)."""
@@ -547,7 +547,7 @@ def _evaluate(
     val_set: Dataset,
     config: TrainConfig,
     dist: DistContext,
-    state: _Progress,
+    state: _PhaseState,
     heads: HeadView,
     exits: Sequence[int],
     phase_name: str,
@@ -567,13 +567,13 @@ def _evaluate(
     state.loss_sum = torch.zeros_like(state.loss_sum)
     state.loss_steps = 0
     improved = False
-    positions = range(len(heads.names)) if config.stopping == "authors" else heads.positions(exits)
+    positions = range(len(heads.names)) if config.stopping == "restore-on-stop" else heads.positions(exits)
     for i in positions:
         if accuracy[i] > state.best_acc[i]:
             state.best_acc[i] = float(accuracy[i])
             state.bad_evals[i] = 0
             improved = True
-        elif accuracy[i] < state.best_acc[i] or config.stopping == "ours":  # the authors' ties do not count
+        elif accuracy[i] < state.best_acc[i] or config.stopping == "restore-best":  # the authors' ties do not count
             state.bad_evals[i] += 1
     if config.patience is None:
         return

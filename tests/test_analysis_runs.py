@@ -23,14 +23,14 @@ from mexit.analysis import runs as analysis_runs  # noqa: E402
 from mexit.analysis.plots import block_profile, dominance_grid, dominance_heatmap, path_grid, plane_contour  # noqa: E402
 from mexit.models import build  # noqa: E402
 from mexit.store import RunStore  # noqa: E402
-from mexit.study import ParameterError, Study, study  # noqa: E402
+from mexit.study import ParameterError, Study, make_study  # noqa: E402
 
 ROW = {"label": "tiny", "config": "tiny", "overrides": []}
 
 
 def _study(root: Path, **changes: Any) -> Study:
     params: dict[str, Any] = {"rows": [ROW], "seeds": [0, 1], "regimes": ["disjoint", "joint", "mixed"], "runs_root": str(root)}
-    return study(**{**params, **changes})
+    return make_study(**{**params, **changes})
 
 
 @pytest.fixture(scope="module")

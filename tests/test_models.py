@@ -385,9 +385,9 @@ def test_imta_gradient_equilibrium_scales_a_chain_backbone_exactly_as_ours() -> 
     model.gradient_equilibrium = True
     x = torch.randn(4, 1, 8, 8, dtype=torch.double)
     for exit_index in range(model.num_exits):
-        model.equilibrium = "ours"
+        model.equilibrium = "whole-output"
         ours = grads(model, x, exit_index, model)
-        model.equilibrium = "imta"
+        model.equilibrium = "coarsest-scale"
         assert torch.equal(grads(model, x, exit_index, model), ours) and ours.abs().sum() > 0
 
 

@@ -201,7 +201,7 @@ def test_imta_gradient_equilibrium_scales_the_coarsest_scale_only() -> None:
         model.gradient_equilibrium = False
         plain[exit_index] = _output_grad(model, x, exit_index, block)
         model.gradient_equilibrium = True
-        for rule, found in (("ours", ours), ("imta", imta)):
+        for rule, found in (("whole-output", ours), ("coarsest-scale", imta)):
             model.equilibrium = rule
             found[exit_index] = _output_grad(model, x, exit_index, block)
     finer, coarsest = 0, 1
@@ -215,7 +215,7 @@ def test_imta_gradient_equilibrium_scales_the_coarsest_scale_only() -> None:
     model.gradient_equilibrium = False
     stem_plain = _stem_grad(model, x, 2)
     model.gradient_equilibrium = True
-    model.equilibrium = "ours"
+    model.equilibrium = "whole-output"
     assert torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-9, atol=1e-15)
-    model.equilibrium = "imta"
+    model.equilibrium = "coarsest-scale"
     assert not torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-3)

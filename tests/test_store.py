@@ -299,11 +299,11 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    progress = checkpoint.load_tensors(partial)["progress"]
-    assert 0 < progress["epoch"] < 6
+    state = checkpoint.load_tensors(partial)["state"]
+    assert 0 < state["epoch"] < 6
     resumed_process = subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True, text=True)
     assert resumed_process.returncode == 0
-    assert f"P2] resuming after epoch {progress['epoch']} of 6" in resumed_process.stderr
+    assert f"P2] resuming after epoch {state['epoch']} of 6" in resumed_process.stderr
     resumed = train_or_load(RunStore(killed_root), config)
     fresh = train_or_load(RunStore(tmp_path / "fresh"), config)
     assert torch.equal(resumed.logits("test"), fresh.logits("test"))
@@ -558,8 +558,8 @@ def test_a_dry_run_shows_each_phase_and_trains_nothing(tmp_path: Path, capsys: p
     # the authors' P3: lr 0.02, and the mean over all 7 heads (the frozen final head's term included)
     assert p3["trains"] == "ICs" and p3["lr"] == "0.02" and p3["loss_exits"] == "1 2 3 4 5 6 H" and p3["loss_weights"].count("0.143") == 7
     # the authors' early stopping: P1 evaluated every epoch, P3 every min(batches, 300) steps
-    assert p1["stopping"].startswith("validation every epoch, patience 50 (authors: ties do not count")
-    assert p3["stopping"].startswith("validation every min(batches per epoch, 300) steps, patience 50 (authors")
+    assert p1["stopping"].startswith("validation every epoch, patience 50 (restore-on-stop: ties do not count")
+    assert p3["stopping"].startswith("validation every min(batches per epoch, 300) steps, patience 50 (restore-on-stop")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "phases").exists()
 
 

@@ -127,7 +127,7 @@ def _replay_stopping(accuracy: np.ndarray, patience: int, ties_count: bool) -> i
 
 def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_the_cap(tmp_path: Path) -> None:
     overrides = ["train.regime=joint", "train.epochs=30", "train.patience=2", "train.eval_every=2", "train.optim.lr=0.002",
-                 "train.dominance_every=0", "train.stopping=authors"]  # fmt: skip
+                 "train.dominance_every=0", "train.stopping=restore-on-stop"]  # fmt: skip
     run = train_or_load(RunStore(tmp_path), load_config("tiny", overrides))
     accuracy = run.trace()[[f"val_acc_{i}" for i in range(3)]].to_numpy()
     stop = _replay_stopping(accuracy, patience=2, ties_count=False)
@@ -136,7 +136,7 @@ def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_t
     # at the epoch cap (no early stop) the authors keep the last state, ours reloads the best one; the
     # last of the 33 steps is not an evaluation's (every 4th), so the best state is never the last
     capped = ["train.regime=joint", "train.epochs=3", "train.patience=100", "train.eval_every=4", "train.dominance_every=0"]
-    authors, ours = (train_or_load(RunStore(tmp_path), load_config("tiny", [*capped, f"train.stopping={rule}"])) for rule in ("authors", "ours"))
+    authors, ours = (train_or_load(RunStore(tmp_path), load_config("tiny", [*capped, f"train.stopping={rule}"])) for rule in ("restore-on-stop", "restore-best"))
     assert authors.metrics["phase_stopped_early"] == ours.metrics["phase_stopped_early"] == [False]
     assert authors.phases()["steps"].tolist() == [33] and authors.phases()["best_step"].tolist() == [33]
     assert ours.phases()["best_step"].iloc[0] in set(ours.trace()["step"]) and ours.phases()["best_step"].iloc[0] < 33
@@ -145,7 +145,7 @@ def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_t
 
 def test_the_authors_p3_tracks_the_frozen_final_head_which_only_augmented_validation_moves(tmp_path: Path) -> None:
     overrides = ["train.regime=disjoint", "train.epochs=[1, 2]", "train.patience=1", "train.eval_every=2", "train.dominance_every=0",
-                 "train.stopping=authors"]  # fmt: skip
+                 "train.stopping=restore-on-stop"]  # fmt: skip
     plain = train_or_load(RunStore(tmp_path), load_config("tiny", overrides))
     p3 = plain.trace().query("phase == 'P3'")
     assert p3["val_acc_2"].nunique() == 1  # frozen, evaluated on fixed images: every evaluation ties
@@ -158,13 +158,13 @@ def test_the_authors_rule_evaluates_p1_every_epoch_and_never_without_patience(tm
     from mexit import data
     from mexit.train import evaluation_interval
 
-    authors = load_config("tiny", ["train.regime=mixed", "train.patience=5", "train.stopping=authors"]).train
+    authors = load_config("tiny", ["train.regime=mixed", "train.patience=5", "train.stopping=restore-on-stop"]).train
     ours = load_config("tiny", ["train.regime=mixed", "train.patience=5"]).train
     assert [evaluation_interval(authors, i, 1000) for i in (0, 1)] == [1000, 300]
     assert [evaluation_interval(ours, i, 1000) for i in (0, 1)] == [300, 300]
     assert [evaluation_interval(authors, i, 40) for i in (0, 1)] == [40, 40]
     # without patience the authors hold out nothing and evaluate nothing: every training image trains
-    config = load_config("tiny", ["train.regime=joint", "train.dominance_every=0", "train.stopping=authors"])
+    config = load_config("tiny", ["train.regime=joint", "train.dominance_every=0", "train.stopping=restore-on-stop"])
     assert not config.train.holds_out_validation and evaluation_interval(config.train, 0, 40) is None
     run = train_or_load(RunStore(tmp_path), config)
     assert run.trace().empty and not run.has_validation and run.outputs().val_logits is None
@@ -183,14 +183,14 @@ def test_mixup_mode_is_passed_to_timm_and_checked() -> None:
     assert _mixup(OptimConfig(mixup=0.8), 10).mode == "batch"
     with pytest.raises(ValueError, match="mixup_mode 'sample'; allowed: batch, pair, elem"):
         load_config("tiny", ["train.optim.mixup_mode=sample"]).validate()
-    with pytest.raises(ValueError, match="train.stopping 'theirs'; allowed: ours, authors"):
+    with pytest.raises(ValueError, match="train.stopping 'theirs'; allowed: restore-best, restore-on-stop"):
         load_config("tiny", ["train.stopping=theirs"]).validate()
     with pytest.raises(ValueError, match="data.val_transform must be one of"):
         load_config("tiny", ["data.val_transform=augmented"]).validate()
 
 
-def test_equilibrium_is_ours_or_imta() -> None:
-    with pytest.raises(ValueError, match="unknown train.equilibrium 'li'; allowed: ours, imta"):
+def test_equilibrium_scales_the_whole_output_or_the_coarsest_scale() -> None:
+    with pytest.raises(ValueError, match="unknown train.equilibrium 'li'; allowed: whole-output, coarsest-scale"):
         load_config("tiny", ["train.equilibrium=li"]).validate()
 
 
@@ -198,7 +198,7 @@ def test_equilibrium_keys_p2_and_leaves_p1_shared() -> None:
     from mexit.store import phase_keys
 
     ours, imta = (phase_keys(load_config("tiny", ["train.gradient_equilibrium=true", f"train.equilibrium={rule}"]))
-                  for rule in ("ours", "imta"))
+                  for rule in ("whole-output", "coarsest-scale"))
     assert ours[0] == imta[0] and ours[1] != imta[1]  # mixed: P1, P2
 
 
@@ -221,19 +221,19 @@ def test_imta_equilibrium_trains_on_the_sum_of_the_exits_losses(tmp_path: Path, 
     monkeypatch.setattr(mexit.train.nn.utils, "clip_grad_norm_", first_norm)
     base = ["train.regime=joint", "train.dominance_every=0", "train.optim.clip_grad=1e9"]  # measures, never clips
     for equilibrium in ("true", "false"):
-        for rule in ("ours", "imta"):
+        for rule in ("whole-output", "coarsest-scale"):
             config = load_config("tiny", [*base, f"train.gradient_equilibrium={equilibrium}", f"train.equilibrium={rule}"])
             with pytest.raises(_FirstStep) as stop:
                 train_or_load(RunStore(tmp_path / equilibrium / rule), config)
             norms[equilibrium, rule] = stop.value.args[0]
-    assert norms["true", "imta"] == pytest.approx(3 * norms["true", "ours"], rel=1e-5)
-    assert norms["false", "imta"] == norms["false", "ours"] != norms["true", "ours"]
+    assert norms["true", "coarsest-scale"] == pytest.approx(3 * norms["true", "whole-output"], rel=1e-5)
+    assert norms["false", "coarsest-scale"] == norms["false", "whole-output"] != norms["true", "whole-output"]
 
 
 def test_the_dry_run_shows_imtas_summed_loss() -> None:
     from mexit.train import phase_plan
 
-    config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=imta"]).train
+    config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=coarsest-scale"]).train
     p1, p2 = phase_plan(config, "sdn", num_exits=3)
     assert p1["loss_weights"] == "uniform: 1" and p2["loss_weights"] == "uniform x the exits, summed (IMTA): 1 1 1"
 

@@ -150,7 +150,7 @@ def connectivity_paths(
                     return walk(
                         run_a.model(_device()), run_b.model(_device()), train_set, eval_set, points=points,
                         bn_batches=bn_batches, batch_size=batch_size, seed=seed,
-                        progress=f"{path} {row.label} s{seed} {pair_label(a, b)}",
+                        progress_label=f"{path} {row.label} s{seed} {pair_label(a, b)}",
                     )
 
                 table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute)
@@ -220,7 +220,7 @@ def connectivity_plane(
             device = _device()
             return loss_plane(
                 [run.model(device) for run in trio], train_set, eval_set, points=points, margin=margin,
-                bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress=f"plane {row.label} s{chosen}",
+                bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress_label=f"plane {row.label} s{chosen}",
             )
 
         grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute)
