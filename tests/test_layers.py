@@ -93,3 +93,26 @@ def test_the_store_only_stores() -> None:
     tree = ast.parse((PACKAGE / "store.py").read_text())
     doers = [target for _, target in imported(tree) if target.startswith(("mexit.train", "mexit.analysis", "mexit.flops", "mexit.distributed", "mexit.data"))]
     assert not doers
+
+
+LONGEST_FUNCTION = 60  # lines of code (docstrings, comments and blank lines aside)
+ARGUMENT_PARSERS = {"mexit.cli.main"}  # a parser's declarations are long and say one thing each
+
+
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, source: list[str]) -> int:
+    body = node.body
+    first = body[1] if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body[0]
+    lines = source[first.lineno - 1 : node.end_lineno]
+    return sum(1 for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def test_no_function_of_the_package_is_longer_than_sixty_lines_of_code() -> None:
+    long, seen = [], 0
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(source))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name, seen = f"{module_name(path)}.{node.name}", seen + 1
+                if name not in ARGUMENT_PARSERS and code_lines(node, source) > LONGEST_FUNCTION:
+                    long.append(f"{name} ({code_lines(node, source)} lines)")
+    assert seen > 500 and long == []
