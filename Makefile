@@ -7,7 +7,7 @@ JOBS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mexit-installed
 
-.PHONY: book test test-outputs install clean-book
+.PHONY: book test test-outputs install browser clean-book
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(STAMP)
 book: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mexit book --profile $(PROFILE) --jobs $(JOBS)
 
-test: $(STAMP)
+# The browser check opens the built book in Chromium: installed from Debian's packages where missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 test-outputs: $(STAMP)

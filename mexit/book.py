@@ -7,18 +7,21 @@ with the prose of ``book/`` into ``_build/html``.
 A profile (``mexit/profiles/<name>.yaml``) is only a set of parameter values, in the manner of
 NCAR CUPiD's ``config.yml``: ``global_params`` go to every notebook, ``notebooks.<name>`` adds or
 replaces values for one notebook. Each notebook receives only the parameters its ``parameters``
-cell declares, plus ``runs_root`` (the shared run store) and ``profile`` (the profile's name, shown
-beside each verdict).
+cell declares, plus ``profile`` (the profile's name, shown beside each verdict). The run store
+reaches the notebooks as ``$MEXIT_RUNS`` while they execute, not as a parameter: a rendered page
+shows the parameters a reader can reuse, not a folder of the machine that built it.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,12 @@ def copy_sources(root: Path, target: Path) -> Path:
     return target
 
 
+def profile_label(name: str) -> str:
+    """How a page names its profile: a shipped profile's name, or a profile file's stem (never a
+    folder of the machine that built the book)."""
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
 def load_profile(name: str) -> dict[str, Any]:
     """A profile's ``global_params`` and per-notebook ``notebooks`` parameter groups, from a shipped
     profile's name or a YAML file of the same shape."""
@@ -94,7 +103,7 @@ def needed_runs(
     that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
     runs, and those of its ``fresh_seeds`` where it declares them (Table 1's verdicts on fresh seeds). ``require_data`` False plans runs whose ``data_root`` is not on this machine.
     """
-    from mexit.study import run_label, study
+    from mexit.study import make_study, run_label
 
     needed: dict[str, tuple[str, Any]] = {}
     for name, parameters in declared.items():
@@ -104,7 +113,7 @@ def needed_runs(
         if "variants" in parameters and "variants" not in values:
             continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
         values = {**declared_defaults(parameters), **values}  # what the profile leaves out, the notebook's default gives
-        s = study(
+        s = make_study(
             rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
             variants=values.get("variants"), require_data=require_data,
         )
@@ -142,6 +151,7 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
     cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
     1.3x the work of one process on two threads."""
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     if jobs < 1:
@@ -153,7 +163,7 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     if jobs == 1:
         store = RunStore(runs_root)
         for label, config in needed.values():
-            store.get(config, progress_label=label)
+            train_or_load(store, config, progress_label=label)
     else:
         _train_in_processes(needed, runs_root, jobs)
     print(f"runs ready in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
@@ -181,12 +191,13 @@ def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None
     import torch
 
     from mexit.config import RunConfig
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     torch.set_num_threads(1)
     store = RunStore(runs_root)
     for label, config in runs:
-        store.get(RunConfig.from_dict(config), progress_label=label)
+        train_or_load(store, RunConfig.from_dict(config), progress_label=label)
 
 
 def execute_notebooks(
@@ -200,18 +211,17 @@ def execute_notebooks(
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(load_profile(profile_name), profile_name, root, root / GENERATED_DIR, store, only, inject_runs_root=True, jobs=jobs)
+    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
     """Execute every notebook at the ``tiny`` profile into ``tests/notebooks/``: the outputs nbval
-    compares (``make test-outputs``). ``runs_root`` is not injected, so the stored copies name no
-    machine's path and use ``$MEXIT_RUNS`` when re-executed."""
+    compares (``make test-outputs``)."""
     from mexit.store import default_root
 
     root = (root or Path.cwd()).resolve()
     store = (root / default_root()).resolve()
-    return _execute(load_profile("tiny"), "tiny", root, root / TEST_OUTPUT_DIR, store, None, inject_runs_root=False)
+    return _execute(load_profile("tiny"), "tiny", root, root / TEST_OUTPUT_DIR, store, None)
 
 
 def _execute(
@@ -221,11 +231,8 @@ def _execute(
     into: Path,
     store: Path,
     only: Sequence[str] | None,
-    inject_runs_root: bool,
     jobs: int = 1,
 ) -> list[Executed]:
-    import papermill
-
     available = notebook_names(root)
     names = list(only) if only else available
     unknown = [name for name in names if name not in available]
@@ -233,31 +240,46 @@ def _execute(
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
     declared = declared_parameters(root, names)
     train_needed(profile, declared, store, jobs)
-    executed = []
-    for name in names:
-        source = root / NOTEBOOK_DIR / f"{name}.ipynb"
-        target = into / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        values = {
-            **notebook_parameters(profile, name),
-            "profile": profile_name,
-            **({"runs_root": str(store)} if inject_runs_root else {}),
-        }
-        parameters = {key: value for key, value in values.items() if key in declared[name]}
-        started = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False,
-                kernel_name="python3", stderr_file=sys.stderr,  # the analyses' progress, on the terminal
-            )
-        except papermill.PapermillExecutionError as error:
-            raise NotebookError(
-                f"notebook {name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (executed copy: {target})"
-            ) from None
-        seconds = time.perf_counter() - started
-        print(f"executed {name} with profile {profile_name!r} in {seconds:.1f}s", file=sys.stderr, flush=True)
-        executed.append(Executed(name, target, seconds))
-    return executed
+    with _runs_in(store):
+        return [_execute_one(profile, profile_name, root, into, name, declared[name]) for name in names]
+
+
+@contextmanager
+def _runs_in(store: Path) -> Iterator[None]:
+    """``$MEXIT_RUNS`` set to ``store`` (for the notebooks' kernels), then set back."""
+    before = os.environ.get("MEXIT_RUNS")
+    os.environ["MEXIT_RUNS"] = str(store)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MEXIT_RUNS"]
+        else:
+            os.environ["MEXIT_RUNS"] = before
+
+
+def _execute_one(profile: Mapping[str, Any], profile_name: str, root: Path, into: Path, name: str, declared: Mapping[str, Any]) -> Executed:
+    """Execute notebook ``name`` with the profile's values of the parameters it declares into ``into``."""
+    import papermill
+
+    source = root / NOTEBOOK_DIR / f"{name}.ipynb"
+    target = into / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    values = {**notebook_parameters(profile, name), "profile": profile_name}
+    parameters = {key: value for key, value in values.items() if key in declared}
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False,
+            kernel_name="python3", stderr_file=sys.stderr,  # the analyses' progress, on the terminal
+        )
+    except papermill.PapermillExecutionError as error:
+        raise NotebookError(
+            f"notebook {name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (executed copy: {target})"
+        ) from None
+    seconds = time.perf_counter() - started
+    print(f"executed {name} with profile {profile_name!r} in {seconds:.1f}s", file=sys.stderr, flush=True)
+    return Executed(name, target, seconds)
 
 
 def build_book(
@@ -297,8 +319,8 @@ def build_smoke_book(
     profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
     smoke.ensure_data(directory, smoke.datasets_read(profile_values))
     target = copy_sources(root, directory / "book")
-    _add_banner(target / "_config.yml", smoke.banner(profile))
-    _execute(profile_values, f"{profile} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, True, jobs)
+    _add_banner(target / "_config.yml", smoke.banner(profile_label(profile)))
+    _execute(profile_values, f"{profile_label(profile)} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, jobs)
     return render(target, started) if build else 0
 
 

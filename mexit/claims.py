@@ -490,13 +490,23 @@ def dominance_claims(end: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     return decide(rows, evidence)
 
 
+BASIN_PAIRS: tuple[tuple[str, str], ...] = (("disjoint", "mixed"), ("joint", "mixed"))
+"""The pairs of regimes whose linear paths the basin claims measure."""
+
+
+def final_barriers(barriers: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`mexit.analysis.runs.barrier_table` that the basin claims measure: the
+    linear paths' barriers at each row's final exit."""
+    linear = barriers[barriers["path"] == "linear"]
+    return linear[linear["exit"] == linear.groupby("row")["exit"].transform("max")]
+
+
 def connectivity_claims(barriers: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     """The basin claims per row, from the linear paths' :func:`mexit.analysis.runs.barrier_table`
-    (the final exit's error barrier), decided on ``evidence``."""
+    (the final exit's error barrier, :func:`final_barriers`), decided on ``evidence``."""
     rows = []
-    for label, frame in barriers[barriers["path"] == "linear"].groupby("row", sort=False):
-        final = frame[frame["exit"] == frame["exit"].max()]
-        for claim, pair in ((DISJOINT_MIXED_ONE_BASIN, ("disjoint", "mixed")), (JOINT_OTHER_BASIN, ("joint", "mixed"))):
+    for label, final in final_barriers(barriers).groupby("row", sort=False):
+        for claim, pair in zip((DISJOINT_MIXED_ONE_BASIN, JOINT_OTHER_BASIN), BASIN_PAIRS):
             barrier = final[final["pair"] == pair_label(*pair)]["error_barrier"].tolist()
             rows.append(assess(claim, barrier, label, Compared(str(label), pair)))
     return decide(rows, evidence)

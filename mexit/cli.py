@@ -122,6 +122,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     # --regimes and --seeds take several values, so overrides written after them land there too.
@@ -145,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     for config in configs:
         started = time.perf_counter()
         label = f"{config.train.regime if config.train.phases is None else '+'.join(config.train.phases)} s{config.train.seed} "
-        run = store.get(config, device=args.device, progress_label=label)
+        run = train_or_load(store, config, device=args.device, progress_label=label)
         if os.environ.get("RANK", "0") != "0":
             continue
         acc = run.metrics["test_acc"]

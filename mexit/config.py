@@ -31,9 +31,18 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 LOSS_WEIGHTS: tuple[str, ...] = ("auto", "uniform", "linear", "sdn")
 P3_LOSSES: tuple[str, ...] = ("ics", "all_heads")
-STOPPING_RULES: tuple[str, ...] = ("ours", "authors")
-EQUILIBRIA: tuple[str, ...] = ("ours", "imta")
+# which state early stopping keeps: always the best one (ours), or the best only after an early stop
+# and the last at the epoch cap (the authors' loop; see mexit.train)
+STOPPING_RULES: tuple[str, ...] = ("restore-best", "restore-on-stop")
+# which part of a block's output gradient equilibrium scales: all of it (ours), or an MSDNet's
+# coarsest scale only, with the exits' losses summed (IMTA's code)
+EQUILIBRIA: tuple[str, ...] = ("whole-output", "coarsest-scale")
 MIXUP_MODES: tuple[str, ...] = ("batch", "pair", "elem")
+
+
+class ParameterError(ValueError):
+    """A parameter (of a notebook, a study or a scoring) is wrong; the message names it and says
+    what is allowed."""
 
 
 @dataclass
@@ -136,9 +145,9 @@ class TrainConfig:
     loss_weights: str = "auto"
     p3_loss: str = "ics"
     gradient_equilibrium: bool = False
-    equilibrium: str = "ours"
+    equilibrium: str = "whole-output"
     patience: int | None = None
-    stopping: str = "ours"
+    stopping: str = "restore-best"
     eval_every: int | None = None
     eval_batch_size: int = 512
     num_workers: int = 0
@@ -164,7 +173,7 @@ class TrainConfig:
     def holds_out_validation(self) -> bool:
         """Whether a validation split is carved out of train: always under our rule; under the
         authors' only when early stopping is on (else every training image trains)."""
-        return self.stopping == "ours" or self.patience is not None
+        return self.stopping == "restore-best" or self.patience is not None
 
     def optim_for(self, phase_index: int) -> OptimConfig:
         """The optimiser settings of one phase: the shared ones with that phase's overrides."""
@@ -407,12 +416,26 @@ def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
+OPTION_ALIASES: dict[str, dict[str, str]] = {
+    "data.augment": {"ours": "crop-flip", "authors": "trivial-augment"},
+    "train.stopping": {"ours": "restore-best", "authors": "restore-on-stop"},
+    "train.equilibrium": {"ours": "whole-output", "imta": "coarsest-scale"},
+}
+"""Earlier spellings of option values, by ``section.field``, still read (from stored configs, YAML
+and overrides) as the names that say what they do."""
+
+
 def _known(cls: type, values: Mapping[str, Any], section: str) -> dict[str, Any]:
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - allowed
     if unknown:
         raise ValueError(f"unknown {section} fields {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return dict(values)
+    return {name: _unaliased(f"{section}.{name}", value) for name, value in values.items()}
+
+
+def _unaliased(option: str, value: Any) -> Any:
+    """``value`` under its current name, where it is an earlier spelling (:data:`OPTION_ALIASES`)."""
+    return OPTION_ALIASES.get(option, {}).get(value, value) if isinstance(value, str) else value
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -3,13 +3,13 @@
 The cost of leaving at exit k is everything run to produce its logits: the backbone up to the
 block it reads plus every internal classifier up to and including k (the paper's convention).
 Each exit is counted on one input (batch 1) in eval mode: under "macs" in one pass, exit by
-exit; under "authors" as a forward that stops at its logits (fvcore traces whole forwards).
+exit; under "fvcore" as a forward that stops at its logits (fvcore traces whole forwards).
 Two countings (`COUNTINGS`):
 
 - "macs" (ours): the multiply-adds of convolutions, linear layers, matrix products and attention,
   from `torch.utils.flop_counter.FlopCounterMode`; nothing element-wise (activations, additions,
   pooling, softmax) and no normalisation.
-- "authors": the authors' setup (`flop_count` and `OP_HANDLERS` in utils.py of
+- "fvcore" (the authors'): their setup (`flop_count` and `OP_HANDLERS` in utils.py of
   kamadforge/early-exit-benchmark, used by eval.py), i.e. fvcore's `FlopCountAnalysis` on a JIT
   trace with fvcore's default handlers (the same multiply-adds; in eval mode BatchNorm 2 per element
   with an affine map, else 1; LayerNorm and GroupNorm 5 per element with an affine map, else 4;
@@ -22,7 +22,7 @@ Two countings (`COUNTINGS`):
   scaling, 1 for an attention-mask tensor and 2 for the softmax. Ops with no handler count 0: ReLU,
   max and average pooling (non-adaptive), concatenation among them.
 
-Units: MACs (multiply-accumulates; fvcore calls one multiply-add one "flop", and under "authors"
+Units: MACs (multiply-accumulates; fvcore calls one multiply-add one "flop", and under "fvcore"
 every counted element-wise op is one such unit too) and FLOPs = 2 x MACs.
 """
 from __future__ import annotations
@@ -46,7 +46,8 @@ with warnings.catch_warnings():  # fvcore scripts a function with torch's deprec
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import Handle, elementwise_flop_counter, get_shape
 
-COUNTINGS = ("macs", "authors")
+COUNTINGS = ("macs", "fvcore")
+COUNTING_ALIASES = {"authors": "fvcore"}  # the earlier spelling
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,9 @@ class _Backbone(nn.Module):
 
 def exit_costs(model: MultiExit, input_shape: Sequence[int] | None = None, counting: str = "macs") -> ExitCosts:
     """Per-exit cumulative cost of `model` on one input of `input_shape` (default `model.input_shape`),
-    under `counting`: "macs" (ours) or "authors" (the authors' fvcore setup); see the module docstring."""
+    under `counting`: "macs" (ours) or "fvcore" (the authors' fvcore setup; "authors" is read as
+    it); see the module docstring."""
+    counting = COUNTING_ALIASES.get(counting, counting)
     if counting not in COUNTINGS:
         raise ValueError(f"counting must be one of {COUNTINGS}, got {counting!r}")
     shape = tuple(input_shape or model.input_shape)
@@ -211,17 +214,17 @@ def exit_costs(model: MultiExit, input_shape: Sequence[int] | None = None, count
 
 
 def counting_difference(model: MultiExit, input_shape: Sequence[int] | None = None) -> pd.DataFrame:
-    """One row per exit (0-based): its cumulative cost under each counting (`macs`, `authors`), each
-    as % of the plain backbone's cost under the same counting (`macs_pct`, `authors_pct`), and
-    `difference_pp` = authors_pct - macs_pct in percentage points."""
+    """One row per exit (0-based): its cumulative cost under each counting (`macs`, `fvcore`), each
+    as % of the plain backbone's cost under the same counting (`macs_pct`, `fvcore_pct`), and
+    `difference_pp` = fvcore_pct - macs_pct in percentage points."""
     frame = pd.DataFrame({"exit": range(model.num_exits)})
     for counting in COUNTINGS:
         costs = exit_costs(model, input_shape, counting).to_frame()
         frame[counting] = costs["macs"]
         frame[f"{counting}_pct"] = costs["pct_of_backbone"]
-    frame["difference_pp"] = frame["authors_pct"] - frame["macs_pct"]
+    frame["difference_pp"] = frame["fvcore_pct"] - frame["macs_pct"]
     frame.attrs["units"] = (
-        "macs, authors: multiply-adds (fvcore's 'flops'); *_pct: % of the backbone's cost under the same "
-        "counting; difference_pp: authors_pct - macs_pct, percentage points"
+        "macs, fvcore: multiply-adds (fvcore's 'flops'); *_pct: % of the backbone's cost under the same "
+        "counting; difference_pp: fvcore_pct - macs_pct, percentage points"
     )
     return frame

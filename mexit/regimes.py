@@ -84,7 +84,7 @@ def apply_phase(model: nn.Module, phase: Phase) -> PhaseHandle:
 
 
 def exit_weights(
-    scheme: str, exits: Sequence[int], num_exits: int, progress: float = 1.0
+    scheme: str, exits: Sequence[int], num_exits: int, fraction_done: float = 1.0
 ) -> Tensor:
     """Loss weight of each exit in ``exits`` (indices among ``num_exits``), summing to 1.
 
@@ -92,8 +92,8 @@ def exit_weights(
     - ``linear``: weights growing linearly with depth, ``(i + 1) / sum`` (GPF, as the authors; our
       trained PBEE).
     - ``sdn``: our reading of SDN's schedule (Kaya et al., ICML 2019): an IC at relative depth
-      ``tau = (i + 1) / num_exits`` has weight ``0.01 + (tau - 0.01) * progress``, growing with the
-      phase's ``progress`` in [0, 1]; the final exit weighs 1. Normalised to sum to 1.
+      ``tau = (i + 1) / num_exits`` has weight ``0.01 + (tau - 0.01) * fraction_done``, growing with the
+      fraction of the phase's steps done, ``fraction_done`` in [0, 1]; the final exit weighs 1. Normalised to sum to 1.
     """
     depth = torch.tensor([float(i + 1) for i in exits])
     if scheme == "uniform":
@@ -103,7 +103,7 @@ def exit_weights(
     elif scheme == "sdn":
         tau = depth / num_exits
         weights = torch.where(
-            torch.tensor([i == num_exits - 1 for i in exits]), torch.ones(len(exits)), 0.01 + (tau - 0.01) * progress
+            torch.tensor([i == num_exits - 1 for i in exits]), torch.ones(len(exits)), 0.01 + (tau - 0.01) * fraction_done
         )
     else:
         raise ValueError(f"unknown loss weighting {scheme!r}; allowed: uniform, linear, sdn")

@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from mexit import checkpoint, data
+from mexit import checkpoint
 from mexit.config import RunConfig, code_identity, data_identity, stable_hash
 
 if TYPE_CHECKING:
     import torch
 
-    from mexit import distributed
     from mexit.evaluate import ExitOutputs
-    from mexit.train import PhaseResult, Probe
+    from mexit.train import PhaseResult
 
 DEFAULT_ROOT = "runs"
 
@@ -151,7 +150,7 @@ class Run:
         _check_split(split)
         if split == "val" and not self.has_validation:
             raise ValueError(
-                f"run {self.key} has no validation split: under train.stopping=authors without early stopping every "
+                f"run {self.key} has no validation split: under train.stopping=restore-on-stop without early stopping every "
                 "training image trains"
             )
         return split
@@ -263,33 +262,74 @@ def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classe
 
 
 class RunStore:
-    """Trains or loads runs by config; see the module docstring for the layout."""
+    """Stored runs, phases and analyses; see the module docstring for the layout. Training into
+    it is :func:`mexit.pipeline.train_or_load`."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
 
-    def get(self, config: RunConfig, *, device: str = "auto", progress_label: str = "") -> Run:
-        """The run of ``config``: loaded if stored, resumed if interrupted, trained otherwise."""
-        config.validate()
-        run_dir = self.root / "runs" / config.key()
+    def run_dir(self, config: RunConfig) -> Path:
+        """Where the run of ``config`` is (or will be) stored."""
+        return self.root / "runs" / config.key()
+
+    def phase_dir(self, key: str) -> Path:
+        """Where the phase of ``key`` (:func:`phase_keys`) is (or will be) stored."""
+        return self.root / "phases" / key
+
+    def load(self, config: RunConfig) -> Run | None:
+        """The stored run of ``config``, or None where it is not finished (or was damaged, and set aside)."""
+        run_dir = self.run_dir(config)
         if (run_dir / "metrics.json").exists() and self._usable(run_dir):
             return Run(run_dir)
-        from mexit import distributed
-        from mexit.train import seed_everything
+        return None
 
-        ctx = distributed.context(device)
-        config.train.check_world_size(ctx.world_size)
-        if config.model.method == "l2w" and ctx.world_size > 1:
-            raise ValueError("model.method=l2w trains on one process only: its weight network is not synchronised across ranks")
-        # Data and model first: a missing dataset or a bad placement fails before anything is stored.
-        splits = data.load(config.data, holdout=config.train.holds_out_validation)
-        seed_everything(config.train.seed)
-        model = build_model(config, splits.input_shape, splits.num_classes).to(ctx.device)
-        with self._lock(run_dir, ctx.is_main):
-            if (run_dir / "metrics.json").exists() and self._usable(run_dir):
-                return Run(run_dir)
-            self._train(config, run_dir, ctx, progress_label, splits, model)
-        ctx.barrier()
+    def load_phase(self, key: str) -> dict[str, Any] | None:
+        """The stored state after phase ``key`` (``{"model": state dict}``), or None where the phase
+        is not stored whole (a damaged record or state is set aside, so that it is trained again)."""
+        phase_dir = self.phase_dir(key)
+        if (phase_dir / "phase.json").exists() and _phase_record_intact(phase_dir):
+            return checkpoint.load_or_quarantine(phase_dir / "state.pt")
+        return None
+
+    def save_phase(self, key: str, result: PhaseResult) -> None:
+        """Store a finished phase: its kept state, trace, probes and record (written last), and
+        delete its resume point."""
+        phase_dir = self.phase_dir(key)
+        checkpoint.save_tensors(phase_dir / "state.pt", {"model": result.state})
+        trace = pd.DataFrame(result.trace, columns=None if result.trace else ["phase", "epoch", "step"])  # none without evaluations
+        checkpoint.write_bytes_atomic(phase_dir / "trace.csv", trace.to_csv(index=False).encode())
+        if result.probes:
+            checkpoint.write_bytes_atomic(phase_dir / "probes.csv", pd.DataFrame(result.probes).to_csv(index=False).encode())
+        checkpoint.write_json(
+            phase_dir / "phase.json",
+            {
+                "wall_time_s": result.wall_time_s,
+                "epochs_run": result.epochs_run,
+                "steps": result.steps,
+                "stopped_early": result.stopped_early,
+                "best_step": result.best_step,
+            },
+        )
+        (phase_dir / "partial.pt").unlink(missing_ok=True)
+
+    def phase_record(self, key: str) -> dict[str, Any]:
+        return checkpoint.read_json(self.phase_dir(key) / "phase.json")
+
+    def begin_run(self, config: RunConfig) -> None:
+        """Write a run's config and phase keys before it trains, so that an unfinished run can be
+        found (``mexit runs``) and removed."""
+        run_dir = self.run_dir(config)
+        checkpoint.write_json(run_dir / "config.json", config.to_dict())
+        checkpoint.write_json(run_dir / "phases.json", phase_keys(config))
+
+    def finish_run(self, config: RunConfig, logits: dict[str, torch.Tensor], costs: dict[str, Any], metrics: dict[str, Any]) -> Run:
+        """Store a trained run's logits (:func:`compact_logits` applied), costs and metrics (written
+        last: from then on the run is finished)."""
+        run_dir = self.run_dir(config)
+        stored = {name: compact_logits(value) if value.is_floating_point() else value for name, value in logits.items()}
+        checkpoint.save_tensors(run_dir / "logits.pt", stored)
+        checkpoint.write_json(run_dir / "costs.json", costs)
+        checkpoint.write_json(run_dir / "metrics.json", {"key": run_dir.name, **metrics})
         return Run(run_dir)
 
     def _usable(self, run_dir: Path) -> bool:
@@ -394,7 +434,7 @@ class RunStore:
         return removed
 
     @contextmanager
-    def _lock(self, directory: Path, enabled: bool) -> Iterator[None]:
+    def lock(self, directory: Path, enabled: bool = True) -> Iterator[None]:
         if not enabled:
             yield
             return
@@ -411,93 +451,6 @@ class RunStore:
         finally:
             lock.release()
 
-    def _train(
-        self,
-        config: RunConfig,
-        run_dir: Path,
-        ctx: distributed.DistContext,
-        label: str,
-        splits: data.Splits,
-        model: torch.nn.Module,
-    ) -> None:
-        from mexit.train import train_phase
-
-        keys = phase_keys(config)
-        if ctx.is_main:  # written before training, so that an unfinished run can be found and removed
-            checkpoint.write_json(run_dir / "config.json", config.to_dict())
-            checkpoint.write_json(run_dir / "phases.json", keys)
-        results: list[dict[str, Any]] = []
-        for index, key in enumerate(keys):
-            phase_dir = self.root / "phases" / key
-            with self._lock(phase_dir, ctx.is_main):
-                # Rank 0 decides whether the phase must be trained; every rank follows it.
-                stored = None
-                if ctx.is_main and (phase_dir / "phase.json").exists() and _phase_record_intact(phase_dir):
-                    stored = checkpoint.load_or_quarantine(phase_dir / "state.pt")
-                if not ctx.broadcast_object(stored is not None):
-                    result = train_phase(
-                        model,
-                        index,
-                        splits.train,
-                        splits.stopping_val,
-                        config.train,
-                        config.model.method,
-                        ctx,
-                        partial_path=phase_dir / "partial.pt",
-                        probe=_dominance_probe(config, splits) if config.train.dominance_every else None,
-                        label=label,
-                    )
-                    stored = {"model": result.state}
-                    if ctx.is_main:
-                        _save_phase(phase_dir, result)
-                ctx.barrier()
-            if not ctx.is_main:
-                stored = checkpoint.load_tensors(phase_dir / "state.pt")
-            model.load_phase_state(stored["model"])
-            results.append(checkpoint.read_json(phase_dir / "phase.json"))
-        if ctx.is_main:
-            self._write_outputs(config, run_dir, model, splits, ctx, results)
-
-    def _write_outputs(
-        self,
-        config: RunConfig,
-        run_dir: Path,
-        model: torch.nn.Module,
-        splits: data.Splits,
-        ctx: distributed.DistContext,
-        results: list[dict[str, Any]],
-    ) -> None:
-        from mexit.evaluate import exit_accuracy
-        from mexit.flops import exit_costs
-        from mexit.train import collect_logits, evaluation_split
-
-        batch, workers = config.train.eval_batch_size, config.train.num_workers
-        test, test_labels = collect_logits(model, evaluation_split(splits.test, config.train), batch, ctx.device, workers)
-        logits = {"test": compact_logits(test), "test_labels": test_labels}
-        accuracy = {"test_acc": exit_accuracy(test, test_labels).tolist(), "val_acc": None}  # the model's, before rounding
-        if len(splits.val):  # no validation split without early stopping under the authors' rule
-            val, val_labels = collect_logits(model, evaluation_split(splits.val, config.train), batch, ctx.device, workers)
-            logits.update(val=compact_logits(val), val_labels=val_labels)
-            accuracy["val_acc"] = exit_accuracy(val, val_labels).tolist()
-        checkpoint.save_tensors(run_dir / "logits.pt", logits)
-        costs = exit_costs(model.cpu(), splits.input_shape)
-        checkpoint.write_json(run_dir / "costs.json", {"macs": list(costs.macs), "backbone_macs": costs.backbone_macs, "unit": "MACs"})
-        checkpoint.write_json(
-            run_dir / "metrics.json",
-            {
-                "key": run_dir.name,
-                **accuracy,
-                "phase_wall_time_s": [r["wall_time_s"] for r in results],
-                "phase_epochs_run": [r["epochs_run"] for r in results],
-                "phase_stopped_early": [r["stopped_early"] for r in results],
-                "phases": list(config.train.phase_list),
-                "input_shape": list(splits.input_shape),
-                "num_classes": splits.num_classes,
-                "device": str(ctx.device),
-                "world_size": ctx.world_size,
-            },
-        )
-
 
 def _phase_record_intact(phase_dir: Path) -> bool:
     """Whether ``phase.json`` reads; a damaged one is reported and set aside, so the phase is trained again."""
@@ -508,33 +461,6 @@ def _phase_record_intact(phase_dir: Path) -> bool:
         os.replace(phase_dir / "phase.json", phase_dir / "phase.json.corrupt")
         print(f"mexit: {error}; moved it to phase.json.corrupt and training the phase again", file=sys.stderr, flush=True)
         return False
-
-
-def _save_phase(phase_dir: Path, result: PhaseResult) -> None:
-    checkpoint.save_tensors(phase_dir / "state.pt", {"model": result.state})
-    trace = pd.DataFrame(result.trace, columns=None if result.trace else ["phase", "epoch", "step"])  # none without evaluations
-    checkpoint.write_bytes_atomic(phase_dir / "trace.csv", trace.to_csv(index=False).encode())
-    if result.probes:
-        checkpoint.write_bytes_atomic(phase_dir / "probes.csv", pd.DataFrame(result.probes).to_csv(index=False).encode())
-    checkpoint.write_json(
-        phase_dir / "phase.json",
-        {
-            "wall_time_s": result.wall_time_s,
-            "epochs_run": result.epochs_run,
-            "steps": result.steps,
-            "stopped_early": result.stopped_early,
-            "best_step": result.best_step,
-        },
-    )
-    (phase_dir / "partial.pt").unlink(missing_ok=True)
-
-
-def _dominance_probe(config: RunConfig, splits: data.Splits) -> Probe:
-    from mexit.analysis.dominance import training_probe
-
-    train = config.train  # a smoke run probes one evaluation's worth of images, not 256
-    size = 256 if train.eval_batches is None else min(256, max(2, train.eval_batches * train.eval_batch_size))
-    return training_probe(splits.train_eval, seed=train.seed, probe_size=size)
 
 
 def compact_logits(logits: torch.Tensor) -> torch.Tensor:

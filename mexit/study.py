@@ -1,13 +1,13 @@
 """What a book notebook compares: rows (backbone x dataset) x regimes x seeds, checked and trained once.
 
 A notebook's parameters (from a profile, or from papermill's ``-p``/``-y``) are checked by
-:func:`study`, which stops with one :class:`ParameterError` naming the first bad parameter before
+:func:`make_study`, which stops with one :class:`ParameterError` naming the first bad parameter before
 anything is trained. The checked :class:`Study` then lists its run configs, trains or loads them
 through the shared run store (every notebook asking for the same run gets the same stored one) and
 hands back their outputs tagged with ``row``, ``regime`` and ``seed``::
 
-    s = study(rows=[{"label": "ResNet-20", "config": "mnist5k-quick"}], seeds=[0, 1, 2],
-              regimes=["disjoint", "joint", "mixed"], runs_root="runs")
+    s = make_study(rows=[{"label": "ResNet-20", "config": "mnist5k-quick"}], seeds=[0, 1, 2],
+                   regimes=["disjoint", "joint", "mixed"], runs_root="runs")
     outputs = s.outputs()      # list of mexit.evaluate.ExitOutputs, one per (row, regime, seed)
 """
 
@@ -21,23 +21,18 @@ from typing import Any
 
 import pandas as pd
 
-from mexit.config import REGIMES, RunConfig, load_config, regime_configs
-from mexit.evaluate import ExitOutputs, single_exits
+from mexit.config import REGIMES, ParameterError, RunConfig, load_config, regime_configs
+from mexit.evaluate import ExitOutputs, run_curve, single_exits
 from mexit.evaluate.evidence import DEFAULT_WINDOW, run_evidence
-from mexit.evaluate.sweeps import GRIDS
-from mexit.evaluate.tables import AGGREGATES, PICKS
-from mexit.evaluate.ztw import ZTW_FINALS
+from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
+from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore, build_model, default_root
 
 ROW_FIELDS: tuple[str, ...] = ("label", "config", "overrides", "paper")
 VARIANT_FIELDS: tuple[str, ...] = ("label", "overrides", "regimes", "rows", "exit_method")
 PAIRS: tuple[tuple[str, str], ...] = (("mixed", "joint"), ("mixed", "disjoint"))
-
-
-class ParameterError(ValueError):
-    """A notebook parameter is wrong; the message names it and says what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class Row:
     config: RunConfig
     paper: str | None = None
     variant: str | None = None
-    """The ablation variant this row trains (:func:`study`'s ``variants``), None outside ablations."""
+    """The ablation variant this row trains (:func:`make_study`'s ``variants``), None outside ablations."""
     regimes: tuple[str, ...] | None = None
     """The regimes this variant trains (None: the study's)."""
     exit_method: str | None = None
@@ -70,19 +65,7 @@ class Study:
     regimes: tuple[str, ...]
     seeds: tuple[int, ...]
     runs_root: Path
-    budgets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    grid: str = "dense"
-    pick: str = "last"
-    aggregate: str = "runs"
-    ztw_final: str = "ensembled"
-
-    @property
-    def scoring(self) -> dict[str, Any]:
-        """How runs are scored at the budgets: the keyword arguments of
-        :func:`mexit.evaluate.run_points` and :func:`~mexit.evaluate.budget_table` (the point
-        ``pick``ed on test for ``last``, the paper's, and on validation for ``best``)."""
-        fit = "val" if self.pick == "best" else "test"
-        return {"budgets": self.budgets, "grid": self.grid, "pick": self.pick, "fit": fit, "ztw_final": self.ztw_final}
+    scoring: Scoring = Scoring(grid="dense")  # how its runs are read at the budgets
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -114,7 +97,7 @@ class Study:
         store = RunStore(self.runs_root)
         pairs = []
         for row, config in self.configs():
-            pairs.append((row, store.get(config, progress_label=run_label(row, config))))
+            pairs.append((row, train_or_load(store, config, progress_label=run_label(row, config))))
         return pairs
 
     def phase_costs(self) -> pd.DataFrame:
@@ -230,12 +213,10 @@ def backbone_only(exits: pd.DataFrame) -> tuple[float, float] | None:
     return (100.0, float(final["accuracy"].mean()))
 
 
-def sweep_table(outputs: list[ExitOutputs], grid: str, ztw_final: str = "ensembled") -> pd.DataFrame:
+def sweep_table(outputs: list[ExitOutputs], scoring: Scoring) -> pd.DataFrame:
     """Every run's operating points (:func:`mexit.evaluate.run_curve`: the threshold sweep on
-    ``grid``, or its method's own evaluation), with the run's tags."""
-    from mexit.evaluate import run_curve
-
-    return pd.concat([run_curve(o, grid=grid, ztw_final=ztw_final).assign(**o.tags) for o in outputs], ignore_index=True)
+    ``scoring.grid``, or its method's own evaluation), with the run's tags."""
+    return pd.concat([run_curve(o, scoring).assign(**o.tags) for o in outputs], ignore_index=True)
 
 
 def counting_table(s: Study) -> pd.DataFrame:
@@ -252,7 +233,7 @@ def counting_table(s: Study) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def study(
+def make_study(
     *,
     rows: Any,
     seeds: Any,
@@ -274,7 +255,9 @@ def study(
     non-empty list from :data:`mexit.config.REGIMES`; ``runs_root``: the run store folder (None: ``$MEXIT_RUNS`` or ``./runs``);
     ``budgets``: fractions of the backbone cost in (0, 1]; ``grid``: the threshold grid of the
     sweeps (:data:`mexit.evaluate.sweeps.GRIDS`); ``pick``, ``aggregate`` and ``ztw_final``: how
-    budget tables read the runs (:func:`mexit.evaluate.budget_table`; :attr:`Study.scoring`). Every row's config is fully validated
+    budget tables read the runs (one :class:`~mexit.evaluate.Scoring`, :attr:`Study.scoring`, whose
+    split follows ``pick``: the paper's ``"last"`` point on test, our ``"best"`` on validation).
+    Every row's config is fully validated
     (backbone, placement, head, method, dataset and its ``data_root``, which must be a folder here
     unless ``require_data`` is False: a plan made away from the data) without training anything.
 
@@ -292,12 +275,7 @@ def study(
     for regime in checked_regimes:
         if regime not in REGIMES:
             raise ParameterError(f"regimes: unknown regime {regime!r}; allowed: {', '.join(REGIMES)}")
-    checked_budgets = check_budgets(budgets)
-    if grid not in GRIDS:
-        raise ParameterError(f"grid: unknown threshold grid {grid!r}; allowed: {', '.join(GRIDS)}")
-    for name, value, allowed in (("pick", pick, PICKS), ("aggregate", aggregate, AGGREGATES), ("ztw_final", ztw_final, ZTW_FINALS)):
-        if value not in allowed:
-            raise ParameterError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+    scoring = Scoring(budgets=budgets, grid=grid, pick=pick, aggregate=aggregate, ztw_final=ztw_final)
     if runs_root is None:
         runs_root = default_root()
     if not isinstance(runs_root, (str, Path)) or not str(runs_root):
@@ -310,19 +288,7 @@ def study(
         raise ParameterError(f"rows must have distinct labels, got {labels}")
     if variants is not None:
         checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels), require_data)
-    return Study(
-        checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), checked_budgets, grid, pick, aggregate, ztw_final
-    )
-
-
-def check_budgets(budgets: Any) -> tuple[float, ...]:
-    """Budgets as fractions of the backbone-only cost, each in (0, 1]."""
-    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence) or len(budgets) == 0:
-        raise ParameterError(f"budgets must be a non-empty list of fractions in (0, 1], got {budgets!r}{_YAML_HINT}")
-    for value in budgets:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise ParameterError(f"budgets must be fractions of the backbone cost in (0, 1], got {value!r} in {list(budgets)}")
-    return tuple(float(b) for b in budgets)
+    return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), scoring)
 
 
 _YAML_HINT = " (with papermill, pass lists as YAML: -y 'seeds: [0, 1, 2]')"

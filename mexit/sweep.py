@@ -202,6 +202,7 @@ def train_group(runs_root: str, configs: list[dict[str, Any]], keys: list[str], 
     import submitit
     import torch
 
+    from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     torch.set_num_threads(threads)
@@ -213,7 +214,7 @@ def train_group(runs_root: str, configs: list[dict[str, Any]], keys: list[str], 
         config = RunConfig.from_dict(config_dict)
         if config.key() != key:
             raise RuntimeError(f"run {key} became {config.key()} in the job: the job's mexit differs from the planner's")
-        store.get(config, progress_label=f"{key} ")
+        train_or_load(store, config, progress_label=f"{key} ")
     return keys
 
 

@@ -12,12 +12,12 @@ sooner; the per-epoch validation passes and gradient-dominance probes (a few per
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mexit.checkpoint import write_bytes_atomic
 from mexit.config import RunConfig
 
 THROUGHPUT_FILE = "throughput.json"
@@ -63,10 +63,8 @@ def record(path: str | Path, config: RunConfig, device: str, images_per_s: Mappi
     stored = _read(path) if path.exists() else None
     rates = dict(stored["rates"]) if stored is not None and stored["device"] == device else {}
     rates[entry(config)] = {name: float(images_per_s[name]) * float(forward_macs[name]) for name in PHASES_TIMED}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"device": device, "unit": "forward MACs per second", "rates": rates}, indent=2))
-    temporary.replace(path)  # a reader sees the old file or the new one, never half of one
+    document = {"device": device, "unit": "forward MACs per second", "rates": rates}
+    write_bytes_atomic(path, json.dumps(document, indent=2).encode())  # a reader sees the old file or the new one
 
 
 def load(path: str | Path) -> Throughput | None:

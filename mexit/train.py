@@ -2,18 +2,18 @@
 
 Convergence is early stopping on the validation split, by one of two rules (``train.stopping``):
 
-- ``ours``: every phase is evaluated every ``min(batches per epoch, 300)`` steps; a head's counter
+- ``restore-best`` (ours): every phase is evaluated every ``min(batches per epoch, 300)`` steps; a head's counter
   grows at every evaluation that does not improve its best accuracy (a tie counts); the heads
   tracked are those in the phase's loss; when a phase ends with ``patience`` set, by stopping or at
   its epoch cap, the best state is reloaded. Without ``patience`` the phase still evaluates (the
   validation curves) and keeps its last state.
-- ``authors`` (their code's ``EarlyStopperEarlyExit``): P1 is evaluated every epoch, P2 and P3
+- ``restore-on-stop`` (the authors' code's ``EarlyStopperEarlyExit``): P1 is evaluated every epoch, P2 and P3
   every ``min(batches per epoch, 300)`` steps; a counter grows only when a head's accuracy falls
   below its best (a tie does not count); every head the phase computes is tracked, the frozen final
   head in P3 included; the best state is reloaded only when the phase stops early (the last state is
   kept at the epoch cap). Without ``patience`` there is no validation split and no evaluation.
 
-Under both, the state is kept whenever any tracked head improves, and a phase stops when every
+(The earlier spellings ``ours`` and ``authors`` are read as these.) Under both, the state is kept whenever any tracked head improves, and a phase stops when every
 tracked head's counter has reached ``patience``. ``train.eval_every`` overrides the cadence.
 
 Each epoch's shuffling and augmentation are seeded from ``(seed, phase, epoch)``; a checkpoint is
@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mexit import checkpoint
 from mexit.config import OptimConfig, TrainConfig
 from mexit.distributed import DistContext
+from mexit.evaluate.inference import evaluation_split, validation_accuracy
 from mexit.progress import PhaseProgress
-from mexit.regimes import PHASE_SPECS, apply_phase, default_weighting, exit_weights, multi_exit_loss
+from mexit.regimes import PHASE_SPECS, Phase, apply_phase, default_weighting, exit_weights, multi_exit_loss
 from mexit.sample_weighting import META_INTERVAL, LearnedWeighting, per_sample_losses
 
 Probe = Callable[[nn.Module, int, Tensor], list[dict[str, Any]]]
@@ -69,7 +71,7 @@ class PhaseResult:
 
 
 @dataclass
-class _Progress:
+class _PhaseState:
     """Everything the loop needs to resume a phase: saved at the end of every epoch."""
 
     epoch: int = 0
@@ -134,34 +136,9 @@ def epoch_batches(
     return [batch[rank::world_size] for batch in batches]
 
 
-@torch.no_grad()
-def collect_logits(
-    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0
-) -> tuple[Tensor, Tensor]:
-    """Every exit's logits on ``dataset`` in eval mode: ``([E, N, C] float32, [N] int64)`` on CPU."""
-    was_training = model.training
-    model.eval()
-    outputs: list[Tensor] = []
-    labels: list[Tensor] = []
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        logits = model(images.to(device))
-        outputs.append(torch.stack([out.float().cpu() for out in logits]))
-        labels.append(torch.as_tensor(targets))
-    model.train(was_training)
-    return torch.cat(outputs, dim=1), torch.cat(labels)
-
-
-def evaluation_split(dataset: Dataset, config: TrainConfig) -> Dataset:
-    """What an evaluation reads of ``dataset``: all of it, or its first ``config.eval_batches``
-    batches of ``config.eval_batch_size`` (a smoke run's evaluations)."""
-    if config.eval_batches is None:
-        return dataset
-    return Subset(dataset, range(min(len(dataset), config.eval_batches * config.eval_batch_size)))  # type: ignore[arg-type]
-
-
-def _phase_over(progress: _Progress, max_epochs: int, config: TrainConfig) -> bool:
-    """Whether a phase in ``progress`` has ended: at its epoch cap, stopped early or at its step cap."""
-    return progress.epoch >= max_epochs or progress.stopped_early or at_step_cap(config, progress.step)
+def _phase_over(state: _PhaseState, max_epochs: int, config: TrainConfig) -> bool:
+    """Whether a phase in ``state`` has ended: at its epoch cap, stopped early or at its step cap."""
+    return state.epoch >= max_epochs or state.stopped_early or at_step_cap(config, state.step)
 
 
 def at_step_cap(config: TrainConfig, step: int) -> bool:
@@ -176,8 +153,8 @@ def learning_rate(optim: OptimConfig, step: int, total_steps: int, steps_per_epo
         return optim.lr * (step + 1) / warmup
     if optim.schedule == "constant":
         return optim.lr
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    fraction_done = (step - warmup) / max(1, total_steps - warmup)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * min(1.0, fraction_done)))
 
 
 def make_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -200,7 +177,7 @@ def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch
     """Steps between a phase's validations (see the module's docstring), or ``None`` for none:
     ``train.eval_every`` when set, else ``min(batches per epoch, 300)``; under the authors' rule
     every epoch in P1, and never without ``patience``."""
-    if config.stopping == "authors":
+    if config.stopping == "restore-on-stop":
         if config.patience is None:
             return None
         if config.eval_every is None and config.phase_list[phase_index] == "P1":
@@ -211,17 +188,17 @@ def evaluation_interval(config: TrainConfig, phase_index: int, batches_per_epoch
 def stopping_plan(config: TrainConfig, phase_index: int) -> str:
     """How a phase is evaluated and stopped (:func:`evaluation_interval`), in words, as
     ``mexit train --dry-run`` shows it."""
-    if config.stopping == "authors" and config.patience is None:
+    if config.stopping == "restore-on-stop" and config.patience is None:
         return "no validation (authors' rule without patience); the last state is kept"
     if config.eval_every is not None:
         cadence = f"every {config.eval_every} steps"
-    elif config.stopping == "authors" and config.phase_list[phase_index] == "P1":
+    elif config.stopping == "restore-on-stop" and config.phase_list[phase_index] == "P1":
         cadence = "every epoch"
     else:
         cadence = "every min(batches per epoch, 300) steps"
     if config.patience is None:
         return f"validation {cadence}, no early stopping; the last state is kept"
-    if config.stopping == "authors":
+    if config.stopping == "restore-on-stop":
         rule = "ties do not count, every computed head tracked, the best state reloaded only after an early stop"
     else:
         rule = "ties count, the heads in the loss tracked, the best state reloaded"
@@ -237,7 +214,7 @@ def equilibrium_on(config: TrainConfig, phase_index: int) -> bool:
 def sums_exit_losses(config: TrainConfig, phase_index: int) -> bool:
     """Whether a phase trains on the sum of the exits' losses (IMTA's gradient equilibrium)
     instead of their weighted mean."""
-    return equilibrium_on(config, phase_index) and config.equilibrium == "imta"
+    return equilibrium_on(config, phase_index) and config.equilibrium == "coarsest-scale"
 
 
 def loss_scheme(config: TrainConfig, method: str) -> str:
@@ -258,7 +235,7 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
         if method == "l2w" and phase.trains_ics:
             weights = "learned per sample (L2W)"
         else:
-            values = exit_weights(scheme, exits, num_exits, progress=1.0) * (len(exits) if summed else 1)
+            values = exit_weights(scheme, exits, num_exits, fraction_done=1.0) * (len(exits) if summed else 1)
             weights = f"{scheme}{' x the exits, summed (IMTA)' if summed else ''}: " + " ".join(f"{w:.3g}" for w in values.tolist())
         trains = " + ".join(part for part, on in (("backbone", phase.trains_backbone), ("ICs", phase.trains_ics)) if on)
         rows.append(
@@ -278,6 +255,59 @@ def phase_plan(config: TrainConfig, method: str, num_exits: int) -> list[dict[st
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class PhaseSetup:
+    """What one phase of a run is, fixed before its first step (:func:`phase_setup`)."""
+
+    index: int
+    name: str
+    spec: Phase
+    optim: OptimConfig
+    max_epochs: int
+    exits: list[int]  # the exits whose losses the phase optimises
+    scheme: str  # their loss weighting (:func:`loss_scheme`)
+    heads: HeadView  # the exits the phase computes
+    summed: bool  # IMTA's summed loss (:func:`sums_exit_losses`)
+
+
+def phase_setup(config: TrainConfig, phase_index: int, method: str, num_exits: int) -> PhaseSetup:
+    """Phase ``phase_index`` of ``config`` on a model of ``num_exits`` exits.
+
+    A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
+    only: its result does not depend on the ICs, so one P1 serves every IC configuration."""
+    name = config.phase_list[phase_index]
+    spec = PHASE_SPECS[name]
+    return PhaseSetup(
+        index=phase_index,
+        name=name,
+        spec=spec,
+        optim=config.optim_for(phase_index),
+        max_epochs=config.phase_epochs[phase_index],
+        exits=loss_exits(config, phase_index, num_exits),
+        scheme=loss_scheme(config, method),
+        heads=HeadView(num_exits, with_ics=spec.trains_ics),
+        summed=sums_exit_losses(config, phase_index),
+    )
+
+
+@contextmanager
+def phase_mode(model: nn.Module, config: TrainConfig, phase_index: int) -> Iterator[None]:
+    """``model`` set up for a phase (:func:`~mexit.regimes.apply_phase`: what trains; whether the
+    ICs compute; gradient equilibrium), and set back to its defaults afterwards."""
+    phase = PHASE_SPECS[config.phase_list[phase_index]]
+    handle = apply_phase(model, phase)
+    model.ics_active = phase.trains_ics
+    model.gradient_equilibrium = equilibrium_on(config, phase_index)
+    model.equilibrium = config.equilibrium
+    try:
+        yield
+    finally:
+        handle.remove()
+        model.ics_active = True
+        model.gradient_equilibrium = False
+        model.equilibrium = "whole-output"
 
 
 def train_phase(
@@ -300,138 +330,25 @@ def train_phase(
     every exit's weight in that step's loss; its rows are kept, with the phase's name, and its time
     is left out of the phase's wall time.
     """
-    phase_name = config.phase_list[phase_index]
-    phase = PHASE_SPECS[phase_name]
-    optim = config.optim_for(phase_index)
-    max_epochs = config.phase_epochs[phase_index]
-    num_exits = model.num_exits
-    exits = loss_exits(config, phase_index, num_exits)
-    scheme = loss_scheme(config, method)
-    # A phase without ICs (P1) does not compute them, and keeps and restores the backbone's state
-    # only: its result does not depend on the ICs, so one P1 serves every IC configuration.
-    heads = HeadView(num_exits, with_ics=phase.trains_ics)
-    handle = apply_phase(model, phase)
-    model.ics_active = phase.trains_ics
-    model.gradient_equilibrium = equilibrium_on(config, phase_index)
-    model.equilibrium = config.equilibrium
-    summed = sums_exit_losses(config, phase_index)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, optim)
-    network: nn.Module = model
-    if dist.enabled:
-        network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    setup = phase_setup(config, phase_index, method, model.num_exits)
+    with phase_mode(model, config, phase_index):
+        loop = _PhaseLoop.start(model, setup, train_set, val_set, config, method, dist, probe)
+        state = loop.resume(partial_path, label)
+        bar = PhaseProgress(f"{label}{setup.name}", setup.max_epochs, enabled=dist.is_main, start=state.epoch)
+        try:
+            while not _phase_over(state, setup.max_epochs, config):
+                loop.run_epoch(state)
+                loop.end_epoch(state, bar, partial_path)
+        finally:
+            bar.close()
+    return kept_state(model, state, config, setup.heads)
 
-    weighting = None
-    if method == "l2w" and phase.trains_ics:  # L2W's meta-learned sample weights replace the loss weights
-        seed_everything(config.seed, phase_index, _WEIGHTING_SEED)
-        weighting = LearnedWeighting(len(exits), num_exits).to(dist.device)
-    mixup = _mixup(optim, model.num_classes)
-    train_targets = len(train_set)  # type: ignore[arg-type]
-    drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
-    global_batches = len(epoch_batches(train_targets, optim.batch_size, 0, 0, dist.world_size, drop_last))
-    eval_every = evaluation_interval(config, phase_index, global_batches)
-    total_steps = global_batches * max_epochs
-    # Gradient dominance is measured where exits compete for the backbone: phases training both.
-    probing = probe is not None and config.dominance_every > 0 and phase.trains_backbone and phase.trains_ics
 
-    outputs = len(heads.names)
-    state = _Progress(best_acc=[-1.0] * outputs, bad_evals=[0] * outputs, loss_sum=torch.zeros(outputs))
-    saved = checkpoint.load_or_quarantine(partial_path) if partial_path is not None else None
-    if saved is not None:
-        model.load_phase_state(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = _Progress(**saved["progress"])
-        if dist.is_main:
-            print(f"[{label}{phase_name}] resuming after epoch {state.epoch} of {max_epochs} (step {state.step}) from {partial_path}",
-                  file=sys.stderr, flush=True)
-        if weighting is not None:
-            weighting.load(saved["weighting"])
-
-    bar = PhaseProgress(f"{label}{phase_name}", max_epochs, enabled=dist.is_main, start=state.epoch)
-    try:
-        while not _phase_over(state, max_epochs, config):
-            started = time.perf_counter()
-            order_seed = seed_everything(config.seed, phase_index, state.epoch)
-            batches = epoch_batches(train_targets, optim.batch_size, order_seed, dist.rank, dist.world_size, drop_last)
-            seed_everything(config.seed, phase_index, state.epoch, dist.rank)  # augmentation, per rank
-            if probing and state.step == 0:  # the state P2 starts from, before its first step
-                weights = exit_weights(scheme, exits, num_exits, 0.0)
-                started += _record_probe(probe, model, state, phase_name, exits, weights)
-            model.train()
-            loader = DataLoader(train_set, batch_sampler=_Batches(batches), num_workers=config.num_workers)
-            for images, targets in loader:
-                images, targets = images.to(dist.device), torch.as_tensor(targets).to(dist.device)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(optim, state.step, total_steps, global_batches)
-                smoothing = optim.label_smoothing
-                if mixup is not None:
-                    images, targets = mixup(images, targets)
-                    smoothing = 0.0
-                progress = state.step / max(1, total_steps)
-                weights = exit_weights(scheme, exits, num_exits, progress)
-                if weighting is not None and state.step % META_INTERVAL == 0 and len(images) >= 4:
-                    half = len(images) // 2  # L2W: the first half trains, the second scores a virtual step
-                    weighting.meta_step(model, images[:half], targets[:half], images[half:], targets[half:], exits, smoothing)
-                    images, targets = images[:half], targets[:half]
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=optim.bf16 and dist.device.type == "cuda"):
-                    logits = network(images)
-                    loss, per_exit = multi_exit_loss(logits, targets, heads.positions(exits), weights, smoothing)
-                    if weighting is not None:
-                        loss = weighting.weighted_loss(per_sample_losses(logits, targets, exits, smoothing))
-                    if summed:
-                        loss = loss * len(exits)
-                    if phase.trains_ics:
-                        extra = model.auxiliary_loss(logits, targets)
-                        if extra is not None:
-                            loss = loss + extra
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"training diverged in {phase_name}, epoch {state.epoch + 1}, step {state.step + 1}: the loss is "
-                        f"{float(loss.detach())} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim.clip_grad is not None:
-                    nn.utils.clip_grad_norm_(params, optim.clip_grad)
-                optimizer.step()
-                state.step += 1
-                state.loss_sum += per_exit.float().cpu()
-                state.loss_steps += 1
-                if probing and state.step % config.dominance_every == 0:
-                    started += _record_probe(probe, model, state, phase_name, exits, weights)
-                if eval_every is not None and state.step % eval_every == 0:
-                    _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
-                    if state.stopped_early:
-                        break
-                if at_step_cap(config, state.step):
-                    if eval_every is not None and state.step % eval_every:  # the state the cap leaves, evaluated once
-                        _evaluate(model, val_set, config, dist, state, heads, exits, phase_name)
-                    break
-            state.epoch += 1
-            state.wall_time_s += time.perf_counter() - started
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                raise TrainingDiverged(
-                    f"training diverged in {phase_name}, epoch {state.epoch}: weights are not finite after step "
-                    f"{state.step} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
-                )
-            bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{heads.name(i)}"] for i in exits} if state.trace else {})
-            if partial_path is not None and dist.is_main and not _phase_over(state, max_epochs, config):
-                checkpoint.save_tensors(  # a resume point, where the phase goes on: a finished one is stored whole
-                    partial_path,
-                    {
-                        "model": heads.state(model), "optimizer": optimizer.state_dict(), "progress": dataclasses.asdict(state),
-                        **({"weighting": weighting.state()} if weighting is not None else {}),
-                    },
-                )
-    finally:
-        bar.close()
-        handle.remove()
-        model.ics_active = True
-        model.gradient_equilibrium = False
-        model.equilibrium = "ours"
-
+def kept_state(model: nn.Module, state: _PhaseState, config: TrainConfig, heads: HeadView) -> PhaseResult:
+    """What a finished phase leaves: its best state where early stopping keeps it (the module's
+    docstring: under the authors' rule only after an early stop), else its last."""
     restore_best = config.patience is not None and state.best_state is not None
-    if config.stopping == "authors":  # at the epoch cap their loop keeps the last state
+    if config.stopping == "restore-on-stop":  # at the epoch cap the authors' loop keeps the last state
         restore_best = restore_best and state.stopped_early
     if restore_best:
         model.load_phase_state(state.best_state)
@@ -447,8 +364,174 @@ def train_phase(
     )
 
 
+@dataclass
+class _PhaseLoop:
+    """One phase's training objects, and the steps of its loop: :meth:`resume`, :meth:`run_epoch`
+    (:meth:`batch_loss`, :meth:`optimizer_step`, probes and evaluations), :meth:`end_epoch`."""
+
+    model: nn.Module
+    network: nn.Module  # the model, or its DDP wrapper
+    setup: PhaseSetup
+    config: TrainConfig
+    dist: DistContext
+    train_set: Dataset
+    val_set: Dataset
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    weighting: LearnedWeighting | None
+    mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
+    probe: Probe | None
+    drop_last: bool
+    global_batches: int
+    eval_every: int | None
+
+    @classmethod
+    def start(
+        cls, model: nn.Module, setup: PhaseSetup, train_set: Dataset, val_set: Dataset, config: TrainConfig,
+        method: str, dist: DistContext, probe: Probe | None,
+    ) -> _PhaseLoop:
+        """The loop of a phase whose :func:`phase_mode` ``model`` is in: optimiser (over what
+        trains), DDP wrapper, L2W's weight network, mixup, and the batch geometry."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        network: nn.Module = model
+        if dist.enabled:
+            network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        weighting = None
+        if method == "l2w" and setup.spec.trains_ics:  # L2W's meta-learned sample weights replace the loss weights
+            seed_everything(config.seed, setup.index, _WEIGHTING_SEED)
+            weighting = LearnedWeighting(len(setup.exits), model.num_exits).to(dist.device)
+        mixup = _mixup(setup.optim, model.num_classes)
+        drop_last = mixup is not None  # mixup pairs samples: every batch must be full (and even)
+        global_batches = len(epoch_batches(len(train_set), setup.optim.batch_size, 0, 0, dist.world_size, drop_last))  # type: ignore[arg-type]
+        # Gradient dominance is measured where exits compete for the backbone: phases training both.
+        probing = probe is not None and config.dominance_every > 0 and setup.spec.trains_backbone and setup.spec.trains_ics
+        return cls(
+            model, network, setup, config, dist, train_set, val_set, params, make_optimizer(params, setup.optim),
+            weighting, mixup, probe if probing else None, drop_last, global_batches,
+            evaluation_interval(config, setup.index, global_batches),
+        )
+
+    @property
+    def total_steps(self) -> int:
+        return self.global_batches * self.setup.max_epochs
+
+    def resume(self, partial_path: Path | None, label: str) -> _PhaseState:
+        """The phase's state: from its resume point at ``partial_path`` (weights, optimiser and
+        L2W state restored), or from its start."""
+        outputs = len(self.setup.heads.names)
+        state = _PhaseState(best_acc=[-1.0] * outputs, bad_evals=[0] * outputs, loss_sum=torch.zeros(outputs))
+        saved = checkpoint.load_or_quarantine(partial_path) if partial_path is not None else None
+        if saved is None:
+            return state
+        self.model.load_phase_state(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        state = _PhaseState(**saved["state"])
+        if self.dist.is_main:
+            print(f"[{label}{self.setup.name}] resuming after epoch {state.epoch} of {self.setup.max_epochs} "
+                  f"(step {state.step}) from {partial_path}", file=sys.stderr, flush=True)
+        if self.weighting is not None:
+            self.weighting.load(saved["weighting"])
+        return state
+
+    def run_epoch(self, state: _PhaseState) -> None:
+        """One epoch of optimiser steps (seeded shuffling and augmentation), with the probes and
+        evaluations that fall in it; it ends early when the phase stops or reaches its step cap."""
+        setup, config, dist = self.setup, self.config, self.dist
+        started = time.perf_counter()
+        order_seed = seed_everything(config.seed, setup.index, state.epoch)
+        batches = epoch_batches(len(self.train_set), setup.optim.batch_size, order_seed, dist.rank, dist.world_size, self.drop_last)  # type: ignore[arg-type]
+        seed_everything(config.seed, setup.index, state.epoch, dist.rank)  # augmentation, per rank
+        if self.probe is not None and state.step == 0:  # the state P2 starts from, before its first step
+            weights = exit_weights(setup.scheme, setup.exits, self.model.num_exits, 0.0)
+            started += _record_probe(self.probe, self.model, state, setup.name, setup.exits, weights)
+        self.model.train()
+        loader = DataLoader(self.train_set, batch_sampler=_Batches(batches), num_workers=config.num_workers)
+        for images, targets in loader:
+            images, targets = images.to(dist.device), torch.as_tensor(targets).to(dist.device)
+            loss, per_exit, weights = self.batch_loss(images, targets, state)
+            self.optimizer_step(loss)
+            state.step += 1
+            state.loss_sum += per_exit.float().cpu()
+            state.loss_steps += 1
+            if self.probe is not None and state.step % config.dominance_every == 0:
+                started += _record_probe(self.probe, self.model, state, setup.name, setup.exits, weights)
+            if self.eval_every is not None and state.step % self.eval_every == 0:
+                self.evaluate(state)
+                if state.stopped_early:
+                    break
+            if at_step_cap(config, state.step):
+                if self.eval_every is not None and state.step % self.eval_every:  # the state the cap leaves, evaluated once
+                    self.evaluate(state)
+                break
+        state.epoch += 1
+        state.wall_time_s += time.perf_counter() - started
+
+    def batch_loss(self, images: Tensor, targets: Tensor, state: _PhaseState) -> tuple[Tensor, Tensor, Tensor]:
+        """The step's loss, each exit's loss in it, and the exits' weights: mixup, L2W's meta step
+        and weighted loss, bf16 autocast on CUDA, IMTA's sum, the method's auxiliary term. Raises
+        :class:`TrainingDiverged` on a loss that is not finite."""
+        setup, optim, model = self.setup, self.setup.optim, self.model
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(optim, state.step, self.total_steps, self.global_batches)
+        smoothing = optim.label_smoothing
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+            smoothing = 0.0
+        weights = exit_weights(setup.scheme, setup.exits, model.num_exits, state.step / max(1, self.total_steps))
+        weighting = self.weighting
+        if weighting is not None and state.step % META_INTERVAL == 0 and len(images) >= 4:
+            half = len(images) // 2  # L2W: the first half trains, the second scores a virtual step
+            weighting.meta_step(model, images[:half], targets[:half], images[half:], targets[half:], setup.exits, smoothing)
+            images, targets = images[:half], targets[:half]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=optim.bf16 and self.dist.device.type == "cuda"):
+            logits = self.network(images)
+            loss, per_exit = multi_exit_loss(logits, targets, setup.heads.positions(setup.exits), weights, smoothing)
+            if weighting is not None:
+                loss = weighting.weighted_loss(per_sample_losses(logits, targets, setup.exits, smoothing))
+            if setup.summed:
+                loss = loss * len(setup.exits)
+            if setup.spec.trains_ics:
+                extra = model.auxiliary_loss(logits, targets)
+                if extra is not None:
+                    loss = loss + extra
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged in {setup.name}, epoch {state.epoch + 1}, step {state.step + 1}: the loss is "
+                f"{float(loss.detach())} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
+            )
+        return loss, per_exit, weights
+
+    def optimizer_step(self, loss: Tensor) -> None:
+        """Back-propagate ``loss``, clip the gradients' norm where ``clip_grad`` is set, step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.setup.optim.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.params, self.setup.optim.clip_grad)
+        self.optimizer.step()
+
+    def evaluate(self, state: _PhaseState) -> None:
+        setup = self.setup
+        _evaluate(self.model, self.val_set, self.config, self.dist, state, setup.heads, setup.exits, setup.name)
+
+    def end_epoch(self, state: _PhaseState, bar: PhaseProgress, partial_path: Path | None) -> None:
+        """After an epoch: check that the weights are finite, show progress, and write the resume
+        point where the phase goes on (a finished phase is stored whole by its caller)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise TrainingDiverged(
+                f"training diverged in {self.setup.name}, epoch {state.epoch}: weights are not finite after step "
+                f"{state.step} (lower train.optim.lr or set train.optim.clip_grad); nothing is stored as finished"
+            )
+        heads = self.setup.heads
+        bar.update(state.epoch, {f"e{i}": state.trace[-1][f"val_acc_{heads.name(i)}"] for i in self.setup.exits} if state.trace else {})
+        if partial_path is not None and self.dist.is_main and not _phase_over(state, self.setup.max_epochs, self.config):
+            resume_point = {"model": heads.state(self.model), "optimizer": self.optimizer.state_dict(), "state": dataclasses.asdict(state)}
+            if self.weighting is not None:
+                resume_point["weighting"] = self.weighting.state()
+            checkpoint.save_tensors(partial_path, resume_point)
+
+
 def _record_probe(
-    probe: Probe, model: nn.Module, state: _Progress, phase_name: str, exits: Sequence[int], weights: Tensor
+    probe: Probe, model: nn.Module, state: _PhaseState, phase_name: str, exits: Sequence[int], weights: Tensor
 ) -> float:
     """Run ``probe`` at the current step, keep its rows; returns the seconds it took, which the
     phase's wall time leaves out (a measurement is not training)."""
@@ -464,7 +547,7 @@ def _evaluate(
     val_set: Dataset,
     config: TrainConfig,
     dist: DistContext,
-    state: _Progress,
+    state: _PhaseState,
     heads: HeadView,
     exits: Sequence[int],
     phase_name: str,
@@ -484,13 +567,13 @@ def _evaluate(
     state.loss_sum = torch.zeros_like(state.loss_sum)
     state.loss_steps = 0
     improved = False
-    positions = range(len(heads.names)) if config.stopping == "authors" else heads.positions(exits)
+    positions = range(len(heads.names)) if config.stopping == "restore-on-stop" else heads.positions(exits)
     for i in positions:
         if accuracy[i] > state.best_acc[i]:
             state.best_acc[i] = float(accuracy[i])
             state.bad_evals[i] = 0
             improved = True
-        elif accuracy[i] < state.best_acc[i] or config.stopping == "ours":  # the authors' ties do not count
+        elif accuracy[i] < state.best_acc[i] or config.stopping == "restore-best":  # the authors' ties do not count
             state.bad_evals[i] += 1
     if config.patience is None:
         return
@@ -498,40 +581,6 @@ def _evaluate(
         state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in heads.state(model).items()})
         state.best_step = state.step
     state.stopped_early = all(state.bad_evals[i] >= config.patience for i in positions)
-
-
-@torch.no_grad()
-def validation_accuracy(
-    model: nn.Module,
-    dataset: Dataset,
-    batch_size: int,
-    device: torch.device,
-    *,
-    num_workers: int = 0,
-    dist: DistContext | None = None,
-) -> Tensor:
-    """Accuracy (%) of every exit on ``dataset``, counted batch by batch (no logits kept).
-
-    Under DDP (``dist``) each rank counts every ``world_size``-th sample from its rank on, with rank
-    0's buffers (BatchNorm statistics), and the counts are summed: every rank gets the accuracy of
-    one model on the whole split, for a ``world_size``-th of the work.
-    """
-    size = len(dataset)  # type: ignore[arg-type]
-    if size == 0:
-        raise ValueError("the validation split is empty")
-    if dist is not None and dist.enabled:
-        dist.share_buffers(model)
-        dataset = Subset(dataset, range(dist.rank, size, dist.world_size))
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros(model.num_exits if model.ics_active else 1, dtype=torch.float64)
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        predictions = torch.stack([out.argmax(-1) for out in model(images.to(device))])
-        correct += (predictions == torch.as_tensor(targets).to(device)).sum(1).cpu()
-    model.train(was_training)
-    if dist is not None:
-        correct = dist.all_sum(correct)
-    return correct / size * 100
 
 
 class _Batches:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from mexit.pipeline import train_or_load
 from mexit.analysis import (
     barrier,
     bezier_path,
@@ -421,8 +422,8 @@ def test_analyses_on_two_stored_tiny_runs(tmp_path: Path) -> None:
     from mexit.store import RunStore
 
     store = RunStore(tmp_path)
-    joint = store.get(load_config("tiny", ["train.regime=joint", "train.dominance_every=5"]))
-    mixed = store.get(load_config("tiny", ["train.regime=mixed"]))
+    joint = train_or_load(store, load_config("tiny", ["train.regime=joint", "train.dominance_every=5"]))
+    mixed = train_or_load(store, load_config("tiny", ["train.regime=mixed"]))
     probes = joint.probes()
     assert {"step", "block", "exit", "share", "cosine", "dominant"} <= set(probes.columns)
     assert np.allclose(probes.groupby(["step", "block"])["share"].sum(), 1)

@@ -20,17 +20,17 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 from mexit.analysis import linear_path, loss_plane, plane_anchors  # noqa: E402
 from mexit.analysis import runs as analysis_runs  # noqa: E402
-from mexit.analysis.plots import block_profile, dominance_heatmap, path_grid, plane_contour  # noqa: E402
+from mexit.analysis.plots import block_profile, dominance_grid, dominance_heatmap, path_grid, plane_contour  # noqa: E402
 from mexit.models import build  # noqa: E402
 from mexit.store import RunStore  # noqa: E402
-from mexit.study import ParameterError, Study, study  # noqa: E402
+from mexit.study import ParameterError, Study, make_study  # noqa: E402
 
 ROW = {"label": "tiny", "config": "tiny", "overrides": []}
 
 
 def _study(root: Path, **changes: Any) -> Study:
     params: dict[str, Any] = {"rows": [ROW], "seeds": [0, 1], "regimes": ["disjoint", "joint", "mixed"], "runs_root": str(root)}
-    return study(**{**params, **changes})
+    return make_study(**{**params, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,18 @@ def test_dominance_heatmap_shows_the_mean_share_over_seeds() -> None:
     shown = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
     assert np.allclose(shown[0], [0.3, 0.7]) and np.isnan(shown[1][0]) and shown[1][1] == 1.0  # exit 1 does not reach block 2
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+
+
+def test_dominance_grid_puts_a_regime_a_row_and_two_moments_a_row() -> None:
+    """Two heatmaps a row (not three regimes side by side), so that their cells' values are
+    readable once the figure is fitted to the book's text column."""
+    probes = pd.DataFrame({"block": [1, 1], "exit_block": [1, 2], "share": [0.4, 0.6], "seed": [0, 0]})
+    moments = {m: pd.concat(probes.assign(regime=r) for r in ("joint", "mixed")) for m in ("start of P2", "end of P2")}
+    figure = dominance_grid(moments, ["disjoint", "joint", "mixed"])
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.images]
+    assert [ax.get_title() for ax in shown] == ["joint, start of P2", "joint, end of P2", "mixed, start of P2", "mixed, end of P2"]
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2  # two rows of two
+    assert min(text.get_fontsize() for ax in shown for text in ax.texts) * 7.5 / figure.get_figwidth() >= 6  # points at a 7.5-inch column
 
 
 def test_block_profile_draws_the_mean_per_regime_and_the_ceiling() -> None:

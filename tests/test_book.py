@@ -16,6 +16,7 @@ import papermill
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks, load_profile, notebook_parameters
 from mexit.claims import VERDICTS
 
@@ -127,6 +128,15 @@ def test_the_tiny_book_shows_every_page_whole_in_a_browser(tiny_book: Path) -> N
     assert len(list(screenshots.glob("*.png"))) >= len(reports)
 
 
+def test_the_pages_name_no_folder_of_the_machine_that_built_them(tiny_book: Path) -> None:
+    """The store reaches the notebooks as $MEXIT_RUNS: a page shows the parameters a reader can
+    reuse (``runs_root = None``), not the builder's run store."""
+    pages = list((tiny_book / "_build" / "html" / "book" / "generated").glob("*.html"))
+    assert len(pages) == len(NOTEBOOKS)
+    for page in pages:
+        assert str(tiny_book) not in page.read_text(), f"{page.name} names the folder the book was built in"
+
+
 def test_the_built_book_needs_no_network(tiny_book: Path) -> None:
     html = tiny_book / "_build" / "html"
     loads = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(https?://[^\"]+)\"")
@@ -164,7 +174,7 @@ def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Pa
     needed = needed_runs(profile, declared, tmp_path / "one")
     assert len(needed) == 3 and len(list((tmp_path / "two" / "phases").iterdir())) == 4  # P1 shared by disjoint and mixed
     for _, config in needed.values():
-        two, one = RunStore(tmp_path / "two").get(config), RunStore(tmp_path / "one").get(config)
+        two, one = train_or_load(RunStore(tmp_path / "two"), config), train_or_load(RunStore(tmp_path / "one"), config)
         assert torch.equal(two.logits("test"), one.logits("test"))
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         train_needed(profile, declared, tmp_path / "one", jobs=0)

@@ -27,6 +27,22 @@ def test_overrides_parse_yaml_values() -> None:
     assert config.train.optim.lr == 0.1
 
 
+def test_earlier_spellings_of_option_values_load_as_the_names_that_say_what_they_do() -> None:
+    """A stored config or an override that spells a value the earlier way (who, not what) loads
+    as the current value, with the same key."""
+    earlier = {"data": {"name": "cifar100", "data_root": "/data", "augment": "authors"},
+               "train": {"stopping": "authors", "equilibrium": "imta"}}
+    config = RunConfig.from_dict(earlier)
+    assert (config.data.augment, config.train.stopping, config.train.equilibrium) == (
+        "trivial-augment", "restore-on-stop", "coarsest-scale")
+    now = {"data": {**earlier["data"], "augment": "trivial-augment"},
+           "train": {"stopping": "restore-on-stop", "equilibrium": "coarsest-scale"}}
+    assert config.key() == RunConfig.from_dict(now).key()
+    ours = load_config("tiny", ["data.augment=ours", "train.stopping=ours", "train.equilibrium=ours"])
+    assert (ours.data.augment, ours.train.stopping, ours.train.equilibrium) == ("crop-flip", "restore-best", "whole-output")
+    assert ours.key() == load_config("tiny").key()
+
+
 @pytest.mark.parametrize(
     ("override", "names"),
     [

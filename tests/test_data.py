@@ -282,18 +282,18 @@ def test_the_authors_augmentation_where_their_code_fixes_one(roots: dict[str, st
     from torchvision.transforms import v2
 
     for name in ("cifar100", "imagenet"):
-        splits = load(config_for(name, roots, image_size=16, augment="authors"))
+        splits = load(config_for(name, roots, image_size=16, augment="trivial-augment"))
         steps = [type(t).__name__ for t in splits.train.pipeline.to_unit.transforms]
         assert "TrivialAugmentWide" in steps and "RandomHorizontalFlip" not in steps and "RandomCrop" not in steps
         assert any(isinstance(t, v2.RandomErasing) and t.p == 0.1 for t in splits.train.pipeline.finish.transforms)
         torch.manual_seed(0)
         draws = [splits.train[0][0] for _ in range(5)]
         assert any(not torch.equal(draws[0], draw) for draw in draws[1:])
-    imagenet = load(config_for("imagenet", roots, image_size=16, augment="authors"))
+    imagenet = load(config_for("imagenet", roots, image_size=16, augment="trivial-augment"))
     resize = imagenet.test.pipeline.to_unit.transforms[0]
     assert isinstance(resize, v2.Resize) and resize.size == [16]  # Resize(size) then CenterCrop(size)
-    with pytest.raises(ValueError, match="data.augment='authors' is known for"):
-        load(config_for("cifar10", roots, augment="authors"))
+    with pytest.raises(ValueError, match="data.augment='trivial-augment' \\(the authors' pipeline\\) is known for"):
+        load(config_for("cifar10", roots, augment="trivial-augment"))
     with pytest.raises(ValueError, match="data.augment must be one of"):
         load(config_for("cifar10", roots, augment="trivial"))
 

@@ -3,11 +3,14 @@ aggregation over seeds (``aggregate``) and the ZTW ensembling scope (``final``/`
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from mexit.evaluate import ExitOutputs, budget_table, exit_accuracy, run_curve, run_points, sweep, ztw_ensemble
+from mexit.config import ParameterError
+from mexit.evaluate import ExitOutputs, Scoring, budget_table, exit_accuracy, run_curve, run_points, sweep, ztw_ensemble
 
 # 2 exits x 4 samples x 2 classes; exit 0 predicts 0, 0, 1, 0 with max-probs 0.9, 0.6, 0.7, 0.5 and
 # the final exit predicts 1, 1, 0, 1, so every sample is right at exactly one of the two exits.
@@ -39,8 +42,8 @@ def test_pick_best_takes_the_most_accurate_affordable_point_on_validation():
     # validation accuracy 50, 75, 100, 75, 50 at cost 10, 15, 20, 25, 30
     runs = [run([0, 1, 1, 1])]
     budgets = (0.6, 0.8, 1.0)  # 15, 20 and 25 MACs
-    last = budget_table(runs, budgets=budgets, fit="val", pick="last")
-    best = budget_table(runs, budgets=budgets, fit="val", pick="best")
+    last = budget_table(runs, Scoring(budgets=budgets, fit="val", pick="last"))
+    best = budget_table(runs, Scoring(budgets=budgets, fit="val", pick="best"))
     # last: the most expensive affordable point; best: the most accurate one on validation (cost 20),
     # not the most accurate one on test (cost 15, 100%)
     assert last["cost_pct_mean"].tolist() == [60.0, 80.0, 100.0]
@@ -48,24 +51,53 @@ def test_pick_best_takes_the_most_accurate_affordable_point_on_validation():
     assert best["cost_pct_mean"].tolist() == [60.0, 80.0, 80.0]
     assert best["accuracy_mean"].tolist() == [100.0, 75.0, 75.0]
     assert (last["pick"] == "last").all() and (best["pick"] == "best").all()
-    points = run_points(runs, budgets=budgets, fit="val", pick="best")
+    points = run_points(runs, Scoring(budgets=budgets, fit="val", pick="best"))
     assert points["accuracy"].tolist() == [100.0, 75.0, 75.0] and (points["pick"] == "best").all()
 
 
 def test_pick_best_takes_the_cheaper_point_on_a_tie():
     # validation accuracy 50, 75, 50, 75, 50 at cost 10, 15, 20, 25, 30: a tie at 15 and 25 MACs
-    best = budget_table([run([0, 0, 0, 1])], budgets=(1.0,), fit="val", pick="best")
+    best = budget_table([run([0, 0, 0, 1])], Scoring(budgets=(1.0,), fit="val", pick="best"))
     assert best["cost_pct_mean"].tolist() == [60.0] and best["accuracy_mean"].tolist() == [100.0]
-    last = budget_table([run([0, 0, 0, 1])], budgets=(1.0,), fit="val", pick="last")
+    last = budget_table([run([0, 0, 0, 1])], Scoring(budgets=(1.0,), fit="val", pick="last"))
     assert last["cost_pct_mean"].tolist() == [100.0] and last["accuracy_mean"].tolist() == [50.0]
 
 
-def test_pick_best_refuses_to_select_on_test():
-    for table in (budget_table, run_points):
-        with pytest.raises(ValueError, match=r"pick='best' with fit='test'.*selection on test; use fit='val'"):
-            table([run([0, 1, 1, 1])], pick="best")
-        with pytest.raises(ValueError, match=r"pick must be one of \('last', 'best'\), got 'max'"):
-            table([run([0, 1, 1, 1])], fit="val", pick="max")
+def test_a_scoring_picks_best_on_validation_and_refuses_to_select_on_test():
+    assert Scoring(pick="best").fit == "val" and Scoring().fit == "test"
+    assert budget_table([run([0, 0, 0, 1])], Scoring(budgets=(1.0,), pick="best")).equals(
+        budget_table([run([0, 0, 0, 1])], Scoring(budgets=(1.0,), fit="val", pick="best"))
+    )
+    with pytest.raises(ParameterError, match=r"pick='best' with fit='test'.*selection on test; use fit='val'"):
+        Scoring(pick="best", fit="test")
+    with pytest.raises(ParameterError, match=r"^pick: unknown value 'max'; allowed: last, best$"):
+        Scoring(pick="max")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"budgets": [0.5, 1.5]}, r"budgets must be fractions of the backbone cost in \(0, 1\], got 1.5"),
+        ({"budgets": "0.5"}, r"budgets must be a non-empty list"),
+        ({"grid": "fine"}, r"grid: unknown value 'fine'; allowed: paper, dense"),
+        ({"rule": "margin"}, r"rule: unknown value 'margin'; allowed: maxprob, entropy"),
+        ({"fit": "train"}, r"fit: unknown value 'train'; allowed: test, val"),
+        ({"aggregate": "seeds"}, r"aggregate: unknown value 'seeds'; allowed: runs, curves"),
+        ({"ztw_final": "ics"}, r"ztw_final: unknown value 'ics'; allowed: ensembled, plain"),
+    ],
+)
+def test_a_scoring_names_a_bad_option_when_it_is_made(changes, message):
+    with pytest.raises(ParameterError, match=message):
+        Scoring(**changes)
+    with pytest.raises(ParameterError, match=message):  # and so does a change of a good one
+        dataclasses.replace(Scoring(), **changes)
+
+
+def test_a_scoring_is_frozen_and_holds_its_budgets_as_a_tuple():
+    scoring = Scoring(budgets=np.array([0.5, 1.0]))
+    assert scoring.budgets == (0.5, 1.0) and hash(scoring) == hash(Scoring(budgets=[0.5, 1]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        scoring.pick = "best"  # type: ignore[misc]
 
 
 def two_runs() -> list[ExitOutputs]:
@@ -83,8 +115,8 @@ def two_runs() -> list[ExitOutputs]:
 def test_aggregate_curves_picks_one_index_on_the_mean_curve():
     # mean cost 10 (k <= 49), 12.5 (50-59), 15 (60-69), 17.5 (70-89), 20 (90-94), 30 (95-99)
     budgets = (0.6, 0.8)  # 15 and 20 MACs
-    runs_table = budget_table(two_runs(), budgets=budgets, by=("regime",), aggregate="runs")
-    curves = budget_table(two_runs(), budgets=budgets, by=("regime",), aggregate="curves")
+    runs_table = budget_table(two_runs(), Scoring(budgets=budgets, aggregate="runs"), by=("regime",))
+    curves = budget_table(two_runs(), Scoring(budgets=budgets, aggregate="curves"), by=("regime",))
     # runs: at 15 MACs A at 15 (75) and B at 10 (100); at 20 MACs A at 20 (100) and B at 10 (100)
     assert runs_table["accuracy_mean"].tolist() == [87.5, 100.0]
     assert runs_table["cost_pct_mean"].tolist() == [50.0, 60.0]
@@ -98,16 +130,16 @@ def test_aggregate_curves_picks_one_index_on_the_mean_curve():
 
 def test_aggregate_curves_with_pick_best_uses_the_mean_validation_accuracy():
     # at 20 MACs (k <= 94) the mean accuracy is highest, 100, at k = 60-69: A at 20 (100), B at 10 (100)
-    best = budget_table(two_runs(), budgets=(0.8,), by=(), fit="val", pick="best", aggregate="curves")
+    best = budget_table(two_runs(), Scoring(budgets=(0.8,), fit="val", pick="best", aggregate="curves"), by=())
     assert best["accuracy_mean"].tolist() == [100.0] and best["cost_pct_mean"].tolist() == [60.0]
 
 
 def test_aggregate_curves_notes_a_budget_the_mean_curve_misses_and_equals_runs_for_one_run():
-    curves = budget_table(two_runs(), budgets=(0.25,), by=(), aggregate="curves")
+    curves = budget_table(two_runs(), Scoring(budgets=(0.25,), aggregate="curves"), by=())
     assert np.isnan(curves["accuracy_mean"].iloc[0])
     assert curves["note"].iloc[0] == "no operating point of the mean curve fits"
     one = [run([0, 1, 1, 1])]
-    on_curve, on_runs = (budget_table(one, aggregate=a).drop(columns=["aggregate", "note"]) for a in ("curves", "runs"))
+    on_curve, on_runs = (budget_table(one, Scoring(aggregate=a)).drop(columns=["aggregate", "note"]) for a in ("curves", "runs"))
     assert on_curve.equals(on_runs)
 
 
@@ -116,14 +148,12 @@ def test_aggregate_curves_refuses_groups_whose_curves_differ():
     logits, labels = 5.0 * np.eye(3)[preds], np.array([0, 1, 2, 1])
     four = ExitOutputs(logits, labels, [1.0, 2.0, 3.0, 4.0], 4.0, tags={"method": "pbee"})
     three = ExitOutputs(logits[1:], labels, [2.0, 3.0, 4.0], 4.0, tags={"method": "pbee"})
-    assert len(budget_table([four, three], by=("method",), aggregate="runs")) == 4
+    assert len(budget_table([four, three], Scoring(aggregate="runs"), by=("method",))) == 4
     with pytest.raises(ValueError, match=r"aggregate='curves' averages.*\['4 patiences', '3 patiences'\]"):
-        budget_table([four, three], by=("method",), aggregate="curves")
+        budget_table([four, three], Scoring(aggregate="curves"), by=("method",))
     other_backbone = ExitOutputs(LOGITS, TEST_LABELS, COSTS, 2 * BACKBONE)
     with pytest.raises(ValueError, match="aggregate='curves' needs the runs of a group to share backbone_cost"):
-        budget_table([run([0, 1, 1, 1]), other_backbone], by=(), aggregate="curves")
-    with pytest.raises(ValueError, match=r"aggregate must be one of \('runs', 'curves'\), got 'seeds'"):
-        budget_table([four], by=(), aggregate="seeds")
+        budget_table([run([0, 1, 1, 1]), other_backbone], Scoring(aggregate="curves"), by=())
 
 
 def noisy_views(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,17 +178,12 @@ def test_ztw_plain_final_ensembles_the_ics_only():
     out = ExitOutputs(test, test_labels, [2.0, 5.0, 11.0], 10.0, val_logits=val, val_labels=val_labels, tags=tags)
     for final, logits in (("ensembled", ensembled), ("plain", plain)):
         curve = sweep(logits, test_labels, out.costs, 10.0)
-        assert run_curve(out, ztw_final=final).drop(columns="evaluation").equals(curve)
-        table = budget_table([out], budgets=(1.0,), by=(), ztw_final=final)
+        assert run_curve(out, Scoring(ztw_final=final)).drop(columns="evaluation").equals(curve)
+        table = budget_table([out], Scoring(budgets=(1.0,), ztw_final=final), by=())
         picked = np.flatnonzero(curve["cost_macs"] <= 10.0)[-1]
         assert table["accuracy_mean"].tolist() == [curve["accuracy"].iloc[picked]]
-        points = run_points([out], budgets=(1.0,), ztw_final=final)
+        points = run_points([out], Scoring(budgets=(1.0,), ztw_final=final))
         assert points["accuracy"].tolist() == [curve["accuracy"].iloc[picked]]
-    for call in (budget_table, run_points):
-        with pytest.raises(ValueError, match=r"ztw_final must be one of \('ensembled', 'plain'\), got 'ics'"):
-            call([out], ztw_final="ics")
-    with pytest.raises(ValueError, match=r"ztw_final must be one of \('ensembled', 'plain'\), got 'ics'"):
-        run_curve(out, ztw_final="ics")
 
 
 def test_rule_comparison_stacks_the_three_readings_and_drops_validation_where_there_is_none() -> None:
@@ -172,18 +197,18 @@ def test_rule_comparison_stacks_the_three_readings_and_drops_validation_where_th
         logits = rng.normal(size=(3, 200, 5)) + np.arange(3)[:, None, None] * np.eye(5)[rng.integers(0, 5, 200)][None]
         labels = logits[-1].argmax(-1)
         outputs.append(ExitOutputs(logits, labels, [30.0, 60.0, 100.0], 100.0, logits[:, :80], labels[:80], tags={"regime": "mixed", "seed": seed}))
-    frame = rule_comparison(outputs, budgets=(0.5, 1.0), by=("regime",))
+    frame = rule_comparison(outputs, Scoring(budgets=(0.5, 1.0)), by=("regime",))
     assert list(frame.columns[:3]) == ["regime", "reading", "budget"] and frame["reading"].unique().tolist() == list(READINGS)
     for label, options in READINGS.items():
-        alone = budget_table(outputs, budgets=(0.5, 1.0), by=("regime",), **options)
+        alone = budget_table(outputs, Scoring(budgets=(0.5, 1.0), **options), by=("regime",))
         assert np.allclose(frame.loc[frame["reading"] == label, "accuracy_mean"], alone["accuracy_mean"], equal_nan=True)
     assert format_budget_table(frame).index.names == ["regime", "reading"]
     two = rule_comparison([*outputs, *(ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, o.val_logits, o.val_labels,
-                                                   tags={**o.tags, "regime": "joint"}) for o in outputs)], budgets=(1.0,), by=("regime",))
+                                                   tags={**o.tags, "regime": "joint"}) for o in outputs)], Scoring(budgets=(1.0,)), by=("regime",))
     assert two["regime"].tolist() == ["mixed"] * 3 + ["joint"] * 3  # group by group, each with its readings in order
     assert two["reading"].tolist() == list(READINGS) * 2
     without = [ExitOutputs(o.test_logits, o.test_labels, o.costs, o.backbone_cost, tags={**o.tags, "regime": "joint"}) for o in outputs]
-    frame = rule_comparison([*outputs, *without], budgets=(0.5, 1.0), by=("regime",))
+    frame = rule_comparison([*outputs, *without], Scoring(budgets=(0.5, 1.0)), by=("regime",))
     joint, mixed = frame[frame["regime"] == "joint"], frame[frame["regime"] == "mixed"]
     assert joint["reading"].nunique() == 2 and joint["note"].str.contains("no validation split").all()
     assert mixed["reading"].nunique() == 3 and not mixed["note"].str.contains("no validation split").any()

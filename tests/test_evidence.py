@@ -13,7 +13,7 @@ import pytest
 from mexit import claims
 from mexit.evaluate import run_points
 from mexit.evaluate.evidence import evidence_view, learned, noise_tolerance, phase_ending, phase_view, plateau, run_evidence
-from mexit.study import study
+from mexit.study import make_study
 
 RISING = [40, 50, 58, 64, 68, 71, 73, 75, 77, 79]  # still gaining 2 points an evaluation at the cap
 FLAT = [40, 60, 70, 75, 77, 78, 77.5, 78.2, 77.8, 78.0, 78.4, 77.9]  # +0.4 over the last 5
@@ -103,13 +103,13 @@ def test_evidence_view_counts_the_runs_per_group() -> None:
 
 def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     """Tiny runs (one epoch: one evaluation a phase) are no evidence: every claim is untested."""
-    s = study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0, 1], regimes=["disjoint", "joint", "mixed"], runs_root=str(tmp_path))
+    s = make_study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0, 1], regimes=["disjoint", "joint", "mixed"], runs_root=str(tmp_path))
     evidence, phases = s.evidence()
     assert len(evidence) == 6 and not evidence["evidence"].any()
     assert set(phases["phase"]) == {"P1", "P2", "P3"} and not phases["converged"].any()
     assert evidence["why"].str.contains("too few evaluations for a 5-evaluation plateau").all()
     assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == ["P1, P3: too few evaluations for a 5-evaluation plateau (1)"] * 2
-    status = claims.table1_claims(run_points(s.outputs(), budgets=s.budgets, grid=s.grid), evidence)
+    status = claims.table1_claims(run_points(s.outputs(), s.scoring), evidence)
     assert set(status["verdict"]) == {"untested: not converged"}
     time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)["wall_time_s"].sum(), evidence)
     assert time["verdict"].tolist() == ["untested: not converged"]

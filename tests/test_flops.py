@@ -147,8 +147,8 @@ def test_authors_counting_is_exact_on_a_tiny_model() -> None:
     final = 8  # adaptive max pool: 1 per input element
     macs = exit_costs(model)
     assert (macs.macs, macs.backbone_macs) == ((conv + linear, conv + 2 * linear), conv + linear)
-    authors = exit_costs(model, counting="authors")
-    assert authors.counting == "authors"
+    authors = exit_costs(model, counting="fvcore")
+    assert authors.counting == "fvcore" and exit_costs(model, counting="authors") == authors  # the earlier spelling
     assert authors.macs == (conv + plus_gelu + ic + linear, conv + plus_gelu + ic + final + 2 * linear)
     assert authors.backbone_macs == conv + plus_gelu + final + linear
 
@@ -177,7 +177,7 @@ def test_authors_attention_counts_scaling_and_softmax() -> None:
 def test_authors_counting_is_theirs_and_never_below_ours(name: str, kwargs: dict) -> None:
     model = build(name, 10, placement="every2", **kwargs)
     ours = exit_costs(model)
-    authors = exit_costs(model, counting="authors")
+    authors = exit_costs(model, counting="fvcore")
     assert all(a > m for a, m in zip(authors.macs, ours.macs))
     assert authors.backbone_macs > ours.backbone_macs
     analysis = FlopCountAnalysis(model.eval(), torch.zeros(1, *model.input_shape)).set_op_handle(**AUTHORS_HANDLERS)
@@ -187,17 +187,17 @@ def test_authors_counting_is_theirs_and_never_below_ours(name: str, kwargs: dict
 def test_counting_difference_per_exit() -> None:
     model = build("resnet20", 10, in_chans=1, placement=[3, 6])
     frame = counting_difference(model)
-    assert list(frame.columns) == ["exit", "macs", "macs_pct", "authors", "authors_pct", "difference_pp"]
+    assert list(frame.columns) == ["exit", "macs", "macs_pct", "fvcore", "fvcore_pct", "difference_pp"]
     for counting in COUNTINGS:
         costs = exit_costs(model, counting=counting)
         assert frame[counting].tolist() == list(costs.macs)
         assert frame[f"{counting}_pct"].tolist() == pytest.approx([100 * m / costs.backbone_macs for m in costs.macs])
-    assert frame["difference_pp"].tolist() == pytest.approx((frame["authors_pct"] - frame["macs_pct"]).tolist())
+    assert frame["difference_pp"].tolist() == pytest.approx((frame["fvcore_pct"] - frame["macs_pct"]).tolist())
     # The residual additions and BatchNorm of the backbone scale with it; the ICs' mixed pooling adds more.
     assert 0 < frame["difference_pp"].abs().max() < 1
     assert "percentage points" in frame.attrs["units"]
 
 
 def test_unknown_counting_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"counting must be one of \('macs', 'authors'\), got 'fvcore'"):
-        exit_costs(build("resnet20", 10, in_chans=1, placement=[]), counting="fvcore")
+    with pytest.raises(ValueError, match=r"counting must be one of \('macs', 'fvcore'\), got 'flops'"):
+        exit_costs(build("resnet20", 10, in_chans=1, placement=[]), counting="flops")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from mexit.pipeline import train_or_load
 from mexit.models import BACKBONES, HEADS, METHODS, MultiExit, build, resolve_placement
 from mexit.models.backbones import split_timm_resnet, split_timm_vit, split_torchvision_resnet
 
@@ -384,9 +385,9 @@ def test_imta_gradient_equilibrium_scales_a_chain_backbone_exactly_as_ours() -> 
     model.gradient_equilibrium = True
     x = torch.randn(4, 1, 8, 8, dtype=torch.double)
     for exit_index in range(model.num_exits):
-        model.equilibrium = "ours"
+        model.equilibrium = "whole-output"
         ours = grads(model, x, exit_index, model)
-        model.equilibrium = "imta"
+        model.equilibrium = "coarsest-scale"
         assert torch.equal(grads(model, x, exit_index, model), ours) and ours.abs().sum() > 0
 
 
@@ -578,7 +579,7 @@ def test_a_timm_deit_is_accepted_by_class_and_trains_in_every_regime(tmp_path) -
     overrides = ["model.backbone=timm/deit_tiny_patch16_224", "model.head=linear", "model.placement=[1, 2]",
                  "model.backbone_kwargs={patch_size: 4, depth: 3, embed_dim: 32, num_heads: 2}"]
     store = RunStore(tmp_path)
-    runs = [store.get(c) for c in regime_configs(load_config("tiny", overrides), ["disjoint", "joint", "mixed"], [0])]
+    runs = [train_or_load(store, c) for c in regime_configs(load_config("tiny", overrides), ["disjoint", "joint", "mixed"], [0])]
     for run in runs:
         assert run.logits("test").shape[0] == 3 and torch.isfinite(run.logits("test")).all()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit.config import load_config
 from mexit.flops import exit_costs
 from mexit.models import build
@@ -134,7 +135,7 @@ def test_tiny_runs_train_in_every_regime(tmp_path: Path, regime: str) -> None:
         "model.backbone_kwargs={num_blocks: 3, step: 1, base: 1, channels: 4, growth_rate: 2}",
         f"train.regime={regime}",
     ]
-    run = RunStore(tmp_path).get(load_config("tiny", overrides))
+    run = train_or_load(RunStore(tmp_path), load_config("tiny", overrides))
     logits = run.logits("test")
     assert logits.shape[0] == 3 and logits.shape[2] == 10 and torch.isfinite(logits).all()
     assert len(run.metrics["test_acc"]) == 3
@@ -150,7 +151,7 @@ def test_evaluation_and_every_analysis_accept_an_msdnet(tmp_path: Path) -> None:
         "model.backbone=msdnet", "model.placement=every", "model.head=msdnet",
         "model.backbone_kwargs={num_blocks: 3, step: 1, base: 1, channels: 4, growth_rate: 2}",
     ]
-    runs = [RunStore(tmp_path).get(load_config("tiny", [*overrides, f"train.regime={r}"])) for r in ("joint", "mixed")]
+    runs = [train_or_load(RunStore(tmp_path), load_config("tiny", [*overrides, f"train.regime={r}"])) for r in ("joint", "mixed")]
     table = budget_table([run.outputs() for run in runs], by=("regime",))
     assert len(table) == 2 * 4 and table["final_accuracy_mean"].notna().all()
     model, other = (run.model() for run in runs)
@@ -200,7 +201,7 @@ def test_imta_gradient_equilibrium_scales_the_coarsest_scale_only() -> None:
         model.gradient_equilibrium = False
         plain[exit_index] = _output_grad(model, x, exit_index, block)
         model.gradient_equilibrium = True
-        for rule, found in (("ours", ours), ("imta", imta)):
+        for rule, found in (("whole-output", ours), ("coarsest-scale", imta)):
             model.equilibrium = rule
             found[exit_index] = _output_grad(model, x, exit_index, block)
     finer, coarsest = 0, 1
@@ -214,7 +215,7 @@ def test_imta_gradient_equilibrium_scales_the_coarsest_scale_only() -> None:
     model.gradient_equilibrium = False
     stem_plain = _stem_grad(model, x, 2)
     model.gradient_equilibrium = True
-    model.equilibrium = "ours"
+    model.equilibrium = "whole-output"
     assert torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-9, atol=1e-15)
-    model.equilibrium = "imta"
+    model.equilibrium = "coarsest-scale"
     assert not torch.allclose(_stem_grad(model, x, 2), stem_plain / 3, rtol=1e-3)

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from mexit.evaluate import ExitOutputs, budget_table, patience_sweep, single_exits, sweep  # noqa: E402
+from mexit.evaluate import ExitOutputs, Scoring, budget_table, patience_sweep, single_exits, sweep  # noqa: E402
 from mexit.plots import format_budget_table, flops_accuracy, set_style  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -86,15 +86,15 @@ def test_flops_accuracy_rejects_missing_columns():
 
 
 def test_format_budget_table():
-    table = format_budget_table(budget_table(RUNS, budgets=(0.1, 0.5, 1.0), by=("regime",)))
+    table = format_budget_table(budget_table(RUNS, Scoring(budgets=(0.1, 0.5, 1.0)), by=("regime",)))
     assert list(table.columns) == ["10%", "50%", "100%", "final exit"]
     assert table.columns.name == "accuracy %, mean ± std over seeds"
     assert format_budget_table(budget_table(RUNS, by=("regime",)), ci=True).columns.name == "accuracy %, mean [95% CI] over seeds"
     assert table.index.name == "regime" and table.index.tolist() == ["disjoint", "joint", "mixed"]
     assert table.loc["mixed", "10%"] == "–"  # exit 0 alone costs 20% of the backbone
-    mixed = budget_table(RUNS[4:], budgets=(0.5,), by=("regime",)).iloc[0]
+    mixed = budget_table(RUNS[4:], Scoring(budgets=(0.5,)), by=("regime",)).iloc[0]
     assert table.loc["mixed", "50%"] == f"{mixed['accuracy_mean']:.1f} ± {mixed['accuracy_std']:.1f}"
-    single = format_budget_table(budget_table(RUNS[:1], budgets=(1.0,), by=("regime", "method")), digits=2)
+    single = format_budget_table(budget_table(RUNS[:1], Scoring(budgets=(1.0,)), by=("regime", "method")), digits=2)
     assert single.index.names == ["regime", "method"]
     assert " ± " not in single.iloc[0]["100%"] and len(single.iloc[0]["final exit"].split(".")[1]) == 2
     with pytest.raises(ValueError, match="budget_table"):
@@ -105,13 +105,13 @@ def test_budget_table_cells_with_ci_and_differences_view():
     from mexit.evaluate import paired_differences, run_points
     from mexit.plots import format_differences
 
-    table = budget_table(RUNS, by=("regime",), budgets=[1.0])
+    table = budget_table(RUNS, Scoring(budgets=[1.0]), by=("regime",))
     row = table[table["regime"] == "mixed"].iloc[0]
     cell = format_budget_table(table, ci=True).loc["mixed", "100%"]
     mean, std, half = row["accuracy_mean"], row["accuracy_std"], row["accuracy_ci95"]
     assert cell == f"{mean:.1f} [{mean - half:.1f}, {mean + half:.1f}]"
     assert format_budget_table(table).loc["mixed", "100%"] == f"{mean:.1f} ± {std:.1f}"
-    points = run_points(RUNS, budgets=[0.5, 1.0]).assign(row="R")
+    points = run_points(RUNS, Scoring(budgets=[0.5, 1.0])).assign(row="R")
     diffs = paired_differences(points, [("mixed", "joint")])
     view = format_differences(diffs)
     assert list(view.columns) == ["50%", "100%"] and view.index.tolist() == [("R", "mixed - joint")]
@@ -154,7 +154,7 @@ def test_variant_accuracy_marks_each_regime_per_variant_with_its_ci():
         ExitOutputs(r.test_logits, r.test_labels, r.costs, r.backbone_cost, tags={**r.tags, "variant": variant})
         for variant in ("small", "large") for r in RUNS
     ]
-    table = budget_table(runs, by=("variant", "regime"), budgets=(0.5, 1.0))
+    table = budget_table(runs, Scoring(budgets=(0.5, 1.0)), by=("variant", "regime"))
     ax = variant_accuracy(table, budget=1.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "large"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["disjoint", "joint", "mixed"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit.config import load_config, regime_configs
 from mexit.models import build
 from mexit.sample_weighting import EPSILON, LearnedWeighting, allocate, exit_budget, per_sample_losses
@@ -72,8 +73,8 @@ def test_a_meta_step_trains_the_weight_network_and_leaves_the_model_as_it_was() 
 def test_an_l2w_run_trains_in_every_regime_and_differs_from_sdn(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     base = load_config("tiny", ["train.epochs=2"])
-    l2w = [store.get(c) for c in regime_configs(load_config("tiny", ["train.epochs=2", "model.method=l2w"]), ["disjoint", "joint"], [0])]
-    sdn = [store.get(c) for c in regime_configs(base, ["disjoint", "joint"], [0])]
+    l2w = [train_or_load(store, c) for c in regime_configs(load_config("tiny", ["train.epochs=2", "model.method=l2w"]), ["disjoint", "joint"], [0])]
+    sdn = [train_or_load(store, c) for c in regime_configs(base, ["disjoint", "joint"], [0])]
     for a, b in zip(l2w, sdn):
         assert torch.isfinite(a.logits("test")).all()
         assert torch.equal(a.logits("test")[-1], b.logits("test")[-1]) == (a.config.train.regime == "disjoint")  # P1 alike

@@ -101,7 +101,8 @@ def test_paper_smoke_ci_part_one_row_per_family_through_table1(tmp_path: Path) -
     assert status == 0
     executed = json.loads((tmp_path / "smoke" / "book" / "book" / "generated" / "table1.ipynb").read_text())
     injected = "".join(next(c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", []))["source"])
-    assert "(smoke)" in injected and str(tmp_path / "smoke" / "runs") in injected
+    assert 'profile = "paper-families (smoke)"' in injected  # a profile file is named by its stem
+    assert str(tmp_path / "smoke" / "runs") not in injected  # the store reaches the kernel as $MEXIT_RUNS, not as a page's parameter
     runs = list((tmp_path / "smoke" / "runs" / "runs").glob("*/metrics.json"))
     assert len(runs) == len(FAMILY_ROWS) * 3
     shapes = {tuple(read_json(p)["input_shape"]) for p in runs}

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit import checkpoint, data
 from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import RunConfig, load_config, regime_configs
@@ -49,7 +50,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str, root: Path) -> tuple[in
 def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     configs = regime_configs(load_config("tiny"), ["disjoint", "joint", "mixed"], [0])
-    runs = [store.get(c) for c in configs]
+    runs = [train_or_load(store, c) for c in configs]
     assert len(list((tmp_path / "phases").iterdir())) == 4  # P1 (shared), P3, P2 of joint, P2 of mixed
     assert phase_keys(configs[0])[0] == phase_keys(configs[2])[0]
     for run in runs:
@@ -58,7 +59,7 @@ def test_three_regimes_share_p1_and_load_instantly(tmp_path: Path) -> None:
         assert run.costs["unit"] == "MACs" and run.costs["macs"] == sorted(run.costs["macs"])
         assert set(run.trace()["phase"]) == set(run.config.train.phase_list)
     started = time.perf_counter()
-    again = store.get(configs[2])
+    again = train_or_load(store, configs[2])
     assert time.perf_counter() - started < 1.0
     assert torch.equal(again.logits("test"), runs[2].logits("test"))
     table = store.table().set_index("key")
@@ -97,7 +98,7 @@ def test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched(tmp_path: Path) -
     """Real training, not only apply_phase: after P3 every backbone tensor, BatchNorm buffers
     included, equals its state after P1, while the ICs have changed."""
     config = regime_configs(load_config("tiny", ["train.epochs=2"]), ["disjoint"], [0])[0]
-    run = RunStore(tmp_path).get(config)
+    run = train_or_load(RunStore(tmp_path), config)
     after_p1, after_p3 = (checkpoint.load_tensors(tmp_path / "phases" / key / "state.pt")["model"] for key in phase_keys(config))
     backbone = list(after_p1)  # P1 keeps the backbone's state only
     assert any("running_mean" in k for k in backbone) and any(k.startswith("final_head.") for k in backbone)
@@ -123,14 +124,14 @@ def test_p3_over_all_heads_weighs_each_ic_one_in_h(tmp_path: Path) -> None:
     # weights each of the 2 ICs of 3 heads weighs 1/3 instead of 1/2, i.e. our P3 at 2/3 the rate.
     base = ["train.regime=disjoint", "train.optim.weight_decay=0", "train.optim.lr=0.03", "train.dominance_every=0"]
     store = RunStore(tmp_path)
-    authors = store.get(load_config("tiny", [*base, "train.p3_loss=all_heads"]))
-    ours = store.get(load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.02}}"]))
+    authors = train_or_load(store, load_config("tiny", [*base, "train.p3_loss=all_heads"]))
+    ours = train_or_load(store, load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.02}}"]))
     assert authors.key != ours.key and phase_keys(authors.config)[0] == phase_keys(ours.config)[0]  # one P1
     a, b = authors.model().state_dict(), ours.model().state_dict()
     ics = [name for name in a if name.startswith("ics.") and a[name].is_floating_point()]
     assert ics and all(torch.allclose(a[name], b[name], atol=1e-5) for name in ics)
     moved = load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.03}}"])  # the same rate: the ICs differ
-    c = store.get(moved).model().state_dict()
+    c = train_or_load(store, moved).model().state_dict()
     assert not all(torch.allclose(a[name], c[name], atol=1e-5) for name in ics)
 
 
@@ -145,10 +146,10 @@ def test_one_p1_per_seed_serves_every_ic_configuration(tmp_path: Path) -> None:
     assert phase_keys(disjoint)[0] == phase_keys(mixed)[0]
     assert phase_keys(regime_configs(base, ["mixed"], [1])[0])[0] != phase_keys(disjoint)[0]  # one per seed
     store = RunStore(tmp_path / "shared")
-    first, second = store.get(disjoint), store.get(mixed)
+    first, second = train_or_load(store, disjoint), train_or_load(store, mixed)
     assert first.phases()["phase_key"][0] == second.phases()["phase_key"][0]
     assert len(list((tmp_path / "shared" / "phases").iterdir())) == 3  # P1 once, P3, P2
-    apart = RunStore(tmp_path / "apart").get(mixed)
+    apart = train_or_load(RunStore(tmp_path / "apart"), mixed)
     shared_p1, own_p1 = (checkpoint.load_tensors(run.path.parent.parent / "phases" / run.phases()["phase_key"][0] / "state.pt")["model"]
                          for run in (second, apart))
     assert shared_p1.keys() == own_p1.keys() and all(torch.equal(shared_p1[k], own_p1[k]) for k in own_p1)
@@ -162,8 +163,8 @@ def test_one_p1_per_seed_serves_every_ic_configuration(tmp_path: Path) -> None:
 
 def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
     config = load_config("tiny", ["train.regime=joint"])
-    first = RunStore(tmp_path / "a").get(config)
-    second = RunStore(tmp_path / "b").get(config)
+    first = train_or_load(RunStore(tmp_path / "a"), config)
+    second = train_or_load(RunStore(tmp_path / "b"), config)
     assert torch.equal(first.logits("val"), second.logits("val"))
     assert torch.equal(first.logits("test"), second.logits("test"))
 
@@ -182,7 +183,7 @@ def test_the_model_takes_the_configured_memory_order(channels_last: bool) -> Non
 
 
 def test_model_reloads_with_the_stored_weights(tmp_path: Path) -> None:
-    run = RunStore(tmp_path).get(load_config("tiny"))
+    run = train_or_load(RunStore(tmp_path), load_config("tiny"))
     model = run.model()
     from mexit.data import load
 
@@ -198,7 +199,7 @@ def test_model_reloads_with_the_stored_weights(tmp_path: Path) -> None:
 
 def test_corrupted_checkpoint_is_detected_not_used(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    run = store.get(load_config("tiny"))
+    run = train_or_load(store, load_config("tiny"))
     state = tmp_path / "phases" / phase_keys(run.config)[-1] / "state.pt"
     blob = bytearray(state.read_bytes())
     blob[-100] ^= 0xFF
@@ -255,7 +256,7 @@ def test_a_crafted_file_with_a_valid_header_is_refused_without_running_code(tmp_
 def test_early_stopping_follows_the_papers_rule_and_reloads_the_best_state(tmp_path: Path) -> None:
     patience = 2
     config = load_config("tiny", ["train.regime=joint", "train.epochs=30", f"train.patience={patience}", "train.eval_every=2", "train.optim.lr=0.002"])
-    run = RunStore(tmp_path).get(config)
+    run = train_or_load(RunStore(tmp_path), config)
     trace = run.trace()
     accuracy = trace[[f"val_acc_{i}" for i in range(3)]].to_numpy()
     best, bad, last_improvement, stop = [-1.0] * 3, [0] * 3, None, None
@@ -274,7 +275,7 @@ def test_early_stopping_follows_the_papers_rule_and_reloads_the_best_state(tmp_p
 
 def test_remove_keeps_phases_other_runs_use(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    disjoint, mixed = (store.get(c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
+    disjoint, mixed = (train_or_load(store, c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
     removed = store.remove(mixed.key)
     assert tmp_path / "phases" / phase_keys(mixed.config)[0] not in removed  # P1 is disjoint's too
     assert len(removed) == 2
@@ -298,13 +299,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    progress = checkpoint.load_tensors(partial)["progress"]
-    assert 0 < progress["epoch"] < 6
+    state = checkpoint.load_tensors(partial)["state"]
+    assert 0 < state["epoch"] < 6
     resumed_process = subprocess.run(_mexit("train", "--config", "tiny", *overrides, root=killed_root), env=_env(), capture_output=True, text=True)
     assert resumed_process.returncode == 0
-    assert f"P2] resuming after epoch {progress['epoch']} of 6" in resumed_process.stderr
-    resumed = RunStore(killed_root).get(config)
-    fresh = RunStore(tmp_path / "fresh").get(config)
+    assert f"P2] resuming after epoch {state['epoch']} of 6" in resumed_process.stderr
+    resumed = train_or_load(RunStore(killed_root), config)
+    fresh = train_or_load(RunStore(tmp_path / "fresh"), config)
     assert torch.equal(resumed.logits("test"), fresh.logits("test"))
     assert resumed.trace().equals(fresh.trace())
     assert not partial.exists()
@@ -313,15 +314,15 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
 def test_a_corrupted_phase_is_reported_set_aside_and_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore(tmp_path)
     disjoint_config, mixed_config = regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0])
-    store.get(disjoint_config)
+    train_or_load(store, disjoint_config)
     shared = tmp_path / "phases" / phase_keys(mixed_config)[0] / "state.pt"
     blob = bytearray(shared.read_bytes())
     blob[-10] ^= 0xFF
     shared.write_bytes(bytes(blob))
-    mixed = store.get(mixed_config)  # needs the shared P1: finds it damaged, retrains it
+    mixed = train_or_load(store, mixed_config)  # needs the shared P1: finds it damaged, retrains it
     assert "corrupted" in capsys.readouterr().err
     assert shared.with_name("state.pt.corrupt").exists()
-    assert torch.equal(mixed.logits("test"), RunStore(tmp_path / "fresh").get(mixed_config).logits("test"))
+    assert torch.equal(mixed.logits("test"), train_or_load(RunStore(tmp_path / "fresh"), mixed_config).logits("test"))
 
 
 def test_an_unfinished_run_can_be_removed(tmp_path: Path) -> None:
@@ -363,11 +364,11 @@ def test_a_process_waiting_for_a_lock_says_so(tmp_path: Path, capsys: pytest.Cap
     holder = threading.Thread(target=hold)
     holder.start()
     taken.wait()
-    with RunStore(tmp_path)._lock(tmp_path / "phases" / "k", True):
+    with RunStore(tmp_path).lock(tmp_path / "phases" / "k", True):
         pass
     holder.join()
     assert "another process is training" in capsys.readouterr().err
-    with RunStore(tmp_path)._lock(tmp_path / "phases" / "k", True):  # free: no message
+    with RunStore(tmp_path).lock(tmp_path / "phases" / "k", True):  # free: no message
         pass
     assert capsys.readouterr().err == ""
 
@@ -404,7 +405,7 @@ def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = RunStore(tmp_path)
-    disjoint, mixed = (store.get(c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
+    disjoint, mixed = (train_or_load(store, c) for c in regime_configs(load_config("tiny"), ["disjoint", "mixed"], [0]))
     phase_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "phases").glob("*/state.pt")}
     metrics, logits = (mixed.path / "metrics.json").read_text(), mixed.logits("test").clone()
     (mixed.path / "metrics.json").write_text(metrics[: len(metrics) // 2])  # truncated
@@ -416,7 +417,7 @@ def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_
     code, out, _ = _cli(capsys, "runs", "show", disjoint.key, root=tmp_path)
     assert code == 1 and "is unfinished" in out
     assert store.runs() == []
-    again = store.get(mixed.config)  # set aside, trained again from its intact phases
+    again = train_or_load(store, mixed.config)  # set aside, trained again from its intact phases
     assert "damaged: metrics.json" in capsys.readouterr().err
     assert (tmp_path / "runs" / f"{mixed.key}.damaged").is_dir()
     assert torch.equal(again.logits("test"), logits) and again.metrics["test_acc"] == json.loads(metrics)["value"]["test_acc"]
@@ -424,26 +425,26 @@ def test_a_damaged_or_unfinished_run_is_listed_with_its_state_and_a_damaged_one_
     blob = bytearray((again.path / "logits.pt").read_bytes())
     blob[-10] ^= 0xFF
     (again.path / "logits.pt").write_bytes(bytes(blob))
-    store.get(mixed.config)
+    train_or_load(store, mixed.config)
     assert "damaged: logits.pt" in capsys.readouterr().err
     assert [r.key for r in store.runs()] == [mixed.key]  # the set-aside copy is not a run
 
 
 def test_a_changed_digit_in_a_json_file_is_noticed_and_recomputed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = RunStore(tmp_path)
-    run = store.get(load_config("tiny"))
+    run = train_or_load(store, load_config("tiny"))
     costs = (run.path / "costs.json").read_text()
     first = next(i for i, c in enumerate(costs) if c.isdigit() and costs[i - 1] in " [")
     (run.path / "costs.json").write_text(costs[:first] + str((int(costs[first]) + 1) % 10) + costs[first + 1:])
     with pytest.raises(CorruptCheckpointError, match="costs.json: its content no longer matches its sha256"):
         run.costs
     assert "damaged: costs.json (its content no longer matches its sha256)" in store.table().set_index("key").loc[run.key, "state"]
-    again = store.get(run.config)
+    again = train_or_load(store, run.config)
     assert "damaged: costs.json" in capsys.readouterr().err and again.costs["macs"] == json.loads(costs)["value"]["macs"]
     phase = tmp_path / "phases" / phase_keys(run.config)[0] / "phase.json"
     phase.write_text(phase.read_text().replace('"epochs_run": 1', '"epochs_run": 7'))
     shutil.rmtree(again.path)
-    store.get(run.config)  # the phase record no longer matches: that phase is trained again
+    train_or_load(store, run.config)  # the phase record no longer matches: that phase is trained again
     assert "phase.json.corrupt" in capsys.readouterr().err and checkpoint.read_json(phase)["epochs_run"] == 1
 
 
@@ -471,7 +472,7 @@ def test_distributed_ranks_agree_on_early_stopping(tmp_path: Path) -> None:
 
 def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
     overrides = ["train.regime=joint", "train.epochs=2", "train.optim.lr=0.001"]
-    single = RunStore(tmp_path / "single").get(load_config("tiny", overrides))
+    single = train_or_load(RunStore(tmp_path / "single"), load_config("tiny", overrides))
     result = _torchrun(tmp_path / "ddp", overrides, 29517)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = RunStore(tmp_path / "ddp").runs()
@@ -495,7 +496,7 @@ def test_distributed_run_equals_single_process_without_batch_statistics_or_augme
         "model.backbone=timm/vit_tiny_patch16_224", "model.backbone_kwargs={patch_size: 4}", "model.head=linear",
         "model.placement=[4, 8]", "data.augment=none", "data.train_size=512", "train.dominance_every=0",
     ]  # fmt: skip
-    single = RunStore(tmp_path / "single").get(load_config("tiny", overrides))
+    single = train_or_load(RunStore(tmp_path / "single"), load_config("tiny", overrides))
     result = _torchrun(tmp_path / "ddp", overrides, 29519)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = RunStore(tmp_path / "ddp").runs()[0]
@@ -509,9 +510,9 @@ def test_distributed_run_equals_single_process_without_batch_statistics_or_augme
 
 
 def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mexit.store
+    import mexit.pipeline
 
-    real_probe = mexit.store._dominance_probe
+    real_probe = mexit.pipeline.dominance_probe
 
     def slow_probe(config: RunConfig, splits: data.Splits) -> Probe:
         probe = real_probe(config, splits)
@@ -522,9 +523,9 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
 
         return measured
 
-    monkeypatch.setattr(mexit.store, "_dominance_probe", slow_probe)
-    plain = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=0"]))
-    traced = RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.dominance_every=5"]))
+    monkeypatch.setattr(mexit.pipeline, "dominance_probe", slow_probe)
+    plain = train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=mixed", "train.dominance_every=0"]))
+    traced = train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=mixed", "train.dominance_every=5"]))
     assert plain.probes().empty
     probes = traced.probes()
     # P2 only (exits compete there), before its first step and every 5 steps
@@ -557,8 +558,8 @@ def test_a_dry_run_shows_each_phase_and_trains_nothing(tmp_path: Path, capsys: p
     # the authors' P3: lr 0.02, and the mean over all 7 heads (the frozen final head's term included)
     assert p3["trains"] == "ICs" and p3["lr"] == "0.02" and p3["loss_exits"] == "1 2 3 4 5 6 H" and p3["loss_weights"].count("0.143") == 7
     # the authors' early stopping: P1 evaluated every epoch, P3 every min(batches, 300) steps
-    assert p1["stopping"].startswith("validation every epoch, patience 50 (authors: ties do not count")
-    assert p3["stopping"].startswith("validation every min(batches per epoch, 300) steps, patience 50 (authors")
+    assert p1["stopping"].startswith("validation every epoch, patience 50 (restore-on-stop: ties do not count")
+    assert p3["stopping"].startswith("validation every min(batches per epoch, 300) steps, patience 50 (restore-on-stop")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "phases").exists()
 
 
@@ -589,7 +590,7 @@ def test_cli_errors_store_nothing(tmp_path: Path, arguments: list[str], message:
 
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
     """``mexit runs list | head -0``: the output pipe closes before mexit writes; it stops quietly."""
-    RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
+    train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
     process = subprocess.Popen(_mexit("runs", "list", root=tmp_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()  # before the interpreter has even imported mexit

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from mexit.study import ParameterError, study
+from mexit.evaluate import Scoring
+from mexit.study import ParameterError, make_study
 
 TINY_ROW = {"label": "tiny", "config": "tiny", "overrides": []}
 
@@ -51,7 +52,7 @@ def _params(**changes: Any) -> dict[str, Any]:
 )
 def test_a_bad_parameter_is_named_before_anything_is_built(changes: dict[str, Any], names: list[str], tmp_path: Path) -> None:
     with pytest.raises(ParameterError) as raised:
-        study(**_params(**{"runs_root": str(tmp_path / "store"), **changes}))
+        make_study(**_params(**{"runs_root": str(tmp_path / "store"), **changes}))
     message = str(raised.value)
     for name in names:
         assert name in message
@@ -60,29 +61,29 @@ def test_a_bad_parameter_is_named_before_anything_is_built(changes: dict[str, An
 
 
 def test_a_study_lists_every_run_row_by_row_and_seed_by_seed() -> None:
-    s = study(**_params(rows=[TINY_ROW, {"label": "deeper", "config": "tiny", "overrides": ["model.backbone=resnet32"]}]))
+    s = make_study(**_params(rows=[TINY_ROW, {"label": "deeper", "config": "tiny", "overrides": ["model.backbone=resnet32"]}]))
     listed = [(row.label, config.train.seed, config.train.regime) for row, config in s.configs()]
     assert listed == [
         (label, seed, regime) for label in ("tiny", "deeper") for seed in (0, 1) for regime in ("disjoint", "joint", "mixed")
     ]
     assert {config.model.backbone for row, config in s.configs() if row.label == "deeper"} == {"resnet32"}
     assert s.pairs == [("mixed", "joint"), ("mixed", "disjoint")]
-    assert study(**_params(regimes=["joint", "mixed"])).pairs == [("mixed", "joint")]
+    assert make_study(**_params(regimes=["joint", "mixed"])).pairs == [("mixed", "joint")]
 
 
 def test_runs_root_none_is_the_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MEXIT_RUNS", str(tmp_path))
-    assert study(**_params(runs_root=None)).runs_root == tmp_path
+    assert make_study(**_params(runs_root=None)).runs_root == tmp_path
 
 
 def test_runs_are_trained_once_and_shared_between_studies(tmp_path: Path) -> None:
-    first = study(**_params(seeds=[0], runs_root=str(tmp_path)))
+    first = make_study(**_params(seeds=[0], runs_root=str(tmp_path)))
     outputs = first.outputs()
     assert [o.tags["regime"] for o in outputs] == ["disjoint", "joint", "mixed"]
     assert {o.tags["row"] for o in outputs} == {"tiny"}
     stored = sorted(p.name for p in (tmp_path / "phases").iterdir())
     assert len(stored) == 4  # P1 shared by disjoint and mixed: P1, P3, P2 (joint), P2 (mixed)
-    again = study(**_params(seeds=[0], regimes=["mixed"], runs_root=str(tmp_path))).outputs()
+    again = make_study(**_params(seeds=[0], regimes=["mixed"], runs_root=str(tmp_path))).outputs()
     assert again[0].tags["run"] == outputs[2].tags["run"]
     assert sorted(p.name for p in (tmp_path / "phases").iterdir()) == stored
     phases = first.phase_costs()
@@ -128,7 +129,7 @@ HEADS = [
 
 def test_variants_cross_every_row_in_order_with_their_own_regimes_and_rows() -> None:
     deeper = {"label": "deeper", "config": "tiny", "overrides": ["model.backbone=resnet32"]}
-    s = study(**_params(rows=[TINY_ROW, deeper], seeds=[0], variants=HEADS))
+    s = make_study(**_params(rows=[TINY_ROW, deeper], seeds=[0], variants=HEADS))
     listed = [(row.label, row.variant, config.train.regime) for row, config in s.configs()]
     regimes = ("disjoint", "joint", "mixed")
     assert listed == [
@@ -143,7 +144,7 @@ def test_variants_cross_every_row_in_order_with_their_own_regimes_and_rows() -> 
     rows = {(row.label, row.variant): row for row in s.rows}
     assert rows[("tiny", "PBEE rule")].exit_method == "pbee" and rows[("tiny", "pooled")].exit_method is None
     assert rows[("tiny", "conv 2L")].tags == {"row": "tiny", "variant": "conv 2L"}
-    assert study(**_params()).rows[0].tags == {"row": "tiny"}
+    assert make_study(**_params()).rows[0].tags == {"row": "tiny"}
 
 
 @pytest.mark.parametrize(
@@ -164,7 +165,7 @@ def test_variants_cross_every_row_in_order_with_their_own_regimes_and_rows() -> 
 )
 def test_a_bad_variant_is_named_before_anything_is_built(variants: Any, names: list[str], tmp_path: Path) -> None:
     with pytest.raises(ParameterError) as raised:
-        study(**_params(runs_root=str(tmp_path / "store"), variants=variants))
+        make_study(**_params(runs_root=str(tmp_path / "store"), variants=variants))
     message = str(raised.value)
     assert message.startswith(names[0]) and "\n" not in message
     for name in names[1:]:
@@ -204,27 +205,26 @@ def test_head_costs_and_p1_sharing_summarise_the_runs() -> None:
 
 
 def test_scoring_picks_the_best_point_on_validation_and_the_last_on_test() -> None:
-    assert study(**_params()).scoring["fit"] == "test"
-    best = study(**_params(pick="best", aggregate="curves", ztw_final="plain"))
-    assert best.scoring == {"budgets": best.budgets, "grid": best.grid, "pick": "best", "fit": "val", "ztw_final": "plain"}
-    assert best.aggregate == "curves"
+    assert make_study(**_params()).scoring == Scoring(grid="dense", fit="test")
+    best = make_study(**_params(pick="best", aggregate="curves", ztw_final="plain"))
+    assert best.scoring == Scoring(grid="dense", pick="best", fit="val", aggregate="curves", ztw_final="plain")
 
 
 def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_path: Path) -> None:
     from mexit.flops import exit_costs
     from mexit.study import counting_table
 
-    s = study(**_params(seeds=[0], regimes=["joint"], runs_root=str(tmp_path), rows=[{**TINY_ROW, "overrides": ["train.dominance_every=0"]}]))
+    s = make_study(**_params(seeds=[0], regimes=["joint"], runs_root=str(tmp_path), rows=[{**TINY_ROW, "overrides": ["train.dominance_every=0"]}]))
     table = counting_table(s)
     run = s.runs()[0][1]
     assert table["row"].unique().tolist() == ["tiny"] and len(table) == len(run.metrics["test_acc"])
     assert table["macs"].tolist() == list(run.costs["macs"])  # ours: what the run stored
-    authors = exit_costs(run.model(), tuple(run.metrics["input_shape"]), counting="authors")
-    assert table["authors"].tolist() == list(authors.macs) and (table["authors"] > table["macs"]).all()
+    authors = exit_costs(run.model(), tuple(run.metrics["input_shape"]), counting="fvcore")
+    assert table["fvcore"].tolist() == list(authors.macs) and (table["fvcore"] > table["macs"]).all()
 
 
 def test_a_study_on_fresh_seeds_keeps_everything_but_the_seeds() -> None:
-    s = study(**_params(seeds=[0, 1]))
+    s = make_study(**_params(seeds=[0, 1]))
     fresh = s.with_seeds([2, 3])
     assert fresh is not None and fresh.seeds == (2, 3) and fresh.rows == s.rows and fresh.regimes == s.regimes
     assert s.with_seeds([]) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mexit.pipeline import train_or_load
 from mexit.config import OptimConfig, load_config
 from mexit.store import RunStore
 from mexit.train import epoch_batches, learning_rate
@@ -48,7 +49,7 @@ def test_the_vit_recipe_knobs_train(tmp_path: Path) -> None:
             "train.optim.label_smoothing=0.1", "train.loss_weights=sdn", "train.gradient_equilibrium=true",
         ],
     )  # fmt: skip
-    run = RunStore(tmp_path).get(config)
+    run = train_or_load(RunStore(tmp_path), config)
     trace = run.trace()
     assert len(trace) == 2 and torch.isfinite(torch.tensor(trace.filter(like="train_loss").to_numpy())).all()
     assert max(run.metrics["test_acc"]) > 15  # above chance (10%) after two epochs
@@ -61,7 +62,7 @@ def test_mixup_needs_an_even_batch() -> None:
 
 def test_loader_workers_keep_runs_deterministic(tmp_path: Path) -> None:
     config = load_config("tiny", ["train.regime=joint", "train.num_workers=2"])
-    first, second = (RunStore(tmp_path / name).get(config) for name in ("a", "b"))
+    first, second = (train_or_load(RunStore(tmp_path / name), config) for name in ("a", "b"))
     assert torch.equal(first.logits("test"), second.logits("test"))
     assert config.key() != load_config("tiny", ["train.regime=joint"]).key()
 
@@ -86,13 +87,13 @@ def test_mixup_cutmix_and_gradient_clipping_act_on_every_step(tmp_path: Path, mo
     monkeypatch.setattr(mexit.train.nn.utils, "clip_grad_norm_", clip)
     monkeypatch.setattr(mexit.train, "multi_exit_loss", loss)
     knobs = ["train.optim.clip_grad=0.5", "train.optim.mixup=0.8", "train.optim.cutmix=1.0"]
-    run = RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0", *knobs]))
+    run = train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=joint", "train.dominance_every=0", *knobs]))
     steps = int(run.phases()["steps"].sum())
     assert steps > 0 and clipped == [0.5] * steps
     assert target_dims == [2] * steps  # soft targets: mixup / cutmix on every batch
     clipped.clear()
     target_dims.clear()
-    RunStore(tmp_path).get(load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
+    train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=joint", "train.dominance_every=0"]))
     assert clipped == [] and set(target_dims) == {1}
 
 
@@ -104,7 +105,7 @@ def test_diverged_training_stops_with_its_phase_epoch_and_step_and_stores_nothin
 
     config = load_config("tiny", ["train.regime=joint", "train.optim.lr=1e6", "train.dominance_every=0"])
     with pytest.raises(TrainingDiverged, match=r"training diverged in P2, epoch 1, step \d+: the loss is (nan|inf)"):
-        RunStore(tmp_path).get(config)
+        train_or_load(RunStore(tmp_path), config)
     assert not (tmp_path / "runs" / config.key() / "metrics.json").exists()
     assert RunStore(tmp_path).runs() == []
     code = main(["--root", str(tmp_path), "train", "--config", "tiny", "train.regime=joint", "train.optim.lr=1e6"])
@@ -126,8 +127,8 @@ def _replay_stopping(accuracy: np.ndarray, patience: int, ties_count: bool) -> i
 
 def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_the_cap(tmp_path: Path) -> None:
     overrides = ["train.regime=joint", "train.epochs=30", "train.patience=2", "train.eval_every=2", "train.optim.lr=0.002",
-                 "train.dominance_every=0", "train.stopping=authors"]  # fmt: skip
-    run = RunStore(tmp_path).get(load_config("tiny", overrides))
+                 "train.dominance_every=0", "train.stopping=restore-on-stop"]  # fmt: skip
+    run = train_or_load(RunStore(tmp_path), load_config("tiny", overrides))
     accuracy = run.trace()[[f"val_acc_{i}" for i in range(3)]].to_numpy()
     stop = _replay_stopping(accuracy, patience=2, ties_count=False)
     assert stop == len(accuracy) - 1 and run.metrics["phase_stopped_early"] == [True]
@@ -135,7 +136,7 @@ def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_t
     # at the epoch cap (no early stop) the authors keep the last state, ours reloads the best one; the
     # last of the 33 steps is not an evaluation's (every 4th), so the best state is never the last
     capped = ["train.regime=joint", "train.epochs=3", "train.patience=100", "train.eval_every=4", "train.dominance_every=0"]
-    authors, ours = (RunStore(tmp_path).get(load_config("tiny", [*capped, f"train.stopping={rule}"])) for rule in ("authors", "ours"))
+    authors, ours = (train_or_load(RunStore(tmp_path), load_config("tiny", [*capped, f"train.stopping={rule}"])) for rule in ("restore-on-stop", "restore-best"))
     assert authors.metrics["phase_stopped_early"] == ours.metrics["phase_stopped_early"] == [False]
     assert authors.phases()["steps"].tolist() == [33] and authors.phases()["best_step"].tolist() == [33]
     assert ours.phases()["best_step"].iloc[0] in set(ours.trace()["step"]) and ours.phases()["best_step"].iloc[0] < 33
@@ -144,12 +145,12 @@ def test_the_authors_early_stopping_lets_ties_pass_and_keeps_the_last_state_at_t
 
 def test_the_authors_p3_tracks_the_frozen_final_head_which_only_augmented_validation_moves(tmp_path: Path) -> None:
     overrides = ["train.regime=disjoint", "train.epochs=[1, 2]", "train.patience=1", "train.eval_every=2", "train.dominance_every=0",
-                 "train.stopping=authors"]  # fmt: skip
-    plain = RunStore(tmp_path).get(load_config("tiny", overrides))
+                 "train.stopping=restore-on-stop"]  # fmt: skip
+    plain = train_or_load(RunStore(tmp_path), load_config("tiny", overrides))
     p3 = plain.trace().query("phase == 'P3'")
     assert p3["val_acc_2"].nunique() == 1  # frozen, evaluated on fixed images: every evaluation ties
     assert plain.metrics["phase_stopped_early"][1] is False  # its counter never grows, so P3 cannot stop early
-    augmented = RunStore(tmp_path).get(load_config("tiny", [*overrides, "data.val_transform=train"]))
+    augmented = train_or_load(RunStore(tmp_path), load_config("tiny", [*overrides, "data.val_transform=train"]))
     assert augmented.trace().query("phase == 'P3'")["val_acc_2"].nunique() > 1  # augmented images: it moves
 
 
@@ -157,15 +158,15 @@ def test_the_authors_rule_evaluates_p1_every_epoch_and_never_without_patience(tm
     from mexit import data
     from mexit.train import evaluation_interval
 
-    authors = load_config("tiny", ["train.regime=mixed", "train.patience=5", "train.stopping=authors"]).train
+    authors = load_config("tiny", ["train.regime=mixed", "train.patience=5", "train.stopping=restore-on-stop"]).train
     ours = load_config("tiny", ["train.regime=mixed", "train.patience=5"]).train
     assert [evaluation_interval(authors, i, 1000) for i in (0, 1)] == [1000, 300]
     assert [evaluation_interval(ours, i, 1000) for i in (0, 1)] == [300, 300]
     assert [evaluation_interval(authors, i, 40) for i in (0, 1)] == [40, 40]
     # without patience the authors hold out nothing and evaluate nothing: every training image trains
-    config = load_config("tiny", ["train.regime=joint", "train.dominance_every=0", "train.stopping=authors"])
+    config = load_config("tiny", ["train.regime=joint", "train.dominance_every=0", "train.stopping=restore-on-stop"])
     assert not config.train.holds_out_validation and evaluation_interval(config.train, 0, 40) is None
-    run = RunStore(tmp_path).get(config)
+    run = train_or_load(RunStore(tmp_path), config)
     assert run.trace().empty and not run.has_validation and run.outputs().val_logits is None
     assert run.metrics["val_acc"] is None
     with pytest.raises(ValueError, match="has no validation split"):
@@ -182,14 +183,14 @@ def test_mixup_mode_is_passed_to_timm_and_checked() -> None:
     assert _mixup(OptimConfig(mixup=0.8), 10).mode == "batch"
     with pytest.raises(ValueError, match="mixup_mode 'sample'; allowed: batch, pair, elem"):
         load_config("tiny", ["train.optim.mixup_mode=sample"]).validate()
-    with pytest.raises(ValueError, match="train.stopping 'theirs'; allowed: ours, authors"):
+    with pytest.raises(ValueError, match="train.stopping 'theirs'; allowed: restore-best, restore-on-stop"):
         load_config("tiny", ["train.stopping=theirs"]).validate()
     with pytest.raises(ValueError, match="data.val_transform must be one of"):
         load_config("tiny", ["data.val_transform=augmented"]).validate()
 
 
-def test_equilibrium_is_ours_or_imta() -> None:
-    with pytest.raises(ValueError, match="unknown train.equilibrium 'li'; allowed: ours, imta"):
+def test_equilibrium_scales_the_whole_output_or_the_coarsest_scale() -> None:
+    with pytest.raises(ValueError, match="unknown train.equilibrium 'li'; allowed: whole-output, coarsest-scale"):
         load_config("tiny", ["train.equilibrium=li"]).validate()
 
 
@@ -197,7 +198,7 @@ def test_equilibrium_keys_p2_and_leaves_p1_shared() -> None:
     from mexit.store import phase_keys
 
     ours, imta = (phase_keys(load_config("tiny", ["train.gradient_equilibrium=true", f"train.equilibrium={rule}"]))
-                  for rule in ("ours", "imta"))
+                  for rule in ("whole-output", "coarsest-scale"))
     assert ours[0] == imta[0] and ours[1] != imta[1]  # mixed: P1, P2
 
 
@@ -220,19 +221,19 @@ def test_imta_equilibrium_trains_on_the_sum_of_the_exits_losses(tmp_path: Path, 
     monkeypatch.setattr(mexit.train.nn.utils, "clip_grad_norm_", first_norm)
     base = ["train.regime=joint", "train.dominance_every=0", "train.optim.clip_grad=1e9"]  # measures, never clips
     for equilibrium in ("true", "false"):
-        for rule in ("ours", "imta"):
+        for rule in ("whole-output", "coarsest-scale"):
             config = load_config("tiny", [*base, f"train.gradient_equilibrium={equilibrium}", f"train.equilibrium={rule}"])
             with pytest.raises(_FirstStep) as stop:
-                RunStore(tmp_path / equilibrium / rule).get(config)
+                train_or_load(RunStore(tmp_path / equilibrium / rule), config)
             norms[equilibrium, rule] = stop.value.args[0]
-    assert norms["true", "imta"] == pytest.approx(3 * norms["true", "ours"], rel=1e-5)
-    assert norms["false", "imta"] == norms["false", "ours"] != norms["true", "ours"]
+    assert norms["true", "coarsest-scale"] == pytest.approx(3 * norms["true", "whole-output"], rel=1e-5)
+    assert norms["false", "coarsest-scale"] == norms["false", "whole-output"] != norms["true", "whole-output"]
 
 
 def test_the_dry_run_shows_imtas_summed_loss() -> None:
     from mexit.train import phase_plan
 
-    config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=imta"]).train
+    config = load_config("tiny", ["train.regime=mixed", "train.gradient_equilibrium=true", "train.equilibrium=coarsest-scale"]).train
     p1, p2 = phase_plan(config, "sdn", num_exits=3)
     assert p1["loss_weights"] == "uniform: 1" and p2["loss_weights"] == "uniform x the exits, summed (IMTA): 1 1 1"
 
@@ -243,14 +244,14 @@ def test_a_step_cap_ends_every_phase_and_evaluations_read_their_first_batches(tm
     stored logits to the first batches of their splits; gradient dominance is probed at its steps."""
     capped = ["train.regime=mixed", "train.epochs=5", "train.patience=3", "train.max_steps=3", "train.eval_batches=2",
               "train.eval_batch_size=16", "train.optim.batch_size=32", "train.dominance_every=1"]
-    run = RunStore(tmp_path).get(load_config("tiny", capped))
+    run = train_or_load(RunStore(tmp_path), load_config("tiny", capped))
     phases = run.phases()
     assert phases["steps"].tolist() == [3, 3] and phases["epochs_run"].tolist() == [1, 1]
     assert phases["epoch_cap"].tolist() == [5, 5] and not phases["stopped_early"].any()
     assert run.trace()["step"].tolist() == [3, 3]  # one evaluation a phase, of the state the cap left
     assert len(run.labels("test")) == 32 and len(run.labels("val")) == 32
     assert sorted(run.probes()["step"].unique().tolist()) == [0, 1, 2, 3]
-    uncapped = RunStore(tmp_path).get(load_config("tiny", capped[:3]))
+    uncapped = train_or_load(RunStore(tmp_path), load_config("tiny", capped[:3]))
     assert len(uncapped.labels("test")) > 32 and uncapped.key != run.key
 
 
@@ -273,8 +274,8 @@ def test_resume_points_are_written_only_where_the_phase_goes_on(tmp_path: Path, 
         save(path, tensors)
 
     monkeypatch.setattr(checkpoint, "save_tensors", recording)
-    RunStore(tmp_path).get(load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"]))
+    train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"]))
     assert written.count("partial.pt") == 2 * 2  # two phases, three epochs each: after epochs 1 and 2
     written.clear()
-    RunStore(tmp_path / "capped").get(load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.max_steps=1"]))
+    train_or_load(RunStore(tmp_path / "capped"), load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.max_steps=1"]))
     assert "partial.pt" not in written  # each phase ends in its first epoch, at the step cap

@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mexit.analysis.features import sample_indices, stack_items
 from mexit.evaluate import exit_accuracy
+from mexit.evaluate.inference import collect_logits
 from mexit.progress import StepProgress
 from mexit.regimes import multi_exit_loss
-from mexit.train import collect_logits
 
 
 def linear_path(
@@ -43,13 +43,13 @@ def linear_path(
     bn_batches: int = 10,
     batch_size: int = 256,
     seed: int = 0,
-    progress: str | None = None,
+    progress_label: str | None = None,
 ) -> pd.DataFrame:
     """Every exit's loss (mean cross-entropy, nats) and accuracy (%) on ``eval_set`` along the linear path.
 
     ``train_set`` gives the BatchNorm batches (training samples with eval transforms). Both models
     must have the same architecture; neither is changed. Columns: alpha, exit, loss, accuracy.
-    ``progress``: a label under which the points evaluated are reported (None: quiet).
+    ``progress_label``: a label under which the points evaluated are reported (None: quiet).
     """
     _check_path_arguments(points, bn_batches, batch_size)
     state_a, state_b = _end_states(model_a, model_b)
@@ -57,7 +57,7 @@ def linear_path(
         model_a,
         [{"alpha": float(alpha)} for alpha in np.linspace(0.0, 1.0, points)],
         lambda at: _interpolate(state_a, state_b, at["alpha"]),
-        train_set, eval_set, bn_batches, batch_size, seed, progress,
+        train_set, eval_set, bn_batches, batch_size, seed, progress_label,
     )
 
 
@@ -72,7 +72,7 @@ def bezier_path(
     bn_batches: int = 10,
     batch_size: int = 256,
     seed: int = 0,
-    progress: str | None = None,
+    progress_label: str | None = None,
 ) -> pd.DataFrame:
     """Like :func:`linear_path`, along a quadratic Bezier curve trained to connect the two models.
 
@@ -113,7 +113,7 @@ def bezier_path(
         model_a,
         [{"alpha": float(t)} for t in np.linspace(0.0, 1.0, points)],
         lambda at: {**_interpolate(state_a, state_b, at["alpha"]), **on_curve(at["alpha"])},
-        train_set, eval_set, bn_batches, batch_size, seed, progress,
+        train_set, eval_set, bn_batches, batch_size, seed, progress_label,
     )
 
 
@@ -136,7 +136,7 @@ def loss_plane(
     bn_batches: int = 10,
     batch_size: int = 256,
     seed: int = 0,
-    progress: str | None = None,
+    progress_label: str | None = None,
 ) -> pd.DataFrame:
     """Every exit's loss and accuracy on a ``points x points`` grid of the plane through three models.
 
@@ -164,7 +164,7 @@ def loss_plane(
     return _evaluate_points(
         models[0],
         [{"u": float(u), "v": float(v)} for v in grid_v for u in grid_u],
-        state_at, train_set, eval_set, bn_batches, batch_size, seed, progress,
+        state_at, train_set, eval_set, bn_batches, batch_size, seed, progress_label,
     )
 
 
@@ -216,14 +216,14 @@ def _evaluate_points(
     bn_batches: int,
     batch_size: int,
     seed: int,
-    progress: str | None,
+    progress_label: str | None,
 ) -> pd.DataFrame:
     """:func:`evaluate_exits` at every point of weight space (``state_at(point)``, a full state
     dict), after recomputing BatchNorm statistics there; the point's coordinates become columns."""
     work = copy.deepcopy(model)
     bn_indices = sample_indices(len(train_set), bn_batches * batch_size, seed)  # type: ignore[arg-type]
     bn_loader = DataLoader(Subset(train_set, bn_indices.tolist()), batch_size=batch_size)
-    steps = StepProgress(progress or "", len(points), enabled=progress is not None)
+    steps = StepProgress(progress_label or "", len(points), enabled=progress_label is not None)
     frames = []
     for point in points:
         work.load_state_dict(state_at(point))

@@ -22,7 +22,7 @@ equilibrium scaling when that is switched on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mexit.analysis.features import sample_indices, stack_items
-from mexit.train import Probe
 
 
 def _exit_blocks(model: nn.Module) -> list[int]:
@@ -115,7 +114,7 @@ def _dominance_table(
     return table
 
 
-def training_probe(dataset: Dataset, seed: int, probe_size: int = 256) -> Probe:
+def training_probe(dataset: Dataset, seed: int, probe_size: int = 256) -> Callable[[nn.Module, int, Tensor], list[dict[str, Any]]]:
     """A probe for :func:`mexit.train.train_phase`: :func:`gradient_dominance` on a fixed batch.
 
     The batch is ``probe_size`` items of ``dataset`` (give it eval transforms) drawn with ``seed``

@@ -31,19 +31,20 @@ def dominance_heatmap(probes: pd.DataFrame, *, value: str = "share", ax: Axes | 
     ax.grid(False)
     for (i, j), cell in np.ndenumerate(grid.to_numpy()):
         if not np.isnan(cell):
-            ax.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=7, color="white" if cell < 0.5 else "black")
+            ax.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=9, color="white" if cell < 0.5 else "black")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label=value)
     return ax
 
 
 def dominance_grid(snapshots: dict[str, pd.DataFrame], regimes: list[str], *, value: str = "share") -> Figure:
-    """One :func:`dominance_heatmap` per (moment, regime): ``snapshots`` maps a moment's name
-    ("start of P2", "end of P2") to the probes of one row at that moment; a regime a moment lacks
-    leaves its panel out."""
+    """One :func:`dominance_heatmap` per (regime, moment): a row per regime, a column per moment.
+    ``snapshots`` maps a moment's name ("start of P2", "end of P2") to the probes of one row at
+    that moment; a regime a moment lacks leaves its panel out. Two panels a row keep the cells'
+    values readable at the book's text width."""
     set_style()
-    figure, axes = plt.subplots(len(snapshots), len(regimes), figsize=(4.6 * len(regimes), 3.9 * len(snapshots)), squeeze=False)
-    for ax_row, (moment, frame) in zip(axes, snapshots.items()):
-        for ax, regime in zip(ax_row, regimes):
+    figure, axes = plt.subplots(len(regimes), len(snapshots), figsize=(5.2 * len(snapshots), 4.2 * len(regimes)), squeeze=False)
+    for ax_row, regime in zip(axes, regimes):
+        for ax, (moment, frame) in zip(ax_row, snapshots.items()):
             part = frame[frame["regime"] == regime]
             if part.empty:
                 ax.set_visible(False)

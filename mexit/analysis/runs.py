@@ -29,6 +29,7 @@ from mexit.analysis.rank import block_ranks
 from mexit.claims import depth_thirds, pair_label
 from mexit.config import RunConfig, regime_configs
 from mexit.evaluate.stats import format_interval, mean_ci
+from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore
 from mexit.study import ParameterError, Study, run_label
 
@@ -73,7 +74,7 @@ def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame
     for row in s.rows:
         base = dataclasses.replace(row.config, train=dataclasses.replace(row.config.train, gradient_equilibrium=True))
         for config in regime_configs(base, ["joint"], chosen):
-            run = store.get(config, progress_label=f"{run_label(row, config)}GE ")
+            run = train_or_load(store, config, progress_label=f"{run_label(row, config)}GE ")
             frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -149,7 +150,7 @@ def connectivity_paths(
                     return walk(
                         run_a.model(_device()), run_b.model(_device()), train_set, eval_set, points=points,
                         bn_batches=bn_batches, batch_size=batch_size, seed=seed,
-                        progress=f"{path} {row.label} s{seed} {pair_label(a, b)}",
+                        progress_label=f"{path} {row.label} s{seed} {pair_label(a, b)}",
                     )
 
                 table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute)
@@ -219,7 +220,7 @@ def connectivity_plane(
             device = _device()
             return loss_plane(
                 [run.model(device) for run in trio], train_set, eval_set, points=points, margin=margin,
-                bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress=f"plane {row.label} s{chosen}",
+                bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress_label=f"plane {row.label} s{chosen}",
             )
 
         grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute)

@@ -21,7 +21,7 @@ __all__ = ["DATASETS", "SPLITS", "STANDARD_CLASSES", "DataConfig", "ImageDataset
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "tinyimagenet", "imagenet")
 SPLITS: tuple[str, ...] = ("train", "train_eval", "val", "test")
-AUGMENTATIONS: tuple[str, ...] = ("ours", "authors", "none")
+AUGMENTATIONS: tuple[str, ...] = ("crop-flip", "trivial-augment", "none")
 AUTHORS_AUGMENTATION: tuple[str, ...] = ("cifar100", "tinyimagenet", "imagenet")
 VAL_TRANSFORMS: tuple[str, ...] = ("eval", "train")
 
@@ -55,10 +55,12 @@ _TRAIN_SPLIT = {  # images of the public train split (the embedded sets' test sp
 class DataConfig:
     """Which dataset to load and how to split, resize and perturb it.
 
-    ``augment`` is the training split's augmentation: ``ours`` (random crops, and flips for the
-    colour datasets), ``authors`` (their pipelines, for the datasets whose pipeline their code
-    fixes: :data:`AUTHORS_AUGMENTATION`), or ``none`` (the evaluation transform: for comparisons
-    that must not depend on augmentation draws).
+    ``augment`` is the training split's augmentation: ``crop-flip`` (ours: random crops, and flips
+    for the colour datasets; on TinyImageNet the authors' TrivialAugmentWide pipeline),
+    ``trivial-augment`` (the authors' pipelines, built on TrivialAugmentWide, for the datasets
+    whose pipeline their code fixes: :data:`AUTHORS_AUGMENTATION`), or ``none`` (the evaluation
+    transform: for comparisons that must not depend on augmentation draws). The earlier spellings
+    ``ours`` and ``authors`` are read as these (:data:`mexit.config.OPTION_ALIASES`).
     ``val_transform`` is what early stopping sees of the validation split: ``eval`` (ours: the
     evaluation transform) or ``train`` (the authors': the training transform, augmented); the
     validation logits a run stores always go through the evaluation transform.
@@ -71,7 +73,7 @@ class DataConfig:
     image_size: int | None = None
     download: bool = False
     val_fraction: float = 0.1
-    augment: str = "ours"
+    augment: str = "crop-flip"
     val_transform: str = "eval"
     seed: int = 0
 
@@ -117,10 +119,10 @@ def validate(config: DataConfig) -> None:
         raise ValueError(f"data.val_transform must be one of {VAL_TRANSFORMS}, got {config.val_transform!r}")
     if config.augment not in AUGMENTATIONS:
         raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {config.augment!r}")
-    if config.augment == "authors" and config.name not in AUTHORS_AUGMENTATION:
+    if config.augment == "trivial-augment" and config.name not in AUTHORS_AUGMENTATION:
         raise ValueError(
-            f"data.augment='authors' is known for {AUTHORS_AUGMENTATION} only (the authors' code fixes no pipeline "
-            f"for {config.name}); use 'ours' or 'none'"
+            f"data.augment='trivial-augment' (the authors' pipeline) is known for {AUTHORS_AUGMENTATION} only (the "
+            f"authors' code fixes no pipeline for {config.name}); use 'crop-flip' or 'none'"
         )
     if config.download and config.name not in ("cifar10", "cifar100"):
         raise ValueError(f"download=True is only supported for cifar10 and cifar100, not {config.name!r}")

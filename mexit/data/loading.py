@@ -283,7 +283,7 @@ class _Pipeline:
 
 def _pipelines(name: str, size: int, augment: str) -> tuple[_Pipeline, _Pipeline]:
     """Train and eval pipelines at ``size`` x ``size``; ``augment`` as :class:`mexit.data.DataConfig`'s."""
-    train, evaluate = _augmented(name, size) if augment != "authors" else _authors_augmented(name, size)
+    train, evaluate = _authors_augmented(name, size) if augment == "trivial-augment" else _augmented(name, size)
     return (evaluate if augment == "none" else train), evaluate
 
 

@@ -4,17 +4,18 @@ Costs are MACs (one multiply-add = 1, fvcore's "flop"); ``cost_pct`` is % of the
 model's MACs; accuracies are %. A curve and a table from three stored runs (``runs``: a list of
 :class:`ExitOutputs` from the run store, one per regime)::
 
-    from mexit.evaluate import budget_table, sweep
+    from mexit.evaluate import Scoring, budget_table, sweep
     from mexit.plots import flops_accuracy, format_budget_table
     curves = pd.concat(sweep(r.test_logits, r.test_labels, r.costs, r.backbone_cost).assign(**r.tags) for r in runs)
     flops_accuracy(curves, hue="regime")
-    format_budget_table(budget_table(runs, by=("regime",), grid="dense"))
+    format_budget_table(budget_table(runs, Scoring(grid="dense"), by=("regime",)))
 
 ``budget_table`` scores each run by its ``method`` tag (PBEE by patience, ZTW through its
-ensemble). Its options name each evaluation choice, the authors' or ours: ``pick`` (the paper's
-``"last"`` affordable operating point or our most accurate ``"best"`` one, picked on validation),
-``aggregate`` (our point per run, ``"runs"``, or the authors' mean curve over seeds, ``"curves"``)
-and ``ztw_final`` (our ensembled final exit, ``"ensembled"``, or the authors' ``"plain"`` one).
+ensemble). How, is one frozen :class:`Scoring`, checked when made, whose options name each
+evaluation choice, the authors' or ours: ``pick`` (the paper's ``"last"`` affordable operating
+point or our most accurate ``"best"`` one, picked on validation), ``aggregate`` (our point per
+run, ``"runs"``, or the authors' mean curve over seeds, ``"curves"``) and ``ztw_final`` (our
+ensembled final exit, ``"ensembled"``, or the authors' ``"plain"`` one).
 The ZTW ensemble on its own is fitted on a split named explicitly::
 
     from mexit.evaluate import exit_accuracy, ztw_ensemble
@@ -35,6 +36,7 @@ from mexit.evaluate.sweeps import (
 from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost
 from mexit.evaluate.evidence import evidence_view, phase_view
 from mexit.evaluate.stats import mean_ci, paired_differences
+from mexit.evaluate.scoring import Scoring
 from mexit.evaluate.tables import ExitOutputs, budget_table, rule_comparison, run_curve, run_points
 from mexit.evaluate.ztw import ztw_ensemble
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mexit.evaluate.scoring import Scoring
 from mexit.evaluate.stats import mean_ci
 from mexit.evaluate.sweeps import check_exit_arrays, check_labels, exit_accuracy, patience_sweep, sweep, to_numpy
-from mexit.evaluate.ztw import ZTW_FINALS, ztw_ensemble
+from mexit.evaluate.ztw import ztw_ensemble
 
-FITS: tuple[str, ...] = ("test", "val")
-# which operating point a budget gets: the paper's "last" affordable one or our "best" one (see budget_table)
-PICKS: tuple[str, ...] = ("last", "best")
-# how the runs of a group are combined: our "runs" (a point per run) or the authors' "curves" (see budget_table)
-AGGREGATES: tuple[str, ...] = ("runs", "curves")
 # how runs are scored, by their "method" tag; every other method uses the confidence threshold
 EVALUATIONS: dict[str, str] = {"pbee": "patience", "ztw": "ztw-ensemble"}
 
@@ -59,33 +55,25 @@ class ExitOutputs:
 
 
 def budget_table(
-    outputs: Sequence[ExitOutputs],
-    *,
-    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-    by: Sequence[str] = ("regime", "method"),
-    fit: str = "test",
-    grid: str = "paper",
-    rule: str = "maxprob",
-    pick: str = "last",
-    aggregate: str = "runs",
-    ztw_final: str = "ensembled",
+    outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring(), *, by: Sequence[str] = ("regime", "method")
 ) -> pd.DataFrame:
-    """Accuracy at fractions of the backbone-only cost, summarised over the runs of each group.
+    """Accuracy at fractions of the backbone-only cost (``scoring.budgets``), summarised over the
+    runs of each group; ``scoring`` (a :class:`~mexit.evaluate.Scoring`) says how.
 
     Each run's operating points (its curve) come from the early-exit rule of its
     ``tags["method"]`` (``"sdn"`` when absent):
 
     - ``"pbee"``: :func:`~mexit.evaluate.patience_sweep`, patience 0..E-1 as operating points;
     - ``"ztw"``: :func:`~mexit.evaluate.sweep` over the ZTW ensemble of its outputs
-      (:func:`~mexit.evaluate.ztw_ensemble` with ``final=ztw_final``, fitted on its
+      (:func:`~mexit.evaluate.ztw_ensemble` with ``final=scoring.ztw_final``, fitted on its
       ``val_logits``/``val_labels``, which such a run must have);
     - any other method (``"sdn"``, ``"gpf"``, ...): :func:`~mexit.evaluate.sweep` on its outputs.
 
-    ``grid`` and ``rule`` are the threshold sweep's. Points are picked by their expected cost and
-    accuracy on the fitting split, ``fit``: the test split (``"test"``, as the paper) or the
+    ``scoring.grid`` and ``scoring.rule`` are the threshold sweep's. Points are picked by their
+    expected cost and accuracy on the fitting split, ``scoring.fit``: the test split (``"test"``, as the paper) or the
     validation split (``"val"``); the test accuracy and test cost at the picked point are reported.
-    At budget b, a point fits if its expected cost is at most b x ``backbone_cost``, and ``pick``
-    chooses among the points that fit:
+    At budget b, a point fits if its expected cost is at most b x ``backbone_cost``, and
+    ``scoring.pick`` chooses among the points that fit:
 
     - ``"last"`` (the paper's rule): the last one in the curve's order (thresholds or patiences
       increasing, along which the expected cost never falls), i.e. the most expensive affordable
@@ -96,7 +84,7 @@ def budget_table(
       ``fit="val"``.
 
     Runs are grouped by their ``tags`` values for the keys in ``by``; the other runs of a group
-    (seeds) are the replicates, combined as ``aggregate`` says:
+    (seeds) are the replicates, combined as ``scoring.aggregate`` says:
 
     - ``"runs"`` (ours): each run picks its own point on its own curves; the summary is over the
       runs' test accuracies at their points;
@@ -117,8 +105,8 @@ def budget_table(
     accuracy at that budget is NaN and ``note`` says so.
     """
     by = list(by)
-    budgets = _check_budget_args(outputs, budgets, fit, by, pick, ztw_final)
-    _check_option("aggregate", aggregate, AGGREGATES)
+    _check_outputs(outputs, scoring, by)
+    budgets = np.asarray(scoring.budgets)
 
     groups: dict[tuple, list[ExitOutputs]] = {}
     for out in outputs:
@@ -126,7 +114,7 @@ def budget_table(
 
     rows = []
     for key, runs in groups.items():
-        accuracy, cost = _picked_points(runs, budgets, fit, grid, rule, pick, aggregate, ztw_final)
+        accuracy, cost = _picked_points(runs, scoring)
         final = _summary(np.array([_final_accuracy(out) for out in runs]))
         evaluation = ", ".join(dict.fromkeys(_evaluation(out) for out in runs))
         for b, budget in enumerate(budgets):
@@ -139,38 +127,30 @@ def budget_table(
                     "n": len(runs),
                     "cost_pct_mean": cost[:, b].mean(),
                     **{f"final_accuracy_{k}": v for k, v in final.items()},
-                    "fit": fit,
-                    "pick": pick,
-                    "aggregate": aggregate,
+                    "fit": scoring.fit,
+                    "pick": scoring.pick,
+                    "aggregate": scoring.aggregate,
                     "evaluation": evaluation,
-                    "note": _note(unfit, len(runs), aggregate),
+                    "note": _note(unfit, len(runs), scoring.aggregate),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def run_points(
-    outputs: Sequence[ExitOutputs],
-    *,
-    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-    fit: str = "test",
-    grid: str = "paper",
-    rule: str = "maxprob",
-    pick: str = "last",
-    ztw_final: str = "ensembled",
-) -> pd.DataFrame:
+def run_points(outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring()) -> pd.DataFrame:
     """Each run's own operating point at each budget, before any summary over seeds.
 
-    The points are picked as in :func:`budget_table` with ``aggregate="runs"``. One row per (run,
+    The points are picked as in :func:`budget_table`, each run on its own curves (whatever
+    ``scoring.aggregate`` says: these are the points a summary is over). One row per (run,
     budget): the run's tags, ``budget``, ``accuracy`` and ``cost_pct`` (NaN where no operating
     point fits), ``final_accuracy`` (the plain final exit), ``pick`` and ``evaluation``. Pair these
     rows across regimes with :func:`mexit.evaluate.paired_differences`.
     """
-    budgets = _check_budget_args(outputs, budgets, fit, (), pick, ztw_final)
-    accuracy, cost = _picked_points(outputs, budgets, fit, grid, rule, pick, "runs", ztw_final)
+    _check_outputs(outputs, scoring, ())
+    accuracy, cost = _picked_points(outputs, replace(scoring, aggregate="runs"))
     rows = []
     for r, out in enumerate(outputs):
-        for b, budget in enumerate(budgets):
+        for b, budget in enumerate(scoring.budgets):
             rows.append(
                 {
                     **out.tags,
@@ -178,44 +158,25 @@ def run_points(
                     "accuracy": accuracy[r, b],
                     "cost_pct": cost[r, b],
                     "final_accuracy": _final_accuracy(out),
-                    "pick": pick,
+                    "pick": scoring.pick,
                     "evaluation": _evaluation(out),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def _check_option(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError naming ``name`` and its ``allowed`` values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _check_budget_args(
-    outputs: Sequence[ExitOutputs], budgets: Sequence[float], fit: str, by: Sequence[str], pick: str, ztw_final: str
-) -> np.ndarray:
+def _check_outputs(outputs: Sequence[ExitOutputs], scoring: Scoring, by: Sequence[str]) -> None:
+    """Raise a ValueError unless every run can be scored as ``scoring`` says and grouped ``by``."""
     if len(outputs) == 0:
         raise ValueError("outputs must hold at least one ExitOutputs")
-    budgets = np.asarray(budgets, dtype=np.float64)
-    if budgets.ndim != 1 or budgets.size == 0 or not np.all((budgets > 0) & (budgets <= 1)):  # nan fails too
-        raise ValueError(f"budgets must be fractions of the backbone cost in (0, 1], got {budgets.tolist()}")
-    _check_option("fit", fit, FITS)
-    _check_option("pick", pick, PICKS)
-    _check_option("ztw_final", ztw_final, ZTW_FINALS)
-    if pick == "best" and fit == "test":
-        raise ValueError(
-            "pick='best' with fit='test' picks the most accurate point on the split it reports, which is "
-            "selection on test; use fit='val'"
-        )
     for out in outputs:
         missing = [key for key in by if key not in out.tags]
         if missing:
             raise ValueError(f"by names tags {missing} that a run lacks; its tags are {out.tags}")
-        if fit == "val" and out.val_logits is None:
+        if scoring.fit == "val" and out.val_logits is None:
             raise ValueError("fit='val' needs val_logits and val_labels on every run")
         if _evaluation(out) == "ztw-ensemble" and out.val_logits is None:
             raise ValueError(f"method='ztw' runs need val_logits and val_labels to fit the ZTW ensemble: {out.tags}")
-    return budgets
 
 
 def _evaluation(out: ExitOutputs) -> str:
@@ -228,19 +189,16 @@ def _final_accuracy(out: ExitOutputs) -> float:
     return float(exit_accuracy(out.test_logits, out.test_labels)[-1])
 
 
-def run_curve(
-    out: ExitOutputs, *, grid: str = "paper", rule: str = "maxprob", ztw_final: str = "ensembled"
-) -> pd.DataFrame:
+def run_curve(out: ExitOutputs, scoring: Scoring = Scoring()) -> pd.DataFrame:
     """A run's operating points on the test split, scored as :func:`budget_table` scores it (by its
-    ``method`` tag: patience for PBEE, the fitted ensemble with ``final=ztw_final`` for ZTW, else the
-    threshold ``rule`` on ``grid``), in the order along which the expected cost never falls; with
-    its ``evaluation``."""
-    _check_option("ztw_final", ztw_final, ZTW_FINALS)
-    return _curves(out, grid, rule, "test", ztw_final)[0].assign(evaluation=_evaluation(out))
+    ``method`` tag: patience for PBEE, the fitted ensemble with ``scoring.ztw_final`` for ZTW, else
+    the threshold ``scoring.rule`` on ``scoring.grid``), in the order along which the expected cost
+    never falls; with its ``evaluation``."""
+    return _curves(out, scoring)[0].assign(evaluation=_evaluation(out))
 
 
-def _curves(out: ExitOutputs, grid: str, rule: str, fit: str, ztw_final: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The run's operating points on test, and on the split that picks them (``fit``)."""
+def _curves(out: ExitOutputs, scoring: Scoring) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's operating points on test, and on the split that picks them (``scoring.fit``)."""
     evaluation = _evaluation(out)
     test_logits, val_logits = out.test_logits, out.val_logits
     if evaluation == "ztw-ensemble":  # one fit on validation, applied to both splits
@@ -249,38 +207,30 @@ def _curves(out: ExitOutputs, grid: str, rule: str, fit: str, ztw_final: str) ->
             np.concatenate([out.val_logits, out.test_logits], axis=1),
             fit_logits=out.val_logits,
             fit_labels=out.val_labels,
-            final=ztw_final,
+            final=scoring.ztw_final,
         )
         val_logits, test_logits = both[:, :n_val], both[:, n_val:]
 
     def points(logits: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
         if evaluation == "patience":
             return patience_sweep(logits, labels, out.costs, out.backbone_cost)
-        return sweep(logits, labels, out.costs, out.backbone_cost, grid=grid, rule=rule)
+        return sweep(logits, labels, out.costs, out.backbone_cost, grid=scoring.grid, rule=scoring.rule)
 
     test = points(test_logits, out.test_labels)
-    return test, points(val_logits, out.val_labels) if fit == "val" else test
+    return test, points(val_logits, out.val_labels) if scoring.fit == "val" else test
 
 
-def _picked_points(
-    runs: Sequence[ExitOutputs],
-    budgets: np.ndarray,
-    fit: str,
-    grid: str,
-    rule: str,
-    pick: str,
-    aggregate: str,
-    ztw_final: str,
-) -> tuple[np.ndarray, np.ndarray]:
+def _picked_points(runs: Sequence[ExitOutputs], scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
     """Test accuracy and test cost (%), both [runs, budgets], at the operating point picked for each
     run and budget (NaN where none fits): each run's own point on its own curves
     (``aggregate="runs"``), or one point for all runs, picked on their mean curve (``"curves"``)."""
-    curves = [_curves(out, grid, rule, fit, ztw_final) for out in runs]
-    if aggregate == "runs":
-        picked = [_pick(picking, budgets * out.backbone_cost, pick) for out, (_, picking) in zip(runs, curves)]
+    budgets = np.asarray(scoring.budgets)
+    curves = [_curves(out, scoring) for out in runs]
+    if scoring.aggregate == "runs":
+        picked = [_pick(picking, budgets * out.backbone_cost, scoring.pick) for out, (_, picking) in zip(runs, curves)]
     else:
         mean = _mean_curve(runs, [picking for _, picking in curves])
-        picked = [_pick(mean, budgets * runs[0].backbone_cost, pick)] * len(runs)
+        picked = [_pick(mean, budgets * runs[0].backbone_cost, scoring.pick)] * len(runs)
     accuracy = np.array([_at(test["accuracy"], p) for (test, _), p in zip(curves, picked)])
     cost = np.array([_at(test["cost_pct"], p) for (test, _), p in zip(curves, picked)])
     return accuracy, cost
@@ -343,19 +293,15 @@ READINGS: dict[str, dict[str, str]] = {
     "last, on seed-averaged curves (the authors')": {"pick": "last", "aggregate": "curves", "fit": "test"},
     "best on validation, per run (ours)": {"pick": "best", "aggregate": "runs", "fit": "val"},
 }
-"""The readings of a budget table the book shows side by side: :func:`budget_table`'s ``pick``,
-``aggregate`` and ``fit`` for each."""
+"""The readings of a budget table the book shows side by side: the ``pick``, ``aggregate`` and
+``fit`` of the :class:`~mexit.evaluate.Scoring` for each."""
 
 
 def rule_comparison(
-    outputs: Sequence[ExitOutputs],
-    *,
-    budgets: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-    by: Sequence[str] = ("regime", "method"),
-    grid: str = "paper",
-    ztw_final: str = "ensembled",
+    outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring(), *, by: Sequence[str] = ("regime", "method")
 ) -> pd.DataFrame:
-    """:func:`budget_table` under each of :data:`READINGS`, stacked, with a ``reading`` column after
+    """:func:`budget_table` under each of :data:`READINGS` (``scoring`` with that reading's
+    ``pick``, ``aggregate`` and ``fit``), stacked, with a ``reading`` column after
     the ``by`` columns (:func:`mexit.plots.format_budget_table` then shows a row per reading), group
     by group. A group with a run that held out no validation split has no validation reading, and
     its rows' ``note`` says so."""
@@ -368,7 +314,7 @@ def rule_comparison(
         scored = [out for out in outputs if options["fit"] != "val" or key(out) not in without_validation]
         if not scored:
             continue
-        table = budget_table(scored, budgets=budgets, by=by, grid=grid, ztw_final=ztw_final, **options)
+        table = budget_table(scored, replace(scoring, **options), by=by)
         table.insert(len(by), "reading", label)  # a group column, so format_budget_table shows a row per reading
         frames.append(table)
     frame = pd.concat(frames, ignore_index=True)

@@ -34,7 +34,7 @@ from torch import nn
 
 from mexit.models.backbones import BACKBONES, TIMM_FAMILIES, BackboneParts, backbone_features, create_backbone
 from mexit.models.exit_rules import EXIT_RULES
-from mexit.models.heads import DEFAULT_HEADS, HEADS, check_head, make_head
+from mexit.models.heads import DEFAULT_HEADS, HEADS, BodyInput, check_head, make_head
 from mexit.models.methods import METHODS, make_method
 from mexit.models.multiexit import EarlyExit, MultiExit
 from mexit.models.placement import check_placement, resolve_placement
@@ -113,10 +113,8 @@ def build(
         widths = _block_widths(parts, input_shape, indices)
 
     def make(k: int, out_features: int, extra_features: int) -> nn.Module:
-        return make_head(
-            head, widths[k], out_features, extra_features=extra_features, token_pool=parts.token_pool,
-            num_prefix_tokens=parts.num_prefix_tokens, scale_shape=scale_shapes[k], **kwargs,
-        )
+        source = BodyInput(widths[k], parts.token_pool, parts.num_prefix_tokens, scale_shapes[k])
+        return make_head(head, source, out_features, extra_features=extra_features, **kwargs)
 
     ics = exit_method.build_ics(make, len(indices), num_classes)
     return MultiExit(parts.stem, parts.blocks, parts.final_head, ics, indices, exit_method, num_classes, input_shape)

@@ -16,6 +16,7 @@ local file holding the native model's state dict (timm, torchvision, or `SmallIm
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -71,31 +72,6 @@ class BackboneParts:
     num_prefix_tokens: int = 0
 
 
-def backbone_features(name: str) -> FeatureKind:
-    """What the blocks of backbone `name` output; raises ValueError for an unknown name."""
-    if name in SMALL_RESNETS or (name.startswith(TV_PREFIX) and name.removeprefix(TV_PREFIX) in TV_RESNETS):
-        return "map"
-    if name in MSDNETS:
-        return "multiscale"
-    if name.startswith(TIMM_PREFIX):
-        arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
-        if not timm.is_model(arch):
-            raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
-        cls = _timm_class(arch)
-        for family, features in TIMM_FAMILIES.items():
-            if issubclass(cls, family) and family.forward_head is cls.forward_head:
-                return features
-        raise ValueError(
-            f"backbone={name!r}: timm builds {arch!r} as a {cls.__name__}; accepted are models of the classes "
-            f"{', '.join(sorted(c.__name__ for c in TIMM_FAMILIES))} (or subclasses with their final head), "
-            "e.g. any ViT or DeiT, ResNet or ResNeXt"
-        )
-    raise ValueError(
-        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-1])}, or "
-        f"'{TIMM_PREFIX}<name>' for any timm ResNet or VisionTransformer model (ViT, DeiT, ResNeXt, ...)"
-    )
-
-
 @lru_cache(maxsize=None)
 def _timm_class(arch: str) -> type[nn.Module]:
     """The class timm builds ``arch`` as, found by building it on the meta device (no memory, no weights)."""
@@ -103,48 +79,51 @@ def _timm_class(arch: str) -> type[nn.Module]:
         return type(timm.create_model(arch, pretrained=False))
 
 
-def create_backbone(
-    name: str,
-    num_classes: int,
-    *,
-    in_chans: int = 3,
-    img_size: int = 32,
-    checkpoint: str | Path | None = None,
-    **kwargs: Any,
-) -> BackboneParts:
-    """Creates backbone `name` (randomly initialised or from a local `checkpoint`) and splits it."""
-    features = backbone_features(name)
-    downloads = {"pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"} & set(kwargs)
-    if downloads:
-        raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: weights are "
-                         "never downloaded; pass a local state dict file as checkpoint=")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
-    if name in SMALL_RESNETS:
-        if kwargs:
-            raise ValueError(f"backbone={name!r} takes no backbone keyword arguments, got {sorted(kwargs)}")
-        small = SmallImageResNet(SMALL_RESNETS[name], num_classes, in_chans)
-        _maybe_load(small, checkpoint, classifier="final_head.fc")
-        return BackboneParts(small.stem, list(small.blocks), small.final_head, "map")
-    if name in MSDNETS:
-        msd = MSDNet(msdnet_config(name, kwargs), num_classes, in_chans, img_size)
-        _maybe_load(msd, checkpoint, classifier="final_head.fc")
-        return BackboneParts(msd.stem, list(msd.blocks), msd.final_head, "multiscale")
-    if name.startswith(TV_PREFIX):
-        arch = name.removeprefix(TV_PREFIX)
-        tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
-        if in_chans != 3:
-            old = tv.conv1
-            tv.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-            nn.init.kaiming_normal_(tv.conv1.weight, mode="fan_out", nonlinearity="relu")
-        _maybe_load(tv, checkpoint, classifier="fc")
-        return split_torchvision_resnet(tv)
-    arch = name.removeprefix(TIMM_PREFIX)
-    if features == "tokens":
-        kwargs = {"img_size": img_size, **kwargs}
-    model = _construct(
-        name, timm.create_model, arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+def _timm_features(name: str) -> FeatureKind:
+    arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
+    if not timm.is_model(arch):
+        raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
+    cls = _timm_class(arch)
+    for family, features in TIMM_FAMILIES.items():
+        if issubclass(cls, family) and family.forward_head is cls.forward_head:
+            return features
+    raise ValueError(
+        f"backbone={name!r}: timm builds {arch!r} as a {cls.__name__}; accepted are models of the classes "
+        f"{', '.join(sorted(c.__name__ for c in TIMM_FAMILIES))} (or subclasses with their final head), "
+        "e.g. any ViT or DeiT, ResNet or ResNeXt"
     )
+
+
+def _small_resnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+    if kwargs:
+        raise ValueError(f"backbone={name!r} takes no backbone keyword arguments, got {sorted(kwargs)}")
+    small = SmallImageResNet(SMALL_RESNETS[name], num_classes, in_chans)
+    _maybe_load(small, checkpoint, classifier="final_head.fc")
+    return BackboneParts(small.stem, list(small.blocks), small.final_head, "map")
+
+
+def _msdnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+    msd = MSDNet(msdnet_config(name, kwargs), num_classes, in_chans, img_size)
+    _maybe_load(msd, checkpoint, classifier="final_head.fc")
+    return BackboneParts(msd.stem, list(msd.blocks), msd.final_head, "multiscale")
+
+
+def _torchvision_resnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+    arch = name.removeprefix(TV_PREFIX)
+    tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
+    if in_chans != 3:
+        old = tv.conv1
+        tv.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        nn.init.kaiming_normal_(tv.conv1.weight, mode="fan_out", nonlinearity="relu")
+    _maybe_load(tv, checkpoint, classifier="fc")
+    return split_torchvision_resnet(tv)
+
+
+def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+    arch = name.removeprefix(TIMM_PREFIX)
+    if _timm_features(name) == "tokens":
+        kwargs = {"img_size": img_size, **kwargs}
+    model = _construct(name, timm.create_model, arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(model, VisionTransformer):
         image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
         if any(i % p for i, p in zip(image, patch)):
@@ -158,6 +137,66 @@ def create_backbone(
         _maybe_load(model, checkpoint, classifier="fc")
         return split_timm_resnet(model)
     raise ValueError(f"backbone={name!r} built a {type(model).__name__}, not a timm ResNet or VisionTransformer")
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """Backbones built alike: which names belong (``matches``), what their blocks output
+    (``features``), and how one is built and split (``create``)."""
+
+    name: str
+    matches: Callable[[str], bool]
+    features: Callable[[str], FeatureKind]
+    create: Callable[[str, int, int, int, str | Path | None, dict[str, Any]], BackboneParts]
+
+
+BACKBONE_FAMILIES: tuple[BackboneFamily, ...] = (
+    BackboneFamily("small-image ResNet", lambda name: name in SMALL_RESNETS, lambda name: "map", _small_resnet),
+    BackboneFamily("MSDNet", lambda name: name in MSDNETS, lambda name: "multiscale", _msdnet),
+    BackboneFamily(
+        "torchvision ResNet", lambda name: name.startswith(TV_PREFIX) and name.removeprefix(TV_PREFIX) in TV_RESNETS,
+        lambda name: "map", _torchvision_resnet,
+    ),
+    BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), _timm_features, _timm_model),
+)
+"""The backbone registry: a name belongs to the first family that matches it."""
+
+
+def backbone_family(name: str) -> BackboneFamily:
+    """The family of backbone ``name``; raises ValueError for an unknown name."""
+    for family in BACKBONE_FAMILIES:
+        if family.matches(name):
+            return family
+    raise ValueError(
+        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-1])}, or "
+        f"'{TIMM_PREFIX}<name>' for any timm ResNet or VisionTransformer model (ViT, DeiT, ResNeXt, ...)"
+    )
+
+
+def backbone_features(name: str) -> FeatureKind:
+    """What the blocks of backbone ``name`` output; raises ValueError for an unknown name."""
+    return backbone_family(name).features(name)
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    in_chans: int = 3,
+    img_size: int = 32,
+    checkpoint: str | Path | None = None,
+    **kwargs: Any,
+) -> BackboneParts:
+    """Creates backbone ``name`` (randomly initialised or from a local ``checkpoint``) and splits it."""
+    family = backbone_family(name)
+    family.features(name)  # a timm name of an unsupported class fails here, before anything is built
+    downloads = {"pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"} & set(kwargs)
+    if downloads:
+        raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: weights are "
+                         "never downloaded; pass a local state dict file as checkpoint=")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
+    return family.create(name, num_classes, in_chans, img_size, checkpoint, kwargs)
 
 
 def _construct(name: str, factory: Any, arch: str, **kwargs: Any) -> nn.Module:

@@ -22,7 +22,7 @@ for a ViT without one) of the residual stream, i.e. before the backbone's final 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,21 +34,6 @@ from mexit.models.backbones import FeatureKind
 from mexit.models.msdnet import CoarsestScale, ScaleShape, classifier_body
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """What a head reads and the keyword arguments it takes, with their defaults."""
-
-    features: FeatureKind
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-
-HEADS: dict[str, HeadSpec] = {
-    "pooled": HeadSpec("map", {"pool_size": 4}),
-    "conv": HeadSpec("map", {"num_layers": 1, "pool_size": 4}),
-    "linear": HeadSpec("tokens", {"norm": False}),
-    "mlp": HeadSpec("tokens", {"hidden": 1024, "layers": 2, "norm": True}),
-    "msdnet": HeadSpec("multiscale", {"width": 128}),
-}
 DEFAULT_HEADS: dict[FeatureKind, str] = {"map": "pooled", "tokens": "linear", "multiscale": "msdnet"}
 _READS = {"map": "feature maps", "tokens": "ViT tokens", "multiscale": "MSDNet's multi-scale features"}
 
@@ -180,45 +165,79 @@ class Head(nn.Module):
         return self.fc(x)
 
 
-def make_head(
-    name: str,
-    in_dim: int,
-    out_features: int,
-    *,
-    extra_features: int = 0,
-    token_pool: str = "token",
-    num_prefix_tokens: int = 1,
-    scale_shape: ScaleShape | None = None,
-    **kwargs: Any,
-) -> Head:
-    """Builds head `name` for blocks with `in_dim` channels (maps) or embedding width (tokens).
+@dataclass(frozen=True)
+class BodyInput:
+    """What a head's body reads: ``in_dim`` channels (maps) or embedding width (tokens); for a
+    ViT, how its tokens are summarised; for an MSDNet, the (C, H, W) of its coarsest scale."""
 
-    For MSDNet blocks, `scale_shape` is the (C, H, W) of the coarsest scale, which the head reads
-    (`in_dim` is then C). `kwargs` are the head's keyword arguments as returned by `check_head`.
-    """
-    if name == "msdnet":
-        if scale_shape is None:
-            raise ValueError("head='msdnet' needs the coarsest scale's scale_shape (C, H, W)")
-        return Head(classifier_body(scale_shape, kwargs["width"]), kwargs["width"], out_features, extra_features)
-    layers: list[nn.Module] = [CoarsestScale(scale_shape)] if scale_shape is not None else []
-    if name in ("pooled", "conv"):
-        channels = in_dim
-        for divisor, stride in CONV_LAYOUTS[kwargs["num_layers"]] if name == "conv" else ():
-            out = max(1, channels // divisor)
-            layers += [
-                nn.Conv2d(channels, out, kernel_size=3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-            ]
-            channels = out
-        size = kwargs["pool_size"]
-        layers += [MixedPool(size), nn.Flatten(1)]
-        width = channels * size * size
-    else:
-        layers += [TokenSummary(token_pool, num_prefix_tokens)]
-        layers += [nn.LayerNorm(in_dim) if kwargs["norm"] else nn.Identity()]
-        width = in_dim
-        for _ in range(kwargs.get("layers", 1) - 1):
-            layers += [nn.Linear(width, kwargs["hidden"]), nn.GELU()]
-            width = kwargs["hidden"]
-    return Head(nn.Sequential(*layers), width, out_features, extra_features)
+    in_dim: int
+    token_pool: str = "token"
+    num_prefix_tokens: int = 1
+    scale_shape: ScaleShape | None = None
+
+
+BodyBuilder = Callable[[BodyInput, Mapping[str, Any]], tuple[nn.Module, int]]
+"""``build(input, kwargs)``: a head's body and the width of the vector it gives."""
+
+
+def _pooled_body(source: BodyInput, kwargs: Mapping[str, Any], conv_layers: int = 0) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = [CoarsestScale(source.scale_shape)] if source.scale_shape is not None else []
+    channels = source.in_dim
+    for divisor, stride in CONV_LAYOUTS[conv_layers] if conv_layers else ():
+        out = max(1, channels // divisor)
+        layers += [
+            nn.Conv2d(channels, out, kernel_size=3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        ]
+        channels = out
+    size = kwargs["pool_size"]
+    return nn.Sequential(*layers, MixedPool(size), nn.Flatten(1)), channels * size * size
+
+
+def _conv_body(source: BodyInput, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    return _pooled_body(source, kwargs, conv_layers=kwargs["num_layers"])
+
+
+def _token_body(source: BodyInput, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = [CoarsestScale(source.scale_shape)] if source.scale_shape is not None else []
+    layers += [TokenSummary(source.token_pool, source.num_prefix_tokens)]
+    layers += [nn.LayerNorm(source.in_dim) if kwargs["norm"] else nn.Identity()]
+    width = source.in_dim
+    for _ in range(kwargs.get("layers", 1) - 1):
+        layers += [nn.Linear(width, kwargs["hidden"]), nn.GELU()]
+        width = kwargs["hidden"]
+    return nn.Sequential(*layers), width
+
+
+def _msdnet_body(source: BodyInput, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    if source.scale_shape is None:
+        raise ValueError("head='msdnet' needs the coarsest scale's scale_shape (C, H, W)")
+    return classifier_body(source.scale_shape, kwargs["width"]), kwargs["width"]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head in the registry: what it reads, its keyword arguments with their defaults, and the
+    builder of its body."""
+
+    features: FeatureKind
+    defaults: Mapping[str, Any]
+    body: BodyBuilder
+
+
+HEADS: dict[str, HeadSpec] = {
+    "pooled": HeadSpec("map", {"pool_size": 4}, _pooled_body),
+    "conv": HeadSpec("map", {"num_layers": 1, "pool_size": 4}, _conv_body),
+    "linear": HeadSpec("tokens", {"norm": False}, _token_body),
+    "mlp": HeadSpec("tokens", {"hidden": 1024, "layers": 2, "norm": True}, _token_body),
+    "msdnet": HeadSpec("multiscale", {"width": 128}, _msdnet_body),
+}
+"""The IC heads by name (the module docstring says what each is)."""
+
+
+def make_head(name: str, source: BodyInput, out_features: int, *, extra_features: int = 0, **kwargs: Any) -> Head:
+    """Builds head ``name`` (from :data:`HEADS`) on blocks ``source`` describes. ``kwargs`` are the
+    head's keyword arguments as returned by :func:`check_head`."""
+    body, width = HEADS[name].body(source, kwargs)
+    return Head(body, width, out_features, extra_features)

@@ -81,10 +81,11 @@ class MultiExit(nn.Module):
     `gradient_equilibrium` (Li et al., ICCV 2019): with k exits, at the block feeding exit i
     (1-based) the gradient from that IC is scaled by 1/(k-i+1) and the gradient from the rest of
     the backbone by (k-i)/(k-i+1); forward values are unchanged. `equilibrium` says which part of
-    the block's output is scaled: "ours", all of it; "imta" (IMTA's code), for an MSDNet only its
-    coarsest scale (the one the classifiers read), the finer scales' gradients passing unscaled.
-    Any other backbone's block outputs a single scale (one feature map or token sequence), so there
-    "imta" scales exactly as "ours" (the training loop also sums the exits' losses under "imta").
+    the block's output is scaled: "whole-output" (ours), all of it; "coarsest-scale" (IMTA's code),
+    for an MSDNet only its coarsest scale (the one the classifiers read), the finer scales'
+    gradients passing unscaled. Any other backbone's block outputs a single scale (one feature map
+    or token sequence), so there "coarsest-scale" scales exactly as "whole-output" (the training
+    loop also sums the exits' losses under "coarsest-scale", as IMTA's code does).
 
     With `ics_active` False (the backbone-alone phase P1), `forward` skips the ICs and returns the
     final exit's logits only, so that nothing about the ICs touches the backbone's training.
@@ -117,7 +118,7 @@ class MultiExit(nn.Module):
         self.method = method.name
         self.exit_rule = method.exit_rule
         self.gradient_equilibrium = False
-        self.equilibrium = "ours"
+        self.equilibrium = "whole-output"
         self.ics_active = True
         self._method = method
         self._ic_at = {block: k for k, block in enumerate(self.placement)}
@@ -178,7 +179,7 @@ class MultiExit(nn.Module):
             features = x
             if self.gradient_equilibrium and torch.is_grad_enabled():
                 remaining = self.num_exits - k
-                coarsest_only = self.equilibrium == "imta" and isinstance(block, MSDBlock)
+                coarsest_only = self.equilibrium == "coarsest-scale" and isinstance(block, MSDBlock)
                 width = block.coarsest_values if coarsest_only else None
                 features = _ScaleGrad.apply(x, 1 / remaining, width)
                 x = _ScaleGrad.apply(x, (remaining - 1) / remaining, width)
