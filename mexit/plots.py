@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,7 +11,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mexit.evaluate.stats import format_interval
+from mexit.evaluate.stats import format_interval, mean_ci
 
 COST_LABEL = "Expected cost (% of backbone-only MACs)"
 ACCURACY_LABEL = "Test accuracy (%)"
@@ -242,3 +242,39 @@ def panels(
         ax.set_visible(False)
     figure.tight_layout()
     return figure
+
+
+def format_intervals(frame: pd.DataFrame, by: Sequence[str], values: dict[str, str], *, digits: int = 1) -> pd.DataFrame:
+    """Per group of ``by``, each column of ``values`` (``{column: heading}``) as "mean [95% CI]"
+    over the group's rows (its seeds; NaN rows dropped, "–" where none is left)."""
+    missing = [c for c in [*by, *values] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame lacks columns {missing}; it has {list(frame.columns)}")
+    rows = []
+    for key, group in frame.groupby(list(by), sort=False):
+        cells = {}
+        for column, heading in values.items():
+            summary = mean_ci(group[column].dropna().tolist())
+            cells[heading] = format_interval(summary["mean"], summary["low"], summary["high"], digits)
+        rows.append({**dict(zip(by, key)), **cells})
+    return pd.DataFrame(rows).set_index(list(by))
+
+
+def reliability_diagram(table: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
+    """Accuracy against mean confidence per confidence bin, one line per ``hue`` level, beside the
+    diagonal of perfect calibration: one row of :func:`mexit.evaluate.pooled_reliability`."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    levels = list(pd.unique(table[hue]))
+    colours = level_colours(levels)
+    ax.plot([0, 1], [0, 100], linestyle=":", color="grey", label="calibrated")
+    for level in levels:
+        part = table[table[hue] == level]
+        ax.plot(part["confidence"], 100 * part["accuracy"], marker="o", markersize=4, color=colours[level], label=str(level))
+    ax.set_xlabel("Confidence (maximum softmax), mean of the bin")
+    ax.set_ylabel("Accuracy of the bin (%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.legend(title=hue)
+    return ax

@@ -137,26 +137,37 @@ def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "lo
     return ax
 
 
+POSITIONS: dict[str, str] = {"block": "Backbone block", "exit": "Exit (0-based; the last is the final exit)"}
+
+
 def block_profile(
-    table: pd.DataFrame, value: str, *, label: str | None = None, ceiling: str | None = None, ax: Axes | None = None
+    table: pd.DataFrame,
+    value: str,
+    *,
+    label: str | None = None,
+    ceiling: str | None = None,
+    position: str = "block",
+    ax: Axes | None = None,
 ) -> Axes:
-    """``value`` per block, one line per regime (mean over seeds; the band spans the lowest and
-    highest seed): one row of :func:`mexit.analysis.runs.rank_table` or ``information_table``.
-    ``ceiling`` names a column whose (first) value is drawn as a dotted line: the most the value
-    can reach."""
+    """``value`` per ``position`` (``"block"`` or ``"exit"``), one line per regime (mean over seeds;
+    the band spans the lowest and highest seed): one row of :func:`mexit.analysis.runs.rank_table`,
+    ``information_table`` or :func:`mexit.evaluate.exit_calibration`. ``ceiling`` names a column
+    whose (first) value is drawn as a dotted line: the most the value can reach."""
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {tuple(POSITIONS)}, got {position!r}")
     set_style()
     if ax is None:
         _, ax = plt.subplots()
     regimes = list(pd.unique(table["regime"]))
     colours = level_colours(regimes)
     for regime in regimes:
-        stats = table[table["regime"] == regime].groupby("block")[value].agg(["mean", "min", "max"])
+        stats = table[table["regime"] == regime].groupby(position)[value].agg(["mean", "min", "max"])
         ax.plot(stats.index, stats["mean"], marker="o", markersize=4, color=colours[regime], label=regime)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=colours[regime], alpha=0.15, linewidth=0)
     if ceiling is not None:
         ax.axhline(float(table[ceiling].iloc[0]), linestyle=":", color="grey", label=ceiling.replace("_", " "))
-    ax.set_xlabel("Backbone block")
+    ax.set_xlabel(POSITIONS[position])
     ax.set_ylabel(label or value)
-    ax.set_xticks(sorted(table["block"].unique()))
+    ax.set_xticks(sorted(table[position].unique()))
     ax.legend(title="regime")
     return ax

@@ -33,6 +33,15 @@ from mexit.evaluate.sweeps import (
     sweep,
     threshold_grid,
 )
+from mexit.evaluate.calibration import (
+    budget_calibration,
+    expected_calibration_error,
+    exit_calibration,
+    failure_auroc,
+    ks_calibration_error,
+    pooled_reliability,
+    reliability,
+)
 from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost
 from mexit.evaluate.evidence import evidence_view, phase_view
 from mexit.evaluate.stats import mean_ci, paired_differences

@@ -124,6 +124,13 @@ def confidences(logits: Any, rule: str = "maxprob") -> tuple[np.ndarray, np.ndar
     return conf, preds
 
 
+def leaving_exit(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The exit each sample leaves at, [N], from per-exit ``scores`` [E, N] (:func:`confidences`):
+    the first whose score is strictly above ``threshold``, else the final exit (as :func:`sweep`)."""
+    above = np.asarray(scores) > threshold
+    return np.where(above.any(axis=0), above.argmax(axis=0), above.shape[0] - 1)
+
+
 def _first_above(
     scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -114,7 +114,7 @@ def budget_table(
 
     rows = []
     for key, runs in groups.items():
-        accuracy, cost = _picked_points(runs, scoring)
+        accuracy, cost, _ = _picked_points(runs, scoring)
         final = _summary(np.array([_final_accuracy(out) for out in runs]))
         evaluation = ", ".join(dict.fromkeys(_evaluation(out) for out in runs))
         for b, budget in enumerate(budgets):
@@ -143,11 +143,13 @@ def run_points(outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring()) -> 
     The points are picked as in :func:`budget_table`, each run on its own curves (whatever
     ``scoring.aggregate`` says: these are the points a summary is over). One row per (run,
     budget): the run's tags, ``budget``, ``accuracy`` and ``cost_pct`` (NaN where no operating
-    point fits), ``final_accuracy`` (the plain final exit), ``pick`` and ``evaluation``. Pair these
+    point fits), ``operating_point`` (the picked threshold, or patience under ``"patience"``
+    evaluation; NaN where none fits), ``final_accuracy`` (the plain final exit), ``pick`` and
+    ``evaluation``. Pair these
     rows across regimes with :func:`mexit.evaluate.paired_differences`.
     """
     _check_outputs(outputs, scoring, ())
-    accuracy, cost = _picked_points(outputs, replace(scoring, aggregate="runs"))
+    accuracy, cost, operating = _picked_points(outputs, replace(scoring, aggregate="runs"))
     rows = []
     for r, out in enumerate(outputs):
         for b, budget in enumerate(scoring.budgets):
@@ -157,6 +159,7 @@ def run_points(outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring()) -> 
                     "budget": float(budget),
                     "accuracy": accuracy[r, b],
                     "cost_pct": cost[r, b],
+                    "operating_point": operating[r, b],
                     "final_accuracy": _final_accuracy(out),
                     "pick": scoring.pick,
                     "evaluation": _evaluation(out),
@@ -220,9 +223,9 @@ def _curves(out: ExitOutputs, scoring: Scoring) -> tuple[pd.DataFrame, pd.DataFr
     return test, points(val_logits, out.val_labels) if scoring.fit == "val" else test
 
 
-def _picked_points(runs: Sequence[ExitOutputs], scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
-    """Test accuracy and test cost (%), both [runs, budgets], at the operating point picked for each
-    run and budget (NaN where none fits): each run's own point on its own curves
+def _picked_points(runs: Sequence[ExitOutputs], scoring: Scoring) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test accuracy, test cost (%) and the operating point (threshold or patience), each [runs,
+    budgets], at the operating point picked for each run and budget (NaN where none fits): each run's own point on its own curves
     (``aggregate="runs"``), or one point for all runs, picked on their mean curve (``"curves"``)."""
     budgets = np.asarray(scoring.budgets)
     curves = [_curves(out, scoring) for out in runs]
@@ -233,7 +236,8 @@ def _picked_points(runs: Sequence[ExitOutputs], scoring: Scoring) -> tuple[np.nd
         picked = [_pick(mean, budgets * runs[0].backbone_cost, scoring.pick)] * len(runs)
     accuracy = np.array([_at(test["accuracy"], p) for (test, _), p in zip(curves, picked)])
     cost = np.array([_at(test["cost_pct"], p) for (test, _), p in zip(curves, picked)])
-    return accuracy, cost
+    operating = np.array([_at(test.iloc[:, 0], p) for (test, _), p in zip(curves, picked)])  # threshold or patience
+    return accuracy, cost, operating
 
 
 def _pick(points: pd.DataFrame, limits: np.ndarray, pick: str) -> np.ndarray:
