@@ -420,6 +420,11 @@ def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
     ``regime`` and ``seed``, decided on ``evidence`` (:func:`decide`). Only budgets at which every
     run of the row has an operating point are used; the "low budget" is the lowest of them (25%
     where the first exits allow it). A claim whose regimes or budgets the points lack is untested."""
+    return decide(table1_measurements(points), evidence)
+
+
+def table1_measurements(points: pd.DataFrame) -> list[dict[str, object]]:
+    """The Table 1 claims measured per row (:func:`assess`), not yet decided: see :func:`table1_claims`."""
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
@@ -445,7 +450,27 @@ def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
         }
         for claim, (effect, budgets, regimes) in effects.items():
             rows.append(assess(claim, effect.dropna().tolist(), _where(label, budgets), Compared(str(label), regimes)))
-    return decide(rows, evidence)
+    return rows
+
+
+def rule_claims(points_by_rule: dict[str, pd.DataFrame], evidence: pd.DataFrame) -> pd.DataFrame:
+    """The Table 1 claims re-measured under each early-exit rule (``{rule: run_points}``, as
+    :func:`mexit.evaluate.rules.rule_tables` gives them), decided together as one family, with a
+    ``rule`` column; each ``scale`` names its rule."""
+    measured, rules = [], []
+    for rule, points in points_by_rule.items():
+        for item in table1_measurements(points):
+            measured.append({**item, "scale": f"{item['scale']}; rule: {rule}"})
+            rules.append(rule)
+    return decide(measured, evidence).assign(rule=rules)
+
+
+def verdicts_by_rule(status: pd.DataFrame) -> pd.DataFrame:
+    """:func:`rule_claims` as one row per claim and scale, one column per rule, cells the verdicts."""
+    frame = status.assign(where=status["scale"].str.replace(r"; rule: .*$", "", regex=True))
+    table = frame.pivot_table(index=["claim", "where"], columns="rule", values="verdict", aggfunc="first", sort=False)
+    table.columns.name = None
+    return table[list(pd.unique(status["rule"]))]
 
 
 def time_claims(costs: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:

@@ -190,25 +190,28 @@ def validation_curves(trace: pd.DataFrame, *, hue: str = "regime", ax: Axes | No
     return ax
 
 
-def variant_accuracy(table: pd.DataFrame, *, budget: float = 1.0, hue: str = "regime", ax: Axes | None = None) -> Axes:
+def variant_accuracy(
+    table: pd.DataFrame, *, budget: float = 1.0, hue: str = "regime", by: str = "variant", ax: Axes | None = None
+) -> Axes:
     """An ablation at one ``budget``: each variant's accuracy (mean over seeds, bars the 95% CI),
-    one series of markers per ``hue`` value, variants in the table's order. ``table``: a
-    :func:`mexit.evaluate.budget_table` with ``variant`` and ``hue`` among its groups, for one row."""
-    needed = {"variant", hue, "budget", "accuracy_mean", "accuracy_ci95"}
+    one series of markers per ``hue`` value, variants (the values of ``by``: ``"variant"``, or for
+    instance ``"rule"``) in the table's order. ``table``: a :func:`mexit.evaluate.budget_table`
+    with ``by`` and ``hue`` among its groups, for one row."""
+    needed = {by, hue, "budget", "accuracy_mean", "accuracy_ci95"}
     if not needed <= set(table.columns):
-        raise ValueError(f"table must have columns {sorted(needed)} (a budget_table by variant and {hue!r}), got {list(table.columns)}")
+        raise ValueError(f"table must have columns {sorted(needed)} (a budget_table by {by!r} and {hue!r}), got {list(table.columns)}")
     at = table[np.isclose(table["budget"], budget)]
     if at.empty:
         raise ValueError(f"budget {budget} is not among the table's budgets {sorted(table['budget'].unique())}")
     set_style()
     if ax is None:
         _, ax = plt.subplots()
-    variants = list(pd.unique(at["variant"]))
+    variants = list(pd.unique(at[by]))
     levels = list(pd.unique(at[hue]))
     colours = list(level_colours(levels).values())
     width = 0.6 / max(1, len(levels))
     for k, level in enumerate(levels):
-        frame = at[at[hue] == level].set_index("variant").reindex(variants)
+        frame = at[at[hue] == level].set_index(by).reindex(variants)
         x = np.arange(len(variants)) + (k - (len(levels) - 1) / 2) * width
         ax.errorbar(x, frame["accuracy_mean"], yerr=frame["accuracy_ci95"].fillna(0), fmt="o", capsize=3,
                     color=colours[k], label=str(level))

@@ -89,6 +89,13 @@ def test_entropy_rule():
         confidences(probs[0])
 
 
+def test_margin_rule():
+    probs = np.array([[[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [1.0 - 2e-9, 1e-9, 1e-9]]])
+    conf, preds = confidences(np.log(probs), rule="margin")
+    np.testing.assert_allclose(conf[0], [0.2, 0.0, 1.0], atol=1e-8)  # top-1 minus top-2 probability
+    assert preds[0].tolist()[::2] == [0, 0]
+
+
 def naive_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Exit index [T, N]: the first exit whose score is strictly above t, else the last."""
     n_exits, n = scores.shape
@@ -348,7 +355,7 @@ def test_exit_outputs_converts_and_checks():
         ({"costs": [10.0, 20.0, 30.0]}, "costs must have one value per exit"),
         ({"backbone_cost": 0.0}, "backbone_cost"),
         ({"logits": LOGITS[0]}, "logits must have shape"),
-        ({"rule": "margin"}, "rule must be one of"),
+        ({"rule": "variance"}, "rule must be one of"),
         ({"grid": "fine"}, "grid must be one of"),
         ({"thresholds": [0.5, 1.5]}, "thresholds must be"),
     ],

@@ -80,7 +80,7 @@ def test_a_scoring_picks_best_on_validation_and_refuses_to_select_on_test():
         ({"budgets": [0.5, 1.5]}, r"budgets must be fractions of the backbone cost in \(0, 1\], got 1.5"),
         ({"budgets": "0.5"}, r"budgets must be a non-empty list"),
         ({"grid": "fine"}, r"grid: unknown value 'fine'; allowed: paper, dense"),
-        ({"rule": "margin"}, r"rule: unknown value 'margin'; allowed: maxprob, entropy"),
+        ({"rule": "variance"}, r"rule: unknown value 'variance'; allowed: maxprob, entropy, margin"),
         ({"fit": "train"}, r"fit: unknown value 'train'; allowed: test, val"),
         ({"aggregate": "seeds"}, r"aggregate: unknown value 'seeds'; allowed: runs, curves"),
         ({"ztw_final": "ics"}, r"ztw_final: unknown value 'ics'; allowed: ensembled, plain"),

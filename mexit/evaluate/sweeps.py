@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RULES: tuple[str, ...] = ("maxprob", "entropy")
+RULES: tuple[str, ...] = ("maxprob", "entropy", "margin")
 GRIDS: tuple[str, ...] = ("paper", "dense")
 
 
@@ -98,7 +98,8 @@ def confidences(logits: Any, rule: str = "maxprob") -> tuple[np.ndarray, np.ndar
     """Per-exit confidence in [0, 1] and predicted class, both [E, N].
 
     ``"maxprob"``: the largest softmax probability. ``"entropy"``: 1 - H(p) / log C, with H the
-    Shannon entropy of the softmax (1 = one-hot, 0 = uniform).
+    Shannon entropy of the softmax (1 = one-hot, 0 = uniform). ``"margin"``: the largest softmax
+    probability minus the second largest (1 = one-hot, 0 = a tie at the top).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -118,6 +119,9 @@ def confidences(logits: Any, rule: str = "maxprob") -> tuple[np.ndarray, np.ndar
         total = unnorm.sum(axis=-1, dtype=np.float64)
         if rule == "maxprob":
             conf[e] = 1.0 / total
+        elif rule == "margin":
+            second = np.partition(unnorm, -2, axis=-1)[:, -2] if n_classes > 1 else np.zeros(n)
+            conf[e] = (1.0 - second) / total
         else:
             entropy = np.log(total) - (unnorm * shifted).sum(axis=-1, dtype=np.float64) / total
             conf[e] = np.clip(1.0 - entropy / np.log(n_classes), 0.0, 1.0)
