@@ -281,3 +281,26 @@ def reliability_diagram(table: pd.DataFrame, *, hue: str = "regime", ax: Axes | 
     ax.set_ylim(0, 100)
     ax.legend(title=hue)
     return ax
+
+
+def time_against_cost(frame: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
+    """Measured wall time (% of the backbone alone) against the MACs' prediction (% of the
+    backbone's MACs) at each operating point, one series per ``hue`` level, beside the diagonal
+    where time follows the MACs: one row of :func:`mexit.analysis.runs.wall_clock_table`."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    points = frame.dropna(subset=["budget"])
+    levels = list(pd.unique(points[hue]))
+    colours = level_colours(levels)
+    top = float(max(points["cost_pct"].max(), points["time_pct"].max(), 100.0)) * 1.05
+    ax.plot([0, top], [0, top], linestyle=":", color="grey", label="time = MACs")
+    for level in levels:
+        part = points[points[hue] == level]
+        ax.plot(part["cost_pct"], part["time_pct"], marker="o", markersize=5, linestyle="", color=colours[level], label=str(level))
+    ax.set_xlabel("Expected cost, MACs (% of the backbone)")
+    ax.set_ylabel("Wall time (% of the backbone alone)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.legend(title=hue)
+    return ax

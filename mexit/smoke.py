@@ -53,6 +53,7 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "numerical_rank": {"samples": 16, "max_features": 64},
     "mutual_information": {"samples": 32, "max_features": 256},
     "gradient_dominance": {"equilibrium_seeds": [0]},
+    "wall_clock": {"samples": 8, "batch_size": 8, "repeats": 1},
 }
 """The analyses' parameters in a smoke build, per notebook; each one a parameter its notebook
 declares (a value a notebook does not declare would be dropped, so the test suite checks them).

@@ -333,3 +333,36 @@ def _splits(config: data.DataConfig) -> data.Splits:
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def wall_clock_table(
+    s: Study, points: pd.DataFrame, seeds: list[int] | None = None, samples: int = 1000, batch_size: int = 256, repeats: int = 3
+) -> pd.DataFrame:
+    """Real early exit timed on this machine (:func:`mexit.evaluate.timing.time_early_exit`) at each
+    budget's operating point of ``points`` (:func:`mexit.evaluate.run_points` of ``s``'s runs), on
+    ``samples`` test images, for the runs of ``seeds`` (None: the study's first): one row per (run,
+    budget) with ``threshold``, ``cost_pct`` (the MACs' prediction, % of the backbone),
+    ``ms_per_image`` and ``time_pct`` (% of the backbone alone on the same images). Never cached:
+    timings belong to the machine that reads the page."""
+    from mexit.evaluate.timing import time_early_exit
+
+    _at_least(samples=(samples, 1), batch_size=(batch_size, 1), repeats=(repeats, 1))
+    chosen = _seeds(s, seeds or list(s.seeds[:1]))
+    if set(points["evaluation"]) - {"threshold"}:
+        raise ParameterError("wall_clock_table times threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
+    frames = []
+    for row, run in s.runs():
+        seed, regime = run.config.train.seed, run.config.train.regime
+        if seed not in chosen:
+            continue
+        mine = points[(points["row"] == row.label) & (points["regime"] == regime) & (points["seed"] == seed)].dropna(subset=["operating_point"])
+        test = _splits(row.config.data).test
+        device = _device()
+        images = torch.stack([test[i][0] for i in range(min(samples, len(test)))]).to(device)
+        print(f"[wall clock] {run_label(row, run.config)}", file=sys.stderr, flush=True)
+        timed = time_early_exit(run.model(device), images, mine["operating_point"].tolist(), batch_size=batch_size, repeats=repeats)
+        budgets = [float("nan"), *mine["budget"]]
+        predicted = [100.0, *mine["cost_pct"]]
+        frames.append(timed.assign(budget=budgets, cost_pct=predicted, row=row.label, regime=regime, seed=seed))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["row", "regime", "seed", "budget", "threshold", "cost_pct", "ms_per_image", "time_pct"]]
