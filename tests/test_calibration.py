@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy.special import softmax  # noqa: E402
 
 from mexit import claims  # noqa: E402
 from mexit.evaluate import (  # noqa: E402
@@ -26,7 +27,7 @@ from mexit.evaluate import (  # noqa: E402
     run_points,
     sweep,
 )
-from mexit.evaluate.calibration import auroc, softmax  # noqa: E402
+from mexit.evaluate.calibration import auroc  # noqa: E402
 from mexit.evaluate.sweeps import confidences, leaving_exit  # noqa: E402
 from mexit.plots import format_intervals, reliability_diagram  # noqa: E402
 
@@ -94,7 +95,7 @@ def test_exit_calibration_measures_every_exit_of_every_run() -> None:
     table = exit_calibration(RUNS)
     assert len(table) == 6 * 3 and table["exit"].tolist()[:3] == [0, 1, 2]
     first = table.iloc[2]
-    probs = softmax(RUNS[0].test_logits[2])
+    probs = softmax(RUNS[0].test_logits[2], axis=-1)
     correct = probs.argmax(-1) == RUNS[0].test_labels
     assert first["accuracy"] == pytest.approx(100 * correct.mean())
     assert first["ece_pct"] == pytest.approx(100 * expected_calibration_error(probs.max(-1), correct))

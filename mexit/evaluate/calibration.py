@@ -29,20 +29,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from scipy.stats import rankdata
 
 from mexit.evaluate.scoring import Scoring
 from mexit.evaluate.sweeps import confidences, leaving_exit, to_numpy
-from mexit.evaluate.tables import ExitOutputs, run_points
+from mexit.evaluate.tables import ExitOutputs, group_runs, run_points
 
 ECE_BINS = 15
-
-
-def softmax(logits: Any) -> np.ndarray:
-    """Softmax over the last axis, computed stably in float64."""
-    z = to_numpy(logits).astype(np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _check(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +122,7 @@ def exit_calibration(outputs: Sequence[ExitOutputs], bins: int = ECE_BINS) -> pd
     rows = []
     for out in outputs:
         for e in range(out.test_logits.shape[0]):
-            measured = calibration_of(softmax(out.test_logits[e]), out.test_labels, bins)
+            measured = calibration_of(softmax(out.test_logits[e].astype(np.float64), axis=-1), out.test_labels, bins)
             rows.append({**out.tags, "exit": e, "cost_pct": 100.0 * out.costs[e] / out.backbone_cost, **measured})
     return pd.DataFrame(rows)
 
@@ -150,7 +144,7 @@ def budget_calibration(outputs: Sequence[ExitOutputs], scoring: Scoring = Scorin
             measured = dict.fromkeys(("accuracy", "ece_pct", "ks_pct", "failure_auroc_pct"), float("nan"))
             if not np.isnan(point["operating_point"]):
                 leaving = leaving_exit(scores, point["operating_point"])
-                probs = softmax(out.test_logits[leaving, np.arange(len(leaving))])
+                probs = softmax(out.test_logits[leaving, np.arange(len(leaving))].astype(np.float64), axis=-1)
                 measured = calibration_of(probs, out.test_labels, bins)
             rows.append({**out.tags, "budget": budget, "operating_point": point["operating_point"],
                          "cost_pct": point["cost_pct"], **measured})
@@ -163,12 +157,9 @@ def pooled_reliability(
     """:func:`reliability` of exit ``exit_index`` (negative counts from the final exit, -1) with the
     test samples of every run of a group (its seeds) pooled: one row per (group, bin), the ``by``
     columns first."""
-    groups: dict[tuple, list[ExitOutputs]] = {}
-    for out in outputs:
-        groups.setdefault(tuple(out.tags[k] for k in by), []).append(out)
     frames = []
-    for key, runs in groups.items():
-        probs = [softmax(out.test_logits[exit_index]) for out in runs]
+    for key, runs in group_runs(outputs, by).items():
+        probs = [softmax(out.test_logits[exit_index].astype(np.float64), axis=-1) for out in runs]
         confidence = np.concatenate([p.max(axis=-1) for p in probs])
         correct = np.concatenate([p.argmax(axis=-1) == out.test_labels for p, out in zip(probs, runs)])
         frames.append(reliability(confidence, correct, bins).assign(**dict(zip(by, key))))

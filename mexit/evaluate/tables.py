@@ -108,12 +108,8 @@ def budget_table(
     _check_outputs(outputs, scoring, by)
     budgets = np.asarray(scoring.budgets)
 
-    groups: dict[tuple, list[ExitOutputs]] = {}
-    for out in outputs:
-        groups.setdefault(tuple(out.tags[k] for k in by), []).append(out)
-
     rows = []
-    for key, runs in groups.items():
+    for key, runs in group_runs(outputs, by).items():
         accuracy, cost, _ = _picked_points(runs, scoring)
         final = _summary(np.array([_final_accuracy(out) for out in runs]))
         evaluation = ", ".join(dict.fromkeys(_evaluation(out) for out in runs))
@@ -166,6 +162,14 @@ def run_points(outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring()) -> 
                 }
             )
     return pd.DataFrame(rows)
+
+
+def group_runs(outputs: Sequence[ExitOutputs], by: Sequence[str]) -> dict[tuple, list[ExitOutputs]]:
+    """The runs grouped by their ``tags`` values for the keys in ``by``, groups in order of first appearance."""
+    groups: dict[tuple, list[ExitOutputs]] = {}
+    for out in outputs:
+        groups.setdefault(tuple(out.tags[k] for k in by), []).append(out)
+    return groups
 
 
 def _check_outputs(outputs: Sequence[ExitOutputs], scoring: Scoring, by: Sequence[str]) -> None:
