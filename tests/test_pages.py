@@ -20,9 +20,10 @@ VARIANTS = [
 
 
 @pytest.fixture(scope="module")
-def page():
+def page(tmp_path_factory: pytest.TempPathFactory):
+    # a store of its own: runs trained here (one thread) must not stand in for the nbval notebooks' runs
     s = make_study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0, 1], regimes=["disjoint", "joint", "mixed"],
-              runs_root=None, variants=VARIANTS)
+                   runs_root=str(tmp_path_factory.mktemp("store")), variants=VARIANTS)
     return ablation_page(s, change=(claims.LARGER_ICS_HELP_DISJOINT, "disjoint", "disjoint"))
 
 
@@ -55,8 +56,8 @@ def test_an_ablation_page_draws_a_panel_per_row_and_per_row_and_variant(page) ->
     assert page.evidence_view().index.names == list(VARIANT_GROUPS)
 
 
-def test_an_ablation_page_needs_variants() -> None:
-    s = make_study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0], regimes=["joint", "mixed"], runs_root=None)
+def test_an_ablation_page_needs_variants(tmp_path) -> None:
+    s = make_study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0], regimes=["joint", "mixed"], runs_root=str(tmp_path))
     with pytest.raises(ValueError, match="needs a study with variants"):
         ablation_page(s)
 
