@@ -318,6 +318,7 @@ def build_smoke_book(
     started = time.perf_counter()
     profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
     smoke.ensure_data(directory, smoke.datasets_read(profile_values))
+    smoke.ensure_ood_data(directory, smoke.ood_datasets_read(profile_values))
     target = copy_sources(root, directory / "book")
     _add_banner(target / "_config.yml", smoke.banner(profile_label(profile)))
     _execute(profile_values, f"{profile_label(profile)} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, jobs)

@@ -304,3 +304,26 @@ def time_against_cost(frame: pd.DataFrame, *, hue: str = "regime", ax: Axes | No
     ax.set_ylim(0, top)
     ax.legend(title=hue)
     return ax
+
+
+def threshold_curve(
+    frame: pd.DataFrame, x: str, y: str, *, xlabel: str, ylabel: str, hue: str = "regime", diagonal: bool = False, ax: Axes | None = None
+) -> Axes:
+    """``y`` against ``x`` along the thresholds, one line per ``hue`` level, each point the mean
+    over the level's runs (seeds) at one ``threshold``: one row of the ``"threshold"`` view of
+    :func:`mexit.analysis.robustness.ood_table`. ``diagonal`` draws y = x (dotted)."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    if diagonal:
+        low, high = float(frame[[x, y]].min().min()), float(frame[[x, y]].max().max())
+        ax.plot([low, high], [low, high], linestyle=":", color="grey", label=f"{y} = {x}".replace("_", " "))
+    levels = list(pd.unique(frame[hue]))
+    colours = level_colours(levels)
+    for level in levels:
+        curve = frame[frame[hue] == level].groupby("threshold")[[x, y]].mean().sort_values(x)
+        ax.plot(curve[x], curve[y], marker=".", markersize=3, color=colours[level], label=str(level))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(title=hue)
+    return ax

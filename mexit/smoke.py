@@ -13,7 +13,9 @@ spent on it. :func:`smoke_profile` turns a profile into its smoke version:
   process where the config asks for several;
 - two seeds (the fewest that give an interval), the fresh seeds (where a page has them) two more;
 - the analyses' sizes (path points, plane, Bezier steps, rank and mutual-information samples)
-  scaled down (:data:`SMOKE_SIZES`).
+  scaled down (:data:`SMOKE_SIZES`);
+- the out-of-distribution page's datasets (its ``ood_sets`` read from files) generated too, under
+  ``DIR/ood`` (:func:`ensure_ood_data`), its ``ood_root``.
 
 The caps are fields of the run config (``train.max_steps``, ``train.eval_batches``), so a smoke run
 never shares a key with a real one; its store is ``DIR/runs`` and its book ``DIR/book``, whose every
@@ -54,6 +56,8 @@ SMOKE_SIZES: dict[str, dict[str, Any]] = {
     "mutual_information": {"samples": 32, "max_features": 256},
     "gradient_dominance": {"equilibrium_seeds": [0]},
     "wall_clock": {"samples": 8, "batch_size": 8, "repeats": 1},
+    "distribution_shift": {"samples": 8, "batch_size": 8},
+    "out_of_distribution": {"samples": 8, "batch_size": 8},
 }
 """The analyses' parameters in a smoke build, per notebook; each one a parameter its notebook
 declares (a value a notebook does not declare would be dropped, so the test suite checks them).
@@ -91,7 +95,34 @@ def smoke_profile(
             group["fresh_seeds"] = [seed for seed in SMOKE_FRESH_SEEDS if seed not in seeds]
     for notebook, sizes in SMOKE_SIZES.items():
         smoke["notebooks"][notebook] = {**(smoke["notebooks"].get(notebook) or {}), **sizes}
+    for group in _groups(smoke):
+        if "ood_root" in group:
+            group["ood_root"] = str(data_dir / OOD_FOLDER)
     return smoke
+
+
+OOD_FOLDER = "ood"
+
+
+def ood_datasets_read(profile: Mapping[str, Any]) -> list[str]:
+    """The datasets (names) that the groups of ``profile`` read from files as out-of-distribution sets."""
+    from mexit.data import needs_data_root
+
+    return sorted({name for group in _groups(profile) for name in group.get("ood_sets", []) if needs_data_root(name)})
+
+
+def ensure_ood_data(data_dir: str | Path, names: Sequence[str]) -> Path:
+    """The generated datasets ``names`` under ``data_dir/ood`` (the smoke's ``ood_root``), written
+    where missing; that folder."""
+    from mexit.data.generated import write
+
+    root = Path(data_dir) / OOD_FOLDER
+    for name in names:
+        try:
+            write(root, name)
+        except FileExistsError:  # written by an earlier smoke build
+            pass
+    return root
 
 
 def datasets_read(profile: Mapping[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # runs obtained (trained into the store or loaded from it), and studies of them
     ("mexit.pipeline", "mexit.study"),
     # the book's pages, the book, sweeps and the command line
-    ("mexit.analysis.runs", "mexit.pages", "mexit.smoke", "mexit.book", "mexit.sweep", "mexit.cli", "mexit.__main__"),
+    ("mexit.analysis.runs", "mexit.analysis.robustness", "mexit.pages", "mexit.smoke", "mexit.book", "mexit.sweep", "mexit.cli", "mexit.__main__"),
 )
 
 

@@ -137,7 +137,11 @@ def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "lo
     return ax
 
 
-POSITIONS: dict[str, str] = {"block": "Backbone block", "exit": "Exit (0-based; the last is the final exit)"}
+POSITIONS: dict[str, str] = {
+    "block": "Backbone block",
+    "exit": "Exit (0-based; the last is the final exit)",
+    "severity": "Corruption severity (0: clean)",
+}
 
 
 def block_profile(
@@ -149,9 +153,10 @@ def block_profile(
     position: str = "block",
     ax: Axes | None = None,
 ) -> Axes:
-    """``value`` per ``position`` (``"block"`` or ``"exit"``), one line per regime (mean over seeds;
+    """``value`` per ``position`` (``"block"``, ``"exit"`` or ``"severity"``), one line per regime (mean over seeds;
     the band spans the lowest and highest seed): one row of :func:`mexit.analysis.runs.rank_table`,
-    ``information_table`` or :func:`mexit.evaluate.exit_calibration`. ``ceiling`` names a column
+    ``information_table``, :func:`mexit.evaluate.exit_calibration` or
+    :func:`mexit.analysis.robustness.severity_means`. ``ceiling`` names a column
     whose (first) value is drawn as a dotted line: the most the value can reach."""
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {tuple(POSITIONS)}, got {position!r}")

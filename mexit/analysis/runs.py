@@ -68,7 +68,7 @@ def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame
     one per row and seed in ``seeds`` (default: all of the study's; trained into the run store if
     missing), tagged ``regime="joint + GE"``."""
     check_probed(s)
-    chosen = _seeds(s, seeds)
+    chosen = chosen_seeds(s, seeds)
     frames = []
     store = RunStore(s.runs_root)
     for row in s.rows:
@@ -124,11 +124,11 @@ def connectivity_paths(
     """
     if path not in PATHS:
         raise ParameterError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
-    _at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1), bezier_steps=(bezier_steps, 0))
-    _optional_at_least(eval_samples=(eval_samples, 2))
+    at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1), bezier_steps=(bezier_steps, 0))
+    optional_at_least(eval_samples=(eval_samples, 2))
     if not (isinstance(bezier_lr, (int, float)) and bezier_lr > 0):
         raise ParameterError(f"bezier_lr must be a number > 0, got {bezier_lr!r}")
-    chosen = _seeds(s, seeds)
+    chosen = chosen_seeds(s, seeds)
     pairs = connectivity_pairs(s)
     if not pairs:
         raise ParameterError(f"regimes {list(s.regimes)} give no pair of solutions to connect")
@@ -148,7 +148,7 @@ def connectivity_paths(
                 def compute() -> pd.DataFrame:  # called at once, inside this iteration
                     train_set, eval_set = _connectivity_data(row.config, eval_samples, seed)
                     return walk(
-                        run_a.model(_device()), run_b.model(_device()), train_set, eval_set, points=points,
+                        run_a.model(inference_device()), run_b.model(inference_device()), train_set, eval_set, points=points,
                         bn_batches=bn_batches, batch_size=batch_size, seed=seed,
                         progress_label=f"{path} {row.label} s{seed} {pair_label(a, b)}",
                     )
@@ -203,11 +203,11 @@ def connectivity_plane(
     in it (columns row, regime, u, v). Needs the three regimes, in the study's order."""
     if len(s.regimes) != 3:
         raise ParameterError(f"regimes must be three to span a plane, got {list(s.regimes)}")
-    _at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1))
-    _optional_at_least(eval_samples=(eval_samples, 2))
+    at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1))
+    optional_at_least(eval_samples=(eval_samples, 2))
     if not (isinstance(margin, (int, float)) and margin >= 0):
         raise ParameterError(f"margin must be a number >= 0, got {margin!r}")
-    (chosen,) = _seeds(s, [seed])
+    (chosen,) = chosen_seeds(s, [seed])
     store = RunStore(s.runs_root)
     runs = _runs_by_regime(s)
     options = {"points": points, "margin": margin, "bn_batches": bn_batches, "batch_size": batch_size, "eval_samples": eval_samples}
@@ -217,7 +217,7 @@ def connectivity_plane(
 
         def compute() -> pd.DataFrame:  # called at once, inside this iteration
             train_set, eval_set = _connectivity_data(row.config, eval_samples, chosen)
-            device = _device()
+            device = inference_device()
             return loss_plane(
                 [run.model(device) for run in trio], train_set, eval_set, points=points, margin=margin,
                 bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress_label=f"plane {row.label} s{chosen}",
@@ -240,8 +240,8 @@ def rank_table(
 ) -> pd.DataFrame:
     """:func:`mexit.analysis.block_ranks` of every run on its test split, tagged row, regime, seed,
     with ``rank_pct``: the rank in % of the largest the measurement allows (``max_rank``)."""
-    _at_least(samples=(samples, 2), batch_size=(batch_size, 1))
-    _optional_at_least(max_features=(max_features, 1))
+    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    optional_at_least(max_features=(max_features, 1))
     if not (isinstance(eig_threshold, float) and 0 < eig_threshold < 1):
         raise ParameterError(f"eig_threshold must be a number in (0, 1), got {eig_threshold!r}")
     options = {"samples": samples, "eig_threshold": eig_threshold, "max_features": max_features}
@@ -262,8 +262,8 @@ def information_table(
 ) -> pd.DataFrame:
     """:func:`mexit.analysis.block_mutual_information` of every run on its test split, tagged row,
     regime, seed."""
-    _at_least(samples=(samples, 2), probe_dim=(probe_dim, 1), batch_size=(batch_size, 1))
-    _optional_at_least(max_features=(max_features, 1))
+    at_least(samples=(samples, 2), probe_dim=(probe_dim, 1), batch_size=(batch_size, 1))
+    optional_at_least(max_features=(max_features, 1))
     if not (isinstance(noise_ratio, (int, float)) and noise_ratio > 0):
         raise ParameterError(f"noise_ratio must be a number > 0, got {noise_ratio!r}")
     options = {"samples": samples, "max_features": max_features, "probe_dim": probe_dim, "noise_ratio": noise_ratio}
@@ -287,25 +287,25 @@ def _per_run(
 
         def compute() -> pd.DataFrame:  # called at once, inside this iteration
             print(f"[{kind}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
-            return measure(run.model(_device()), _splits(row.config.data).test, seed)
+            return measure(run.model(inference_device()), dataset_splits(row.config.data).test, seed)
 
         table = store.cached_table(kind, {"runs": [run.key], **options}, compute)
         frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 
-def _at_least(**values: tuple[Any, int]) -> None:
+def at_least(**values: tuple[Any, int]) -> None:
     """Each ``name=(value, least)``: an integer >= least, or a :class:`ParameterError` naming it."""
     for name, (value, least) in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ParameterError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
-def _optional_at_least(**values: tuple[Any, int]) -> None:
-    _at_least(**{name: (value, least) for name, (value, least) in values.items() if value is not None})
+def optional_at_least(**values: tuple[Any, int]) -> None:
+    at_least(**{name: (value, least) for name, (value, least) in values.items() if value is not None})
 
 
-def _seeds(s: Study, seeds: list[int] | None) -> list[int]:
+def chosen_seeds(s: Study, seeds: list[int] | None) -> list[int]:
     if seeds is None:
         return list(s.seeds)
     unknown = [seed for seed in seeds if seed not in s.seeds]
@@ -319,7 +319,7 @@ def _runs_by_regime(s: Study) -> dict[tuple[str, str, int], Run]:
 
 
 def _connectivity_data(config: RunConfig, eval_samples: int | None, seed: int) -> tuple[Dataset, Dataset]:
-    splits = _splits(config.data)
+    splits = dataset_splits(config.data)
     test: Dataset = splits.test
     if eval_samples is not None:
         test = Subset(splits.test, sample_indices(len(splits.test), eval_samples, seed).tolist())
@@ -327,11 +327,11 @@ def _connectivity_data(config: RunConfig, eval_samples: int | None, seed: int) -
 
 
 @functools.cache
-def _splits(config: data.DataConfig) -> data.Splits:
+def dataset_splits(config: data.DataConfig) -> data.Splits:
     return data.load(config)
 
 
-def _device() -> torch.device:
+def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -346,8 +346,8 @@ def wall_clock_table(
     timings belong to the machine that reads the page."""
     from mexit.evaluate.timing import time_early_exit
 
-    _at_least(samples=(samples, 1), batch_size=(batch_size, 1), repeats=(repeats, 1))
-    chosen = _seeds(s, seeds or list(s.seeds[:1]))
+    at_least(samples=(samples, 1), batch_size=(batch_size, 1), repeats=(repeats, 1))
+    chosen = chosen_seeds(s, seeds or list(s.seeds[:1]))
     if set(points["evaluation"]) - {"threshold"}:
         raise ParameterError("wall_clock_table times threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
     frames = []
@@ -356,8 +356,8 @@ def wall_clock_table(
         if seed not in chosen:
             continue
         mine = points[(points["row"] == row.label) & (points["regime"] == regime) & (points["seed"] == seed)].dropna(subset=["operating_point"])
-        test = _splits(row.config.data).test
-        device = _device()
+        test = dataset_splits(row.config.data).test
+        device = inference_device()
         images = torch.stack([test[i][0] for i in range(min(samples, len(test)))]).to(device)
         print(f"[wall clock] {run_label(row, run.config)}", file=sys.stderr, flush=True)
         timed = time_early_exit(run.model(device), images, mine["operating_point"].tolist(), batch_size=batch_size, repeats=repeats)

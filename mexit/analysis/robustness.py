@@ -1,0 +1,169 @@
+"""Table 1's stored models on inputs unlike their test split: corrupted images (distribution
+shift) and images of no class they know (out-of-distribution). Inference only, no training.
+
+Each run is read at its own budgets' operating points (:func:`mexit.evaluate.run_points`: the
+thresholds picked on clean validation data), as a deployed model would be: the threshold stays,
+and where the images leave, so what they cost, moves with the shift. Results are cached in the run
+store per run and parameter (:meth:`mexit.store.RunStore.cached_table`): a warm rebuild recomputes
+nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import Subset
+
+from mexit.analysis.features import sample_indices
+from mexit.analysis.runs import at_least, dataset_splits, inference_device
+from mexit.config import ParameterError
+from mexit.data.loading import ImageDataset
+from mexit.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corruption, imagenet_c, imagenet_c_folder, perturbed
+from mexit.evaluate.inference import collect_logits
+from mexit.evaluate.ood import exit_ood_auroc, threshold_ood_auroc
+from mexit.evaluate.ood_sets import OOD_SETS, ood_set
+from mexit.evaluate.sweeps import sweep, threshold_grid
+from mexit.store import Run, RunStore
+from mexit.study import Row, Study, run_label
+
+CLEAN = "none"
+"""The ``corruption`` of the clean rows of :func:`shift_table` (``severity`` 0)."""
+SAMPLE_SEED = 0
+"""Every run reads the same test images: drawn with this seed, not the run's."""
+
+
+def _choices(name: str, values: Sequence, allowed: Sequence) -> list:
+    values = list(values)
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown or len(set(values)) != len(values):
+        raise ParameterError(f"{name} must be distinct values of {tuple(allowed)}, got {values!r}")
+    return values
+
+
+def _run_points(points: pd.DataFrame, row: Row, run: Run) -> pd.DataFrame:
+    """``points``' rows of ``run``: its budgets and their thresholds (NaN where none fits)."""
+    train = run.config.train
+    mine = points[(points["row"] == row.label) & (points["regime"] == train.regime) & (points["seed"] == train.seed)]
+    if set(mine["evaluation"]) - {"threshold"}:
+        raise ParameterError("the robustness tables read threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
+    return mine[["budget", "operating_point"]].reset_index(drop=True)
+
+
+def _at_points(logits, labels, run: Run, mine: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, cost and exit shares of the early-exit prediction at each of ``mine``'s thresholds,
+    one row per budget (NaN where no threshold fits), with the final exit's accuracy."""
+    costs = run.costs
+    fits = mine["operating_point"].notna()
+    scored = sweep(logits, labels, costs["macs"], costs["backbone_macs"], thresholds=mine.loc[fits, "operating_point"].to_numpy())
+    frame = mine.merge(scored.rename(columns={"threshold": "operating_point"}), on="operating_point", how="left")
+    return frame.assign(final_accuracy=100.0 * float((logits[-1].argmax(-1) == labels).float().mean())).drop(columns="cost_macs")
+
+
+def shift_table(
+    s: Study,
+    points: pd.DataFrame,
+    corruptions: Sequence[str] = CORRUPTIONS,
+    severities: Sequence[int] = SEVERITIES,
+    samples: int = 1000,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Every run of ``s`` on ``samples`` of its test images (the same for every run) clean and under
+    each corruption at each severity (:mod:`mexit.evaluate.corruptions`; ImageNet-C's own files where
+    ``data_root`` holds them, :func:`mexit.evaluate.corruptions.imagenet_c`), read at its operating points
+    of ``points`` (:func:`mexit.evaluate.run_points` of ``s``'s runs). One row per (run, corruption,
+    severity, budget): ``row``, ``regime``, ``seed``, ``corruption`` (``"none"`` at severity 0),
+    ``severity``, ``source``, ``budget``, ``operating_point``, ``accuracy``, ``cost_pct`` (the MACs
+    the shifted images cost, % of the backbone), ``exit_share_*`` and ``final_accuracy``."""
+    corruptions = _choices("corruptions", corruptions, CORRUPTIONS)
+    severities = _choices("severities", severities, SEVERITIES)
+    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    store, frames = RunStore(s.runs_root), []
+    for row, run in s.runs():
+        mine = _run_points(points, row, run)
+        config = row.config.data
+        real = [(c, v) for c, v in itertools.product(corruptions, severities) if imagenet_c_folder(config, c, v)]
+        options = {"runs": [run.key], "corruptions": corruptions, "severities": severities, "samples": samples,
+                   "thresholds": mine["operating_point"].round(12).tolist(), "imagenet_c": [list(pair) for pair in real]}
+
+        def compute() -> pd.DataFrame:  # called at once, inside this iteration
+            print(f"[distribution shift] {run_label(row, run.config)}", file=sys.stderr, flush=True)
+            model, test, frames_of_run = run.model(inference_device()), dataset_splits(config).test, []
+            for corruption, severity in [(CLEAN, 0), *itertools.product(corruptions, severities)]:
+                files = imagenet_c(config, corruption, severity) if severity else None
+                images: ImageDataset = test if not severity else files or perturbed(test, Corruption(corruption, severity))
+                chosen = sample_indices(len(images), samples, SAMPLE_SEED).tolist()
+                logits, labels = collect_logits(model, Subset(images, chosen), batch_size, inference_device())
+                source = "clean" if not severity else ("ImageNet-C files" if files else "generated")
+                frames_of_run.append(_at_points(logits, labels, run, mine).assign(corruption=corruption, severity=severity, source=source))
+            return pd.concat(frames_of_run, ignore_index=True)
+
+        table = store.cached_table("distribution_shift", options, compute)
+        frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed))
+    frame = pd.concat(frames, ignore_index=True)
+    first = ["row", "regime", "seed", "corruption", "severity", "source", "budget", "operating_point", "accuracy", "cost_pct"]
+    return frame[[*first, *[c for c in frame.columns if c not in first]]]
+
+
+def severity_means(shift: pd.DataFrame, budget: float | None = None) -> pd.DataFrame:
+    """:func:`shift_table` averaged over the corruptions, at one ``budget`` (None: each): one row
+    per (row, regime, seed, budget, severity) with ``accuracy`` and ``cost_pct``; severity 0 is the
+    clean images."""
+    if budget is not None:
+        if budget not in set(shift["budget"]):
+            raise ParameterError(f"budget must be one of the table's budgets {sorted(shift['budget'].unique())}, got {budget!r}")
+        shift = shift[shift["budget"] == budget]
+    keys = ["row", "regime", "seed", "budget", "severity"]
+    return shift.groupby(keys, as_index=False, sort=False)[["accuracy", "cost_pct"]].mean()
+
+
+def ood_table(
+    s: Study,
+    points: pd.DataFrame,
+    ood_sets: Sequence[str] = ("gaussian-noise", "photo-patches"),
+    samples: int = 1000,
+    ood_root: str | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """Every run of ``s`` telling its test split (every image, from the stored logits) from
+    ``samples`` images of each of ``ood_sets`` (:mod:`mexit.evaluate.ood_sets`; a dataset read from
+    ``ood_root``, None: the row's ``data_root``) by the maximum softmax (:mod:`mexit.evaluate.ood`).
+    One long table, ``view`` telling its rows apart: ``"exit"`` (one row per exit: ``exit``,
+    ``cost_pct``), ``"threshold"`` (one per threshold of the study's grid) and ``"budget"`` (one per
+    budget's operating point of ``points``: ``budget``); each with ``ood_auroc`` (%), and along the
+    thresholds ``id_cost_pct`` and ``ood_cost_pct``. Tagged ``row``, ``regime``, ``seed``, ``ood_set``."""
+    ood_sets = _choices("ood_sets", ood_sets, OOD_SETS)
+    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    store, frames = RunStore(s.runs_root), []
+    grid = threshold_grid(s.scoring.grid)
+    for row, run in s.runs():
+        mine = _run_points(points, row, run)
+        for name in ood_sets:
+            options = {"runs": [run.key], "ood_set": name, "samples": samples, "ood_root": ood_root,
+                       "thresholds": mine["operating_point"].round(12).tolist(), "grid": s.scoring.grid}
+
+            def compute() -> pd.DataFrame:  # called at once, inside this iteration
+                print(f"[out of distribution: {name}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
+                foreign = ood_set(name, row.config.data, samples, ood_root)
+                ood_logits, _ = collect_logits(run.model(inference_device()), foreign, batch_size, inference_device())
+                return _ood_views(run, ood_logits.numpy(), grid, mine)
+
+            table = store.cached_table("out_of_distribution", options, compute)
+            frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed, ood_set=name))
+    frame = pd.concat(frames, ignore_index=True)
+    first = ["row", "regime", "seed", "ood_set", "view"]
+    return frame[[*first, *[c for c in frame.columns if c not in first]]]
+
+
+def _ood_views(run: Run, ood_logits: np.ndarray, grid: np.ndarray, mine: pd.DataFrame) -> pd.DataFrame:
+    id_logits, costs = run.logits("test").numpy(), run.costs
+    macs, backbone = np.asarray(costs["macs"], dtype=float), float(costs["backbone_macs"])
+    exits = pd.DataFrame({"exit": np.arange(len(macs)), "cost_pct": 100 * macs / backbone, "ood_auroc": exit_ood_auroc(id_logits, ood_logits)})
+    along = threshold_ood_auroc(id_logits, ood_logits, macs, backbone, grid)
+    fits = mine[mine["operating_point"].notna()]
+    at_budgets = threshold_ood_auroc(id_logits, ood_logits, macs, backbone, fits["operating_point"].tolist())
+    at_budgets = at_budgets.assign(budget=fits["budget"].to_numpy())
+    return pd.concat([exits.assign(view="exit"), along.assign(view="threshold"), at_budgets.assign(view="budget")], ignore_index=True)
