@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mexit import claims
-from mexit.analysis.robustness import severity_means, shift_table
+from mexit.analysis.robustness import check_ood_parameters, check_shift_parameters, severity_means, shift_table
 from mexit.data import DataConfig
 from mexit.data.generated import write
 from mexit.data.loading import load
@@ -178,8 +178,12 @@ def test_the_shift_table_reads_each_run_at_its_clean_operating_points(tiny_study
     status = claims.shift_claims(shift, evidence)
     assert status["scale"].str.contains("severity 1").any() and len(status) == 2
     assert set(status["key"]) == {"mixed_ahead_under_shift"}
-    with pytest.raises(ParameterError, match="corruptions must be distinct values of"):
+    with pytest.raises(ParameterError, match="corruptions must be a list of distinct values of"):
         shift_table(s, points, corruptions=["fog"])
+    with pytest.raises(ParameterError, match=r"severities must be a list of distinct values of \(1, 2, 3, 4, 5\)"):
+        check_shift_parameters(["contrast"], [0], 10, 10)
+    with pytest.raises(ParameterError, match="samples must be an integer >= 2"):
+        check_shift_parameters(["contrast"], [1], 1, 10)
     with pytest.raises(ParameterError, match="budget must be one of"):
         severity_means(shift, 0.3)
 
@@ -197,8 +201,10 @@ def test_the_ood_table_and_its_claim(tiny_study) -> None:
     assert len(at_budgets) == points.dropna(subset=["operating_point"]).shape[0]
     status = claims.ood_claims(ood, evidence)
     assert status["scale"].tolist() == ["tiny, gaussian-noise (mean over exits)"]
-    with pytest.raises(ParameterError, match="ood_sets must be distinct values of"):
+    with pytest.raises(ParameterError, match="ood_sets must be a list of distinct values of"):
         ood_table(s, points, ood_sets=["gaussian-noise", "gaussian-noise"])
+    with pytest.raises(ParameterError, match="ood_sets must be a list of distinct values of"):
+        check_ood_parameters("svhn", 10, 10)
 
 
 def test_the_wall_clock_claim_reads_the_lowest_budget_every_timed_run_meets() -> None:

@@ -36,12 +36,26 @@ SAMPLE_SEED = 0
 """Every run reads the same test images: drawn with this seed, not the run's."""
 
 
-def _choices(name: str, values: Sequence, allowed: Sequence) -> list:
-    values = list(values)
+def _choices(name: str, values: Sequence, allowed: Sequence) -> None:
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
     unknown = [v for v in values if v not in allowed]
     if not values or unknown or len(set(values)) != len(values):
-        raise ParameterError(f"{name} must be distinct values of {tuple(allowed)}, got {values!r}")
-    return values
+        raise ParameterError(f"{name} must be a list of distinct values of {tuple(allowed)}, got {values!r}")
+
+
+def check_shift_parameters(corruptions: Sequence[str], severities: Sequence[int], samples: int, batch_size: int) -> None:
+    """A :class:`ParameterError` naming the first bad parameter of :func:`shift_table`: a page
+    calls it before its runs are loaded (or trained)."""
+    _choices("corruptions", corruptions, CORRUPTIONS)
+    _choices("severities", severities, SEVERITIES)
+    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+
+
+def check_ood_parameters(ood_sets: Sequence[str], samples: int, batch_size: int) -> None:
+    """A :class:`ParameterError` naming the first bad parameter of :func:`ood_table`: a page calls
+    it before its runs are loaded (or trained)."""
+    _choices("ood_sets", ood_sets, OOD_SETS)
+    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
 
 
 def _run_points(points: pd.DataFrame, row: Row, run: Run) -> pd.DataFrame:
@@ -78,9 +92,8 @@ def shift_table(
     severity, budget): ``row``, ``regime``, ``seed``, ``corruption`` (``"none"`` at severity 0),
     ``severity``, ``source``, ``budget``, ``operating_point``, ``accuracy``, ``cost_pct`` (the MACs
     the shifted images cost, % of the backbone), ``exit_share_*`` and ``final_accuracy``."""
-    corruptions = _choices("corruptions", corruptions, CORRUPTIONS)
-    severities = _choices("severities", severities, SEVERITIES)
-    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    check_shift_parameters(corruptions, severities, samples, batch_size)
+    corruptions, severities = list(corruptions), list(severities)
     store, frames = RunStore(s.runs_root), []
     for row, run in s.runs():
         mine = _run_points(points, row, run)
@@ -135,8 +148,7 @@ def ood_table(
     ``cost_pct``), ``"threshold"`` (one per threshold of the study's grid) and ``"budget"`` (one per
     budget's operating point of ``points``: ``budget``); each with ``ood_auroc`` (%), and along the
     thresholds ``id_cost_pct`` and ``ood_cost_pct``. Tagged ``row``, ``regime``, ``seed``, ``ood_set``."""
-    ood_sets = _choices("ood_sets", ood_sets, OOD_SETS)
-    at_least(samples=(samples, 2), batch_size=(batch_size, 1))
+    check_ood_parameters(ood_sets, samples, batch_size)
     store, frames = RunStore(s.runs_root), []
     grid = threshold_grid(s.scoring.grid)
     for row, run in s.runs():
