@@ -317,7 +317,7 @@ def threshold_curve(
         _, ax = plt.subplots()
     if diagonal:
         low, high = float(frame[[x, y]].min().min()), float(frame[[x, y]].max().max())
-        ax.plot([low, high], [low, high], linestyle=":", color="grey", label=f"{y} = {x}".replace("_", " "))
+        ax.plot([low, high], [low, high], linestyle=":", color="grey", label="y = x")
     levels = list(pd.unique(frame[hue]))
     colours = level_colours(levels)
     for level in levels:
