@@ -10,6 +10,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from collections.abc import Sequence
@@ -19,16 +20,16 @@ import pandas as pd
 from torch.utils.data import Subset
 
 from mexit.analysis.features import sample_indices
-from mexit.analysis.runs import at_least, dataset_splits, inference_device
+from mexit.analysis.runs import at_least, dataset_splits, inference_device, run_operating_points
 from mexit.config import ParameterError
 from mexit.data.loading import ImageDataset
 from mexit.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corruption, imagenet_c, imagenet_c_folder, perturbed
 from mexit.evaluate.inference import collect_logits
 from mexit.evaluate.ood import exit_ood_auroc, threshold_ood_auroc
 from mexit.evaluate.ood_sets import OOD_SETS, ood_set
-from mexit.evaluate.sweeps import sweep, threshold_grid
+from mexit.evaluate.sweeps import exit_accuracy, sweep, threshold_grid
 from mexit.store import Run, RunStore
-from mexit.study import Row, Study, run_label
+from mexit.study import Study, run_label
 
 CLEAN = "none"
 """The ``corruption`` of the clean rows of :func:`shift_table` (``severity`` 0)."""
@@ -58,15 +59,6 @@ def check_ood_parameters(ood_sets: Sequence[str], samples: int, batch_size: int)
     at_least(samples=(samples, 2), batch_size=(batch_size, 1))
 
 
-def _run_points(points: pd.DataFrame, row: Row, run: Run) -> pd.DataFrame:
-    """``points``' rows of ``run``: its budgets and their thresholds (NaN where none fits)."""
-    train = run.config.train
-    mine = points[(points["row"] == row.label) & (points["regime"] == train.regime) & (points["seed"] == train.seed)]
-    if set(mine["evaluation"]) - {"threshold"}:
-        raise ParameterError("the robustness tables read threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
-    return mine[["budget", "operating_point"]].reset_index(drop=True)
-
-
 def _at_points(logits, labels, run: Run, mine: pd.DataFrame) -> pd.DataFrame:
     """Accuracy, cost and exit shares of the early-exit prediction at each of ``mine``'s thresholds,
     one row per budget (NaN where no threshold fits), with the final exit's accuracy."""
@@ -74,7 +66,7 @@ def _at_points(logits, labels, run: Run, mine: pd.DataFrame) -> pd.DataFrame:
     fits = mine["operating_point"].notna()
     scored = sweep(logits, labels, costs["macs"], costs["backbone_macs"], thresholds=mine.loc[fits, "operating_point"].to_numpy())
     frame = mine.merge(scored.rename(columns={"threshold": "operating_point"}), on="operating_point", how="left")
-    return frame.assign(final_accuracy=100.0 * float((logits[-1].argmax(-1) == labels).float().mean())).drop(columns="cost_macs")
+    return frame.assign(final_accuracy=exit_accuracy(logits, labels)[-1]).drop(columns="cost_macs")
 
 
 def shift_table(
@@ -96,7 +88,7 @@ def shift_table(
     corruptions, severities = list(corruptions), list(severities)
     store, frames = RunStore(s.runs_root), []
     for row, run in s.runs():
-        mine = _run_points(points, row, run)
+        mine = run_operating_points(points, row, run)[["budget", "operating_point"]]
         config = row.config.data
         real = [(c, v) for c, v in itertools.product(corruptions, severities) if imagenet_c_folder(config, c, v)]
         options = {"runs": [run.key], "corruptions": corruptions, "severities": severities, "samples": samples,
@@ -152,7 +144,8 @@ def ood_table(
     store, frames = RunStore(s.runs_root), []
     grid = threshold_grid(s.scoring.grid)
     for row, run in s.runs():
-        mine = _run_points(points, row, run)
+        mine = run_operating_points(points, row, run)[["budget", "operating_point"]]
+        model = functools.cache(lambda run=run: run.model(inference_device()))  # loaded once a run, where a set is not cached
         for name in ood_sets:
             options = {"runs": [run.key], "ood_set": name, "samples": samples, "ood_root": ood_root,
                        "thresholds": mine["operating_point"].round(12).tolist(), "grid": s.scoring.grid}
@@ -160,7 +153,7 @@ def ood_table(
             def compute() -> pd.DataFrame:  # called at once, inside this iteration
                 print(f"[out of distribution: {name}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
                 foreign = ood_set(name, row.config.data, samples, ood_root)
-                ood_logits, _ = collect_logits(run.model(inference_device()), foreign, batch_size, inference_device())
+                ood_logits, _ = collect_logits(model(), foreign, batch_size, inference_device())
                 return _ood_views(run, ood_logits.numpy(), grid, mine)
 
             table = store.cached_table("out_of_distribution", options, compute)

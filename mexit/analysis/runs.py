@@ -31,7 +31,7 @@ from mexit.config import RunConfig, regime_configs
 from mexit.evaluate.stats import format_interval, mean_ci
 from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore
-from mexit.study import ParameterError, Study, run_label
+from mexit.study import ParameterError, Row, Study, run_label
 
 CONNECTIVITY_PAIRS: tuple[tuple[str, str], ...] = (("disjoint", "mixed"), ("joint", "mixed"), ("disjoint", "joint"))
 PATHS: tuple[str, ...] = ("linear", "bezier")
@@ -335,6 +335,17 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def run_operating_points(points: pd.DataFrame, row: Row, run: Run) -> pd.DataFrame:
+    """The rows of ``points`` (:func:`mexit.evaluate.run_points` of a study's runs) that are
+    ``run``'s, one per budget (``operating_point`` NaN where none fits); a :class:`ParameterError`
+    unless they are thresholds (PBEE's patience and ZTW's ensemble have none to apply)."""
+    train = run.config.train
+    mine = points[(points["row"] == row.label) & (points["regime"] == train.regime) & (points["seed"] == train.seed)]
+    if set(mine["evaluation"]) - {"threshold"}:
+        raise ParameterError("these pages read threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
+    return mine.reset_index(drop=True)
+
+
 def wall_clock_table(
     s: Study, points: pd.DataFrame, seeds: list[int] | None = None, samples: int = 1000, batch_size: int = 256, repeats: int = 3
 ) -> pd.DataFrame:
@@ -348,14 +359,12 @@ def wall_clock_table(
 
     at_least(samples=(samples, 1), batch_size=(batch_size, 1), repeats=(repeats, 1))
     chosen = chosen_seeds(s, seeds or list(s.seeds[:1]))
-    if set(points["evaluation"]) - {"threshold"}:
-        raise ParameterError("wall_clock_table times threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
     frames = []
     for row, run in s.runs():
         seed, regime = run.config.train.seed, run.config.train.regime
         if seed not in chosen:
             continue
-        mine = points[(points["row"] == row.label) & (points["regime"] == regime) & (points["seed"] == seed)].dropna(subset=["operating_point"])
+        mine = run_operating_points(points, row, run).dropna(subset=["operating_point"])
         test = dataset_splits(row.config.data).test
         device = inference_device()
         images = torch.stack([test[i][0] for i in range(min(samples, len(test)))]).to(device)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +107,13 @@ _FAMILIES: dict[str, Callable[[torch.Tensor, float, torch.Generator], torch.Tens
 CORRUPTIONS: tuple[str, ...] = tuple(_FAMILIES)
 
 
+def seeded_generator(entropy: list[int]) -> torch.Generator:
+    """A torch generator seeded from ``entropy`` through numpy's SeedSequence: one stream per
+    distinct list, the same on every machine."""
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 def check_corruption(family: str, severity: int) -> None:
     """A ``ValueError`` naming the allowed values unless ``family`` and ``severity`` are known."""
     if family not in _FAMILIES:
@@ -128,9 +134,7 @@ class Corruption:
         check_corruption(self.family, self.severity)
 
     def __call__(self, image: torch.Tensor, index: int) -> torch.Tensor:
-        entropy = [_STREAM, CORRUPTIONS.index(self.family), self.severity, index]
-        state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-        generator = torch.Generator().manual_seed(int(state))
+        generator = seeded_generator([_STREAM, CORRUPTIONS.index(self.family), self.severity, index])
         level = _LEVELS[self.family][self.severity - 1]
         return _FAMILIES[self.family](image, level, generator).clamp(0, 1)
 

@@ -29,17 +29,13 @@ from torchvision.transforms import v2
 
 from mexit.data import _MEAN_STD, DATASETS, DataConfig, input_shape, validate
 from mexit.data.loading import ImageDataset, _Noise, _Pipeline, load
+from mexit.evaluate.corruptions import seeded_generator
 
 GENERATED_OOD: tuple[str, ...] = ("gaussian-noise", "photo-patches")
 _STREAM = 0x6F6F64  # "ood": keeps these draws apart from the splits' noise and the corruptions'
 FOREIGN_SPLIT = 3
 """The split number of the foreign images' test-time noise (the test split's is 2, validation's 1)."""
 OOD_SETS: tuple[str, ...] = (*GENERATED_OOD, *DATASETS)
-
-
-def _generator(name: str, index: int) -> torch.Generator:
-    state = np.random.SeedSequence([_STREAM, GENERATED_OOD.index(name), index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 @lru_cache(maxsize=1)
@@ -62,7 +58,7 @@ class _GeneratedSource:
         return np.full(self.count, -1, dtype=np.int64)
 
     def image(self, index: int) -> torch.Tensor:
-        generator = _generator(self.name, index)
+        generator = seeded_generator([_STREAM, GENERATED_OOD.index(self.name), index])
         if self.name == "gaussian-noise":
             return (0.5 + 0.25 * torch.randn(self.shape, generator=generator)).clamp(0, 1)
         photos = _photographs()
