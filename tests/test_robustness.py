@@ -57,6 +57,8 @@ def test_corruptions_follow_their_stated_levels() -> None:
     halves[:, :2] = 1.0  # mean 0.5
     low = Corruption("contrast", 1)(halves, 0)  # c = 0.75: (x - 0.5) * 0.75 + 0.5
     assert sorted(low.unique().tolist()) == [0.125, 0.875]
+    colour = torch.stack([halves[0], 0.2 + 0.5 * halves[0]])  # channel means 0.5 and 0.45, as theirs: per channel
+    assert Corruption("contrast", 1)(colour, 0).mean(dim=(-2, -1)).tolist() == pytest.approx([0.5, 0.45])
     salted = Corruption("impulse_noise", 5)(GREY, 0)  # 7% of the pixels set to 0 or 1
     assert float(((salted == 0) | (salted == 1)).float().mean()) == pytest.approx(0.07, abs=0.01)
     assert torch.equal(Corruption("pixelate", 1)(GREY, 0), GREY)  # a flat image has nothing to lose

@@ -10,11 +10,12 @@ Where this differs from theirs it is ours, and said so:
 - ``impulse_noise``: salt-and-pepper on a fraction 0.01, 0.02, 0.03, 0.05, 0.07 of the pixels (each
   channel drawn on its own, as scikit-image's ``random_noise`` that they call);
 - ``gaussian_blur``: a Gaussian blur of standard deviation 0.4, 0.6, 0.7, 0.8, 1.0 pixels of a
-  32-pixel image, scaled with the image's side (ours: one table for every resolution);
-- ``contrast``: x -> (x - mean) * c + mean, c = 0.75, 0.5, 0.4, 0.3, 0.15, the mean over the image;
+  32-pixel image, scaled with the image's side (ours: one table for every resolution), its kernel
+  cut at 3 standard deviations (theirs, scikit-image's, at 4);
+- ``contrast``: x -> (x - mean) * c + mean, c = 0.75, 0.5, 0.4, 0.3, 0.15, each channel's mean;
 - ``jpeg_compression``: JPEG at quality 80, 65, 58, 50, 40 (PIL's encoder, as theirs);
 - ``pixelate``: down to a fraction 0.95, 0.9, 0.85, 0.75, 0.65 of the side (box filter), back up
-  with nearest neighbours.
+  with nearest neighbours (ours; theirs resizes back up with PIL's box filter too).
 
 Every result is clipped to [0, 1]. Random families draw from a generator seeded by (a constant of
 this module, family, severity, the image's index), so a corrupted test set is the same on every
@@ -77,7 +78,7 @@ def _gaussian_blur(image: torch.Tensor, level: float, generator: torch.Generator
 
 
 def _contrast(image: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
-    mean = image.mean()
+    mean = image.mean(dim=(-2, -1), keepdim=True)
     return (image - mean) * level + mean
 
 
