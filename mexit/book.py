@@ -14,7 +14,6 @@ shows the parameters a reader can reuse, not a folder of the machine that built 
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
@@ -26,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mexit.config import PROFILE_DIR
+from mexit.pipeline import NO_TRAIN_VARIABLE
+from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, needed_runs, notebook_names, notebook_parameters
 
-NOTEBOOK_DIR = Path("notebooks")
 GENERATED_DIR = Path("book") / "generated"
 TEST_OUTPUT_DIR = Path("tests") / "notebooks"
-PROFILE_KEYS: tuple[str, ...] = ("global_params", "notebooks")
 BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "book", "notebooks")
 
 
@@ -66,81 +64,6 @@ def profile_label(name: str) -> str:
     """How a page names its profile: a shipped profile's name, or a profile file's stem (never a
     folder of the machine that built the book)."""
     return Path(name).stem if name.endswith((".yaml", ".yml")) else name
-
-
-def load_profile(name: str) -> dict[str, Any]:
-    """A profile's ``global_params`` and per-notebook ``notebooks`` parameter groups, from a shipped
-    profile's name or a YAML file of the same shape."""
-    import yaml
-
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise ValueError(f"unknown profile {name!r}; allowed: {known}, or a .yaml file")
-    profile = yaml.safe_load(path.read_text()) or {}
-    unknown = set(profile) - set(PROFILE_KEYS)
-    if unknown or not isinstance(profile.get("global_params", {}), dict):
-        raise ValueError(f"profile {path} must hold global_params and notebooks mappings, got keys {sorted(profile)}")
-    return {"global_params": profile.get("global_params") or {}, "notebooks": profile.get("notebooks") or {}}
-
-
-def notebook_parameters(profile: Mapping[str, Any], notebook: str) -> dict[str, Any]:
-    """The values one notebook gets from a profile: the global ones, then the notebook's own."""
-    return {**profile["global_params"], **(profile["notebooks"].get(notebook) or {})}
-
-
-def notebook_names(root: Path) -> list[str]:
-    return sorted(p.stem for p in (root / NOTEBOOK_DIR).glob("*.ipynb"))
-
-
-def needed_runs(
-    profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, *, require_data: bool = True
-) -> dict[str, tuple[str, Any]]:
-    """Every run the notebooks compare, once: ``{run key: (progress label, RunConfig)}``, in row,
-    seed, regime order (so that a shared phase, P1 of disjoint and mixed, comes first).
-
-    ``declared`` maps each notebook to the parameters its ``parameters`` cell declares. A notebook
-    that declares ``rows``, ``seeds`` and ``regimes`` (and, an ablation, ``variants``) compares those
-    runs, and those of its ``fresh_seeds`` where it declares them (Table 1's verdicts on fresh seeds). ``require_data`` False plans runs whose ``data_root`` is not on this machine.
-    """
-    from mexit.study import make_study, run_label
-
-    needed: dict[str, tuple[str, Any]] = {}
-    for name, parameters in declared.items():
-        if not {"rows", "seeds", "regimes"} <= set(parameters):
-            continue
-        values = notebook_parameters(profile, name)
-        if "variants" in parameters and "variants" not in values:
-            continue  # an ablation the profile gives no variants: the notebook trains its defaults itself
-        values = {**declared_defaults(parameters), **values}  # what the profile leaves out, the notebook's default gives
-        s = make_study(
-            rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
-            variants=values.get("variants"), require_data=require_data,
-        )
-        fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None
-        for part in (s, fresh) if fresh is not None else (s,):
-            for row, config in part.configs():
-                needed.setdefault(config.key(), (run_label(row, config), config))
-    return needed
-
-
-def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The default values of a notebook's declared parameters (papermill's reading of its
-    ``parameters`` cell), those written as Python literals."""
-    defaults = {}
-    for name, declared in parameters.items():
-        try:
-            defaults[name] = ast.literal_eval(declared["default"])
-        except (ValueError, SyntaxError):
-            continue  # an expression, not a literal: the notebook computes it
-    return defaults
-
-
-def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
-    """The parameters each named notebook's ``parameters`` cell declares (papermill's reading)."""
-    import papermill
-
-    return {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
 
 
 def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, jobs: int = 1) -> None:
@@ -201,17 +124,20 @@ def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None
 
 
 def execute_notebooks(
-    profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None, jobs: int = 1
+    profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None, jobs: int = 1,
+    train: bool = True,
 ) -> list[Executed]:
     """Execute the notebooks (all, or ``only`` these names) with the profile's parameters into
-    ``book/generated/``, after training every run they compare (in ``jobs`` processes).
+    ``book/generated/``, after training every run they read (in ``jobs`` processes; with ``train``
+    False, after checking that the store holds them all, :func:`check_stored`). The notebooks never
+    train: a page that reads a run the plan does not list stops with :class:`mexit.pipeline.RunMissing`.
 
     Raises :class:`NotebookError` naming the notebook, its failing cell and the error.
     """
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs)
+    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs, train=train)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
@@ -232,6 +158,7 @@ def _execute(
     store: Path,
     only: Sequence[str] | None,
     jobs: int = 1,
+    train: bool = True,
 ) -> list[Executed]:
     available = notebook_names(root)
     names = list(only) if only else available
@@ -239,23 +166,42 @@ def _execute(
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
     declared = declared_parameters(root, names)
-    train_needed(profile, declared, store, jobs)
-    with _runs_in(store):
+    if train:
+        train_needed(profile, declared, store, jobs)
+    else:
+        check_stored(profile, declared, store)
+    with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1"}):
         return [_execute_one(profile, profile_name, root, into, name, declared[name]) for name in names]
 
 
+def check_stored(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
+    """Raise a ValueError naming every run the notebooks read (:func:`mexit.plan.needed_runs`) that
+    ``runs_root`` lacks, and the command that trains them (``mexit book --no-train``)."""
+    needed = needed_runs(profile, declared, runs_root)
+    missing = [label.strip() for key, (label, _) in needed.items() if not (runs_root / "runs" / key / "metrics.json").exists()]
+    if missing:
+        shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(
+            f"--no-train: {len(missing)} of the {len(needed)} runs the notebooks read are not in {runs_root}: {shown}. "
+            "Train them first with 'mexit sweep --profile PROFILE' (or 'mexit book' without --no-train)"
+        )
+    print(f"runs: {len(needed)} needed, all stored (--no-train)", file=sys.stderr, flush=True)
+
+
 @contextmanager
-def _runs_in(store: Path) -> Iterator[None]:
-    """``$MEXIT_RUNS`` set to ``store`` (for the notebooks' kernels), then set back."""
-    before = os.environ.get("MEXIT_RUNS")
-    os.environ["MEXIT_RUNS"] = str(store)
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """These environment variables set (for the notebooks' kernels: the run store as ``$MEXIT_RUNS``,
+    training off, :data:`mexit.pipeline.NO_TRAIN_VARIABLE`), then set back."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["MEXIT_RUNS"]
-        else:
-            os.environ["MEXIT_RUNS"] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def _execute_one(profile: Mapping[str, Any], profile_name: str, root: Path, into: Path, name: str, declared: Mapping[str, Any]) -> Executed:
@@ -289,12 +235,14 @@ def build_book(
     root: Path | None = None,
     only: Sequence[str] | None = None,
     jobs: int = 1,
+    train: bool = True,
 ) -> int:
-    """Execute the notebooks (their runs trained in ``jobs`` processes), then ``jupyter-book build
-    -W``; returns the build's exit status."""
+    """Execute the notebooks (their runs trained in ``jobs`` processes first; ``train`` False: all
+    must be stored already, as after ``mexit sweep``), then ``jupyter-book build -W``; returns the
+    build's exit status."""
     root = _book_root(root)
     started = time.perf_counter()
-    execute_notebooks(profile, root, runs_root, only, jobs)
+    execute_notebooks(profile, root, runs_root, only, jobs, train)
     return render(root, started) if build else 0
 
 

@@ -15,9 +15,16 @@ turns them into verdicts, checking first that the compared runs are evidence
 - otherwise the interval decides: ``"held"`` when it lies wholly where the claim holds,
   ``"not held"`` when it lies wholly where it does not, ``"inconclusive"`` when it straddles.
 
-The intervals are simultaneous over a page's family of tested claims (Bonferroni): with ``m``
-claims decided on a page, each interval is a t-interval at ``1 - 0.05 / m``, so that the chance of
-any verdict of the page being decided by chance alone is at most 5%. A claim holds where the effect
+A claim is decided on the seeds whose runs are evidence: where some seeds' runs are not, the
+claim is decided on the remaining paired seeds when at least :func:`seeds_needed` of them remain
+(four of five), the left-out seeds named with why; below that it is untested.
+
+Families are book-wide, not per page (:data:`FAMILIES`): every claim belongs to one group of the
+catalogue (Table 1's, the analyses', the ablations', ...), and its interval is a t-interval at
+``1 - 0.05 / m``, ``m`` the number of claims in its group, simultaneous over one row's claims of
+that group (Bonferroni). The level depends on the claim only, never on how many claims a page
+happens to decide, so the same effect on the same runs gets the same interval and verdict on every
+page that shows it. A claim holds where the effect
 is positive (``kind="positive"``: strictly above 0) or inside a stated interval (``kind="within"``).
 Which effect and which interval are this book's reading of the claim, stated in
 :attr:`Claim.measure` and shown on the status page.
@@ -25,6 +32,7 @@ Which effect and which interval are this book's reading of the claim, stated in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,18 +45,35 @@ from mexit.evaluate.stats import format_interval, mean_ci
 NOT_CONVERGED = "untested: not converged"
 AT_THE_CAP = "untested: phases ended at the cap"
 NO_INTERVAL = "untested at this scale"
-VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP)
+NOT_LEARNED = "untested: not learned"
+VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED)
 KINDS: tuple[str, ...] = ("positive", "within")
-NEEDS: tuple[str, ...] = ("convergence", "early_stopping")
+NEEDS: tuple[str, ...] = ("convergence", "early_stopping", "learned")
+READINGS: dict[str, str] = {
+    "convergence": "at convergence",
+    "early_stopping": "until early stopping",
+    "learned": "at an equal training budget",
+}
+"""What a verdict reads, by what its claim's runs need (:attr:`Claim.needs`): runs trained until
+early stopping ended every phase, or runs trained an equal, stated number of epochs."""
 FAMILY_LEVEL = 0.95
-"""The confidence that every verdict of a page's family of claims holds at once."""
+"""The confidence that every verdict of one row's claims of one family holds at once."""
+MIN_SEED_SHARE = 0.8
+"""The share of a claim's seeds whose runs must be evidence for the claim to be decided on them."""
+
+
+def seeds_needed(seeds: int) -> int:
+    """How many of ``seeds`` paired seeds must be evidence to decide a claim: :data:`MIN_SEED_SHARE`
+    of them, rounded up, and at least two (an interval): 4 of 5, 3 of 3, 8 of 10."""
+    return max(2, math.ceil(MIN_SEED_SHARE * seeds - 1e-9))
 
 
 @dataclass(frozen=True)
 class Claim:
     """One claim: ``key`` (a glue-safe name), the ``statement``, its ``source``, how it is measured,
     the effect's ``unit``, where it holds (``kind`` with ``interval`` for ``"within"``) and what its
-    runs must show to be evidence (``needs``: converged runs, or phases that early stopping ended)."""
+    runs must show to be evidence (``needs``: converged runs, phases that early stopping ended, or,
+    for a reading at a stated training budget, only runs that learned)."""
 
     key: str
     statement: str
@@ -93,11 +118,16 @@ def verdict(claim: Claim, low: float, high: float, n: int) -> str:
     return "not held" if high < lo or low > hi else "inconclusive"
 
 
-def assess(claim: Claim, effects: Sequence[float], scale: str, compared: Compared) -> dict[str, object]:
+def assess(claim: Claim, effects: pd.Series | Sequence[float], scale: str, compared: Compared) -> dict[str, object]:
     """One claim's measurement, not yet decided: the claim, the ``scale`` it was tested at, the
-    per-seed ``effects`` (NaN entries dropped) and the runs they ``compared``. :func:`decide` turns
+    per-seed ``effects`` (a series indexed by seed, NaN entries dropped; a plain sequence carries no
+    seeds, so no seed of it can be left out) and the runs they ``compared``. :func:`decide` turns
     a page's measurements into verdicts."""
-    values = tuple(float(e) for e in effects if not math.isnan(float(e)))
+    if isinstance(effects, pd.Series):
+        kept = effects.dropna()
+        values, seeds = tuple(float(e) for e in kept), tuple(int(s) for s in kept.index)
+    else:
+        values, seeds = tuple(float(e) for e in effects if not math.isnan(float(e))), None
     return {
         "claim": claim.statement,
         "key": claim.key,
@@ -106,40 +136,61 @@ def assess(claim: Claim, effects: Sequence[float], scale: str, compared: Compare
         "scale": scale,
         "unit": claim.unit,
         "effects": values,
+        "effect_seeds": seeds,
         "compared": compared,
     }
 
 
 DECIDED_COLUMNS: tuple[str, ...] = (
-    "claim", "key", "source", "measure", "scale", "unit", "effects", "compared",
-    "seeds", "effect", "ci_low", "ci_high", "ci_level", "family", "verdict", "why",
+    "claim", "key", "source", "measure", "scale", "unit", "effects", "effect_seeds", "compared",
+    "seeds", "left_out", "effect", "ci_low", "ci_high", "ci_level", "family", "verdict", "why",
 )
 
 
 def decide(measured: Sequence[dict[str, object]], evidence: pd.DataFrame, level: float = FAMILY_LEVEL) -> pd.DataFrame:
-    """Verdicts for one page's family of measurements (:func:`assess` rows), given ``evidence``:
+    """Verdicts for measurements (:func:`assess` rows), given ``evidence``:
     :meth:`mexit.study.Study.evidence`'s per-run table (``row``, ``regime``, ``seed``, ``evidence``,
     ``early_stopped``, ``why``; ``variant`` in an ablation).
 
-    A claim whose compared runs are not evidence is untested (the module's docstring), with the
-    reasons in ``why``. The others are decided on t-intervals at ``1 - (1 - level) / m``, ``m`` the
-    number of them with an interval (``family``; ``ci_level``): simultaneous at ``level``."""
+    Seeds whose compared runs are not evidence are left out (``left_out``, named in ``why``); a claim
+    with fewer than :func:`seeds_needed` evidence seeds left is untested (the module's docstring).
+    The others are decided on t-intervals at ``1 - (1 - level) / m``, ``m`` the size of the claim's
+    book-wide family (:func:`family_of`; ``family``, ``ci_level``)."""
     missing = [c for c in ("row", "regime", "seed", "evidence", "early_stopped", "why") if c not in evidence.columns]
     if missing:
         raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)} (use Study.evidence())")
-    checked = []  # (measurement, its claim, the untested verdict its runs force or None, why)
+    decided = []
     for item in measured:
         claim = _claim(str(item["key"]))
-        checked.append((item, claim, *_blocked(claim, item["compared"], evidence)))  # type: ignore[arg-type]
-    family = sum(1 for item, _, blocked, _ in checked if blocked is None and len(item["effects"]) >= 2)  # type: ignore[arg-type]
-    each = 1 - (1 - level) / max(1, family)
-    decided = []
-    for item, claim, blocked, why in checked:
-        summary = mean_ci(list(item["effects"]), level=each)  # type: ignore[call-overload]
-        decided.append({**item, "seeds": summary["n"], "effect": summary["mean"], "ci_low": summary["low"],
-                        "ci_high": summary["high"], "ci_level": each, "family": family, "why": why,
+        name, size = family_of(claim)
+        each = 1 - (1 - level) / size
+        blocked, why, effects, left_out = _evidence_seeds(claim, item, evidence)
+        summary = mean_ci(list(effects), level=each)
+        decided.append({**item, "seeds": summary["n"], "left_out": left_out, "effect": summary["mean"],
+                        "ci_low": summary["low"], "ci_high": summary["high"], "ci_level": each,
+                        "family": f"{name} ({size} claims a row)", "why": why,
                         "verdict": blocked or verdict(claim, summary["low"], summary["high"], summary["n"])})
     return pd.DataFrame(decided, columns=list(DECIDED_COLUMNS))
+
+
+def _evidence_seeds(
+    claim: Claim, item: dict[str, object], evidence: pd.DataFrame
+) -> tuple[str | None, str, tuple[float, ...], tuple[int, ...]]:
+    """``(untested verdict or None, why, the effects decided on, the seeds left out)`` of one measurement."""
+    effects: tuple[float, ...] = item["effects"]  # type: ignore[assignment]
+    seeds: tuple[int, ...] | None = item.get("effect_seeds")  # type: ignore[assignment]
+    blocked, why, failing = _blocked(claim, item["compared"], evidence)  # type: ignore[arg-type]
+    if blocked is None:
+        return None, "", effects, ()
+    if seeds is None or not failing:
+        return blocked, why, effects, ()
+    kept = [(e, s) for e, s in zip(effects, seeds, strict=True) if s not in failing]
+    left_out = tuple(sorted(s for s in set(seeds) if s in failing))
+    named = ", ".join(f"s{s}" for s in left_out)
+    total = len(seeds)
+    if len(kept) < seeds_needed(total):
+        return blocked, f"{len(kept)} of {total} seeds are evidence, fewer than the {seeds_needed(total)} a verdict needs; {why}", effects, left_out
+    return None, f"decided on {len(kept)} of {total} seeds, {named} left out: {why}", tuple(e for e, _ in kept), left_out
 
 
 def _claim(key: str) -> Claim:
@@ -149,8 +200,16 @@ def _claim(key: str) -> Claim:
     raise ValueError(f"unknown claim key {key!r}; known: {', '.join(c.key for c in CLAIMS)}")
 
 
-def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[str | None, str]:
-    """The untested verdict the compared runs force (None: they are evidence) and why."""
+def family_of(claim: Claim) -> tuple[str, int]:
+    """The book-wide family ``claim`` is decided in (:data:`FAMILIES`): its name and its size."""
+    for name, members in FAMILIES.items():
+        if claim in members:
+            return name, len(members)
+    raise ValueError(f"claim {claim.key!r} is in no family of {list(FAMILIES)}")
+
+
+def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[str | None, str, frozenset[int]]:
+    """The untested verdict the compared runs force (None: they are evidence), why, and the seeds of the failing runs."""
     of_row = evidence[evidence["row"] == compared.row]
     if of_row.empty:
         raise ValueError(f"evidence holds no run of row {compared.row!r}: build it from the same study as the effects")
@@ -158,25 +217,35 @@ def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[
     if compared.variants is not None:
         runs = runs[runs["variant"].isin(compared.variants)] if "variant" in runs.columns else runs.iloc[:0]
     if runs.empty:  # no run of these regimes: the effect is empty too, and untested at this scale
-        return None, ""
+        return None, "", frozenset()
 
     def reasons(failing: pd.DataFrame, what: str) -> str:
-        """The failing runs grouped by why: "2 of 6 runs: joint s0, joint s1: P2: still rising ..."."""
+        """The failing runs grouped by why, then per regime how many of its runs fail:
+        "2 of 6 runs: joint s0, joint s1: P2: still rising ...; joint 2 of 3, mixed 0 of 3"."""
         named = "; ".join(
             ", ".join(f"{r.regime}{f' [{r.variant}]' if compared.variants else ''} s{int(r.seed)}" for r in group.itertuples())
             + f": {what or why}"
             for why, group in failing.groupby("why", sort=False)
         )
-        return f"{len(failing)} of {len(runs)} runs: {named}"
+        per_regime = ", ".join(
+            f"{regime} {int(failing['regime'].eq(regime).sum())} of {int(runs['regime'].eq(regime).sum())}"
+            for regime in pd.unique(runs["regime"])
+        )
+        return f"{len(failing)} of {len(runs)} runs: {named} (not evidence per regime: {per_regime})"
 
+    if claim.needs == "learned":  # a reading at a stated training budget: convergence is not asked
+        failing = runs[~runs["learned"].astype(bool)] if "learned" in runs.columns else runs.iloc[:0]
+        if not failing.empty:
+            return NOT_LEARNED, reasons(failing, "exits at chance"), frozenset(int(s) for s in failing["seed"])
+        return None, "", frozenset()
     failing = runs[~runs["evidence"].astype(bool)]
     if not failing.empty:
-        return NOT_CONVERGED, reasons(failing, "")
+        return NOT_CONVERGED, reasons(failing, ""), frozenset(int(s) for s in failing["seed"])
     if claim.needs == "early_stopping":
         capped = runs[~runs["early_stopped"].astype(bool)]
         if not capped.empty:
-            return AT_THE_CAP, reasons(capped, "a phase ran to its epoch cap")
-    return None, ""
+            return AT_THE_CAP, reasons(capped, "a phase ran to its epoch cap"), frozenset(int(s) for s in capped["seed"])
+    return None, "", frozenset()
 
 
 def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1) -> pd.DataFrame:
@@ -192,6 +261,7 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     return pd.DataFrame(
         {
             "claim": rows["claim"],
+            "reading": rows["key"].map(lambda key: READINGS[_claim(key).needs]),
             "source": rows["source"],
             "profile": profile or "custom",
             "scale": rows["scale"],
@@ -281,7 +351,8 @@ MIXED_TIME_27 = Claim(
     "mixed_time_27",
     "Mixed needs 27% less training time",
     "seed summary",
-    "100 x (1 - wall time of mixed (P1 + P2) / wall time of joint (P2)), per seed; held when the CI "
+    "100 x (1 - optimiser steps of mixed (P1 + P2) / optimiser steps of joint (P2)) until early stopping "
+    "ends every phase, per seed (machine-independent; wall time is shown beside it); held when the CI "
     "lies within [17, 37]% (27 +- 10, our tolerance)",
     "%",
     kind="within",
@@ -289,6 +360,23 @@ MIXED_TIME_27 = Claim(
     needs="early_stopping",
 )
 TABLE1_CLAIMS: tuple[Claim, ...] = (MIXED_BEATS_JOINT_HIGH, DISJOINT_WEAK_LOW, MIXED_BEST, MIXED_GAIN_1_3)
+
+
+def _at_equal_budget(claim: Claim) -> Claim:
+    """``claim`` read at an equal training budget (:func:`mexit.study.equal_budget_study`): the same
+    effect on runs that each trained the same number of epochs, which need only have learned."""
+    return dataclasses.replace(
+        claim,
+        key=f"{claim.key}_equal_budget",
+        statement=f"{claim.statement}, at an equal training budget",
+        measure=f"{claim.measure}; every regime trained the same number of epochs (joint all of them in P2, "
+        "disjoint and mixed a share in P1 and the rest after it), a cosine schedule over each phase, no early stopping",
+        needs="learned",
+    )
+
+
+TABLE1_EQUAL_BUDGET_CLAIMS: tuple[Claim, ...] = tuple(_at_equal_budget(c) for c in TABLE1_CLAIMS)
+"""Table 1's claims at an equal training budget: the second reading of the headline."""
 
 # --- the claims the analysis pages test ----------------------------------------------------------
 
@@ -396,8 +484,9 @@ SPLIT_BEATS_JOINT = Claim(
     "Spending part of a fixed epoch budget on the backbone alone beats joint training",
     "ours (the paper's phase-split ablation; its finding is not in our sources)",
     "per split: mixed with that P1:P2 split - joint with all epochs in P2, accuracy averaged over "
-    "the budgets both meet, paired by seed",
+    "the budgets both meet, paired by seed (a fixed budget: the runs need only have learned)",
     "points",
+    needs="learned",
 )
 ABLATION_CLAIMS: tuple[Claim, ...] = (MIXED_AHEAD, SCALING_UNNEEDED_WITH_MIXED, LARGER_ICS_HELP_DISJOINT, SPLIT_BEATS_JOINT)
 MIXED_CALIBRATED = Claim(
@@ -416,7 +505,7 @@ MIXED_AHEAD_UNDER_SHIFT = Claim(
     "Mixed's advantage over joint at high budgets holds at every severity of corruption",
     "ours (beyond the paper)",
     "per severity: mixed - joint, accuracy on the corrupted test images at the high budgets' operating "
-    "points (the thresholds picked on clean validation data), averaged over the budgets and the "
+    "points (Table 1's thresholds, picked on the clean test split by the paper's rule), averaged over the budgets and the "
     "corruptions, paired by seed",
     "points",
 )
@@ -436,24 +525,40 @@ EARLY_EXIT_SAVES_TIME = Claim(
     "Early exit at the lowest budget takes less wall-clock time than the backbone alone",
     "ours (beyond the paper)",
     "100 - the early-exit pass's time as % of the backbone alone's on the same images, at the lowest "
-    "budget every timed run meets, one value per timed run (each regime and timed seed); timed on the "
+    "budget every timed run meets, averaged over the regimes: one value per timed seed; timed on the "
     "machine that built the page",
     "points of %",
 )
 BEYOND_CLAIMS: tuple[Claim, ...] = (MIXED_CALIBRATED, MIXED_AHEAD_UNDER_SHIFT, MIXED_DETECTS_OOD, EARLY_EXIT_SAVES_TIME)
-CLAIMS: tuple[Claim, ...] = (*TABLE1_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS)
+CLAIMS: tuple[Claim, ...] = (
+    *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, MIXED_TIME_27, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS
+)
+FAMILIES: dict[str, tuple[Claim, ...]] = {
+    "Table 1": TABLE1_CLAIMS,
+    "Table 1 at an equal training budget": TABLE1_EQUAL_BUDGET_CLAIMS,
+    "training time": (MIXED_TIME_27,),
+    "analyses": ANALYSIS_CLAIMS,
+    "ablations": ABLATION_CLAIMS,
+    "beyond the paper": BEYOND_CLAIMS,
+}
+"""The book-wide families of simultaneous intervals: a claim's interval level is set by its family's
+size, whichever page decides it (:func:`decide`)."""
 
 
-def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
+def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame, equal_budget: bool = False) -> pd.DataFrame:
     """The Table 1 claims per row, from :func:`mexit.evaluate.run_points` tagged ``row``,
     ``regime`` and ``seed``, decided on ``evidence`` (:func:`decide`). Only budgets at which every
     run of the row has an operating point are used; the "low budget" is the lowest of them (25%
-    where the first exits allow it). A claim whose regimes or budgets the points lack is untested."""
-    return decide(table1_measurements(points), evidence)
+    where the first exits allow it). A claim whose regimes or budgets the points lack is untested.
+    ``equal_budget``: the points are an equal-budget study's (:func:`mexit.study.equal_budget_study`),
+    read as :data:`TABLE1_EQUAL_BUDGET_CLAIMS`."""
+    return decide(table1_measurements(points, equal_budget), evidence)
 
 
-def table1_measurements(points: pd.DataFrame) -> list[dict[str, object]]:
-    """The Table 1 claims measured per row (:func:`assess`), not yet decided: see :func:`table1_claims`."""
+def table1_measurements(points: pd.DataFrame, equal_budget: bool = False) -> list[dict[str, object]]:
+    """The Table 1 claims measured per row (:func:`assess`), not yet decided: see :func:`table1_claims`
+    (``equal_budget``: as :data:`TABLE1_EQUAL_BUDGET_CLAIMS`, on an equal-budget study's points)."""
+    reading = dict(zip(TABLE1_CLAIMS, TABLE1_EQUAL_BUDGET_CLAIMS if equal_budget else TABLE1_CLAIMS))
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
@@ -478,7 +583,7 @@ def table1_measurements(points: pd.DataFrame) -> list[dict[str, object]]:
             MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high, every),
         }
         for claim, (effect, budgets, regimes) in effects.items():
-            rows.append(assess(claim, effect.dropna().tolist(), _where(label, budgets), Compared(str(label), regimes)))
+            rows.append(assess(reading[claim], effect, _where(label, budgets), Compared(str(label), regimes)))
     return rows
 
 
@@ -503,13 +608,13 @@ def verdicts_by_rule(status: pd.DataFrame) -> pd.DataFrame:
 
 
 def time_claims(costs: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
-    """The training-time claim per row, from :func:`mexit.evaluate.regime_cost` (each regime charged
-    its own phases, P1 included), decided on ``evidence``: only where early stopping ended every
-    phase of the runs compared."""
+    """The training-time claim per row, in optimiser steps, from :func:`mexit.evaluate.regime_cost`
+    (each regime charged its own phases, P1 included), decided on ``evidence``: only on seeds where
+    early stopping ended every phase of the runs compared."""
     rows = []
     for label, frame in costs.groupby("row", sort=False):
-        saving = 100 * (1 - cost_ratio(frame, "mixed", "joint"))
-        rows.append(assess(MIXED_TIME_27, saving.tolist(), label, Compared(str(label), ("joint", "mixed"))))
+        saving = 100 * (1 - cost_ratio(frame, "mixed", "joint", value="steps").droplevel("row"))
+        rows.append(assess(MIXED_TIME_27, saving, label, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -550,9 +655,9 @@ def dominance_claims(end: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
         depth = (middle["share"] * middle["exit_block"] / blocks * 100).groupby([middle["regime"], middle["seed"], middle["block"]]).sum()
         depth = (depth / per_block["share"].sum()).rename("depth").reset_index()
         where = f"{label} (blocks {', '.join(map(str, depth_thirds(blocks)[1]))} of {blocks})"
-        rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead").tolist(), where, Compared(str(label), ("joint",))))
+        rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead"), where, Compared(str(label), ("joint",))))
         shift = _per_seed(depth, "mixed", "depth") - _per_seed(depth, "joint", "depth")
-        rows.append(assess(MIXED_DEEPER_DOMINATE, shift.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+        rows.append(assess(MIXED_DEEPER_DOMINATE, shift, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -573,7 +678,7 @@ def connectivity_claims(barriers: pd.DataFrame, evidence: pd.DataFrame) -> pd.Da
     rows = []
     for label, final in final_barriers(barriers).groupby("row", sort=False):
         for claim, pair in zip((DISJOINT_MIXED_ONE_BASIN, JOINT_OTHER_BASIN), BASIN_PAIRS):
-            barrier = final[final["pair"] == pair_label(*pair)]["error_barrier"].tolist()
+            barrier = final[final["pair"] == pair_label(*pair)].groupby("seed")["error_barrier"].mean()
             rows.append(assess(claim, barrier, label, Compared(str(label), pair)))
     return decide(rows, evidence)
 
@@ -587,7 +692,7 @@ def calibration_claims(per_exit: pd.DataFrame, evidence: pd.DataFrame) -> pd.Dat
         if not {"joint", "mixed"} <= set(frame["regime"]):
             continue
         effect = _per_seed(frame, "joint", "ece_pct") - _per_seed(frame, "mixed", "ece_pct")
-        rows.append(assess(MIXED_CALIBRATED, effect.dropna().tolist(), f"{label} (mean over exits)", Compared(str(label), ("joint", "mixed"))))
+        rows.append(assess(MIXED_CALIBRATED, effect, f"{label} (mean over exits)", Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -604,7 +709,7 @@ def shift_claims(shift: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
         for severity, part in shifted.groupby("severity"):
             effect = _per_seed(part, "mixed", "accuracy") - _per_seed(part, "joint", "accuracy")
             where = _where(f"{label}, severity {severity}", high)
-            rows.append(assess(MIXED_AHEAD_UNDER_SHIFT, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+            rows.append(assess(MIXED_AHEAD_UNDER_SHIFT, effect, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -618,7 +723,7 @@ def ood_claims(ood: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
             continue
         effect = _per_seed(frame, "mixed", "ood_auroc") - _per_seed(frame, "joint", "ood_auroc")
         where = f"{label}, {name} (mean over exits)"
-        rows.append(assess(MIXED_DETECTS_OOD, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+        rows.append(assess(MIXED_DETECTS_OOD, effect, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -631,7 +736,8 @@ def wall_clock_claims(timings: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataF
         budgets = frame.dropna(subset=["budget"]).groupby("budget").size()
         every = sorted(float(b) for b, n in budgets.items() if n == timed)
         lowest = every[:1]
-        saving = 100 - frame[frame["budget"].isin(lowest)]["time_pct"]
+        at_lowest = frame[frame["budget"].isin(lowest)]
+        saving = (100 - at_lowest["time_pct"]).groupby(at_lowest["seed"]).mean()  # one replicate a timed seed
         regimes = tuple(pd.unique(frame["regime"]))
         rows.append(assess(EARLY_EXIT_SAVES_TIME, saving.tolist(), _where(str(label), lowest), Compared(str(label), regimes)))
     return decide(rows, evidence)
@@ -647,7 +753,7 @@ def rank_claims(ranks: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
             part = frame[frame["block"].isin(blocks)]
             effect = sign * (_per_seed(part, "mixed", "rank_pct") - _per_seed(part, "joint", "rank_pct"))
             where = f"{label} (blocks {', '.join(map(str, blocks))})"
-            rows.append(assess(claim, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+            rows.append(assess(claim, effect, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -660,7 +766,7 @@ def information_claims(information: pd.DataFrame, evidence: pd.DataFrame) -> pd.
         part = frame[frame["block"].isin(deep)]
         effect = _per_seed(part, "mixed", "label_bits") - _per_seed(part, "joint", "label_bits")
         where = f"{label} (blocks {', '.join(map(str, deep))})"
-        rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect.dropna().tolist(), where, Compared(str(label), ("joint", "mixed"))))
+        rows.append(assess(MIXED_DEEP_LABEL_INFORMATION, effect, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)
 
 
@@ -680,7 +786,7 @@ def ablation_claims(points: pd.DataFrame, evidence: pd.DataFrame, change: tuple[
         others = pd.concat([_budget_mean(frame, r, budgets) for r in regimes if r != "mixed"], axis=1).max(axis=1, skipna=False)
         effect = _budget_mean(frame, "mixed", budgets) - others
         compared = Compared(str(label), tuple(regimes), (str(variant),))
-        rows.append(assess(MIXED_AHEAD, effect.dropna().tolist(), _where(f"{label}, {variant}", budgets), compared))
+        rows.append(assess(MIXED_AHEAD, effect, _where(f"{label}, {variant}", budgets), compared))
     if change is not None:
         claim, regime, reference_regime = change
         for label, frame in points.groupby("row", sort=False):
@@ -694,7 +800,7 @@ def ablation_claims(points: pd.DataFrame, evidence: pd.DataFrame, change: tuple[
                 effect = _budget_mean(changed, regime, budgets) - _budget_mean(reference, reference_regime, budgets)
                 where = _where(f"{label}, {regime} with {variant} vs {reference_regime} with {variants[0]}", budgets)
                 compared = Compared(str(label), tuple(dict.fromkeys((regime, reference_regime))), (str(variants[0]), str(variant)))
-                rows.append(assess(claim, effect.dropna().tolist(), where, compared))
+                rows.append(assess(claim, effect, where, compared))
     return decide(rows, evidence)
 
 

@@ -4,7 +4,7 @@
     mexit train --config my.yaml train.epochs=30 model.placement=[2,4,6]
     mexit train --config resnet50-tinyimagenet --regimes disjoint mixed --dry-run
     mexit runs list | show KEY | remove KEY
-    mexit book --profile quick [--only table1 ...]
+    mexit book --profile quick [--only table1 ...] [--no-train]
     mexit book --profile paper --smoke DIR
     mexit plan --profile paper
     mexit sweep --profile paper --executor slurm --partition gpu --gpus-per-node 4 [--dry-run]
@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
     book.add_argument("--jobs", type=int, default=1, help="train the missing runs in this many single-threaded processes")
+    book.add_argument(
+        "--no-train", action="store_true",
+        help="train nothing: every run the notebooks read must be stored (after 'mexit sweep'); a missing one is named",
+    )
     book.add_argument(
         "--smoke", metavar="DIR",
         help="a smoke build: every run of the profile capped to a few steps on generated data in DIR (written there when "
@@ -101,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.root:
                 raise ValueError("--smoke keeps its runs in DIR/runs; leave out --root")
             return build_smoke_book(args.profile, args.smoke, build=not args.no_build, only=args.only, jobs=args.jobs)
-        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs)
+        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs, train=not args.no_train)
     except _user_errors() as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)
@@ -116,9 +120,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     imports (torch among them) cost nothing to commands that need no torch, like `mexit runs list`."""
     from mexit.book import NotebookError
     from mexit.checkpoint import CorruptCheckpointError
+    from mexit.pipeline import RunMissing
     from mexit.train import TrainingDiverged
 
-    return (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError, TrainingDiverged)
+    return (ValueError, KeyError, FileNotFoundError, CorruptCheckpointError, NotebookError, TrainingDiverged, RunMissing)
 
 
 def _train(args: argparse.Namespace) -> int:

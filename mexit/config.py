@@ -7,18 +7,16 @@ load from YAML, take ``key=value`` overrides from the command line and hash stab
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mexit import __version__
+from mexit import __version__, fingerprint
 from mexit.data import DataConfig
 
 REGIMES: dict[str, tuple[str, ...]] = {
@@ -315,34 +313,18 @@ def data_identity(config: DataConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_root", "download")}
 
 
-TRAINING_CODE: tuple[str, ...] = ("models", "data", "regimes.py", "train.py", "sample_weighting.py", "flops.py")
-"""The modules, under ``mexit/``, whose source decides a run's weights and what it stores."""
+TRAINING_ROOTS: tuple[str, ...] = ("mexit.pipeline",)
+"""Where the training path starts: the code that decides a run's weights and what it stores is this
+module and every ``mexit`` module it imports (:func:`mexit.fingerprint.closure`), found from the
+imports, never listed by hand."""
 
 
-@lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """12 hex digits of the sha256 of the code of :data:`TRAINING_CODE`: each module's syntax tree
-    without its docstrings (comments and formatting are not in it), so that an edit of what the
-    code does keys new runs instead of reusing runs trained by other code, and an edit of its
-    documentation does not."""
-    package = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        path = package / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(package).as_posix().encode() + b"\0" + _code_only(file.read_text()).encode() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def _code_only(source: str) -> str:
-    """A module's syntax tree as text, docstrings removed."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            if isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+    """12 hex digits naming the training path's code (:data:`TRAINING_ROOTS`,
+    :func:`mexit.fingerprint.code_fingerprint`): each module's syntax tree without its docstrings,
+    so that an edit of what the code does keys new runs instead of reusing runs trained by other
+    code, and an edit of its documentation does not."""
+    return fingerprint.code_fingerprint(TRAINING_ROOTS)
 
 
 def code_identity() -> dict[str, str]:

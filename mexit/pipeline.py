@@ -9,6 +9,7 @@ made before anything is stored, so a missing dataset or a bad placement fails fi
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from mexit import checkpoint, data, distributed
@@ -21,13 +22,28 @@ if TYPE_CHECKING:
     from mexit.train import Probe
 
 
+NO_TRAIN_VARIABLE = "MEXIT_NO_TRAIN"
+"""Set to ``1`` (``mexit book --no-train``), :func:`train_or_load` refuses to train: it loads or raises :class:`RunMissing`."""
+
+
+class RunMissing(RuntimeError):
+    """A run that must be loaded is not in the store, and training is off (:data:`NO_TRAIN_VARIABLE`)."""
+
+
 def train_or_load(store: RunStore, config: RunConfig, *, device: str = "auto", progress_label: str = "") -> Run:
     """The run of ``config`` in ``store``: loaded if stored, resumed if interrupted, trained otherwise.
-    ``progress_label`` prefixes the progress lines of its phases."""
+    ``progress_label`` prefixes the progress lines of its phases. With ``$MEXIT_NO_TRAIN=1`` a run
+    that is not stored raises :class:`RunMissing` naming it and the command that trains it."""
     config.validate()
     stored = store.load(config)
     if stored is not None:
         return stored
+    if os.environ.get(NO_TRAIN_VARIABLE) == "1":
+        raise RunMissing(
+            f"run {config.key()} ({progress_label.strip() or config.train.regime}) is not in the store {store.root}, and "
+            f"training is off (--no-train): train every run the book reads first, with 'mexit sweep --profile PROFILE' "
+            "(or 'mexit book' without --no-train), or give this page only parameters whose runs 'mexit plan' lists"
+        )
     from mexit.train import seed_everything
 
     ctx = distributed.context(device)
@@ -84,7 +100,7 @@ def _finish(
     records: list[dict[str, Any]],
 ) -> None:
     """The trained model's test (and validation) logits, costs and metrics, stored: the run is finished."""
-    from mexit.evaluate import exit_accuracy
+    from mexit.evaluate.sweeps import exit_accuracy
     from mexit.evaluate.inference import collect_logits, evaluation_split
     from mexit.flops import exit_costs
 

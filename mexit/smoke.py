@@ -82,7 +82,7 @@ def _steps(count: int) -> str:
 def smoke_profile(
     profile: Mapping[str, Any], data_dir: str | Path, seeds: Sequence[int] = SMOKE_SEEDS
 ) -> dict[str, Any]:
-    """The smoke version of ``profile`` (as :func:`mexit.book.load_profile` returns it) reading the
+    """The smoke version of ``profile`` (as :func:`mexit.plan.load_profile` returns it) reading the
     generated datasets under ``data_dir`` (module docstring); ``seeds`` replace every seed list."""
     data_dir = Path(data_dir).resolve()
     smoke = copy.deepcopy(dict(profile))

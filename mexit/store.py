@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
-from mexit import checkpoint
+from mexit import checkpoint, fingerprint
 from mexit.config import RunConfig, code_identity, data_identity, stable_hash
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "checkpoint")
 drawn before any IC is built (:func:`build_model`), without computing the ICs."""
 
 
+PHASE_KEY_EXEMPT: dict[str, str] = {
+    "regime": "a run's phase list, which its regime names, is in the key; the P1 that disjoint and mixed begin with is one phase",
+}
+"""The train settings that phase keys leave out, each with the reason it cannot change a phase
+(tested: every other setting changes some phase key)."""
+
+
 def phase_keys(config: RunConfig) -> list[str]:
     """The key of the state after each phase: a hash of everything that phase's weights depend on.
     A run's first phase, when it is P1, leaves the ICs out (:data:`BACKBONE_FIELDS`), so that the
@@ -84,6 +91,7 @@ def phase_keys(config: RunConfig) -> list[str]:
         "patience": train.patience,
         "stopping": train.stopping,
         "eval_every": train.eval_every,
+        "eval_batch_size": train.eval_batch_size,  # with eval_batches, which validation images early stopping sees
         "num_workers": train.num_workers,
         "channels_last": train.channels_last,
         "max_steps": train.max_steps,
@@ -111,6 +119,14 @@ def phase_keys(config: RunConfig) -> list[str]:
             identity = model
         keys.append(stable_hash({**common, "model": identity, "phases": prefix}))
     return keys
+
+
+def table_key(kind: str, inputs: dict[str, Any], code: str) -> str:
+    """The key of an analysis table (:meth:`RunStore.cached_table`): its kind, inputs, the package
+    version and the fingerprint of the code that computes it (``code``, a module name)."""
+    from mexit import __version__
+
+    return stable_hash({"kind": kind, "mexit": __version__, "code": fingerprint.code_fingerprint((code,)), **inputs})
 
 
 class Run:
@@ -193,7 +209,7 @@ class Run:
 
     def outputs(self, **tags: Any) -> ExitOutputs:
         """The run's test (and validation) logits, labels and costs for :mod:`mexit.evaluate`."""
-        from mexit.evaluate import ExitOutputs
+        from mexit.evaluate.tables import ExitOutputs
 
         train = self.config.train
         default_tags = {
@@ -388,19 +404,20 @@ class RunStore:
             )
         return pd.DataFrame(rows).fillna("") if rows else pd.DataFrame()
 
-    def cached_table(self, kind: str, inputs: dict[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    def cached_table(self, kind: str, inputs: dict[str, Any], compute: Callable[[], pd.DataFrame], *, code: str) -> pd.DataFrame:
         """The table ``compute()`` returns for ``inputs``, computed once and kept under ``analyses/``.
 
         ``kind`` names the analysis (a folder name); ``inputs`` must hold everything the result
-        depends on (the keys of the runs it reads, its parameters), as JSON-able values: their hash
-        and the package version are the key. The file is written atomically under a lock, so a
-        concurrent or interrupted computation never leaves a half-written table.
+        depends on besides code (the keys of the runs it reads, its parameters), as JSON-able
+        values; ``code`` is the module that computes it (its ``__name__``). The key is the hash of
+        both, with the fingerprint of that module and of every ``mexit`` module it imports
+        (:func:`mexit.fingerprint.code_fingerprint`): a table made by other code is never served.
+        The file is written atomically under a lock, so a concurrent or interrupted computation
+        never leaves a half-written table.
         """
-        from mexit import __version__
-
         if not kind or not kind.replace("_", "").isalnum():
             raise ValueError(f"kind must be a name of letters, digits and underscores, got {kind!r}")
-        path = self.root / "analyses" / kind / f"{stable_hash({'kind': kind, 'mexit': __version__, **inputs})}.csv"
+        path = self.root / "analyses" / kind / f"{table_key(kind, inputs, code)}.csv"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(path.with_suffix(".lock")):

@@ -14,6 +14,7 @@ hands back their outputs tagged with ``row``, ``regime`` and ``seed``::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from mexit.config import REGIMES, ParameterError, RunConfig, load_config, regime_configs
+from mexit.config import REGIMES, OptimConfig, ParameterError, RunConfig, load_config, regime_configs
 from mexit.evaluate import ExitOutputs, run_curve, single_exits
-from mexit.evaluate.evidence import DEFAULT_WINDOW, run_evidence
+from mexit.evaluate.evidence import DEFAULT_WINDOW, gate_errors, phase_curve, run_evidence
 from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
@@ -146,7 +147,58 @@ def run_evidence_of(run: Run) -> tuple[dict[str, object], pd.DataFrame]:
     window = train.patience or DEFAULT_WINDOW
     accuracies = [float(a) for a in run.metrics["test_acc"]]
     val_size = len(run.labels("val")) if run.has_validation else 1
-    return run_evidence(run.trace(), run.phases(), exits, window, accuracies, run.labels("test").numpy(), val_size)
+    annealed = [anneals_to_zero(train.optim_for(i)) for i in range(len(train.phase_list))]
+    return run_evidence(run.trace(), run.phases(), exits, window, accuracies, run.labels("test").numpy(), val_size, annealed)
+
+
+def anneals_to_zero(optim: OptimConfig) -> bool:
+    """Whether a phase's schedule brings its learning rate to about zero at its cap (cosine to a
+    ``min_lr`` of at most 1% of ``lr``): a phase ended there ended by its schedule."""
+    return optim.schedule == "cosine" and optim.min_lr <= 0.01 * optim.lr
+
+
+GATE_WINDOWS: tuple[int, ...] = (1, 2)
+"""Plateau windows, in multiples of a phase's patience, at which :func:`gate_error_table` measures the plateau test."""
+GATE_SCALES: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+"""Tolerances, in multiples of the validation split's standard error, at which :func:`gate_error_table` measures it."""
+
+
+def gate_error_table(s: Study, windows: Sequence[int] = GATE_WINDOWS, scales: Sequence[float] = GATE_SCALES) -> pd.DataFrame:
+    """How often a plateau test (:func:`mexit.evaluate.evidence.plateau`) would err on ``s``'s runs
+    if it judged a phase cut by a cap: :func:`mexit.evaluate.evidence.gate_errors` over every
+    distinct phase that early stopping ended under a learning rate that stays up (each such phase,
+    cut at an earlier evaluation, is the phase a smaller cap would have given), per row, at each
+    window (x the phase's patience) and tolerance (x the validation split's standard error). One row
+    per (row, window, scale): ``row``, ``window``, ``scale``, ``phases``, ``converged_cuts``,
+    ``truncated_cuts``, ``false_alarm`` and ``missed`` (%)."""
+    curves: dict[str, dict[str, tuple[list[float], int, int]]] = {label: {} for label in dict.fromkeys(r.label for r in s.rows)}
+    for row, run in s.runs():
+        train = run.config.train
+        if train.patience is None or not run.has_validation:
+            continue
+        num_exits, val_size = len(run.metrics["test_acc"]), len(run.labels("val"))
+        for index, (name, record) in enumerate(zip(train.phase_list, run.phases().itertuples(), strict=True)):
+            if bool(record.stopped_early) and not anneals_to_zero(train.optim_for(index)):
+                curve = phase_curve(run.trace(), name, PHASE_SPECS[name].exits_in_loss(num_exits))
+                curves[row.label][str(record.phase_key)] = (curve.tolist(), train.patience, val_size)
+    records = []
+    for label, phases in curves.items():
+        for times, scale in itertools.product(windows, scales):
+            parts = [gate_errors([curve], times * patience, val_size, scale) for curve, patience, val_size in phases.values()]
+            records.append({"row": label, "window": times, "scale": scale, **_pooled(parts)})
+    return pd.DataFrame(records, columns=["row", "window", "scale", "phases", "converged_cuts", "truncated_cuts", "false_alarm", "missed"])
+
+
+def _pooled(parts: list[dict[str, float]]) -> dict[str, float]:
+    """:func:`mexit.evaluate.evidence.gate_errors` of single phases, pooled over their cuts."""
+    converged = sum(int(p["converged_cuts"]) for p in parts)
+    truncated = sum(int(p["truncated_cuts"]) for p in parts)
+
+    def rate(key: str, cuts: str, total: int) -> float:
+        return sum(p[key] * p[cuts] for p in parts if p[cuts]) / total if total else float("nan")
+
+    return {"phases": len(parts), "converged_cuts": converged, "truncated_cuts": truncated,
+            "false_alarm": rate("false_alarm", "converged_cuts", converged), "missed": rate("missed", "truncated_cuts", truncated)}
 
 
 def run_label(row: Row, config: RunConfig) -> str:
@@ -231,6 +283,59 @@ def counting_table(s: Study) -> pd.DataFrame:
         counting_difference(run.model(), tuple(run.metrics["input_shape"])).assign(row=label) for label, run in first.items()
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def chosen_seeds(s: Study, seeds: list[int] | None, name: str = "seeds") -> list[int]:
+    """``seeds`` (None: all of the study's), checked to be some of the study's; a :class:`ParameterError` naming ``name``."""
+    if seeds is None:
+        return list(s.seeds)
+    if not isinstance(seeds, list) or not seeds or any(seed not in s.seeds for seed in seeds):
+        raise ParameterError(f"{name} {seeds!r} must be a non-empty list of some of the study's seeds {list(s.seeds)}")
+    return list(seeds)
+
+
+def equilibrium_configs(s: Study, seeds: list[int] | None = None) -> list[tuple[Row, RunConfig]]:
+    """The joint runs with gradient equilibrium (``train.gradient_equilibrium=true``) that the
+    gradient-dominance page sets beside ``s``'s: one per row and seed of ``seeds`` (None: all of
+    the study's; else checked, naming ``equilibrium_seeds``)."""
+    chosen = chosen_seeds(s, seeds, "equilibrium_seeds")
+    pairs = []
+    for row in s.rows:
+        base = dataclasses.replace(row.config, train=dataclasses.replace(row.config.train, gradient_equilibrium=True))
+        pairs += [(row, config) for config in regime_configs(base, ["joint"], chosen)]
+    return pairs
+
+
+EQUAL_BUDGET_REGIMES: dict[str, tuple[str, ...]] = {"P1 then more": ("disjoint", "mixed"), "one phase": ("joint",)}
+
+
+def equal_budget_study(s: Study, epochs: Any, p1_share: Any = 0.6) -> Study | None:
+    """The runs of ``s`` again at an equal training budget (None for ``epochs`` None): each regime
+    trains ``epochs`` epochs in all, under a cosine schedule over each phase and without early
+    stopping (the validation split still held out, so every run sees the same training images):
+    joint's one phase all of them, disjoint's and mixed's P1 ``round(p1_share * epochs)`` and their
+    second phase the rest (P1 shared by both). A reading of the regimes at a matched cost, which
+    needs no convergence (:data:`mexit.claims.TABLE1_EQUAL_BUDGET_CLAIMS`); the rows keep their labels.
+    Raises :class:`ParameterError` naming ``equal_budget`` or ``p1_share``."""
+    if epochs is None:
+        return None
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 2:
+        raise ParameterError(f"equal_budget must be null or an integer number of epochs >= 2, got {epochs!r}")
+    if isinstance(p1_share, bool) or not isinstance(p1_share, (int, float)) or not 0 < p1_share < 1:
+        raise ParameterError(f"p1_share must be a number in (0, 1), got {p1_share!r}")
+    first = min(max(1, round(p1_share * epochs)), epochs - 1)
+    rows = []
+    for row in s.rows:
+        train = dataclasses.replace(
+            row.config.train, patience=None, stopping="restore-best", dominance_every=0,
+            optim=dataclasses.replace(row.config.train.optim, schedule="cosine", min_lr=0.0),
+            phase_optim={phase: {k: v for k, v in o.items() if k not in ("schedule", "min_lr")} for phase, o in row.config.train.phase_optim.items()},
+        )
+        for regimes in EQUAL_BUDGET_REGIMES.values():
+            split = {"P1": first, "P2": epochs - first, "P3": epochs - first} if "mixed" in regimes else dict.fromkeys(("P1", "P2", "P3"), epochs)
+            config = dataclasses.replace(row.config, train=dataclasses.replace(train, epochs=split))
+            rows.append(dataclasses.replace(row, config=config, regimes=tuple(r for r in regimes if r in s.regimes)))
+    return dataclasses.replace(s, rows=tuple(r for r in rows if r.regimes))
 
 
 def make_study(

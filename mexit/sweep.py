@@ -1,7 +1,7 @@
 """Every run a profile's book needs: planned (``mexit plan``) and submitted through submitit
 (``mexit sweep``) to a SLURM cluster or to local subprocesses.
 
-The plan is what the notebooks declare, read as ``mexit book`` reads it (:func:`mexit.book.needed_runs`),
+The plan is what the notebooks declare, read as ``mexit book`` reads it (:func:`mexit.plan.needed_runs`),
 not a second list. Runs that share a phase (P1 of disjoint and mixed of one seed) form a *group*;
 a job trains whole groups in order, so a shared phase is trained by the group's first run and
 reused by the next, with no dependency between jobs. On SLURM each group is one task of a job
@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from mexit import checkpoint
-from mexit.book import declared_parameters, load_profile, needed_runs, notebook_names
+from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.config import RunConfig, stable_hash
 from mexit.store import phase_keys
 from mexit.throughput import Throughput, entry

@@ -62,16 +62,16 @@ def test_cached_table_computes_once_per_inputs_and_keeps_the_file(tmp_path: Path
         calls.append(1)
         return pd.DataFrame({"block": [1, 2], "rank": [3, 4]})
 
-    first = store.cached_table("rank", {"runs": ["abc"], "samples": 10}, compute)
-    again = store.cached_table("rank", {"runs": ["abc"], "samples": 10}, compute)
-    other = store.cached_table("rank", {"runs": ["abc"], "samples": 20}, compute)
+    first = store.cached_table("rank", {"runs": ["abc"], "samples": 10}, compute, code="mexit.analysis.rank")
+    again = store.cached_table("rank", {"runs": ["abc"], "samples": 10}, compute, code="mexit.analysis.rank")
+    other = store.cached_table("rank", {"runs": ["abc"], "samples": 20}, compute, code="mexit.analysis.rank")
     assert len(calls) == 2
     pd.testing.assert_frame_equal(first, again)
     pd.testing.assert_frame_equal(first, other)
     files = sorted((tmp_path / "analyses" / "rank").glob("*.csv"))
     assert len(files) == 2 and not list((tmp_path / "analyses" / "rank").glob(".*.tmp"))
     with pytest.raises(ValueError, match="kind"):
-        store.cached_table("../escape", {}, compute)
+        store.cached_table("../escape", {}, compute, code="mexit.analysis.rank")
 
 
 def test_a_failed_computation_stores_nothing(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_a_failed_computation_stores_nothing(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        store.cached_table("rank", {"runs": ["abc"]}, broken)
+        store.cached_table("rank", {"runs": ["abc"]}, broken, code="mexit.analysis.rank")
     assert not list((tmp_path / "analyses" / "rank").glob("*.csv"))
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from mexit.pipeline import train_or_load
-from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks, load_profile, notebook_parameters
+from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks
+from mexit.plan import load_profile, notebook_parameters
 from mexit.claims import VERDICTS
 
 from browser import check_pages
@@ -163,7 +164,8 @@ def test_glued_numbers_reach_the_pages(tiny_book: Path) -> None:
 def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Path) -> None:
     """``mexit book --jobs 2``: the needed runs, dealt over two single-threaded processes in groups
     that share no phase, are stored once each, with the same logits as when trained in this process."""
-    from mexit.book import declared_parameters, needed_runs, train_needed
+    from mexit.book import train_needed
+    from mexit.plan import declared_parameters, needed_runs
     from mexit.store import RunStore
 
     profile = {"global_params": {"rows": [{"label": "tiny", "config": "tiny"}], "seeds": [0], "regimes": ["disjoint", "joint", "mixed"]},

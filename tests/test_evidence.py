@@ -1,5 +1,7 @@
-"""A run is evidence only when each phase converged (early stopping, or a plateau before the cap) and
-it learned more than chance; tested on built curves and on tiny runs through the study."""
+"""A run is evidence only when early stopping ended each phase (a phase at its cap is described, a
+plateau, a schedule's end or still rising, but is not evidence) and it learned more than chance;
+tested on built curves and on tiny runs through the study. The plateau test's error rates are
+measured against the rest of early-stopped curves."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from mexit import claims
 from mexit.evaluate import run_points
-from mexit.evaluate.evidence import evidence_view, learned, noise_tolerance, phase_ending, phase_view, plateau, run_evidence
+from mexit.evaluate.evidence import evidence_view, gate_errors, learned, noise_tolerance, phase_ending, phase_view, plateau, run_evidence
 from mexit.study import make_study
 
 RISING = [40, 50, 58, 64, 68, 71, 73, 75, 77, 79]  # still gaining 2 points an evaluation at the cap
@@ -81,8 +83,9 @@ def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
     assert per_phase[["phase", "epochs_run", "epoch_cap", "ending"]].values.tolist() == [
         ["P1", 3, 30, "early stopping"], ["P2", 10, 10, "not converged"]]
     view = phase_view(per_phase.assign(row="r", regime="mixed"))
-    assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "1 of 1"]
-    at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), phases, [[1], [0, 1]], 5, [10.0, 11.0], labels, 400)
+    assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "0 of 1", "1 of 1"]
+    stopped = phases.assign(stopped_early=True)
+    at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), stopped, [[1], [0, 1]], 5, [10.0, 11.0], labels, 400)
     assert at_chance["converged"] and not at_chance["evidence"]
     assert at_chance["why"] == "exits at chance (best 11.0% against 10.0%)"
 
@@ -107,11 +110,12 @@ def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     evidence, phases = s.evidence()
     assert len(evidence) == 6 and not evidence["evidence"].any()
     assert set(phases["phase"]) == {"P1", "P2", "P3"} and not phases["converged"].any()
-    assert evidence["why"].str.contains("too few evaluations for a 5-evaluation plateau").all()
-    assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == ["P1, P3: too few evaluations for a 5-evaluation plateau (1)"] * 2
+    assert evidence["why"].str.contains("ended by its schedule").all()  # the tiny config's cosine reaches 0 at its one epoch
+    assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == [
+        "P1, P3: ended by its schedule (learning rate annealed to about zero at the cap)"] * 2
     status = claims.table1_claims(run_points(s.outputs(), s.scoring), evidence)
     assert set(status["verdict"]) == {"untested: not converged"}
-    time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)["wall_time_s"].sum(), evidence)
+    time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)[["wall_time_s", "steps"]].sum(), evidence)
     assert time["verdict"].tolist() == ["untested: not converged"]
 
 
@@ -119,21 +123,50 @@ def test_a_claim_is_decided_only_on_runs_whose_built_curves_converged() -> None:
     """From curves to verdict: a run still rising at its cap, or one at chance, leaves the claim
     untested; the same effects on converged runs above chance get a verdict."""
     labels = np.repeat(np.arange(10), 50)
-    phases = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
 
-    def evidence(joint_curve: list[float], joint_accuracy: float) -> pd.DataFrame:
+    def evidence(joint_curve: list[float], joint_accuracy: float, joint_stopped: bool = True) -> pd.DataFrame:
         rows = []
-        for regime, curve, accuracy in (("joint", joint_curve, joint_accuracy), ("mixed", FLAT, 80.0)):
+        for regime, curve, accuracy, stopped in (("joint", joint_curve, joint_accuracy, joint_stopped), ("mixed", FLAT, 80.0, True)):
+            phases = pd.DataFrame([{"phase": "P2", "stopped_early": stopped, "epochs_run": len(curve), "epoch_cap": 100 if stopped else len(curve)}])
             for seed in range(3):
                 summary, _ = run_evidence(_trace({"P2": curve}), phases, [[0, 1]], 5, [accuracy], labels, 400)
                 rows.append({"row": "r", "regime": regime, "seed": seed, **summary})
         return pd.DataFrame(rows)
 
-    measured = [claims.assess(claims.MIXED_BEATS_JOINT_HIGH, [2.0, 2.5, 3.0], "r", claims.Compared("r", ("joint", "mixed")))]
+    measured = [claims.assess(claims.MIXED_BEATS_JOINT_HIGH, [2.0, 2.2, 2.4], "r", claims.Compared("r", ("joint", "mixed")))]
     assert claims.decide(measured, evidence(FLAT, 78.0)).iloc[0]["verdict"] == "held"
     rising = [*RISING, 81, 83]  # 12 evaluations, +6 points in the last 5
-    truncated = claims.decide(measured, evidence(rising, 78.0)).iloc[0]
+    truncated = claims.decide(measured, evidence(rising, 78.0, joint_stopped=False)).iloc[0]
     assert truncated["verdict"] == "untested: not converged"
     assert truncated["why"].startswith("3 of 6 runs: joint s0, joint s1, joint s2: P2: still rising at the cap")
     at_chance = claims.decide(measured, evidence(FLAT, 10.0)).iloc[0]
     assert at_chance["verdict"] == "untested: not converged" and "exits at chance" in at_chance["why"]
+
+
+def test_a_phase_at_its_cap_is_not_evidence_however_flat() -> None:
+    """A cosine schedule annealed to zero at the cap flattens every curve there: ended by its
+    schedule; a flat curve at the cap of a constant learning rate is described, not trusted."""
+    labels = np.repeat(np.arange(10), 50)
+    at_cap = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
+    annealed, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[True])
+    assert not annealed["evidence"] and per_phase["ending"].tolist() == ["schedule end"]
+    assert annealed["why"] == "P2: ended by its schedule (learning rate annealed to about zero at the cap)"
+    constant, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[False])
+    assert not constant["evidence"] and per_phase["ending"].tolist() == ["plateau"]
+    assert "not ended by early stopping" in constant["why"]
+    stopped, _ = run_evidence(_trace({"P2": FLAT}), at_cap.assign(stopped_early=True), [[0, 1]], 5, [80.0], labels, 400, annealed=[True])
+    assert stopped["evidence"]  # early stopping ends it, whatever the schedule
+
+
+def test_the_plateau_tests_errors_are_counted_against_the_rest_of_the_curve() -> None:
+    """A curve that rises by 10 points after a flat stretch: cuts in the stretch are truncated
+    (the rest gains), and a plateau test lets them through; cuts after the rise are converged."""
+    step = [50.0] * 8 + [60.0] * 8  # val split of 10,000 images: tolerance 1 point
+    errors = gate_errors([step], window=3, val_size=10_000)
+    # cuts 4..15: before the rise (cuts 4-8) truncated, called a plateau: missed; cut 9 sees the rise
+    # in its last 3 (not a plateau: a false alarm), cuts 10-11 too; 12-15 are plateaus: right
+    assert (errors["truncated_cuts"], errors["converged_cuts"]) == (5, 7)
+    assert errors["missed"] == pytest.approx(100.0) and errors["false_alarm"] == pytest.approx(100 * 3 / 7)
+    assert gate_errors([step], window=3, val_size=10_000, scale=20.0)["false_alarm"] == 0.0  # a lax test: no false alarms
+    assert math.isnan(gate_errors([[50.0, 51.0]], window=3, val_size=400)["missed"])  # no cut at all
+

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mexit"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundations: settings, files, data, models, the losses of a phase
-    ("mexit", "mexit.memory", "mexit.checkpoint", "mexit.progress", "mexit.distributed", "mexit.reference",
+    ("mexit", "mexit.fingerprint", "mexit.memory", "mexit.checkpoint", "mexit.progress", "mexit.distributed", "mexit.reference",
      "mexit.config", "mexit.data", "mexit.models", "mexit.regimes", "mexit.sample_weighting", "mexit.flops", "mexit.throughput"),
     # what is done with a model or its logits: training, inference, scoring, analyses, plots, claims
     ("mexit.train", "mexit.evaluate", "mexit.analysis.features", "mexit.analysis.rank", "mexit.analysis.mutual_info",
@@ -21,6 +21,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mexit.store",),
     # runs obtained (trained into the store or loaded from it), and studies of them
     ("mexit.pipeline", "mexit.study"),
+    # what a profile is and every run its pages read (below the book and the sweep, which both plan from it)
+    ("mexit.plan",),
     # the book's pages, the book, sweeps and the command line
     ("mexit.analysis.runs", "mexit.analysis.robustness", "mexit.pages", "mexit.smoke", "mexit.book", "mexit.sweep", "mexit.cli", "mexit.__main__"),
 )

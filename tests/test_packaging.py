@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from mexit.book import load_profile, notebook_parameters
+from mexit.plan import load_profile, notebook_parameters
 from mexit.config import load_config, shipped_configs
 
 ROOT = Path(__file__).resolve().parents[1]

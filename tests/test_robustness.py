@@ -209,28 +209,36 @@ def test_the_ood_table_and_its_claim(tiny_study) -> None:
         check_ood_parameters("svhn", 10, 10)
 
 
-def test_the_wall_clock_claim_reads_the_lowest_budget_every_timed_run_meets() -> None:
+def test_the_wall_clock_claim_reads_the_lowest_budget_every_timed_run_meets_one_replicate_a_seed() -> None:
+    """The replicates are the timed seeds, each the mean over its regimes: the three regimes of one
+    seed are not three seeds."""
     timings = pd.DataFrame({
         "row": "r", "regime": ["joint", "joint", "joint", "mixed", "mixed"], "seed": 0,
         "budget": [math.nan, 0.25, 0.5, math.nan, 0.5], "time_pct": [100.0, 40.0, 70.0, 100.0, 80.0],
     })
-    evidence = pd.DataFrame({"row": "r", "regime": ["joint", "mixed"], "seed": 0, "evidence": True, "early_stopped": True, "why": ""})
-    status = claims.wall_clock_claims(timings, evidence)
-    assert status["effects"].item() == (30.0, 20.0) and status["scale"].item() == "r (budgets 50%)"
-    assert status["verdict"].item() == "inconclusive"  # two runs, a wide interval
+    evidence = pd.DataFrame({"row": "r", "regime": ["joint", "mixed"], "seed": [0, 0], "evidence": True, "early_stopped": True, "why": ""})
+    one_seed = claims.wall_clock_claims(timings, evidence)
+    assert one_seed["effects"].item() == (25.0,) and one_seed["scale"].item() == "r (budgets 50%)"
+    assert one_seed["verdict"].item() == "untested at this scale"  # one timed seed: no interval
+    two = pd.concat([timings, timings.assign(seed=1, time_pct=[100.0, 45.0, 74.0, 100.0, 78.0])], ignore_index=True)
+    both = claims.wall_clock_claims(two, pd.concat([evidence, evidence.assign(seed=1)], ignore_index=True))
+    assert both["effects"].item() == pytest.approx((25.0, 24.0)) and both["seeds"].item() == 2
 
 
 def test_adding_evaluation_inputs_keys_no_run_anew() -> None:
     """Corrupted and foreign inputs are read at evaluation only: their modules lie outside the code
-    whose fingerprint keys every run, so adding them left every stored run usable."""
-    from mexit.config import TRAINING_CODE
+    whose fingerprint keys every run (the training path's import closure), and inside the code
+    that keys the robustness tables."""
+    from mexit.config import TRAINING_ROOTS
+    from mexit.fingerprint import closure
 
     for module in ("corruptions", "ood_sets", "ood"):
-        assert not any(f"evaluate/{module}.py".startswith(name) for name in TRAINING_CODE)
+        assert f"mexit.evaluate.{module}" not in closure(TRAINING_ROOTS)
+        assert f"mexit.evaluate.{module}" in closure(("mexit.analysis.robustness",))
 
 
 def test_the_smoke_generates_the_out_of_distribution_datasets(tmp_path: Path) -> None:
-    from mexit.book import load_profile
+    from mexit.plan import load_profile
 
     smoke = smoke_profile(load_profile("paper"), tmp_path)
     assert smoke["notebooks"]["out_of_distribution"]["ood_root"] == str(tmp_path / "ood")

@@ -52,15 +52,20 @@ def test_rule_tables_stack_each_rules_budget_table() -> None:
     assert points["entropy"].equals(run_points(RUNS, Scoring(budgets=(0.5, 0.75, 1.0), grid="dense", rule="entropy")))
 
 
-def test_the_table1_claims_are_decided_under_every_rule_as_one_family() -> None:
+def test_the_table1_claims_are_decided_under_every_rule_at_table1s_family_level() -> None:
+    """Under the maximum softmax the rule page's claims are Table 1's own: the same intervals and
+    verdicts (one claim, one verdict), the other rules' at the same level."""
     _, points = rule_tables(RUNS, SCORING)
     evidence = pd.DataFrame([{"row": "R", "regime": r, "seed": s, "evidence": True, "early_stopped": True, "why": ""}
                              for r in ("disjoint", "joint", "mixed") for s in range(3)])
     status = claims.rule_claims(points, evidence)
-    assert len(status) == 4 * len(EXIT_RULES) and set(status["family"]) == {int(status["seeds"].ge(2).sum())}
+    assert len(status) == 4 * len(EXIT_RULES) and set(status["family"]) == {"Table 1 (4 claims a row)"}
     assert status["scale"].str.endswith("; rule: patience").sum() == 4
     alone = claims.table1_claims(points["maxprob"], evidence)
-    assert status[status["rule"] == "maxprob"]["effect"].tolist() == pytest.approx(alone["effect"].tolist())
+    maxprob = status[status["rule"] == "maxprob"]
+    assert maxprob["effect"].tolist() == pytest.approx(alone["effect"].tolist())
+    assert maxprob["ci_low"].tolist() == pytest.approx(alone["ci_low"].tolist(), nan_ok=True)
+    assert maxprob["verdict"].tolist() == alone["verdict"].tolist()
     view = claims.verdicts_by_rule(status)
     assert list(view.columns) == list(EXIT_RULES) and len(view) == 4
     assert view.loc[(claims.MIXED_BEST.statement, view.index[2][1]), "maxprob"] == status.iloc[2]["verdict"]

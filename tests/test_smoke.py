@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mexit.book import build_smoke_book, copy_sources, declared_parameters, load_profile, needed_runs, notebook_names
+from mexit.book import build_smoke_book, copy_sources
+from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.checkpoint import read_json
 from mexit.config import load_config
 from mexit.smoke import SMOKE_SIZES, banner, datasets_read, ensure_data, smoke_profile

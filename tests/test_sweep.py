@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mexit import sweep
-from mexit.book import declared_parameters, load_profile, needed_runs, notebook_names
+from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.store import file_lock, phase_keys
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,6 @@ computing they report progress on stderr.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -27,11 +26,11 @@ from mexit.analysis.features import sample_indices
 from mexit.analysis.mutual_info import block_mutual_information
 from mexit.analysis.rank import block_ranks
 from mexit.claims import depth_thirds, pair_label
-from mexit.config import RunConfig, regime_configs
+from mexit.config import RunConfig
 from mexit.evaluate.stats import format_interval, mean_ci
 from mexit.pipeline import train_or_load
 from mexit.store import Run, RunStore
-from mexit.study import ParameterError, Row, Study, run_label
+from mexit.study import ParameterError, Row, Study, chosen_seeds, equilibrium_configs, run_label
 
 CONNECTIVITY_PAIRS: tuple[tuple[str, str], ...] = (("disjoint", "mixed"), ("joint", "mixed"), ("disjoint", "joint"))
 PATHS: tuple[str, ...] = ("linear", "bezier")
@@ -65,17 +64,15 @@ def dominance_traces(s: Study) -> pd.DataFrame:
 
 def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame:
     """:func:`dominance_traces` of joint runs trained with gradient equilibrium (Li et al., 2019),
-    one per row and seed in ``seeds`` (default: all of the study's; trained into the run store if
-    missing), tagged ``regime="joint + GE"``."""
+    one per row and seed in ``seeds`` (default: all of the study's;
+    :func:`mexit.study.equilibrium_configs`, which the book trains before its notebooks), tagged
+    ``regime="joint + GE"``."""
     check_probed(s)
-    chosen = chosen_seeds(s, seeds)
-    frames = []
     store = RunStore(s.runs_root)
-    for row in s.rows:
-        base = dataclasses.replace(row.config, train=dataclasses.replace(row.config.train, gradient_equilibrium=True))
-        for config in regime_configs(base, ["joint"], chosen):
-            run = train_or_load(store, config, progress_label=f"{run_label(row, config)}GE ")
-            frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
+    frames = []
+    for row, config in equilibrium_configs(s, seeds):
+        run = train_or_load(store, config, progress_label=f"{run_label(row, config)}GE ")
+        frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -153,7 +150,7 @@ def connectivity_paths(
                         progress_label=f"{path} {row.label} s{seed} {pair_label(a, b)}",
                     )
 
-                table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute)
+                table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute, code=__name__)
                 frames.append(table.assign(row=row.label, seed=seed, pair=pair_label(a, b), regime_a=a, regime_b=b, path=path))
     columns = ["row", "seed", "pair", "regime_a", "regime_b", "path", "alpha", "exit", "loss", "accuracy"]
     return pd.concat(frames, ignore_index=True)[columns]
@@ -223,7 +220,7 @@ def connectivity_plane(
                 bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress_label=f"plane {row.label} s{chosen}",
             )
 
-        grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute)
+        grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute, code=__name__)
         grids.append(grid.assign(row=row.label))
         where = plane_anchors([run.model() for run in trio])
         anchors.append(where.assign(row=row.label, regime=[s.regimes[i] for i in where["model"]]))
@@ -289,7 +286,7 @@ def _per_run(
             print(f"[{kind}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
             return measure(run.model(inference_device()), dataset_splits(row.config.data).test, seed)
 
-        table = store.cached_table(kind, {"runs": [run.key], **options}, compute)
+        table = store.cached_table(kind, {"runs": [run.key], **options}, compute, code=__name__)
         frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -303,15 +300,6 @@ def at_least(**values: tuple[Any, int]) -> None:
 
 def optional_at_least(**values: tuple[Any, int]) -> None:
     at_least(**{name: (value, least) for name, (value, least) in values.items() if value is not None})
-
-
-def chosen_seeds(s: Study, seeds: list[int] | None) -> list[int]:
-    if seeds is None:
-        return list(s.seeds)
-    unknown = [seed for seed in seeds if seed not in s.seeds]
-    if unknown or not seeds:
-        raise ParameterError(f"seeds {seeds} must be some of the study's seeds {list(s.seeds)}")
-    return list(seeds)
 
 
 def _runs_by_regime(s: Study) -> dict[tuple[str, str, int], Run]:
@@ -335,15 +323,28 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_operating_points(points: pd.DataFrame, row: Row, run: Run) -> pd.DataFrame:
+def run_operating_points(points: pd.DataFrame, row: Row, run: Run, rule: str) -> pd.DataFrame:
     """The rows of ``points`` (:func:`mexit.evaluate.run_points` of a study's runs) that are
-    ``run``'s, one per budget (``operating_point`` NaN where none fits); a :class:`ParameterError`
-    unless they are thresholds (PBEE's patience and ZTW's ensemble have none to apply)."""
+    ``run``'s, one per budget (``operating_point`` NaN where none fits), for a consumer that applies
+    them under exit ``rule``; a :class:`ParameterError` unless they are thresholds (PBEE's patience
+    and ZTW's ensemble have none to apply) picked under that same rule (a threshold of the entropy
+    rule means nothing to the maximum softmax)."""
     train = run.config.train
     mine = points[(points["row"] == row.label) & (points["regime"] == train.regime) & (points["seed"] == train.seed)]
     if set(mine["evaluation"]) - {"threshold"}:
         raise ParameterError("these pages read threshold-scored runs only (not PBEE's patience or ZTW's ensemble)")
+    picked = set(mine["rule"]) if "rule" in mine.columns else {None}
+    if picked != {rule}:
+        raise ParameterError(
+            f"the operating points were picked under the exit rule {sorted(map(str, picked))}, but this page applies them "
+            f"under {rule!r}: pick them with Scoring(rule={rule!r})"
+        )
     return mine.reset_index(drop=True)
+
+
+TIMED_RULE = "maxprob"
+"""The exit rule real early exit is timed under (:meth:`mexit.models.MultiExit.early_exit`), and so
+the rule the operating points it reads must have been picked under."""
 
 
 def wall_clock_table(
@@ -364,12 +365,13 @@ def wall_clock_table(
         seed, regime = run.config.train.seed, run.config.train.regime
         if seed not in chosen:
             continue
-        mine = run_operating_points(points, row, run).dropna(subset=["operating_point"])
+        mine = run_operating_points(points, row, run, TIMED_RULE).dropna(subset=["operating_point"])
         test = dataset_splits(row.config.data).test
         device = inference_device()
         images = torch.stack([test[i][0] for i in range(min(samples, len(test)))]).to(device)
         print(f"[wall clock] {run_label(row, run.config)}", file=sys.stderr, flush=True)
-        timed = time_early_exit(run.model(device), images, mine["operating_point"].tolist(), batch_size=batch_size, repeats=repeats)
+        thresholds = mine["operating_point"].tolist()
+        timed = time_early_exit(run.model(device), images, thresholds, batch_size=batch_size, repeats=repeats, rule=TIMED_RULE)
         budgets = [float("nan"), *mine["budget"]]
         predicted = [100.0, *mine["cost_pct"]]
         frames.append(timed.assign(budget=budgets, cost_pct=predicted, row=row.label, regime=regime, seed=seed))

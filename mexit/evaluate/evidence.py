@@ -4,22 +4,28 @@ A verdict on a claim compares runs; a run still rising when its epoch cap stoppe
 exits are at chance, measures the cap or the seed, not the regime. This module decides, from what
 the run store keeps (each phase's validation curve and how it ended, each exit's test logits):
 
-- **a phase converged** when early stopping ended it, or its validation curve had plateaued before
-  the cap: the best of its last ``window`` evaluations gains at most ``tolerance`` accuracy points
-  on the best before them (:func:`plateau`). The curve is the mean validation accuracy of the exits
-  the phase's loss trains (P1: the final exit; P3: the ICs). ``window`` is the phase's patience
-  where it has one (what early stopping would have waited), else :data:`DEFAULT_WINDOW`;
-  ``tolerance`` is one binomial standard error of an accuracy measured on the validation split at
-  the curve's best value, and at least :data:`MIN_TOLERANCE` (:func:`noise_tolerance`): a gain the
-  validation split cannot resolve is no evidence that the curve still rises. A phase
-  with fewer than ``window + 1`` evaluations, or none (no validation split), cannot show a plateau
-  and is not converged evidence. This test is ours; it follows the patience rule of early stopping
-  (Prechelt, "Early stopping - but when?", 1998) with a tolerance for validation noise.
+- **a phase converged** when early stopping ended it inside its epoch cap. A phase that ran to its
+  cap is not evidence, however flat its curve: under a schedule that anneals the learning rate to
+  about zero there (cosine to ``min_lr`` near 0) every curve flattens at the cap whether or not a
+  longer schedule would gain (``"schedule end"``), and under a learning rate that stays up a test of
+  the curve's last evaluations errs too often to decide (measured, not assumed: :func:`gate_errors`;
+  on the quick profile's phases no window and tolerance of the grid measured keeps both its false
+  alarms and its misses rare). Such a phase is still described: ``"plateau"`` when the best of its
+  last ``window`` evaluations gains at most ``tolerance`` accuracy points on the best before them
+  (:func:`plateau`; ``window`` the phase's patience, ``tolerance`` one binomial standard error of
+  the validation split at the curve's best, at least :data:`MIN_TOLERANCE`), else ``"not
+  converged"``. So caps are set where early stopping ends phases first, and readings at a stated
+  training budget (which need no convergence) use their own runs. This gate is ours; it follows the
+  patience rule of early stopping (Prechelt, "Early stopping - but when?", 1998) and the authors'
+  protocol (a constant learning rate, early stopping inside caps no phase reaches). How often a
+  curve test errs is measured by :func:`gate_errors`: a phase that early stopping ended under a
+  constant learning rate is, cut at any earlier evaluation, exactly the phase a smaller cap would
+  have given, and the rest of its curve says whether a longer run gained.
 - **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
   by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at
   about 0.1%. A run at chance is not evidence, whatever its curves look like.
-- **a phase ended by early stopping** is what a claim about training time needs: a phase that ran to
-  its cap measures the cap.
+- **a phase ended by early stopping** is also what a claim about training time needs: a phase that
+  ran to its cap measures the cap.
 """
 
 from __future__ import annotations
@@ -61,22 +67,30 @@ def plateau(curve: Sequence[float], window: int, tolerance: float = MIN_TOLERANC
     return gain <= tolerance, gain
 
 
-ENDINGS: tuple[str, ...] = ("early stopping", "plateau", "not converged")
+ENDINGS: tuple[str, ...] = ("early stopping", "plateau", "schedule end", "not converged")
+CONVERGED_ENDINGS: tuple[str, ...] = ENDINGS[:1]
+"""The endings that make a phase evidence: early stopping only (the module's docstring)."""
 
 
 def phase_ending(
-    curve: Sequence[float], stopped_early: bool, window: int, tolerance: float = MIN_TOLERANCE
+    curve: Sequence[float], stopped_early: bool, window: int, tolerance: float = MIN_TOLERANCE, annealed: bool = False
 ) -> tuple[str, str]:
-    """How one phase ended: one of :data:`ENDINGS` (the first two converged), and in words."""
+    """How one phase ended: one of :data:`ENDINGS` (:data:`CONVERGED_ENDINGS` converged), and in
+    words. ``annealed``: the phase's schedule brought its learning rate to about zero at its cap.
+    A phase at its cap is described (a plateau or still rising) but is not evidence."""
     if stopped_early:
         return "early stopping", "early stopping"
+    if annealed:
+        return "schedule end", "ended by its schedule (learning rate annealed to about zero at the cap)"
     if len(curve) == 0:
         return "not converged", "no validation curve"
     flat, gain = plateau(curve, window, tolerance)
     if math.isnan(gain):
         return "not converged", f"too few evaluations for a {window}-evaluation plateau ({len(curve)})"
     where = f"{gain:+.1f} points in its last {window} evaluations, tolerance {tolerance:.1f}"
-    return ("plateau", f"plateau at the cap ({where})") if flat else ("not converged", f"still rising at the cap ({where})")
+    if flat:
+        return "plateau", f"ran to its cap on a plateau ({where}), not ended by early stopping"
+    return "not converged", f"still rising at the cap ({where})"
 
 
 def learned(best_accuracy: float, labels: np.ndarray, ses: float = CHANCE_SES) -> tuple[bool, float]:
@@ -90,6 +104,41 @@ def learned(best_accuracy: float, labels: np.ndarray, ses: float = CHANCE_SES) -
     return best_accuracy > 100 * (chance + margin), 100 * chance
 
 
+def phase_curve(trace: pd.DataFrame, phase: str, exits: Sequence[int]) -> np.ndarray:
+    """One phase's validation curve: the mean validation accuracy (%) of ``exits`` at each evaluation."""
+    part = trace[trace["phase"] == phase] if "phase" in trace.columns else trace.iloc[:0]
+    columns = [f"val_acc_{i}" for i in exits if f"val_acc_{i}" in part.columns]
+    return part[columns].mean(axis=1).to_numpy() if columns else np.array([])
+
+
+def gate_errors(curves: Sequence[Sequence[float]], window: int, val_size: int, scale: float = 1.0) -> dict[str, float]:
+    """How often the plateau test errs, measured on ``curves``: validation curves of phases that
+    early stopping ended under a constant learning rate (so each prefix is the phase a smaller cap
+    would have given). Each curve is cut after every evaluation ``c`` from ``window + 1`` to its end;
+    the truth is whether the rest of the curve gains more than :func:`noise_tolerance` on the
+    prefix's best (a longer run gained: truncated), the test is :func:`plateau` over ``window``
+    evaluations at ``scale`` times that tolerance. Returns the cuts of each truth (``converged_cuts``, ``truncated_cuts``),
+    ``false_alarm`` (converged cuts called not converged, %), ``missed`` (truncated cuts called a
+    plateau, %) and ``phases``."""
+    counts = {"converged": 0, "truncated": 0, "false_alarm": 0, "missed": 0}
+    for curve in curves:
+        values = np.asarray(curve, dtype=np.float64)
+        for cut in range(window + 1, len(values)):
+            prefix = values[:cut]
+            tolerance = noise_tolerance(float(prefix.max()), val_size)
+            truly_converged = values[cut:].max() - prefix.max() <= tolerance
+            called_converged, _ = plateau(prefix, window, scale * tolerance)
+            counts["converged" if truly_converged else "truncated"] += 1
+            counts["false_alarm"] += int(truly_converged and not called_converged)
+            counts["missed"] += int(not truly_converged and called_converged)
+
+    def rate(errors: int, cuts: int) -> float:
+        return 100 * errors / cuts if cuts else math.nan
+
+    return {"phases": len(curves), "converged_cuts": counts["converged"], "truncated_cuts": counts["truncated"],
+            "false_alarm": rate(counts["false_alarm"], counts["converged"]), "missed": rate(counts["missed"], counts["truncated"])}
+
+
 def run_evidence(
     trace: pd.DataFrame,
     phases: pd.DataFrame,
@@ -98,6 +147,7 @@ def run_evidence(
     exit_accuracies: Sequence[float],
     test_labels: np.ndarray,
     val_size: int,
+    annealed: Sequence[bool] | None = None,
 ) -> tuple[dict[str, object], pd.DataFrame]:
     """The evidence of one run: ``({converged, learned, early_stopped, evidence, why}, per-phase frame)``.
 
@@ -105,17 +155,17 @@ def run_evidence(
     ``stopped_early``, ``epochs_run`` and ``epoch_cap``); ``trained_exits[p]`` are the exits phase
     ``p``'s loss trains; ``window`` the plateau's evaluations (the run's patience); ``exit_accuracies`` each exit's test
     accuracy (%); ``val_size`` the validation split's images (the curves' noise,
-    :func:`noise_tolerance`). The per-phase frame has ``phase``, ``epochs_run``, ``epoch_cap``,
+    :func:`noise_tolerance`); ``annealed[p]`` whether phase ``p``'s schedule ends at about zero
+    learning rate (None: none does). The per-phase frame has ``phase``, ``epochs_run``, ``epoch_cap``,
     ``ending`` (:data:`ENDINGS`), ``ended`` (in words) and ``converged``."""
     rows: list[dict[str, object]] = []
     problems: dict[str, list[str]] = {}  # why -> the phases it holds for
-    for (_, phase), exits in zip(phases.iterrows(), trained_exits, strict=True):
-        part = trace[trace["phase"] == phase["phase"]] if "phase" in trace.columns else trace.iloc[:0]
-        columns = [f"val_acc_{i}" for i in exits if f"val_acc_{i}" in part.columns]
-        curve = part[columns].mean(axis=1).to_numpy() if columns else np.array([])
+    annealed = list(annealed) if annealed is not None else [False] * len(phases)
+    for (_, phase), exits, anneals in zip(phases.iterrows(), trained_exits, annealed, strict=True):
+        curve = phase_curve(trace, phase["phase"], exits)
         tolerance = noise_tolerance(float(curve.max()), val_size) if len(curve) else MIN_TOLERANCE
-        ending, ended = phase_ending(curve, bool(phase["stopped_early"]), window, tolerance)
-        ok = ending != "not converged"
+        ending, ended = phase_ending(curve, bool(phase["stopped_early"]), window, tolerance, anneals)
+        ok = ending in CONVERGED_ENDINGS
         rows.append({"phase": phase["phase"], "epochs_run": int(phase["epochs_run"]), "epoch_cap": int(phase["epoch_cap"]),
                      "ending": ending, "ended": ended, "converged": ok})
         if not ok:

@@ -159,6 +159,7 @@ def run_points(outputs: Sequence[ExitOutputs], scoring: Scoring = Scoring()) -> 
                     "final_accuracy": _final_accuracy(out),
                     "pick": scoring.pick,
                     "evaluation": _evaluation(out),
+                    "rule": scoring.rule if _evaluation(out) == "threshold" else None,
                 }
             )
     return pd.DataFrame(rows)

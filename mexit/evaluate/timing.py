@@ -47,12 +47,13 @@ def _median_seconds(run: Callable[[], None], repeats: int, device: torch.device)
 
 @torch.inference_mode()
 def time_early_exit(
-    model: MultiExit, images: Tensor, thresholds: Sequence[float], *, batch_size: int = 256, repeats: int = 3
+    model: MultiExit, images: Tensor, thresholds: Sequence[float], *, batch_size: int = 256, repeats: int = 3,
+    rule: str | None = None,
 ) -> pd.DataFrame:
-    """Seconds per image of early exit at each of ``thresholds`` (one row each: ``threshold``,
-    ``ms_per_image``, ``time_pct``: % of the backbone alone) and of the backbone alone (``threshold``
-    NaN, ``time_pct`` 100), over ``images`` in batches of ``batch_size``; ``model`` in eval mode,
-    on the images' device."""
+    """Seconds per image of early exit under exit ``rule`` (None: the model's own) at each of
+    ``thresholds`` (one row each: ``threshold``, ``ms_per_image``, ``time_pct``: % of the backbone
+    alone) and of the backbone alone (``threshold`` NaN, ``time_pct`` 100), over ``images`` in
+    batches of ``batch_size``; ``model`` in eval mode, on the images' device."""
     if model.training:
         raise RuntimeError("time_early_exit times eval mode: call model.eval() first")
     if repeats < 1 or batch_size < 1 or len(images) == 0:
@@ -70,11 +71,11 @@ def time_early_exit(
     def exits(threshold: float) -> Callable[[], None]:
         def run() -> None:
             for batch in batches:
-                model.early_exit(batch, threshold)
+                model.early_exit(batch, threshold, rule)
 
         return run
 
-    model.early_exit(batches[0], 0.5)  # warm-up: first-call allocations stay out of the timings
+    model.early_exit(batches[0], 0.5, rule)  # warm-up: first-call allocations stay out of the timings
     reference = _median_seconds(backbone, repeats, images.device)
     rows = [{"threshold": float("nan"), "seconds": reference}]
     rows += [{"threshold": float(t), "seconds": _median_seconds(exits(float(t)), repeats, images.device)} for t in thresholds]

@@ -1,0 +1,111 @@
+"""What a profile is and what its notebooks need: the parameters each notebook gets, and every run
+each page reads, declared in one place (:func:`page_runs`). Below :mod:`mexit.book` (which trains
+and executes) and :mod:`mexit.sweep` (which submits): both plan from here.
+
+A profile (``mexit/profiles/<name>.yaml``) is only a set of parameter values, in the manner of
+NCAR CUPiD's ``config.yml``: ``global_params`` go to every notebook, ``notebooks.<name>`` adds or
+replaces values for one notebook. Each notebook receives only the parameters its ``parameters``
+cell declares.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mexit.config import PROFILE_DIR
+
+NOTEBOOK_DIR = Path("notebooks")
+PROFILE_KEYS: tuple[str, ...] = ("global_params", "notebooks")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A profile's ``global_params`` and per-notebook ``notebooks`` parameter groups, from a shipped
+    profile's name or a YAML file of the same shape."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown profile {name!r}; allowed: {known}, or a .yaml file")
+    profile = yaml.safe_load(path.read_text()) or {}
+    unknown = set(profile) - set(PROFILE_KEYS)
+    if unknown or not isinstance(profile.get("global_params", {}), dict):
+        raise ValueError(f"profile {path} must hold global_params and notebooks mappings, got keys {sorted(profile)}")
+    return {"global_params": profile.get("global_params") or {}, "notebooks": profile.get("notebooks") or {}}
+
+
+def notebook_parameters(profile: Mapping[str, Any], notebook: str) -> dict[str, Any]:
+    """The values one notebook gets from a profile: the global ones, then the notebook's own."""
+    return {**profile["global_params"], **(profile["notebooks"].get(notebook) or {})}
+
+
+def notebook_names(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / NOTEBOOK_DIR).glob("*.ipynb"))
+
+
+def needed_runs(
+    profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, *, require_data: bool = True
+) -> dict[str, tuple[str, Any]]:
+    """Every run the notebooks read, once: ``{run key: (progress label, RunConfig)}``, the union of
+    :func:`page_runs` over the notebooks, in row, seed, regime order (so that a shared phase, P1 of
+    disjoint and mixed, comes first). ``declared`` maps each notebook to the parameters its
+    ``parameters`` cell declares; ``require_data`` False plans runs whose ``data_root`` is not on
+    this machine."""
+    needed: dict[str, tuple[str, Any]] = {}
+    for name, parameters in declared.items():
+        values = {**declared_defaults(parameters), **notebook_parameters(profile, name)}  # the profile's, else the notebook's default
+        values = {key: value for key, value in values.items() if key in parameters}
+        for label, config in page_runs(values, runs_root, require_data=require_data):
+            needed.setdefault(config.key(), (label, config))
+    return needed
+
+
+def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool = True) -> list[tuple[str, Any]]:
+    """Every run one page reads, from its parameter ``values`` (those it declares): ``[(progress
+    label, RunConfig)]``. The one place that says what a page reads, so that ``mexit plan``,
+    ``mexit sweep`` and ``mexit book`` train it before any notebook executes:
+
+    - the ``rows`` x ``seeds`` x ``regimes`` it compares (and, an ablation, its ``variants``);
+    - the same on its ``fresh_seeds`` (Table 1's verdicts on fresh seeds);
+    - Table 1's runs at an equal training budget (``equal_budget``, ``p1_share``:
+      :func:`mexit.study.equal_budget_study`);
+    - the gradient-dominance page's joint runs with gradient equilibrium (``equilibrium``,
+      ``equilibrium_seeds``: :func:`mexit.study.equilibrium_configs`).
+
+    A page without ``rows``, ``seeds`` and ``regimes`` reads no run."""
+    from mexit.study import equal_budget_study, equilibrium_configs, make_study, run_label
+
+    if not {"rows", "seeds", "regimes"} <= set(values):
+        return []
+    s = make_study(
+        rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
+        variants=values.get("variants"), require_data=require_data,
+    )
+    studies = [s, s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None]
+    studies.append(equal_budget_study(s, values.get("equal_budget"), values.get("p1_share", 0.6)))
+    pairs = [pair for part in studies if part is not None for pair in part.configs()]
+    if values.get("equilibrium"):
+        pairs += equilibrium_configs(s, values.get("equilibrium_seeds"))
+    return [(run_label(row, config), config) for row, config in pairs]
+
+
+def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The default values of a notebook's declared parameters (papermill's reading of its
+    ``parameters`` cell), those written as Python literals."""
+    defaults = {}
+    for name, declared in parameters.items():
+        try:
+            defaults[name] = ast.literal_eval(declared["default"])
+        except (ValueError, SyntaxError):
+            continue  # an expression, not a literal: the notebook computes it
+    return defaults
+
+
+def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The parameters each named notebook's ``parameters`` cell declares (papermill's reading)."""
+    import papermill
+
+    return {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}

@@ -1,0 +1,120 @@
+"""Every stored result is keyed by what made it: run and phase keys by every setting that decides a
+phase and by the code of the training path (found from its imports), analysis tables by the code
+of the module that computes them; a docstring edit keys nothing anew."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mexit.config import TRAINING_ROOTS, OptimConfig, TrainConfig, load_config, regime_configs
+from mexit.fingerprint import closure
+from mexit.store import PHASE_KEY_EXEMPT, phase_keys
+
+CHANGED: dict[str, Any] = {
+    "phases": ["P2"],
+    "epochs": 3,
+    "optim": OptimConfig(lr=0.01),
+    "phase_optim": {"P2": {"lr": 0.01}},
+    "loss_weights": "linear",
+    "p3_loss": "all_heads",
+    "gradient_equilibrium": True,
+    "equilibrium": "coarsest-scale",
+    "patience": 3,
+    "stopping": "restore-on-stop",
+    "eval_every": 7,
+    "eval_batch_size": 64,
+    "num_workers": 1,
+    "dominance_every": 7,
+    "channels_last": False,
+    "max_steps": 5,
+    "eval_batches": 2,
+    "seed": 9,
+}
+"""A changed value of every train setting that is part of the phase keys."""
+
+
+def _keys(train: TrainConfig) -> set[str]:
+    """The phase keys of every regime of the tiny config with these train settings."""
+    base = load_config("tiny")
+    config = dataclasses.replace(base, train=train)
+    keys: set[str] = set()
+    for regime_config in regime_configs(config, ["disjoint", "joint", "mixed"], [train.seed]):
+        if train.phases is not None:
+            regime_config = dataclasses.replace(regime_config, train=dataclasses.replace(regime_config.train, phases=train.phases))
+        keys |= set(phase_keys(regime_config))
+    return keys
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(TrainConfig)])
+def test_every_train_setting_changes_a_phase_key_or_says_why_it_cannot(field: str) -> None:
+    base = load_config("tiny").train
+    if field in PHASE_KEY_EXEMPT:
+        assert field not in CHANGED and PHASE_KEY_EXEMPT[field]  # a reason, in words
+        return
+    changed = dataclasses.replace(base, **{field: CHANGED[field]})
+    assert _keys(changed) != _keys(base), f"train.{field} decides a phase but no phase key holds it"
+
+
+def test_the_evaluation_batch_size_keys_the_p1_that_early_stopping_reads_it_in() -> None:
+    small, large = (load_config("tiny", ["train.regime=mixed", "train.eval_batches=2", f"train.eval_batch_size={size}"]) for size in (8, 16))
+    assert phase_keys(small)[0] != phase_keys(large)[0]
+
+
+def test_the_training_path_is_found_from_its_imports() -> None:
+    training = closure(TRAINING_ROOTS)
+    for module in ("mexit.train", "mexit.evaluate.inference", "mexit.store", "mexit.pipeline", "mexit.models.heads", "mexit.fingerprint"):
+        assert module in training
+    for module in ("mexit.claims", "mexit.plots", "mexit.book", "mexit.evaluate.corruptions"):
+        assert module not in training
+
+
+def _copy_package(tmp_path: Path) -> Path:
+    import mexit
+
+    copy = tmp_path / "mexit"
+    shutil.copytree(Path(mexit.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _keys_in(tmp_path: Path) -> tuple[str, str]:
+    """The tiny config's run key and the distribution-shift table's key for fixed inputs, computed by the copy in ``tmp_path``."""
+    script = (
+        "from mexit.config import load_config; from mexit.store import table_key; "
+        "print(load_config('tiny').key(), table_key('distribution_shift', {'runs': ['x']}, 'mexit.analysis.robustness'))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    run_key, table = out.split()
+    return run_key, table
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_behaviour_change_in_the_training_path_keys_new_runs_and_a_docstring_does_not(tmp_path: Path) -> None:
+    copy = _copy_package(tmp_path)
+    before = _keys_in(tmp_path)
+    _edit(copy / "evaluate" / "inference.py", '"""', '"""Edited documentation. ')
+    assert _keys_in(tmp_path) == before
+    _edit(copy / "evaluate" / "inference.py", "* 100", "* 50")  # validation accuracy, which early stopping reads
+    edited = _keys_in(tmp_path)
+    assert edited[0] != before[0]
+
+
+def test_a_change_in_the_corruption_code_keys_the_shift_table_anew_and_no_run(tmp_path: Path) -> None:
+    copy = _copy_package(tmp_path)
+    before = _keys_in(tmp_path)
+    _edit(copy / "evaluate" / "corruptions.py", "\ndef ", "\nSEVERITY_SCALE = 2.0\n\n\ndef ")
+    run_key, table = _keys_in(tmp_path)
+    assert run_key == before[0] and table != before[1]
