@@ -30,7 +30,7 @@ from mexit.config import load_config, shipped_configs
 from mexit.data import STANDARD_CLASSES, input_shape
 from mexit.flops import exit_costs
 from mexit.regimes import PHASE_SPECS, apply_phase, exit_weights, multi_exit_loss
-from mexit.store import build_model
+from mexit.models import build_model
 from mexit.train import make_optimizer
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mexit.config import REGIMES, RunConfig, load_config, regime_configs, shipped_configs
 
@@ -41,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--dry-run", action="store_true", help="show each run's resolved config and phases; train nothing")
     train.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.epochs=30")
 
-    runs = commands.add_parser("runs", parents=[common], help="list, show or remove stored runs")
-    runs.add_argument("action", choices=("list", "show", "remove"))
+    runs = commands.add_parser("runs", parents=[common], help="list, show, check or remove stored runs")
+    runs.add_argument("action", choices=("list", "show", "check", "remove"),
+                      help="check: which stored runs and analysis tables were made by code other than today's")
     runs.add_argument("key", nargs="?", help="a run key (or a unique prefix of one)")
 
     book = commands.add_parser("book", parents=[common], help="execute the notebooks at a profile and build the book")
@@ -167,7 +169,8 @@ def _show_plan(config: RunConfig) -> None:
     import yaml
 
     from mexit import data
-    from mexit.store import build_model, phase_keys
+    from mexit.models import build_model
+    from mexit.store import phase_keys
     from mexit.train import phase_plan
 
     shape = data.input_shape(config.data)
@@ -274,10 +277,26 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_store(store: Any) -> int:
+    """``mexit runs check``: the runs and tables of ``store`` made by code other than today's (never read by a page)."""
+    from mexit.stale import stale_runs, stale_tables
+
+    runs, tables = stale_runs(store), stale_tables(store)
+    print(f"runs: {int(runs['current'].sum())} of {len(runs)} made by today's code and settings; "
+          f"analysis tables: {int(tables['current'].sum())} of {len(tables)}")
+    for key in runs.loc[~runs["current"], "key"]:
+        print(f"  stale run {key} (today's code keys its config anew: 'mexit runs remove {key}' frees it)")
+    for row in tables[~tables["current"]].itertuples():
+        print(f"  stale table {row.path} (made by other code of {row.code or 'an unrecorded module'})")
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from mexit.store import Run, RunStore, run_problem
 
     store = RunStore(args.root)
+    if args.action == "check":
+        return _check_store(store)
     if args.action == "list":
         table = store.table()
         print(table.to_string(index=False) if len(table) else f"no runs in {store.root}")

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from mexit import checkpoint, data, distributed
 from mexit.config import RunConfig
-from mexit.store import Run, RunStore, build_model, phase_keys
+from mexit.models import build_model
+from mexit.store import Run, RunStore, phase_keys
 
 if TYPE_CHECKING:
     import torch

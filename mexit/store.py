@@ -69,7 +69,7 @@ def file_lock(path: Path) -> BaseFileLock:
 
 BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "checkpoint")
 """The model settings a leading P1 depends on: it trains the backbone alone, from initial weights
-drawn before any IC is built (:func:`build_model`), without computing the ICs."""
+drawn before any IC is built (:func:`mexit.models.build_model`), without computing the ICs."""
 
 
 PHASE_KEY_EXEMPT: dict[str, str] = {
@@ -119,6 +119,12 @@ def phase_keys(config: RunConfig) -> list[str]:
             identity = model
         keys.append(stable_hash({**common, "model": identity, "phases": prefix}))
     return keys
+
+
+def table_record(code: str) -> dict[str, str]:
+    """What an analysis table keeps beside it of the code that made it: the computing module and
+    its fingerprint, so that a table made by other code can be reported (:mod:`mexit.stale`)."""
+    return {"code": code, "fingerprint": fingerprint.code_fingerprint((code,))}
 
 
 def table_key(kind: str, inputs: dict[str, Any], code: str) -> str:
@@ -202,6 +208,8 @@ class Run:
 
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained multi-exit model (eval mode)."""
+        from mexit.models import build_model
+
         model = build_model(self.config, tuple(self.metrics["input_shape"]), self.metrics["num_classes"])
         for phase_dir in self._phase_dirs:  # a P1 state holds the backbone only
             model.load_phase_state(checkpoint.load_tensors(phase_dir / "state.pt")["model"])
@@ -250,31 +258,6 @@ def run_problem(run_dir: Path) -> str | None:
     if not (run_dir / "logits.pt").exists():
         return "damaged: logits.pt (missing)"
     return None
-
-
-def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    """The run's multi-exit model, in channels-last memory order if ``train.channels_last``.
-    :func:`mexit.models.build` creates the backbone before the ICs, so after the same seed the
-    backbone's initial weights do not depend on the ICs."""
-    import torch
-
-    from mexit import models
-
-    m = config.model
-    model = models.build(
-        m.backbone,
-        num_classes,
-        in_chans=input_shape[0],
-        img_size=input_shape[1],
-        placement=m.placement,
-        head=m.head,
-        head_kwargs=m.head_kwargs,
-        method=m.method,
-        method_kwargs=m.method_kwargs,
-        checkpoint=m.checkpoint,
-        **m.backbone_kwargs,
-    )
-    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 
 class RunStore:
@@ -422,6 +405,7 @@ class RunStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(path.with_suffix(".lock")):
                 if not path.exists():
+                    checkpoint.write_json(path.with_suffix(".json"), table_record(code))
                     checkpoint.write_bytes_atomic(path, compute().to_csv(index=False).encode())
         return pd.read_csv(path)
 

@@ -29,7 +29,8 @@ from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
 from mexit.pipeline import train_or_load
-from mexit.store import Run, RunStore, build_model, default_root
+from mexit.models import build_model
+from mexit.store import Run, RunStore, default_root
 
 ROW_FIELDS: tuple[str, ...] = ("label", "config", "overrides", "paper")
 VARIANT_FIELDS: tuple[str, ...] = ("label", "overrides", "regimes", "rows", "exit_method")

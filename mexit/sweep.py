@@ -186,7 +186,7 @@ def phase_macs(config: RunConfig) -> list[float]:
 def _forward_macs(config: RunConfig) -> tuple[float, float]:
     from mexit import data
     from mexit.flops import exit_costs
-    from mexit.store import build_model
+    from mexit.models import build_model
 
     shape = data.input_shape(config.data)
     model = build_model(config, shape, data.STANDARD_CLASSES[config.data.name])

@@ -118,3 +118,26 @@ def test_a_change_in_the_corruption_code_keys_the_shift_table_anew_and_no_run(tm
     _edit(copy / "evaluate" / "corruptions.py", "\ndef ", "\nSEVERITY_SCALE = 2.0\n\n\ndef ")
     run_key, table = _keys_in(tmp_path)
     assert run_key == before[0] and table != before[1]
+
+
+def test_results_made_by_other_code_are_reported_stale(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from mexit import checkpoint
+    from mexit.pipeline import train_or_load
+    from mexit.stale import stale_runs, stale_tables
+    from mexit.store import RunStore
+
+    store = RunStore(tmp_path)
+    run = train_or_load(store, load_config("tiny", ["train.regime=joint"]))
+    store.cached_table("rank", {"runs": [run.key]}, lambda: pd.DataFrame({"a": [1]}), code="mexit.analysis.rank")
+    assert stale_runs(store)["current"].all() and stale_tables(store)["current"].all()
+    record = next((tmp_path / "analyses" / "rank").glob("*.json"))
+    checkpoint.write_json(record, {"code": "mexit.analysis.rank", "fingerprint": "000000000000"})  # as older code left it
+    config = checkpoint.read_json(run.path / "config.json")
+    config["train"]["seed"] = 7  # a config today's code keys elsewhere
+    checkpoint.write_json(run.path / "config.json", config)
+    assert stale_runs(store)["current"].tolist() == [False] and stale_tables(store)["current"].tolist() == [False]
+    from mexit.cli import main
+
+    assert main(["runs", "check", "--root", str(tmp_path)]) == 0

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "mexit.analysis.dominance", "mexit.analysis.connectivity", "mexit.analysis.plots", "mexit.analysis",
      "mexit.plots", "mexit.claims"),
     # what is kept
-    ("mexit.store",),
+    ("mexit.store", "mexit.stale"),
     # runs obtained (trained into the store or loaded from it), and studies of them
     ("mexit.pipeline", "mexit.study"),
     # what a profile is and every run its pages read (below the book and the sweep, which both plan from it)

@@ -111,7 +111,7 @@ def test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched(tmp_path: Path) -
 
 
 def _initial_model(config: RunConfig) -> torch.nn.Module:
-    from mexit.store import build_model
+    from mexit.models import build_model
     from mexit.train import seed_everything
 
     splits = data.load(config.data)
@@ -171,7 +171,7 @@ def test_same_config_and_seed_give_identical_logits(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_the_model_takes_the_configured_memory_order(channels_last: bool) -> None:
-    from mexit.store import build_model
+    from mexit.models import build_model
 
     config = load_config("tiny", [f"train.channels_last={str(channels_last).lower()}"])
     model = build_model(config, (1, 8, 8), 10)

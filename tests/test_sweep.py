@@ -56,7 +56,7 @@ def test_a_phase_cost_is_forward_macs_times_images_times_epochs() -> None:
     from mexit import data
     from mexit.config import load_config
     from mexit.flops import exit_costs
-    from mexit.store import build_model
+    from mexit.models import build_model
 
     config = load_config("tiny", ["train.regime=disjoint", "train.epochs=[2, 3]"])
     shape = data.input_shape(config.data)

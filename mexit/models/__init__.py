@@ -27,7 +27,7 @@ classifiers unless another head is named. Placements: see `resolve_placement`. M
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,9 +39,12 @@ from mexit.models.methods import METHODS, make_method
 from mexit.models.multiexit import EarlyExit, MultiExit
 from mexit.models.placement import check_placement, resolve_placement
 
+if TYPE_CHECKING:
+    from mexit.config import RunConfig
+
 __all__ = [
     "BACKBONES", "DEFAULT_HEADS", "EXIT_RULES", "HEADS", "METHODS", "TIMM_FAMILIES",
-    "EarlyExit", "MultiExit", "build", "resolve_placement", "validate",
+    "EarlyExit", "MultiExit", "build", "build_model", "resolve_placement", "validate",
 ]
 
 
@@ -134,3 +137,24 @@ def _block_widths(parts: BackboneParts, input_shape: tuple[int, int, int], indic
     for module in modules:
         module.train()
     return [widths[i] for i in indices]
+
+
+def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int) -> MultiExit:
+    """A run config's multi-exit model, in channels-last memory order if ``train.channels_last``.
+    :func:`build` creates the backbone before the ICs, so after the same seed the backbone's
+    initial weights do not depend on the ICs."""
+    m = config.model
+    model = build(
+        m.backbone,
+        num_classes,
+        in_chans=input_shape[0],
+        img_size=input_shape[1],
+        placement=m.placement,
+        head=m.head,
+        head_kwargs=m.head_kwargs,
+        method=m.method,
+        method_kwargs=m.method_kwargs,
+        checkpoint=m.checkpoint,
+        **m.backbone_kwargs,
+    )
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
