@@ -14,6 +14,7 @@ shows the parameters a reader can reuse, not a folder of the machine that built 
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mexit.pipeline import NO_TRAIN_VARIABLE
-from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, needed_runs, notebook_names, notebook_parameters
+from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, needed_runs, notebook_names, notebook_parameters, runs_by_page
 
 GENERATED_DIR = Path("book") / "generated"
 TEST_OUTPUT_DIR = Path("tests") / "notebooks"
@@ -39,11 +40,13 @@ class NotebookError(RuntimeError):
 
 @dataclass(frozen=True)
 class Executed:
-    """One executed notebook: where its output lies and how long it took."""
+    """One executed notebook: where its output lies, how long it took, and whether an earlier
+    execution was reused (its identity unchanged: :func:`notebook_identity`)."""
 
     name: str
     path: Path
     seconds: float
+    reused: bool = False
 
 
 def copy_sources(root: Path, target: Path) -> Path:
@@ -74,14 +77,20 @@ def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_r
     one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
     cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
     1.3x the work of one process on two threads."""
+    _train_runs(needed_runs(profile, declared, runs_root), runs_root, jobs)
+
+
+def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
+    """Train the runs of ``needed`` (:func:`mexit.plan.needed_runs`) that ``runs_root`` lacks, in ``jobs`` processes."""
     from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    needed = needed_runs(profile, declared, runs_root)
     stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
     print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
+    if stored == len(needed):
+        return
     started = time.perf_counter()
     if jobs == 1:
         store = RunStore(runs_root)
@@ -125,19 +134,21 @@ def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None
 
 def execute_notebooks(
     profile_name: str, root: Path, runs_root: str | None = None, only: Sequence[str] | None = None, jobs: int = 1,
-    train: bool = True,
+    train: bool = True, force: bool = False,
 ) -> list[Executed]:
     """Execute the notebooks (all, or ``only`` these names) with the profile's parameters into
     ``book/generated/``, after training every run they read (in ``jobs`` processes; with ``train``
     False, after checking that the store holds them all, :func:`check_stored`). The notebooks never
     train: a page that reads a run the plan does not list stops with :class:`mexit.pipeline.RunMissing`.
+    A notebook whose identity (:func:`notebook_identity`) is that of its executed copy is reused,
+    unless ``force`` or it is named in ``only``.
 
     Raises :class:`NotebookError` naming the notebook, its failing cell and the error.
     """
     from mexit.store import default_root
 
     store = (root / (runs_root or default_root())).resolve()
-    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs, train=train)
+    return _execute(load_profile(profile_name), profile_label(profile_name), root, root / GENERATED_DIR, store, only, jobs=jobs, train=train, force=force)
 
 
 def write_test_outputs(root: Path | None = None) -> list[Executed]:
@@ -147,7 +158,7 @@ def write_test_outputs(root: Path | None = None) -> list[Executed]:
 
     root = (root or Path.cwd()).resolve()
     store = (root / default_root()).resolve()
-    return _execute(load_profile("tiny"), "tiny", root, root / TEST_OUTPUT_DIR, store, None)
+    return _execute(load_profile("tiny"), "tiny", root, root / TEST_OUTPUT_DIR, store, None, force=True)
 
 
 def _execute(
@@ -159,6 +170,7 @@ def _execute(
     only: Sequence[str] | None,
     jobs: int = 1,
     train: bool = True,
+    force: bool = False,
 ) -> list[Executed]:
     available = notebook_names(root)
     names = list(only) if only else available
@@ -166,12 +178,71 @@ def _execute(
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
     declared = declared_parameters(root, names)
+    by_page = runs_by_page(profile, declared, store)
+    needed = {key: run for runs in by_page.values() for key, run in runs.items()}
     if train:
-        train_needed(profile, declared, store, jobs)
+        _train_runs(needed, store, jobs)
     else:
         check_stored(profile, declared, store)
+    done = []
     with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1"}):
-        return [_execute_one(profile, profile_name, root, into, name, declared[name]) for name in names]
+        for name in names:
+            values = {**notebook_parameters(profile, name), "profile": profile_name}
+            parameters = {key: value for key, value in values.items() if key in declared[name]}
+            identity = notebook_identity(root / NOTEBOOK_DIR / f"{name}.ipynb", parameters, sorted(by_page[name]))
+            done.append(_execute_one(root, into, name, parameters, identity, force=force or bool(only)))
+    refresh_citing_pages(root, [run.name for run in done if not run.reused])
+    return done
+
+
+def notebook_identity(source: Path, parameters: Mapping[str, Any], run_keys: Sequence[str]) -> dict[str, str]:
+    """What an executed notebook depends on, each part hashed: its ``source``, the ``parameters``
+    injected, the ``code`` of every ``mexit`` module it imports and what they import
+    (:func:`mexit.fingerprint.code_fingerprint`, found from its code cells' imports) and the keys of
+    the ``runs`` it reads (which hold the training code and settings; the analyses' cached tables
+    are keyed by those keys, its parameters and the same code). Equal identities: the same page."""
+    import json
+
+    from mexit.config import stable_hash
+    from mexit.fingerprint import code_fingerprint, imported
+
+    text = source.read_text()
+    roots: set[str] = set()
+    for cell in json.loads(text)["cells"]:
+        if cell["cell_type"] == "code":
+            try:
+                roots.update(target for _, target in imported(ast.parse("".join(cell["source"]))))
+            except SyntaxError:  # a cell with IPython magics: its imports are in other cells
+                continue
+    return {
+        "source": stable_hash(text),
+        "parameters": stable_hash(dict(parameters)),
+        "code": code_fingerprint(tuple(sorted(roots))),
+        "runs": stable_hash(list(run_keys)),
+    }
+
+
+def _stored_identity(target: Path) -> dict[str, str] | None:
+    """The identity an executed notebook was made with (None: not executed, or by an older book)."""
+    import json
+
+    try:
+        return json.loads(target.read_text())["metadata"]["mexit"]["identity"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def refresh_citing_pages(root: Path, executed: Sequence[str]) -> list[Path]:
+    """Mark as changed (their modification time now) the prose pages that paste glued values from
+    any of the ``executed`` notebooks, so that the next render rebuilds them: a page whose source
+    did not change but whose glued numbers did is never left stale. Returns the pages touched."""
+    if not executed:
+        return []
+    cited = [f"generated/{name}.ipynb" for name in executed]
+    pages = [page for page in sorted((root / "book").glob("*.md")) if any(c in page.read_text() for c in cited)]
+    for page in pages:
+        page.touch()
+    return pages
 
 
 def check_stored(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
@@ -204,28 +275,51 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _execute_one(profile: Mapping[str, Any], profile_name: str, root: Path, into: Path, name: str, declared: Mapping[str, Any]) -> Executed:
-    """Execute notebook ``name`` with the profile's values of the parameters it declares into ``into``."""
+def _execute_one(root: Path, into: Path, name: str, parameters: Mapping[str, Any], identity: Mapping[str, str], force: bool) -> Executed:
+    """Execute notebook ``name`` with ``parameters`` into ``into``, or reuse its executed copy when
+    it was made with the same ``identity`` (:func:`notebook_identity`) and ``force`` is False; say which and why."""
     import papermill
 
     source = root / NOTEBOOK_DIR / f"{name}.ipynb"
     target = into / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    values = {**notebook_parameters(profile, name), "profile": profile_name}
-    parameters = {key: value for key, value in values.items() if key in declared}
+    before = _stored_identity(target)
+    changed = [part for part in identity if before is None or before.get(part) != identity[part]]
+    if not force and not changed:
+        print(f"reused {name}: its source, parameters, code and runs are unchanged", file=sys.stderr, flush=True)
+        return Executed(name, target, 0.0, reused=True)
+    why = "forced" if force else ("never executed here" if before is None else f"its {', '.join(changed)} changed")
     started = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(source), str(target), parameters=parameters, cwd=str(root), progress_bar=False,
+            str(source), str(target), parameters=dict(parameters), cwd=str(root), progress_bar=False,
             kernel_name="python3", stderr_file=sys.stderr,  # the analyses' progress, on the terminal
         )
     except papermill.PapermillExecutionError as error:
         raise NotebookError(
             f"notebook {name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} (executed copy: {target})"
         ) from None
+    _record_identity(target, identity)
     seconds = time.perf_counter() - started
-    print(f"executed {name} with profile {profile_name!r} in {seconds:.1f}s", file=sys.stderr, flush=True)
+    print(f"executed {name} ({why}) in {seconds:.1f}s", file=sys.stderr, flush=True)
     return Executed(name, target, seconds)
+
+
+def _record_identity(target: Path, identity: Mapping[str, str]) -> None:
+    """Keep ``identity`` in the executed notebook's metadata, with when and on what machine it ran."""
+    import datetime
+    import json
+    import platform
+
+    notebook = json.loads(target.read_text())
+    notebook["metadata"]["mexit"] = {
+        "identity": dict(identity),
+        "executed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'unknown processor'})",
+    }
+    from mexit.checkpoint import write_bytes_atomic
+
+    write_bytes_atomic(target, (json.dumps(notebook, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 def build_book(
@@ -236,13 +330,14 @@ def build_book(
     only: Sequence[str] | None = None,
     jobs: int = 1,
     train: bool = True,
+    force: bool = False,
 ) -> int:
     """Execute the notebooks (their runs trained in ``jobs`` processes first; ``train`` False: all
-    must be stored already, as after ``mexit sweep``), then ``jupyter-book build -W``; returns the
-    build's exit status."""
+    must be stored already, as after ``mexit sweep``; unchanged notebooks reused unless ``force``),
+    then ``jupyter-book build -W``; returns the build's exit status."""
     root = _book_root(root)
     started = time.perf_counter()
-    execute_notebooks(profile, root, runs_root, only, jobs, train)
+    execute_notebooks(profile, root, runs_root, only, jobs, train, force)
     return render(root, started) if build else 0
 
 

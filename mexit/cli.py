@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     book = commands.add_parser("book", parents=[common], help="execute the notebooks at a profile and build the book")
     book.add_argument("--profile", default="quick")
-    book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="execute only these notebooks (names in notebooks/)")
+    book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="re-execute only these notebooks (names in notebooks/); the others keep their executed copies")
+    book.add_argument("--force", action="store_true", help="re-execute every notebook, even those whose source, parameters, code and runs are unchanged")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
     book.add_argument("--jobs", type=int, default=1, help="train the missing runs in this many single-threaded processes")
     book.add_argument(
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.root:
                 raise ValueError("--smoke keeps its runs in DIR/runs; leave out --root")
             return build_smoke_book(args.profile, args.smoke, build=not args.no_build, only=args.only, jobs=args.jobs)
-        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs, train=not args.no_train)
+        return build_book(args.profile, runs_root=args.root, build=not args.no_build, only=args.only, jobs=args.jobs, train=not args.no_train, force=args.force)
     except _user_errors() as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mexit: error: {message}", file=sys.stderr)

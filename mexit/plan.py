@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mexit.config import PROFILE_DIR
+from mexit.parameters import CHECKS, STUDY_PARAMETERS, check_values
 
 NOTEBOOK_DIR = Path("notebooks")
 PROFILE_KEYS: tuple[str, ...] = ("global_params", "notebooks")
@@ -55,12 +56,26 @@ def needed_runs(
     ``parameters`` cell declares; ``require_data`` False plans runs whose ``data_root`` is not on
     this machine."""
     needed: dict[str, tuple[str, Any]] = {}
-    for name, parameters in declared.items():
-        values = {**declared_defaults(parameters), **notebook_parameters(profile, name)}  # the profile's, else the notebook's default
-        values = {key: value for key, value in values.items() if key in parameters}
-        for label, config in page_runs(values, runs_root, require_data=require_data):
-            needed.setdefault(config.key(), (label, config))
+    for runs in runs_by_page(profile, declared, runs_root, require_data=require_data).values():
+        for key, run in runs.items():
+            needed.setdefault(key, run)
     return needed
+
+
+def runs_by_page(
+    profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, *, require_data: bool = True
+) -> dict[str, dict[str, tuple[str, Any]]]:
+    """:func:`page_runs` of each notebook of ``declared`` at ``profile``: ``{notebook: {run key: (label, RunConfig)}}``."""
+    return {
+        name: {config.key(): (label, config) for label, config in page_runs(page_values(profile, name, parameters), runs_root, require_data=require_data)}
+        for name, parameters in declared.items()
+    }
+
+
+def page_values(profile: Mapping[str, Any], name: str, declared: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the parameters notebook ``name`` declares: the profile's, else the notebook's default."""
+    values = {**declared_defaults(declared), **notebook_parameters(profile, name)}
+    return {key: value for key, value in values.items() if key in declared}
 
 
 def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool = True) -> list[tuple[str, Any]]:
@@ -76,20 +91,44 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
       ``equilibrium_seeds``: :func:`mexit.study.equilibrium_configs`).
 
     A page without ``rows``, ``seeds`` and ``regimes`` reads no run."""
-    from mexit.study import equal_budget_study, equilibrium_configs, make_study, run_label
+    from mexit.study import equal_budget_study, equilibrium_configs, run_label
 
-    if not {"rows", "seeds", "regimes"} <= set(values):
+    s = page_study(values, runs_root, require_data=require_data)
+    if s is None:
         return []
-    s = make_study(
-        rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
-        variants=values.get("variants"), require_data=require_data,
-    )
     studies = [s, s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None]
     studies.append(equal_budget_study(s, values.get("equal_budget"), values.get("p1_share", 0.6)))
     pairs = [pair for part in studies if part is not None for pair in part.configs()]
     if values.get("equilibrium"):
         pairs += equilibrium_configs(s, values.get("equilibrium_seeds"))
     return [(run_label(row, config), config) for row, config in pairs]
+
+
+def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool = True) -> Any:
+    """The study a page's ``values`` describe (None for a page without ``rows``, ``seeds`` and
+    ``regimes``), every parameter checked first (:func:`mexit.parameters.check_values`, then the
+    study's own checks): a :class:`~mexit.config.ParameterError` naming the first bad one, before
+    anything is trained."""
+    from mexit.study import make_study
+
+    check_values(values)
+    if not {"rows", "seeds", "regimes"} <= set(values):
+        return None
+    scoring = {name: values[name] for name in ("budgets", "grid", "pick", "aggregate", "ztw_final") if name in values}
+    return make_study(
+        rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
+        variants=values.get("variants"), require_data=require_data, **scoring,
+    )
+
+
+def check_page(values: Mapping[str, Any]) -> None:
+    """Check every parameter of a page, as its first cell after the parameters does:
+    ``check_page(globals())`` checks each name of ``values`` that is a notebook parameter
+    (:data:`mexit.parameters.CHECKS`, and the study's: rows, seeds, regimes, variants, budgets,
+    fresh seeds, the equal-budget reading), building the studies the page reads without training
+    or loading a run. Raises :class:`~mexit.config.ParameterError` naming the first bad one."""
+    known = {name: value for name, value in values.items() if name in STUDY_PARAMETERS or name in CHECKS}
+    page_runs(known, values.get("runs_root"))
 
 
 def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert swept.returncode == 0 and "0 pending, 0 running, 0 failed, 0 not submitted" in swept.stdout, swept.stdout + swept.stderr
     trained = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
-    assert build_book("tiny", root=root, runs_root=str(store)) == 0
+    assert build_book("tiny", root=root, runs_root=str(store), train=False) == 0  # every run a page reads was planned
     after = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
     assert after == trained, "the book step trained or rewrote runs the sweep had stored"
     return root
@@ -180,3 +180,41 @@ def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Pa
         assert torch.equal(two.logits("test"), one.logits("test"))
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         train_needed(profile, declared, tmp_path / "one", jobs=0)
+
+
+def test_a_warm_rebuild_reuses_unchanged_notebooks_and_rebuilds_the_pages_citing_a_re_executed_one(tiny_book: Path) -> None:
+    from mexit.book import render
+
+    store = str(tiny_book / "runs")
+    again = execute_notebooks("tiny", tiny_book, runs_root=store, train=False)
+    assert all(run.reused for run in again) and len(again) == len(NOTEBOOKS)
+    status_source, status_page = tiny_book / "book" / "status.md", tiny_book / "_build" / "html" / "book" / "status.html"
+    before = status_page.stat().st_mtime_ns
+    redone = execute_notebooks("tiny", tiny_book, runs_root=store, only=["training_cost"], train=False)
+    assert [(run.name, run.reused) for run in redone] == [("training_cost", False)]
+    assert status_source.stat().st_mtime_ns > before  # it pastes the training-cost page's verdicts: marked changed
+    assert render(tiny_book) == 0
+    assert status_page.stat().st_mtime_ns > before, "the status page was not rebuilt after a notebook it cites was re-executed"
+
+
+def test_no_train_names_the_missing_runs_before_any_notebook_executes(tmp_path: Path) -> None:
+    root = copy_sources(ROOT, tmp_path / "book")
+    with pytest.raises(ValueError, match=r"--no-train: \d+ of the \d+ runs the notebooks read are not in .*mexit sweep"):
+        execute_notebooks("tiny", root, runs_root=str(tmp_path / "empty"), train=False)
+    assert not (root / "book" / "generated").exists()
+
+
+def test_a_notebooks_identity_follows_its_source_parameters_code_and_runs(tmp_path: Path) -> None:
+    from mexit.book import notebook_identity
+
+    source = ROOT / "notebooks" / "table1.ipynb"
+    base = notebook_identity(source, {"seeds": [0, 1]}, ["a", "b"])
+    assert notebook_identity(source, {"seeds": [0, 1]}, ["a", "b"]) == base
+    other = notebook_identity(source, {"seeds": [0, 2]}, ["a", "b"])
+    assert {part for part in base if base[part] != other[part]} == {"parameters"}
+    rerun = notebook_identity(source, {"seeds": [0, 1]}, ["a", "c"])
+    assert {part for part in base if base[part] != rerun[part]} == {"runs"}
+    edited = tmp_path / "table1.ipynb"
+    edited.write_text(source.read_text().replace("Table 1: accuracy", "Table 1 - accuracy"))
+    assert {part for part in base if base[part] != notebook_identity(edited, {"seeds": [0, 1]}, ["a", "b"])[part]} == {"source"}
+

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # runs obtained (trained into the store or loaded from it), and studies of them
     ("mexit.pipeline", "mexit.study"),
     # what a profile is and every run its pages read (below the book and the sweep, which both plan from it)
-    ("mexit.plan",),
+    ("mexit.parameters", "mexit.plan"),
     # the book's pages, the book, sweeps and the command line
     ("mexit.analysis.runs", "mexit.analysis.robustness", "mexit.pages", "mexit.smoke", "mexit.book", "mexit.sweep", "mexit.cli", "mexit.__main__"),
 )
