@@ -22,7 +22,7 @@ this module, family, severity, the image's index), so a corrupted test set is th
 pass and machine, and its draws are independent of the test split's own noise.
 :func:`perturbed` applies one to a test split; :func:`imagenet_c` reads ImageNet-C's own files
 instead, where a ``data_root`` holds them. Training never reads this module (it is outside the
-code that keys runs, :data:`mexit.config.TRAINING_CODE`).
+code that keys runs, the training path's import closure, :data:`mexit.config.TRAINING_ROOTS`).
 """
 
 from __future__ import annotations

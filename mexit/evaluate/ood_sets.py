@@ -15,7 +15,7 @@ normalisation, so a model reads them as it reads its own test split; labels are 
 Generated images are drawn from a generator seeded by (a constant of this module, set, index): the
 same on every machine.
 Training never reads this module (it is outside the code that keys runs,
-:data:`mexit.config.TRAINING_CODE`).
+the training path's import closure, :data:`mexit.config.TRAINING_ROOTS`).
 """
 
 from __future__ import annotations
