@@ -274,6 +274,23 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     ).set_index("claim")
 
 
+def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> str:
+    """One sentence on ``claim`` (None: the paper's headline, :data:`MIXED_BEATS_JOINT_HIGH`) in
+    both readings, from the :func:`decide` rows of Table 1 and of its equal-budget twin: per row,
+    each reading's effect, interval and verdict, as the status page opens with it."""
+    claim = claim or MIXED_BEATS_JOINT_HIGH
+    keys = {claim.key: READINGS[claim.needs], f"{claim.key}_equal_budget": READINGS["learned"]}
+    parts = []
+    for scale, group in rows[rows["key"].isin(keys)].groupby(rows["scale"].str.replace(r" \(budgets.*$", "", regex=True), sort=False):
+        readings = [
+            f"{keys[r['key']]}: {format_interval(r['effect'], r['ci_low'], r['ci_high'], digits)} {r['unit']}, {r['verdict']}"
+            + (f" ({r['why']})" if str(r["why"]).startswith("decided on") else "")
+            for _, r in group.iterrows()
+        ]
+        parts.append(f"{scale}: " + "; ".join(readings))
+    return f"{claim.statement}. " + (". ".join(parts) + "." if parts else "Not measured on this profile.")
+
+
 def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
     """How each claim of :func:`decide` rows is measured and where it holds, one row per claim."""
     def holds(row: pd.Series) -> str:
@@ -340,7 +357,7 @@ MIXED_BEST = Claim(
 MIXED_GAIN_1_3 = Claim(
     "mixed_gain_1_3",
     "Mixed is 1-3% more accurate at higher budgets",
-    "seed summary",
+    "one-page summary (not the paper)",
     "mixed - the better of disjoint and joint, mean of the 75% and 100% budgets; held when the CI "
     "lies within [1, 3] points (our reading)",
     "points",
@@ -350,7 +367,7 @@ MIXED_GAIN_1_3 = Claim(
 MIXED_TIME_27 = Claim(
     "mixed_time_27",
     "Mixed needs 27% less training time",
-    "seed summary",
+    "one-page summary (not the paper)",
     "100 x (1 - optimiser steps of mixed (P1 + P2) / optimiser steps of joint (P2)) until early stopping "
     "ends every phase, per seed (machine-independent; wall time is shown beside it); held when the CI "
     "lies within [17, 37]% (27 +- 10, our tolerance)",
@@ -474,7 +491,7 @@ SCALING_UNNEEDED_WITH_MIXED = Claim(
 LARGER_ICS_HELP_DISJOINT = Claim(
     "larger_ics_help_disjoint",
     "Larger ICs improve the disjoint regime",
-    "seed summary (IC size)",
+    "one-page summary (not the paper; IC size)",
     "per head: disjoint with it - disjoint with the page's first head (the smallest), accuracy "
     "averaged over the budgets both meet, paired by seed",
     "points",

@@ -405,3 +405,14 @@ def test_agreement_sets_the_books_verdicts_beside_a_fresh_seed_sets() -> None:
     assert high["overturned"] and not high["agree"]
     low = together.loc["Disjoint is the weakest regime at low budgets"]
     assert low["agree"] and not low["overturned"]
+
+
+def test_the_headline_names_both_readings_per_row() -> None:
+    mixed = Compared("R", ("joint", "mixed"))
+    evidence = FIVE.assign(row="R")
+    at_convergence = assess(claims.MIXED_BEATS_JOINT_HIGH, _seeded([0.5, -0.5, 1.0, -1.0, 0.2]), "R (budgets 75%, 100%)", mixed)
+    at_budget = assess(claims.TABLE1_EQUAL_BUDGET_CLAIMS[0], _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "R (budgets 75%, 100%)", mixed)
+    text = claims.headline(decide([at_convergence, at_budget], evidence))
+    assert text.startswith("Mixed is more accurate than joint at high budgets. R: at convergence: 0.0 [")
+    assert "inconclusive; at an equal training budget: 2.0 [" in text and text.endswith("points, held.")
+    assert claims.headline(decide([], evidence)).endswith("Not measured on this profile.")
