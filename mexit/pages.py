@@ -94,9 +94,14 @@ class AblationPage:
         """The values the page's text cites, by glue name: how many "mixed ahead" verdicts held of
         those tested, the P1 runs and states, and the claims' views under ``profile``."""
         ahead = self.status[self.status["key"] == claims.MIXED_AHEAD.key] if len(self.status) else self.status
+        held = int((ahead["verdict"] == "held").sum()) if len(ahead) else 0
         return {
-            "ahead_held": int((ahead["verdict"] == "held").sum()) if len(ahead) else 0,
+            "ahead_held": held,
             "ahead_tested": len(ahead),
+            "ahead_sentence": (
+                f'Mixed stays ahead of the other regimes ("held") in {held} of the {len(ahead)} variants that train it beside another regime.'
+                if len(ahead) else 'No variant here trains mixed beside another regime, so "mixed stays ahead" is not measured on this page.'
+            ),
             "p1_runs": int(self.sharing["runs"].sum()),
             "p1_states": int(self.sharing["p1_states"].sum()),
             **claim_glue(self.status, profile),

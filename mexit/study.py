@@ -211,12 +211,14 @@ def run_label(row: Row, config: RunConfig) -> str:
 def table1_view(table: pd.DataFrame, s: Study, *, ci: bool = False) -> pd.DataFrame:
     """Table 1 as the book shows it: :func:`mexit.plots.format_budget_table` of a
     :func:`mexit.evaluate.budget_table` grouped by ``row`` and ``regime`` (mean ± std, or with
-    ``ci`` mean [95% CI]), with the paper's 100% column beside each row that reproduces one of the
-    paper's ("–" elsewhere)."""
+    ``ci`` mean [95% CI]), with the paper's 100% column where a row reproduces one of the paper's
+    ("–" beside the others; no column when none does)."""
     from mexit.plots import format_budget_table
 
     view = format_budget_table(table, ci=ci)
     papers = {row.label: row.paper for row in s.rows}
+    if not any(papers.values()):
+        return view
     values = [paper_accuracy(papers[label], regime) for label, regime in view.index]
     view["paper 100%"] = ["–" if v is None else f"{v:.2f}" for v in values]
     return view

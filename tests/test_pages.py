@@ -42,6 +42,7 @@ def test_an_ablation_page_scores_its_study_as_the_study_says(page) -> None:
 def test_an_ablation_page_glues_what_its_text_cites_and_summarises_what_nbval_checks(page) -> None:
     glued = page.glued("tiny")
     assert (glued["ahead_held"], glued["ahead_tested"]) == (0, 2)  # tiny runs are no evidence
+    assert glued["ahead_sentence"].startswith("Mixed stays ahead of the other regimes (\"held\") in 0 of the 2 variants")
     assert (glued["p1_runs"], glued["p1_states"]) == (8, 2)  # disjoint and mixed, 2 variants, 2 seeds; one P1 per seed
     assert list(glued["claims"].index) == list(claims.status_view(page.status, "tiny").index)
     lines = page.summary().splitlines()
