@@ -11,6 +11,7 @@ cell declares.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,13 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     s = page_study(values, runs_root, require_data=require_data)
     if s is None:
         return []
-    studies = [s, s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None]
-    studies.append(equal_budget_study(s, values.get("equal_budget"), values.get("p1_share", 0.6)))
-    pairs = [pair for part in studies if part is not None for pair in part.configs()]
+    fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None
+    equal = equal_budget_study(s, values.get("equal_budget"), values.get("p1_share", 0.6))
+    tagged = [("", pair) for part in (s, fresh) if part is not None for pair in part.configs()]
+    tagged += [("equal budget", pair) for pair in (equal.configs() if equal is not None else [])]
     if values.get("equilibrium"):
-        pairs += equilibrium_configs(s, values.get("equilibrium_seeds"))
-    return [(run_label(row, config), config) for row, config in pairs]
+        tagged += [("gradient equilibrium", pair) for pair in equilibrium_configs(s, values.get("equilibrium_seeds"))]
+    return [(run_label(dataclasses.replace(row, variant=tag) if tag else row, config), config) for tag, (row, config) in tagged]
 
 
 def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool = True) -> Any:
