@@ -123,14 +123,16 @@ def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool 
     )
 
 
-def check_page(values: Mapping[str, Any]) -> None:
-    """Check every parameter of a page, as its first cell after the parameters does:
-    ``check_page(globals())`` checks each name of ``values`` that is a notebook parameter
-    (:data:`mexit.parameters.CHECKS`, and the study's: rows, seeds, regimes, variants, budgets,
-    fresh seeds, the equal-budget reading), building the studies the page reads without training
-    or loading a run. Raises :class:`~mexit.config.ParameterError` naming the first bad one."""
+def check_page(values: Mapping[str, Any]) -> Any:
+    """Check every parameter of a page and return the study they describe (None for a page without
+    one), as a notebook's first cell after its parameters does: ``s = check_page(globals())`` checks
+    each name of ``values`` that is a notebook parameter (:data:`mexit.parameters.CHECKS`, and the
+    study's: rows, seeds, regimes, variants, budgets, fresh seeds, the equal-budget reading),
+    building the studies the page reads without training or loading a run. Raises
+    :class:`~mexit.config.ParameterError` naming the first bad one."""
     known = {name: value for name, value in values.items() if name in STUDY_PARAMETERS or name in CHECKS}
-    page_runs(known, values.get("runs_root"))
+    page_runs(known, known.get("runs_root"))
+    return page_study(known, known.get("runs_root"))
 
 
 def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:

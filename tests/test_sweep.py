@@ -137,6 +137,8 @@ def test_a_killed_job_is_reported_failed_and_resumes_when_resubmitted(tmp_path: 
         "global_params:\n"
         "  rows: [{label: slow, config: tiny, overrides: ['train.epochs=[1, 8]', 'train.dominance_every=0']}]\n"
         "  seeds: [0]\n  regimes: [mixed]\n"
+        "  variants: [{label: as is, overrides: []}]\n"  # the ablation pages read the row's own run
+        "notebooks:\n  gradient_dominance: {equilibrium: false}\n"
     )
     store = tmp_path / "runs"
     [run] = sweep.plan(str(profile), ROOT, store)
