@@ -405,6 +405,15 @@ JOINT_ICS_DOMINATE_MIDDLE = Claim(
     "block's gradient, mean over the middle third of the blocks, per seed (our reading)",
     "% of the gradient",
 )
+JOINT_ICS_TOGETHER_DOMINATE_MIDDLE = Claim(
+    "joint_ics_together_dominate_middle",
+    "In joint training, the ICs' gradients together outweigh the final head's in the middle of the network",
+    "paper (gradient dominance)",
+    "joint at the end of P2: the ICs' summed gradient share minus the final head's, in % of the block's "
+    "gradient, mean over the middle third of the blocks, per seed (our second reading of the claim above: "
+    "all ICs together, not the largest one)",
+    "% of the gradient",
+)
 MIXED_DEEPER_DOMINATE = Claim(
     "mixed_deeper_dominate",
     "In mixed training, deeper classifiers dominate the backbone's gradient",
@@ -459,6 +468,7 @@ MIXED_DEEP_LABEL_INFORMATION = Claim(
 )
 ANALYSIS_CLAIMS: tuple[Claim, ...] = (
     JOINT_ICS_DOMINATE_MIDDLE,
+    JOINT_ICS_TOGETHER_DOMINATE_MIDDLE,
     MIXED_DEEPER_DOMINATE,
     DISJOINT_MIXED_ONE_BASIN,
     JOINT_OTHER_BASIN,
@@ -669,10 +679,13 @@ def dominance_claims(end: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
         ic_top = middle[~final].groupby(["regime", "seed", "block"])["share"].max()
         final_share = middle[final].set_index(["regime", "seed", "block"])["share"]
         lead = (100 * (ic_top - final_share)).rename("lead").reset_index()
+        ic_sum = middle[~final].groupby(["regime", "seed", "block"])["share"].sum()
+        together = (100 * (ic_sum - final_share)).rename("lead").reset_index()
         depth = (middle["share"] * middle["exit_block"] / blocks * 100).groupby([middle["regime"], middle["seed"], middle["block"]]).sum()
         depth = (depth / per_block["share"].sum()).rename("depth").reset_index()
         where = f"{label} (blocks {', '.join(map(str, depth_thirds(blocks)[1]))} of {blocks})"
         rows.append(assess(JOINT_ICS_DOMINATE_MIDDLE, _per_seed(lead, "joint", "lead"), where, Compared(str(label), ("joint",))))
+        rows.append(assess(JOINT_ICS_TOGETHER_DOMINATE_MIDDLE, _per_seed(together, "joint", "lead"), where, Compared(str(label), ("joint",))))
         shift = _per_seed(depth, "mixed", "depth") - _per_seed(depth, "joint", "depth")
         rows.append(assess(MIXED_DEEPER_DOMINATE, shift, where, Compared(str(label), ("joint", "mixed"))))
     return decide(rows, evidence)

@@ -275,6 +275,14 @@ def test_dominance_claims_measure_the_ics_lead_and_the_depth_shift() -> None:
     # (the final head leads in seed 2: it is no IC)
     assert result.loc["joint_ics_dominate_middle", "effect"] == pytest.approx(80 / 3)
     assert result.loc["joint_ics_dominate_middle", "verdict"] == "inconclusive"
+    # one IC reaches block 2, so all ICs together are the largest one
+    assert result.loc["joint_ics_together_dominate_middle", "effect"] == pytest.approx(80 / 3)
+    two = end.copy()
+    two.loc[(two["block"] == 2) & (two["exit_block"] == 2), "share"] /= 2  # the IC's share split between two ICs
+    extra = two[(two["block"] == 2) & (two["exit_block"] == 2)].assign(exit_block=1)
+    both = claims.dominance_claims(pd.concat([two, extra]), _evidence(end)).set_index("key")
+    assert both.loc["joint_ics_together_dominate_middle", "effect"] == pytest.approx(80 / 3)  # together: as before
+    assert both.loc["joint_ics_dominate_middle", "effect"] < 80 / 3  # the largest alone: half of it
     # depth in % of 3 blocks: (2 (1 - f) + 3 f) / 3 * 100; mixed - joint = (f_m - f_j) / 3 * 100
     assert result.loc["mixed_deeper_dominate", "effect"] == pytest.approx((0.5 + 0.5 + 0.15) / 3 / 3 * 100)
     assert result.loc["mixed_deeper_dominate", "scale"] == "r (blocks 2 of 3)"
