@@ -281,7 +281,8 @@ def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) ->
     claim = claim or MIXED_BEATS_JOINT_HIGH
     keys = {claim.key: READINGS[claim.needs], f"{claim.key}_equal_budget": READINGS["learned"]}
     parts = []
-    for scale, group in rows[rows["key"].isin(keys)].groupby(rows["scale"].str.replace(r" \(budgets.*$", "", regex=True), sort=False):
+    chosen = rows[rows["key"].isin(keys)].reset_index(drop=True)
+    for scale, group in chosen.groupby(chosen["scale"].str.replace(r" \(budgets.*$", "", regex=True), sort=False):
         readings = [
             f"{keys[r['key']]}: {format_interval(r['effect'], r['ci_low'], r['ci_high'], digits)} {r['unit']}, {r['verdict']}"
             + (f" ({r['why']})" if str(r["why"]).startswith("decided on") else "")
