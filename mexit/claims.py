@@ -274,22 +274,25 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     ).set_index("claim")
 
 
-def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> str:
-    """One sentence on ``claim`` (None: the paper's headline, :data:`MIXED_BEATS_JOINT_HIGH`) in
-    both readings, from the :func:`decide` rows of Table 1 and of its equal-budget twin: per row,
-    each reading's effect, interval and verdict, as the status page opens with it."""
+def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> pd.DataFrame:
+    """``claim`` (None: the paper's headline, :data:`MIXED_BEATS_JOINT_HIGH`) in both readings, from
+    the :func:`decide` rows of Table 1 and of its equal-budget twin: one row per profile row and
+    reading, with the effect and its simultaneous interval, the seeds decided on and the verdict,
+    as the status page and the intro open with it."""
     claim = claim or MIXED_BEATS_JOINT_HIGH
     keys = {claim.key: READINGS[claim.needs], f"{claim.key}_equal_budget": READINGS["learned"]}
-    parts = []
     chosen = rows[rows["key"].isin(keys)].reset_index(drop=True)
-    for scale, group in chosen.groupby(chosen["scale"].str.replace(r" \(budgets.*$", "", regex=True), sort=False):
-        readings = [
-            f"{keys[r['key']]}: {format_interval(r['effect'], r['ci_low'], r['ci_high'], digits)} {r['unit']}, {r['verdict']}"
-            + (f" ({r['why']})" if str(r["why"]).startswith("decided on") else "")
-            for _, r in group.iterrows()
-        ]
-        parts.append(f"{scale}: " + "; ".join(readings))
-    return f"{claim.statement}. " + (". ".join(parts) + "." if parts else "Not measured on this profile.")
+    return pd.DataFrame(
+        {
+            "row": chosen["scale"].str.replace(r" \(budgets.*$", "", regex=True),
+            "reading": chosen["key"].map(keys),
+            f"{claim.statement}: effect [CI]": [
+                f"{format_interval(r['effect'], r['ci_low'], r['ci_high'], digits)} {r['unit']}" for _, r in chosen.iterrows()
+            ],
+            "seeds": chosen["seeds"],
+            "verdict": chosen["verdict"],
+        }
+    ).set_index(["row", "reading"])
 
 
 def measures_view(rows: pd.DataFrame) -> pd.DataFrame:

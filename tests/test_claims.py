@@ -420,7 +420,8 @@ def test_the_headline_names_both_readings_per_row() -> None:
     evidence = FIVE.assign(row="R")
     at_convergence = assess(claims.MIXED_BEATS_JOINT_HIGH, _seeded([0.5, -0.5, 1.0, -1.0, 0.2]), "R (budgets 75%, 100%)", mixed)
     at_budget = assess(claims.TABLE1_EQUAL_BUDGET_CLAIMS[0], _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "R (budgets 75%, 100%)", mixed)
-    text = claims.headline(pd.concat([decide([at_convergence], evidence), decide([at_budget], evidence)]))  # as a page concatenates them
-    assert text.startswith("Mixed is more accurate than joint at high budgets. R: at convergence: 0.0 [")
-    assert "inconclusive; at an equal training budget: 2.0 [" in text and text.endswith("points, held.")
-    assert claims.headline(decide([], evidence)).endswith("Not measured on this profile.")
+    table = claims.headline(pd.concat([decide([at_convergence], evidence), decide([at_budget], evidence)]))  # as a page concatenates them
+    assert table.index.tolist() == [("R", "at convergence"), ("R", "at an equal training budget")]
+    assert table["verdict"].tolist() == ["inconclusive", "held"] and table["seeds"].tolist() == [5, 5]
+    assert table.iloc[1, 0].startswith("2.0 [") and table.iloc[1, 0].endswith("points")
+    assert claims.headline(decide([], evidence)).empty
