@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mexit.fingerprint import imported  # the same reading of imports that keys runs
+
 PACKAGE = Path(__file__).resolve().parents[1] / "mexit"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -48,28 +50,6 @@ def layer_of(module: str) -> int:
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported(tree: ast.AST) -> list[tuple[int, str]]:
-    """Every ``mexit`` module a module imports (at its top or inside a function), with the line;
-    imports under ``if TYPE_CHECKING:`` are left out (annotations only)."""
-    found: list[tuple[int, str]] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            return
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mexit":
-            for alias in node.names:
-                candidate = f"{node.module}.{alias.name}"
-                is_module = (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists() or (PACKAGE.parent / candidate.replace(".", "/")).is_dir()
-                found.append((node.lineno, candidate if is_module else node.module))
-        elif isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "mexit")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
 
 
 def test_every_import_points_to_the_same_layer_or_below() -> None:
