@@ -3,7 +3,7 @@
 A parameter means the same on every page that declares it (``samples`` is a count of test images
 wherever it appears), so the checks are keyed by name: :data:`CHECKS`. The study's own parameters
 (``rows``, ``seeds``, ``regimes``, ``variants``, ``budgets``, ``grid``, ``pick``, ``aggregate``,
-``ztw_final``, ``runs_root``, ``fresh_seeds``, ``equal_budget``, ``p1_share``) are checked by
+``ztw_final``, ``runs_root``, ``fresh_seeds``, ``equal_budget``, ``p1_share``, ``longer_schedule``) are checked by
 building the study without training (:func:`mexit.plan.check_page`). Each check raises one
 :class:`mexit.config.ParameterError` naming the parameter and what it allows.
 """
@@ -115,7 +115,7 @@ def _exit_rules() -> Sequence[str]:
 
 STUDY_PARAMETERS: tuple[str, ...] = (
     "rows", "seeds", "regimes", "variants", "budgets", "grid", "pick", "aggregate", "ztw_final", "runs_root",
-    "fresh_seeds", "equal_budget", "p1_share",
+    "fresh_seeds", "equal_budget", "p1_share", "longer_schedule",
 )
 """The parameters checked by building the page's studies (:func:`mexit.plan.check_page`)."""
 

@@ -89,7 +89,9 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     - Table 1's runs at an equal training budget (``equal_budget``, ``p1_share``:
       :func:`mexit.study.equal_budget_study`);
     - the gradient-dominance page's joint runs with gradient equilibrium (``equilibrium``,
-      ``equilibrium_seeds``: :func:`mexit.study.equilibrium_configs`).
+      ``equilibrium_seeds``: :func:`mexit.study.equilibrium_configs`);
+    - the runs that check phases a schedule ended (``longer_schedule``:
+      :meth:`mexit.study.Study.schedule_checks`).
 
     A page without ``rows``, ``seeds`` and ``regimes`` reads no run."""
     from mexit.study import equal_budget_study, equilibrium_configs, run_label
@@ -100,6 +102,7 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     fresh = s.with_seeds(values["fresh_seeds"]) if "fresh_seeds" in values else None
     equal = equal_budget_study(s, values.get("equal_budget"), values.get("p1_share", 0.6))
     tagged = [("", pair) for part in (s, fresh) if part is not None for pair in part.configs()]
+    tagged += [("longer schedule", pair) for part in (s, fresh) if part is not None for pair in part.schedule_checks()]
     tagged += [("equal budget", pair) for pair in (equal.configs() if equal is not None else [])]
     if values.get("equilibrium"):
         tagged += [("gradient equilibrium", pair) for pair in equilibrium_configs(s, values.get("equilibrium_seeds"))]
@@ -116,7 +119,7 @@ def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool 
     check_values(values)
     if not {"rows", "seeds", "regimes"} <= set(values):
         return None
-    scoring = {name: values[name] for name in ("budgets", "grid", "pick", "aggregate", "ztw_final") if name in values}
+    scoring = {name: values[name] for name in ("budgets", "grid", "pick", "aggregate", "ztw_final", "longer_schedule") if name in values}
     return make_study(
         rows=values["rows"], seeds=values["seeds"], regimes=values["regimes"], runs_root=runs_root,
         variants=values.get("variants"), require_data=require_data, **scoring,

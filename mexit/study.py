@@ -25,6 +25,7 @@ import pandas as pd
 from mexit.config import REGIMES, OptimConfig, ParameterError, RunConfig, load_config, regime_configs
 from mexit.evaluate import ExitOutputs, run_curve, single_exits
 from mexit.evaluate.evidence import DEFAULT_WINDOW, gate_errors, phase_curve, run_evidence
+from mexit.evaluate import training_macs_per_sample
 from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
@@ -68,6 +69,9 @@ class Study:
     seeds: tuple[int, ...]
     runs_root: Path
     scoring: Scoring = Scoring(grid="dense")  # how its runs are read at the budgets
+    longer_schedule: int | None = None
+    """How many times longer the schedule is that checks a phase its schedule ended
+    (:func:`stretched`, :meth:`schedule_checks`); None: not checked, so such a phase is not evidence."""
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -94,6 +98,14 @@ class Study:
             for config in regime_configs(row.config, [r for r in self.regimes if r in (row.regimes or self.regimes)], self.seeds)
         ]
 
+    def schedule_checks(self) -> list[tuple[Row, RunConfig]]:
+        """The runs that check the phases a schedule ends (:attr:`longer_schedule`): every run of
+        :meth:`configs` with a phase whose schedule anneals to about zero, stretched (none when
+        :attr:`longer_schedule` is None)."""
+        if self.longer_schedule is None:
+            return []
+        return [(row, stretched(config, self.longer_schedule)) for row, config in self.configs() if any(_annealed(config))]
+
     def runs(self) -> list[tuple[Row, Run]]:
         """Each needed run, loaded from the store or trained into it: ``(row, mexit.store.Run)``."""
         store = RunStore(self.runs_root)
@@ -103,9 +115,11 @@ class Study:
         return pairs
 
     def phase_costs(self) -> pd.DataFrame:
-        """One row per (run, phase): ``row``, ``regime``, ``seed``, ``run`` (its key) and the phase record
-        (:meth:`mexit.store.Run.phases`: wall time, epochs, steps, the shared ``phase_key``)."""
-        return self._per_run(lambda run: run.phases())
+        """One row per (run, phase): ``row``, ``regime``, ``seed``, ``run`` (its key), the phase record
+        (:meth:`mexit.store.Run.phases`: wall time, epochs, steps, the shared ``phase_key``) and
+        ``train_macs`` (:func:`mexit.evaluate.cost.training_macs_per_sample` times steps times the
+        phase's batch size: the last, shorter batch of an epoch counted whole)."""
+        return self._per_run(phase_costs_of)
 
     def outputs(self) -> list[ExitOutputs]:
         """The test/validation logits and costs of every run, tagged ``row``, ``regime``, ``seed``
@@ -120,9 +134,14 @@ class Study:
         (``phase``, ``epochs_run``, ``epoch_cap``, ``ending``, ``ended``, ``converged``), both tagged ``row``, ``regime``, ``seed``,
         ``run`` (and ``variant`` in an ablation). What every claim of a notebook is checked against."""
         runs, phases = [], []
+        store = RunStore(self.runs_root)
         for row, run in self.runs():
             tags = {**row.tags, "regime": run.config.train.regime, "seed": run.config.train.seed, "run": run.key}
-            summary, per_phase = run_evidence_of(run)
+            longer = None
+            if self.longer_schedule is not None and any(_annealed(run.config)):
+                twin = stretched(run.config, self.longer_schedule)
+                longer = train_or_load(store, twin, progress_label=f"{run_label(row, run.config)} (longer schedule)")
+            summary, per_phase = run_evidence_of(run, longer)
             runs.append({**tags, **summary})
             phases.append(per_phase.assign(**tags))
         return pd.DataFrame(runs), pd.concat(phases, ignore_index=True)
@@ -139,17 +158,50 @@ class Study:
         return pd.concat(frames, ignore_index=True)
 
 
-def run_evidence_of(run: Run) -> tuple[dict[str, object], pd.DataFrame]:
+def phase_costs_of(run: Run) -> pd.DataFrame:
+    """:meth:`mexit.store.Run.phases` with each phase's training MACs (``train_macs``)."""
+    phases, costs, train = run.phases(), run.costs, run.config.train
+    per_sample = [training_macs_per_sample(name, costs["macs"], costs["backbone_macs"]) for name in phases["phase"]]
+    batch = [train.optim_for(index).batch_size for index in range(len(phases))]
+    return phases.assign(train_macs=[m * b * int(steps) for m, b, steps in zip(per_sample, batch, phases["steps"])])
+
+
+def run_evidence_of(run: Run, longer: Run | None = None) -> tuple[dict[str, object], pd.DataFrame]:
     """:func:`mexit.evaluate.evidence.run_evidence` of one stored run: each phase's curve over the
-    exits its loss trains, its patience (or the default) as the plateau window."""
+    exits its loss trains, its patience (or the default) as the plateau window; ``longer`` the same
+    run with a stretched schedule (:func:`stretched`), which checks the phases its schedule ended."""
     train = run.config.train
     num_exits = len(run.metrics["test_acc"])
     exits = [PHASE_SPECS[name].exits_in_loss(num_exits) for name in train.phase_list]
     window = train.patience or DEFAULT_WINDOW
     accuracies = [float(a) for a in run.metrics["test_acc"]]
     val_size = len(run.labels("val")) if run.has_validation else 1
-    annealed = [anneals_to_zero(train.optim_for(i)) for i in range(len(train.phase_list))]
-    return run_evidence(run.trace(), run.phases(), exits, window, accuracies, run.labels("test").numpy(), val_size, annealed)
+    longer_trace = longer.trace() if longer is not None else None
+    return run_evidence(run.trace(), run.phases(), exits, window, accuracies, run.labels("test").numpy(), val_size,
+                        _annealed(run.config), longer_trace)
+
+
+def _annealed(config: RunConfig) -> list[bool]:
+    """Whether each phase of ``config`` anneals its learning rate to about zero (:func:`anneals_to_zero`)."""
+    train = config.train
+    return [anneals_to_zero(train.optim_for(i)) for i in range(len(train.phase_list))]
+
+
+def stretched(config: RunConfig, factor: int) -> RunConfig:
+    """``config`` with every phase's epoch cap ``factor`` times longer, its schedule stretched to
+    the new cap (a schedule runs over its phase's steps): the run that checks whether a phase its
+    schedule ended had converged (:func:`mexit.evaluate.evidence.phase_ending`). Raises
+    :class:`ParameterError` naming ``longer_schedule`` for a factor that is not an integer >= 2."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ParameterError(f"longer_schedule must be null or an integer factor >= 2, got {factor!r}")
+    epochs = config.train.epochs
+    if isinstance(epochs, int):
+        longer: Any = epochs * factor
+    elif isinstance(epochs, Mapping):
+        longer = {phase: count * factor for phase, count in epochs.items()}
+    else:
+        longer = [count * factor for count in epochs]
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=longer))
 
 
 def anneals_to_zero(optim: OptimConfig) -> bool:
@@ -353,6 +405,7 @@ def make_study(
     pick: Any = "last",
     aggregate: Any = "runs",
     ztw_final: Any = "ensembled",
+    longer_schedule: Any = None,
     require_data: bool = True,
 ) -> Study:
     """Check a notebook's parameters; raises :class:`ParameterError` naming the first bad one.
@@ -377,6 +430,10 @@ def make_study(
     (a conv head fits a CNN row, an MLP head a ViT row); ``exit_method`` (optional, from :data:`mexit.models.METHODS`) scores
     its runs by that method's exit rule: ``"pbee"`` applies the patience rule to whatever the variant
     trained (PBEE as the authors run it, on an SDN-trained model).
+
+    ``longer_schedule`` (None, or an integer factor >= 2): each run with a phase whose schedule
+    anneals to about zero is retrained with every phase ``longer_schedule`` times longer, and such a
+    phase is evidence when that gains at most the noise tolerance (:meth:`Study.schedule_checks`).
     """
     checked_seeds = _seed_list("seeds", seeds)
     checked_regimes = _str_list("regimes", regimes)
@@ -396,7 +453,9 @@ def make_study(
         raise ParameterError(f"rows must have distinct labels, got {labels}")
     if variants is not None:
         checked_rows = _crossed(rows, _variants(variants, checked_regimes, labels), require_data)
-    return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), scoring)
+    if longer_schedule is not None:
+        stretched(checked_rows[0].config, longer_schedule)  # checks the factor
+    return Study(checked_rows, tuple(checked_regimes), tuple(checked_seeds), Path(runs_root), scoring, longer_schedule)
 
 
 _YAML_HINT = " (with papermill, pass lists as YAML: -y 'seeds: [0, 1, 2]')"

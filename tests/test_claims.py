@@ -229,16 +229,19 @@ def test_measures_say_how_each_claim_is_measured_and_held() -> None:
 def test_time_claim_is_the_saving_of_mixed_over_joint() -> None:
     costs = pd.DataFrame(
         [
-            {"row": "R", "regime": regime, "seed": seed, "steps": steps, "wall_time_s": 1000.0 - steps}
+            {"row": "R", "regime": regime, "seed": seed, "steps": steps, "wall_time_s": 1000.0 - steps, "train_macs": 5 * steps}
             for seed, (joint, mixed) in enumerate([(100.0, 73.0), (200.0, 146.0), (50.0, 36.5)])
             for regime, steps in (("joint", joint), ("mixed", mixed))
         ]
     )
-    row = time_claims(costs, _evidence(costs)).iloc[0]  # in optimiser steps, whatever the wall time
-    assert row["effect"] == pytest.approx(27.0) and row["seeds"] == 3
-    assert row["verdict"] == "held"  # every seed saves exactly 27%: a zero-width interval inside [17, 37]
+    steps, macs = time_claims(costs, _evidence(costs)).to_dict("records")  # whatever the wall time
+    assert steps["key"] == "mixed_time_27" and macs["key"] == "mixed_time_27_macs"
+    assert "optimiser steps" in steps["measure"] and "training MACs" in macs["measure"]
+    for row in (steps, macs):
+        assert row["effect"] == pytest.approx(27.0) and row["seeds"] == 3
+        assert row["verdict"] == "held"  # every seed saves exactly 27%: a zero-width interval inside [17, 37]
     slower = costs.assign(steps=np.where(costs["regime"] == "mixed", costs["steps"] * 2, costs["steps"]))
-    assert time_claims(slower, _evidence(slower)).iloc[0]["verdict"] == "not held"
+    assert time_claims(slower, _evidence(slower))["verdict"].tolist() == ["not held", "held"]  # each unit read on its own
 
 
 # --- the analysis pages' claims --------------------------------------------------------------------
@@ -391,7 +394,7 @@ def test_scaling_is_unneeded_when_no_variant_gains_a_point() -> None:
 
 def test_the_time_claim_on_phases_that_ran_to_their_caps_is_untested() -> None:
     costs = pd.DataFrame(
-        [{"row": "R", "regime": regime, "seed": seed, "steps": wall, "wall_time_s": wall}
+        [{"row": "R", "regime": regime, "seed": seed, "steps": wall, "wall_time_s": wall, "train_macs": wall}
          for seed in range(3) for regime, wall in (("joint", 100.0), ("mixed", 73.0))]
     )
     capped = time_claims(costs, _evidence(costs, capped={("mixed", 0)})).iloc[0]

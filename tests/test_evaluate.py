@@ -20,6 +20,7 @@ from mexit.evaluate import (
     paired_differences,
     patience_sweep,
     regime_cost,
+    training_macs_per_sample,
     run_points,
     shared_cost,
     single_exits,
@@ -434,7 +435,7 @@ def _phases() -> pd.DataFrame:
                 key = f"{phase}-s{seed}" if phase == "P1" else f"{regime}-{phase}-s{seed}"
                 wall = {"P1": 10.0, "P2": 20.0, "P3": 5.0}[phase]
                 rows.append({"row": "R", "regime": regime, "seed": seed, "phase": phase, "phase_key": key,
-                             "wall_time_s": wall, "epochs_run": 3, "steps": 30, "epoch_cap": 4,
+                             "wall_time_s": wall, "epochs_run": 3, "steps": 30, "epoch_cap": 4, "train_macs": 30 * wall,
                              "stopped_early": phase == "P3"})
     return pd.DataFrame(rows)
 
@@ -443,11 +444,23 @@ def test_costs_per_regime_and_with_shared_phases_once():
     per_regime = regime_cost(_phases())
     mixed = per_regime[(per_regime["regime"] == "mixed") & (per_regime["seed"] == 0)].iloc[0]
     assert mixed["wall_time_s"] == 30.0 and mixed["steps"] == 60 and mixed["epochs_run"] == 6
+    assert mixed["train_macs"] == 30 * (10 + 20)
     shared = shared_cost(_phases()).iloc[0]
     assert shared["wall_time_s_per_regime"] == 10 + 5 + 20 + 10 + 20
     assert shared["wall_time_s_once"] == 10 + 5 + 20 + 20  # P1 counted once
     with pytest.raises(ValueError, match="phase_key"):
         regime_cost(_phases().drop(columns="phase_key"))
+
+
+def test_training_macs_count_the_forward_through_every_exit_and_the_backward_where_gradients_flow():
+    exits, backbone = (10, 30, 100), 90  # two ICs of 10 MACs each, backbone 90 (its final head included)
+    assert training_macs_per_sample("P1", exits, backbone) == 100 + 2 * 90  # only the final head's loss
+    assert training_macs_per_sample("P2", exits, backbone) == 3 * 100
+    assert training_macs_per_sample("P3", exits, backbone) == 100 + 2 * 10  # the frozen backbone needs no gradient
+    with pytest.raises(ValueError, match="phase must be one of"):
+        training_macs_per_sample("P4", exits, backbone)
+    with pytest.raises(ValueError, match="backbone_macs"):
+        training_macs_per_sample("P2", exits, 200)
 
 
 def test_largest_cost_gap_is_the_widest_step_between_operating_points():

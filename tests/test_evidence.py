@@ -15,6 +15,7 @@ import pytest
 from mexit import claims
 from mexit.evaluate import run_points
 from mexit.evaluate.evidence import evidence_view, gate_errors, learned, noise_tolerance, phase_ending, phase_view, plateau, run_evidence
+from mexit.config import ParameterError
 from mexit.study import make_study
 
 RISING = [40, 50, 58, 64, 68, 71, 73, 75, 77, 79]  # still gaining 2 points an evaluation at the cap
@@ -83,7 +84,7 @@ def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
     assert per_phase[["phase", "epochs_run", "epoch_cap", "ending"]].values.tolist() == [
         ["P1", 3, 30, "early stopping"], ["P2", 10, 10, "not converged"]]
     view = phase_view(per_phase.assign(row="r", regime="mixed"))
-    assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "0 of 1", "1 of 1"]
+    assert view.loc[("r", "mixed", "P2")].tolist() == [10.0, 10, "0 of 1", "0 of 1", "0 of 1", "0 of 1", "1 of 1"]
     stopped = phases.assign(stopped_early=True)
     at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), stopped, [[1], [0, 1]], 5, [10.0, 11.0], labels, 400)
     assert at_chance["converged"] and not at_chance["evidence"]
@@ -112,11 +113,11 @@ def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     assert set(phases["phase"]) == {"P1", "P2", "P3"} and not phases["converged"].any()
     assert evidence["why"].str.contains("ended by its schedule").all()  # the tiny config's cosine reaches 0 at its one epoch
     assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == [
-        "P1, P3: ended by its schedule (learning rate annealed to about zero at the cap)"] * 2
+        "P1, P3: ended by its schedule (learning rate annealed to about zero at the cap); no longer schedule measured"] * 2
     status = claims.table1_claims(run_points(s.outputs(), s.scoring), evidence)
     assert set(status["verdict"]) == {"untested: not converged"}
-    time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)[["wall_time_s", "steps"]].sum(), evidence)
-    assert time["verdict"].tolist() == ["untested: not converged"]
+    time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)[["wall_time_s", "steps", "train_macs"]].sum(), evidence)
+    assert time["verdict"].tolist() == ["untested: not converged"] * 2
 
 
 def test_a_claim_is_decided_only_on_runs_whose_built_curves_converged() -> None:
@@ -150,7 +151,7 @@ def test_a_phase_at_its_cap_is_not_evidence_however_flat() -> None:
     at_cap = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
     annealed, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[True])
     assert not annealed["evidence"] and per_phase["ending"].tolist() == ["schedule end"]
-    assert annealed["why"] == "P2: ended by its schedule (learning rate annealed to about zero at the cap)"
+    assert annealed["why"] == "P2: ended by its schedule (learning rate annealed to about zero at the cap); no longer schedule measured"
     constant, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[False])
     assert not constant["evidence"] and per_phase["ending"].tolist() == ["plateau"]
     assert "not ended by early stopping" in constant["why"]
@@ -170,3 +171,38 @@ def test_the_plateau_tests_errors_are_counted_against_the_rest_of_the_curve() ->
     assert gate_errors([step], window=3, val_size=10_000, scale=20.0)["false_alarm"] == 0.0  # a lax test: no false alarms
     assert math.isnan(gate_errors([[50.0, 51.0]], window=3, val_size=400)["missed"])  # no cut at all
 
+
+
+def test_a_phase_its_schedule_ended_is_evidence_only_when_a_longer_schedule_gains_no_more() -> None:
+    """The longer-schedule check: the same run retrained with a stretched schedule; within the noise
+    tolerance of the validation split (one standard error at the best, at least 1 point) the phase
+    had converged, beyond it the schedule cut it short."""
+    labels = np.repeat(np.arange(10), 50)
+    at_cap = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
+    same = [*FLAT, *FLAT[-12:]]  # twice as long, no higher
+    checked, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, [True], _trace({"P2": same}))
+    assert checked["evidence"] and per_phase["ending"].tolist() == ["schedule checked"]
+    assert per_phase["ended"].iloc[0].endswith("a longer schedule gains +0.0 points, tolerance 2.1")
+    higher = [*FLAT, *(v + 3 for v in FLAT[-12:])]  # the longer schedule gains 3 points, above one standard error (2.1)
+    cut, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, [True], _trace({"P2": higher}))
+    assert not cut["evidence"] and per_phase["ending"].tolist() == ["schedule end"]
+    assert "not converged: a longer schedule gains +3.0 points" in cut["why"]
+
+
+def test_a_study_checks_the_phases_its_schedules_ended_on_stretched_runs(tmp_path) -> None:
+    from mexit.plan import page_runs
+    from mexit.study import make_study, stretched
+
+    rows = [{"label": "tiny", "config": "tiny", "overrides": []}]
+    s = make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path), longer_schedule=2)
+    (row, config), = s.configs()
+    (_, twin), = s.schedule_checks()  # the tiny config anneals its cosine to zero at its one epoch
+    assert twin == stretched(config, 2) and twin.train.phase_epochs == tuple(2 * e for e in config.train.phase_epochs)
+    labels = [label for label, _ in page_runs({"rows": rows, "seeds": [0], "regimes": ["joint"], "longer_schedule": 2}, tmp_path)]
+    assert len(labels) == 2 and "longer schedule" in labels[1]
+    evidence, phases = s.evidence()  # trains the run and its twin
+    assert phases["ending"].iloc[0] in ("schedule checked", "schedule end")
+    assert "a longer schedule gains" in phases["ended"].iloc[0]
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    with pytest.raises(ParameterError, match="longer_schedule must be null or an integer factor >= 2, got 1"):
+        make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path), longer_schedule=1)

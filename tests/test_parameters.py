@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD: dict[str, Any] = {
     "rows": [], "seeds": [-1], "regimes": ["fast"], "runs_root": 3, "profile": 3, "budgets": [1.5], "grid": "coarse",
     "variants": "conv", "pick": "first", "aggregate": "median", "ztw_final": "mean", "fresh_seeds": [0, 0],
-    "equal_budget": 1, "p1_share": 1.5, "samples": 1, "batch_size": 0, "repeats": 0, "bins": 0, "rules": ["maxprob", "oracle"],
+    "equal_budget": 1, "p1_share": 1.5, "longer_schedule": 1, "samples": 1, "batch_size": 0, "repeats": 0, "bins": 0, "rules": ["maxprob", "oracle"],
     "corruptions": ["fog"], "severities": [6], "ood_sets": ["svhn"], "ood_root": "", "equilibrium": "yes",
     "equilibrium_seeds": [99], "timed_seeds": [99], "points": -3, "bn_batches": -1, "eval_samples": 1, "bezier_steps": -1,
     "bezier_lr": 0.0, "path_seed": 99, "plane_points": 1, "plane_bn_batches": -1, "plane_eval_samples": 1,

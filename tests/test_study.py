@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mexit.evaluate import Scoring
+from mexit.evaluate import Scoring, training_macs_per_sample
 from mexit.study import ParameterError, make_study
 
 TINY_ROW = {"label": "tiny", "config": "tiny", "overrides": []}
@@ -90,6 +90,10 @@ def test_runs_are_trained_once_and_shared_between_studies(tmp_path: Path) -> Non
     assert list(phases["phase"]) == ["P1", "P3", "P2", "P1", "P2"]
     assert phases.loc[phases["regime"] == "disjoint", "phase_key"].iloc[0] == phases.loc[phases["regime"] == "mixed", "phase_key"].iloc[0]
     assert (phases["epoch_cap"] == 1).all() and (phases["steps"] > 0).all()
+    run = first.runs()[0][1]
+    p1 = training_macs_per_sample("P1", run.costs["macs"], run.costs["backbone_macs"])
+    assert phases["train_macs"].iloc[0] == p1 * run.config.train.optim.batch_size * phases["steps"].iloc[0]
+    assert phases["train_macs"].iloc[1] < phases["train_macs"].iloc[0]  # P3's backward skips the frozen backbone
     trace = first.traces()
     assert {"row", "regime", "seed", "step", "phase"} <= set(trace.columns)
 

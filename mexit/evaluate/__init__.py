@@ -42,7 +42,7 @@ from mexit.evaluate.calibration import (
     pooled_reliability,
     reliability,
 )
-from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost
+from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost, training_macs_per_sample
 from mexit.evaluate.evidence import evidence_view, phase_view
 from mexit.evaluate.stats import mean_ci, paired_differences
 from mexit.evaluate.scoring import Scoring
@@ -62,6 +62,7 @@ __all__ = [
     "patience_sweep",
     "phase_view",
     "regime_cost",
+    "training_macs_per_sample",
     "rule_comparison",
     "shared_cost",
     "run_curve",

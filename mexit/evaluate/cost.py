@@ -1,9 +1,17 @@
 """Training cost from the stored phase records: per regime, and with shared phases counted once.
 
 Input: one row per (run, phase) with the run's tags, ``phase``, ``phase_key``, ``wall_time_s``,
-``epochs_run`` and ``steps`` (:meth:`mexit.study.Study.phase_costs`). Disjoint and mixed runs of one
-seed share their P1 (same ``phase_key``): :func:`regime_cost` charges it to each regime that uses
-it; :func:`shared_cost` counts each stored phase once.
+``epochs_run``, ``steps`` and ``train_macs`` (:meth:`mexit.study.Study.phase_costs`). Disjoint and
+mixed runs of one seed share their P1 (same ``phase_key``): :func:`regime_cost` charges it to each
+regime that uses it; :func:`shared_cost` counts each stored phase once.
+
+Training MACs (ours, a machine-independent cost): a training step runs the whole multi-exit forward
+(every exit is computed in every phase) and a backward of about twice the forward MACs of the modules
+the gradient flows through (one product for the input gradients, one for the weight gradients: the
+rule behind the "6 N per token" estimate of Kaplan et al., 2020, "Scaling Laws for Neural Language
+Models", Sec. 2.1). The gradient flows through the backbone alone in P1 (only the final head's loss),
+through everything in P2, and through the ICs alone in P3 (the backbone is frozen and nothing before
+an IC needs a gradient). Element-wise work, the optimiser's update and validation are not counted.
 """
 
 from __future__ import annotations
@@ -12,11 +20,26 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-COST_COLUMNS: tuple[str, ...] = ("wall_time_s", "epochs_run", "steps")
+COST_COLUMNS: tuple[str, ...] = ("wall_time_s", "epochs_run", "steps", "train_macs")
+
+
+def training_macs_per_sample(phase: str, exit_macs: Sequence[int], backbone_macs: int) -> int:
+    """The MACs one training sample costs in ``phase`` (``P1``, ``P2`` or ``P3``; see the module
+    docstring): the forward through every exit (``exit_macs[-1]``, cumulative) plus twice the MACs
+    of the modules its gradient flows through (the backbone's ``backbone_macs``, the ICs' the rest)."""
+    forward = int(exit_macs[-1])
+    ics = forward - int(backbone_macs)
+    if ics < 0 or backbone_macs < 1:
+        raise ValueError(f"exit_macs[-1] ({forward}) must be at least backbone_macs ({backbone_macs}) >= 1")
+    backward = {"P1": backbone_macs, "P2": forward, "P3": ics}
+    if phase not in backward:
+        raise ValueError(f"phase must be one of {sorted(backward)}, got {phase!r}")
+    return forward + 2 * int(backward[phase])
 
 
 def regime_cost(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime", "seed")) -> pd.DataFrame:
-    """Each run's total wall time, epochs and optimiser steps, every phase it uses counted."""
+    """Each run's total wall time, epochs, optimiser steps and training MACs, every phase it uses
+    counted."""
     _check(phases, by)
     return phases.groupby(list(by), sort=False, as_index=False)[list(COST_COLUMNS)].sum()
 

@@ -7,7 +7,9 @@ the run store keeps (each phase's validation curve and how it ended, each exit's
 - **a phase converged** when early stopping ended it inside its epoch cap. A phase that ran to its
   cap is not evidence, however flat its curve: under a schedule that anneals the learning rate to
   about zero there (cosine to ``min_lr`` near 0) every curve flattens at the cap whether or not a
-  longer schedule would gain (``"schedule end"``), and under a learning rate that stays up a test of
+  longer schedule would gain (``"schedule end"``; evidence only as ``"schedule checked"``: the same
+  run retrained with every phase's schedule stretched over a longer cap, twice by default, gained at
+  most the tolerance below on the phase's best validation accuracy), and under a learning rate that stays up a test of
   the curve's last evaluations errs too often to decide (measured, not assumed: :func:`gate_errors`;
   on the quick profile's phases no window and tolerance of the grid measured keeps both its false
   alarms and its misses rare). Such a phase is still described: ``"plateau"`` when the best of its
@@ -67,21 +69,37 @@ def plateau(curve: Sequence[float], window: int, tolerance: float = MIN_TOLERANC
     return gain <= tolerance, gain
 
 
-ENDINGS: tuple[str, ...] = ("early stopping", "plateau", "schedule end", "not converged")
-CONVERGED_ENDINGS: tuple[str, ...] = ENDINGS[:1]
-"""The endings that make a phase evidence: early stopping only (the module's docstring)."""
+ENDINGS: tuple[str, ...] = ("early stopping", "schedule checked", "plateau", "schedule end", "not converged")
+CONVERGED_ENDINGS: tuple[str, ...] = ENDINGS[:2]
+"""The endings that make a phase evidence: early stopping, or a schedule's end that a longer
+schedule measured did not improve on (the module's docstring)."""
 
 
 def phase_ending(
-    curve: Sequence[float], stopped_early: bool, window: int, tolerance: float = MIN_TOLERANCE, annealed: bool = False
+    curve: Sequence[float],
+    stopped_early: bool,
+    window: int,
+    tolerance: float = MIN_TOLERANCE,
+    annealed: bool = False,
+    longer: Sequence[float] | None = None,
 ) -> tuple[str, str]:
     """How one phase ended: one of :data:`ENDINGS` (:data:`CONVERGED_ENDINGS` converged), and in
-    words. ``annealed``: the phase's schedule brought its learning rate to about zero at its cap.
-    A phase at its cap is described (a plateau or still rising) but is not evidence."""
+    words. ``annealed``: the phase's schedule brought its learning rate to about zero at its cap;
+    ``longer``: the same phase's validation curve in the run retrained with a longer, stretched
+    schedule (None: not measured). A schedule's end is evidence only when ``longer``'s best gains at
+    most ``tolerance`` on ``curve``'s best. A phase at its cap under a rate that stays up is
+    described (a plateau or still rising) but is not evidence."""
     if stopped_early:
         return "early stopping", "early stopping"
     if annealed:
-        return "schedule end", "ended by its schedule (learning rate annealed to about zero at the cap)"
+        ended = "ended by its schedule (learning rate annealed to about zero at the cap)"
+        if longer is None or len(longer) == 0 or len(curve) == 0:
+            return "schedule end", f"{ended}; no longer schedule measured"
+        gain = float(np.max(longer) - np.max(curve))
+        where = f"a longer schedule gains {gain:+.1f} points, tolerance {tolerance:.1f}"
+        if gain <= tolerance:
+            return "schedule checked", f"{ended}; {where}"
+        return "schedule end", f"{ended}, not converged: {where}"
     if len(curve) == 0:
         return "not converged", "no validation curve"
     flat, gain = plateau(curve, window, tolerance)
@@ -148,6 +166,7 @@ def run_evidence(
     test_labels: np.ndarray,
     val_size: int,
     annealed: Sequence[bool] | None = None,
+    longer_trace: pd.DataFrame | None = None,
 ) -> tuple[dict[str, object], pd.DataFrame]:
     """The evidence of one run: ``({converged, learned, early_stopped, evidence, why}, per-phase frame)``.
 
@@ -156,7 +175,8 @@ def run_evidence(
     ``p``'s loss trains; ``window`` the plateau's evaluations (the run's patience); ``exit_accuracies`` each exit's test
     accuracy (%); ``val_size`` the validation split's images (the curves' noise,
     :func:`noise_tolerance`); ``annealed[p]`` whether phase ``p``'s schedule ends at about zero
-    learning rate (None: none does). The per-phase frame has ``phase``, ``epochs_run``, ``epoch_cap``,
+    learning rate (None: none does); ``longer_trace`` the trace of the same run retrained with a
+    longer, stretched schedule (None: not measured; :func:`phase_ending`). The per-phase frame has ``phase``, ``epochs_run``, ``epoch_cap``,
     ``ending`` (:data:`ENDINGS`), ``ended`` (in words) and ``converged``."""
     rows: list[dict[str, object]] = []
     problems: dict[str, list[str]] = {}  # why -> the phases it holds for
@@ -164,7 +184,8 @@ def run_evidence(
     for (_, phase), exits, anneals in zip(phases.iterrows(), trained_exits, annealed, strict=True):
         curve = phase_curve(trace, phase["phase"], exits)
         tolerance = noise_tolerance(float(curve.max()), val_size) if len(curve) else MIN_TOLERANCE
-        ending, ended = phase_ending(curve, bool(phase["stopped_early"]), window, tolerance, anneals)
+        longer = phase_curve(longer_trace, phase["phase"], exits) if longer_trace is not None else None
+        ending, ended = phase_ending(curve, bool(phase["stopped_early"]), window, tolerance, anneals, longer)
         ok = ending in CONVERGED_ENDINGS
         rows.append({"phase": phase["phase"], "epochs_run": int(phase["epochs_run"]), "epoch_cap": int(phase["epoch_cap"]),
                      "ending": ending, "ended": ended, "converged": ok})
