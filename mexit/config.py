@@ -54,6 +54,7 @@ class ModelConfig:
     method: str = "sdn"
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    pretrained: bool = False  # start from the library's published weights (tv/ and timm/ backbones)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -262,8 +263,10 @@ class RunConfig:
         m = self.model
         models.validate(
             m.backbone, placement=m.placement, head=m.head, head_kwargs=m.head_kwargs, method=m.method,
-            method_kwargs=m.method_kwargs,
+            method_kwargs=m.method_kwargs, pretrained=m.pretrained,
         )
+        if m.checkpoint is not None and not Path(m.checkpoint).is_file():
+            raise ValueError(f"model.checkpoint={m.checkpoint!r} is not a file")
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,7 +308,21 @@ class RunConfig:
         Where the data lives (``data.data_root``, ``data.download``) is left out: the same run on
         another machine or mount has the same key.
         """
-        return stable_hash({"config": {**self.to_dict(), "data": data_identity(self.data)}, **code_identity()})
+        config = {**self.to_dict(), "data": data_identity(self.data), "model": model_identity(self.model)}
+        return stable_hash({"config": config, **code_identity()})
+
+
+def model_identity(config: ModelConfig) -> dict[str, Any]:
+    """The fields of a model config that change the model: the checkpoint by the SHA-256 of its
+    file (not its path), and published weights by their name and tag."""
+    from mexit.models.backbones import checkpoint_sha256, pretrained_weights
+
+    identity = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint"}
+    if config.checkpoint is not None:
+        identity["checkpoint_sha256"] = checkpoint_sha256(config.checkpoint) if Path(config.checkpoint).is_file() else config.checkpoint
+    if config.pretrained:
+        identity["pretrained"] = pretrained_weights(config.backbone)
+    return identity
 
 
 def data_identity(config: DataConfig) -> dict[str, Any]:

@@ -16,9 +16,10 @@ Build a model, get every exit's logits in one pass, or exit early::
     msd = build("msdnet", 100, placement="every", num_blocks=5)   # MSDNet's classifiers as ICs
 
 Backbones (`BACKBONES`): small-image ResNets `resnet20/32/56/18/34/50` (3x3 stride-1 stem, no
-max-pool), MSDNets `msdnet` (CIFAR) and `msdnet-imagenet`, torchvision ResNets `tv/<name>`, and
-`timm/<name>` for any timm ResNet or ViT (randomly initialised; `checkpoint=` loads a local state
-dict). Heads (`HEADS`): "pooled" and "conv" for CNNs (and MSDNets' coarsest scale), "linear" and
+max-pool), MSDNets `msdnet` (CIFAR) and `msdnet-imagenet`, `tv/<name>` for torchvision's
+classification models and `timm/<name>` for timm's, split generically and verified
+(`mexit.models.generic`; a timm ViT by its own split). Randomly initialised; `pretrained=True` takes
+the published weights from this machine, `checkpoint=` loads a local state dict. Heads (`HEADS`): "pooled" and "conv" for CNNs (and MSDNets' coarsest scale), "linear" and
 "mlp" for ViTs, "msdnet" (MSDNet's classifier) for MSDNets; `head=None` takes the backbone's
 default (`DEFAULT_HEADS`: "pooled", "linear", "msdnet"), so an MSDNet's ICs are MSDNet's own
 classifiers unless another head is named. Placements: see `resolve_placement`. Methods
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mexit.models.backbones import BACKBONES, TIMM_FAMILIES, BackboneParts, backbone_features, create_backbone
+from mexit.models.backbones import BACKBONES, VERIFIED, BackboneParts, backbone_features, create_backbone, pretrained_weights
 from mexit.models.exit_rules import EXIT_RULES
 from mexit.models.heads import DEFAULT_HEADS, HEADS, BodyInput, check_head, make_head
 from mexit.models.methods import METHODS, make_method
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from mexit.config import RunConfig
 
 __all__ = [
-    "BACKBONES", "DEFAULT_HEADS", "EXIT_RULES", "HEADS", "METHODS", "TIMM_FAMILIES",
+    "BACKBONES", "DEFAULT_HEADS", "EXIT_RULES", "HEADS", "METHODS", "VERIFIED",
     "EarlyExit", "MultiExit", "build", "build_model", "resolve_placement", "validate",
 ]
 
@@ -56,9 +57,13 @@ def validate(
     head_kwargs: Mapping[str, Any] | None = None,
     method: str = "sdn",
     method_kwargs: Mapping[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> None:
-    """Check names and options without building anything (indices vs depth are checked by `build`)."""
+    """Check names and options without building anything (indices vs depth are checked by `build`);
+    with `pretrained`, that the published weights are on this machine (`pretrained_weights`)."""
     features = backbone_features(backbone)
+    if pretrained:
+        pretrained_weights(backbone)
     check_head(head or DEFAULT_HEADS[features], features, backbone, head_kwargs)
     make_method(method, method_kwargs)
     check_placement(placement)
@@ -76,12 +81,13 @@ def build(
     method: str = "sdn",
     method_kwargs: Mapping[str, Any] | None = None,
     checkpoint: str | None = None,
+    pretrained: bool = False,
     **backbone_kwargs: Any,
 ) -> MultiExit:
     """A multi-exit model: `backbone` with one `head` IC after each block of `placement`.
 
     Args:
-        backbone: a name from `BACKBONES`, or "timm/<name>" for a timm ResNet or ViT.
+        backbone: a name from `BACKBONES`: "tv/<name>" or "timm/<name>" for a torchvision or timm model.
         num_classes: classes of every exit.
         in_chans, img_size: input images are (in_chans, img_size, img_size).
         placement: 1-based block indices, or a scheme ("every", "every<k>", "resnet50-paper").
@@ -90,6 +96,7 @@ def build(
         head_kwargs: the head's options (e.g. {"num_layers": 3} for "conv").
         method: an exit method from `METHODS`; method_kwargs: its options ({"state_dim"} for gpf).
         checkpoint: a local file with the backbone's own state dict (timm/torchvision format).
+        pretrained: start from timm's or torchvision's published weights (from this machine).
         backbone_kwargs: passed to the timm or torchvision constructor (e.g. patch_size=4).
 
     Every argument is checked before any module is built, except that placement indices are
@@ -104,7 +111,8 @@ def build(
     exit_method = make_method(method, method_kwargs)
     check_placement(placement)
     parts = create_backbone(
-        backbone, num_classes, in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, **backbone_kwargs
+        backbone, num_classes, in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, pretrained=pretrained,
+        **backbone_kwargs,
     )
     indices = resolve_placement(placement, len(parts.blocks))
     input_shape = (in_chans, img_size, img_size)
@@ -116,7 +124,7 @@ def build(
         widths = _block_widths(parts, input_shape, indices)
 
     def make(k: int, out_features: int, extra_features: int) -> nn.Module:
-        source = BodyInput(widths[k], parts.token_pool, parts.num_prefix_tokens, scale_shapes[k])
+        source = BodyInput(widths[k], parts.token_pool, parts.num_prefix_tokens, scale_shapes[k], parts.layout)
         return make_head(head, source, out_features, extra_features=extra_features, **kwargs)
 
     ics = exit_method.build_ics(make, len(indices), num_classes)
@@ -133,7 +141,7 @@ def _block_widths(parts: BackboneParts, input_shape: tuple[int, int, int], indic
     widths = {}
     for index, module in enumerate(modules):
         x = module(x)
-        widths[index] = x.shape[1] if parts.features == "map" else x.shape[-1]
+        widths[index] = x.shape[1] if parts.features == "map" and parts.layout == "nchw" else x.shape[-1]
     for module in modules:
         module.train()
     return [widths[i] for i in indices]
@@ -155,6 +163,7 @@ def build_model(config: RunConfig, input_shape: tuple[int, int, int], num_classe
         method=m.method,
         method_kwargs=m.method_kwargs,
         checkpoint=m.checkpoint,
+        pretrained=m.pretrained,
         **m.backbone_kwargs,
     )
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model

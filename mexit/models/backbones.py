@@ -5,17 +5,26 @@ Names:
 - MSDNet (`mexit.models.msdnet`): `msdnet` (CIFAR configuration) and `msdnet-imagenet`; options such
   as `num_blocks`, `step`, `base`, `channels`, `growth_rate` as keywords. Its blocks output several
   scales, packed ("multiscale" features); its classifiers read the coarsest;
-- torchvision ResNets: `tv/<name>` (`tv/resnet18`, `tv/wide_resnet50_2`, ...), ImageNet stem;
-- timm: `timm/<name>` for any timm model built as a `ResNet` (ResNet, ResNeXt, SE-ResNet, ...) or a
-  `VisionTransformer` (ViT-T/S/B/..., DeiT, ...; any patch and image size: pass `patch_size` as a
-  keyword; the image size comes from `build(img_size=...)`), recognised by class (`TIMM_FAMILIES`).
+- torchvision: `tv/<name>` for a torchvision classification model (`tv/resnet18`, `tv/convnext_tiny`,
+  `tv/efficientnet_b0`, `tv/mobilenet_v3_small`, `tv/regnet_x_400mf`, `tv/swin_t`, ...), split by
+  `mexit.models.generic` (its ViTs add their position embedding inside the encoder and are refused:
+  use `timm/vit_*`);
+- timm: `timm/<name>` for any timm model: a `VisionTransformer` (ViT, DeiT, ...; pass `patch_size` as
+  a keyword; the image size comes from `build(img_size=...)`) by its own split (`split_timm_vit`), any
+  other by `mexit.models.generic` (ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet, Swin, MLP-Mixer,
+  MetaFormer, CoAtNet, ...; models of a fixed input size get `img_size`).
 
-Weights are never downloaded: models are created with `pretrained=False`, and `checkpoint` loads a
-local file holding the native model's state dict (timm, torchvision, or `SmallImageResNet`).
+Every generic split is verified when it is built (the composed parts reproduce the model's output)
+and a model that fails is refused with what failed (`VERIFIED` lists the families the tests verify).
+Weights: randomly initialised; `pretrained=True` takes timm's or torchvision's published ImageNet
+weights from this machine's cache (downloaded first where the machine is online), and `checkpoint`
+loads a local file holding the native model's state dict (timm, torchvision, or `SmallImageResNet`);
+a classifier of another class count is replaced by a fresh one.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,10 +35,10 @@ import timm
 import torch
 import torchvision
 from timm.layers import global_pool_nlc
-from timm.models.resnet import ResNet as TimmResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from mexit.models.generic import SplitError, split_model
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
 
@@ -37,31 +46,31 @@ FeatureKind = Literal["map", "tokens", "multiscale"]
 
 TIMM_PREFIX = "timm/"
 TV_PREFIX = "tv/"
-TIMM_FAMILIES: dict[type[nn.Module], FeatureKind] = {TimmResNet: "map", VisionTransformer: "tokens"}
-"""The timm classes mexit can split, by what their blocks output; a timm model is accepted by the
-class timm builds it as (ViT, DeiT and others built on `VisionTransformer`; ResNet, ResNeXt,
-SE-ResNet and others built on `ResNet`), unless it replaces the class's final head (DeiT's distilled
-two-head models do)."""
-TV_RESNETS: tuple[str, ...] = tuple(
-    name for name in torchvision.models.list_models(module=torchvision.models)
-    if name.startswith(("resnet", "resnext", "wide_resnet"))
-)
+TV_MODELS: tuple[str, ...] = tuple(torchvision.models.list_models(module=torchvision.models))
+"""torchvision's classification models (``tv/<name>``)."""
 BACKBONES: tuple[str, ...] = (
     *SMALL_RESNETS,
     *MSDNETS,
-    *(TV_PREFIX + name for name in TV_RESNETS),
-    TIMM_PREFIX + "<any timm ResNet or VisionTransformer model>",
+    TV_PREFIX + "<a torchvision classification model>",
+    TIMM_PREFIX + "<a timm model>",
 )
+VERIFIED: dict[str, tuple[str, ...]] = {
+    "timm": ("resnet", "convnext", "efficientnet", "mobilenetv3", "regnet", "swin", "mixer", "poolformer",
+             "coatnet", "ghostnet", "edgenext", "vit"),
+    "torchvision": ("resnet", "convnext", "efficientnet", "mobilenet_v3", "regnet", "swin"),
+}
+"""The families whose generic split (ViT: its own) the tests verify, built small with random weights."""
 
 
 @dataclass
 class BackboneParts:
     """A backbone cut into `stem`, `blocks` and `final_head`.
 
-    `features` says what a block outputs: "map" (N, C, H, W), "tokens" (N, L, D) or "multiscale"
-    (MSDNet's scales packed into (N, values); its blocks' `out_shapes` give each scale's (C, H, W)). For tokens,
-    `token_pool` says how an internal classifier summarises them ("token": the class token,
-    "avg": the mean of the patch tokens) and `num_prefix_tokens` counts class/register tokens.
+    `features` says what a block outputs: "map" (N, C, H, W; or (N, H, W, C) where `layout` is
+    "nhwc"), "tokens" (N, L, D) or "multiscale" (MSDNet's scales packed into (N, values); its blocks'
+    `out_shapes` give each scale's (C, H, W)). For tokens, `token_pool` says how an internal
+    classifier summarises them ("token": the class token, "avg": the mean of the patch tokens) and
+    `num_prefix_tokens` counts class/register tokens.
     """
 
     stem: nn.Module
@@ -70,6 +79,14 @@ class BackboneParts:
     features: FeatureKind
     token_pool: str = "token"
     num_prefix_tokens: int = 0
+    layout: str = "nchw"
+
+
+def _timm_arch(name: str) -> str:
+    arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
+    if not timm.is_model(arch):
+        raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
+    return arch
 
 
 @lru_cache(maxsize=None)
@@ -79,85 +96,151 @@ def _timm_class(arch: str) -> type[nn.Module]:
         return type(timm.create_model(arch, pretrained=False))
 
 
-def _timm_features(name: str) -> FeatureKind:
-    arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
-    if not timm.is_model(arch):
-        raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
+def _is_timm_vit(arch: str) -> bool:
     cls = _timm_class(arch)
-    for family, features in TIMM_FAMILIES.items():
-        if issubclass(cls, family) and family.forward_head is cls.forward_head:
-            return features
-    raise ValueError(
-        f"backbone={name!r}: timm builds {arch!r} as a {cls.__name__}; accepted are models of the classes "
-        f"{', '.join(sorted(c.__name__ for c in TIMM_FAMILIES))} (or subclasses with their final head), "
-        "e.g. any ViT or DeiT, ResNet or ResNeXt"
-    )
+    return issubclass(cls, VisionTransformer) and cls.forward_head is VisionTransformer.forward_head
 
 
-def _small_resnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+@lru_cache(maxsize=None)
+def _timm_features(name: str) -> FeatureKind:
+    """What a timm model's blocks output: tokens for a ViT, else what its features are at its
+    default input size, found on the meta device (3-D: tokens; else maps)."""
+    arch = _timm_arch(name)
+    if _is_timm_vit(arch):
+        return "tokens"
+    cfg = timm.models.get_pretrained_cfg(arch)
+    size = tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
+    try:
+        with torch.device("meta"):
+            features = timm.create_model(arch, pretrained=False).forward_features(torch.zeros(1, *size))
+    except Exception:  # a model the meta device cannot run: its split decides at build time
+        return "map"
+    return "tokens" if features.dim() == 3 else "map"
+
+
+def _tv_features(name: str) -> FeatureKind:
+    arch = name.removeprefix(TV_PREFIX)
+    if arch not in TV_MODELS:
+        raise ValueError(f"backbone={name!r}: torchvision has no classification model {arch!r}; "
+                         f"it has {', '.join(TV_MODELS[:8])}, ... (torchvision.models.list_models(module=torchvision.models))")
+    if arch.startswith("vit_"):
+        raise ValueError(f"backbone={name!r}: torchvision's ViT adds its position embedding inside its encoder, "
+                         "so it cannot be split into blocks; use a timm ViT (timm/vit_*)")
+    return "map"
+
+
+def _small_resnet(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     if kwargs:
         raise ValueError(f"backbone={name!r} takes no backbone keyword arguments, got {sorted(kwargs)}")
     small = SmallImageResNet(SMALL_RESNETS[name], num_classes, in_chans)
-    _maybe_load(small, checkpoint, classifier="final_head.fc")
+    _maybe_load(small, weights.checkpoint, classifier="final_head.fc")
     return BackboneParts(small.stem, list(small.blocks), small.final_head, "map")
 
 
-def _msdnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+def _msdnet(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     msd = MSDNet(msdnet_config(name, kwargs), num_classes, in_chans, img_size)
-    _maybe_load(msd, checkpoint, classifier="final_head.fc")
+    _maybe_load(msd, weights.checkpoint, classifier="final_head.fc")
     return BackboneParts(msd.stem, list(msd.blocks), msd.final_head, "multiscale")
 
 
-def _torchvision_resnet(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     arch = name.removeprefix(TV_PREFIX)
-    tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
+    if weights.pretrained:
+        tv = _construct(name, torchvision.models.get_model, arch, weights="DEFAULT", **kwargs)
+        _fresh_classifier(tv, num_classes)
+    else:
+        tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
     if in_chans != 3:
-        old = tv.conv1
-        tv.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-        nn.init.kaiming_normal_(tv.conv1.weight, mode="fan_out", nonlinearity="relu")
-    _maybe_load(tv, checkpoint, classifier="fc")
-    return split_torchvision_resnet(tv)
+        _adapt_first_conv(tv, in_chans)
+    _maybe_load(tv, weights.checkpoint, classifier=_classifier_name(tv))
+    return _generic_parts(tv, in_chans, img_size, name)
 
 
-def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | Path | None, kwargs: dict[str, Any]) -> BackboneParts:
+def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     arch = name.removeprefix(TIMM_PREFIX)
-    if _timm_features(name) == "tokens":
+    cfg = timm.models.get_pretrained_cfg(_timm_arch(name))
+    if _is_timm_vit(_timm_arch(name)) or (cfg is not None and cfg.fixed_input_size):
         kwargs = {"img_size": img_size, **kwargs}
-    model = _construct(name, timm.create_model, arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if isinstance(model, VisionTransformer):
+    model = _construct(name, timm.create_model, arch, pretrained=weights.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if isinstance(model, VisionTransformer) and _is_timm_vit(_timm_arch(name)):
         image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
         if any(i % p for i, p in zip(image, patch)):
             raise ValueError(
                 f"backbone={name!r}: patch_size {patch[0]} does not divide the image size {image[0]}; "
                 "choose data.image_size (or img_size) as a multiple of model.backbone_kwargs.patch_size"
             )
-        _maybe_load(model, checkpoint, classifier="head")
+        _maybe_load(model, weights.checkpoint, classifier="head")
         return split_timm_vit(model)
-    if isinstance(model, TimmResNet):
-        _maybe_load(model, checkpoint, classifier="fc")
-        return split_timm_resnet(model)
-    raise ValueError(f"backbone={name!r} built a {type(model).__name__}, not a timm ResNet or VisionTransformer")
+    _maybe_load(model, weights.checkpoint, classifier=_classifier_name(model))
+    return _generic_parts(model, in_chans, img_size, name)
+
+
+def _generic_parts(model: nn.Module, in_chans: int, img_size: int, name: str) -> BackboneParts:
+    try:
+        split = split_model(model, (in_chans, img_size, img_size), name)
+    except SplitError as error:
+        raise ValueError(
+            f"{error}. Verified families: timm {', '.join(VERIFIED['timm'])}; torchvision {', '.join(VERIFIED['torchvision'])}"
+        ) from None
+    token_pool = "token" if split.num_prefix_tokens else "avg"
+    return BackboneParts(split.stem, split.blocks, split.head, split.features, token_pool, split.num_prefix_tokens, split.layout)
+
+
+def _classifier_name(model: nn.Module) -> str:
+    """The name of the model's last ``Linear`` (its classifier), whose weights a checkpoint of
+    another class count does not fit."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else ""
+
+
+def _fresh_classifier(model: nn.Module, num_classes: int) -> None:
+    """Replace the model's last ``Linear`` by a fresh one with ``num_classes`` outputs."""
+    name = _classifier_name(model)
+    old = model.get_submodule(name)
+    if old.out_features == num_classes:
+        return
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Replace the model's first convolution by one reading ``in_chans`` channels (He-initialised)."""
+    name, old = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups, old.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    setattr(parent, leaf, new)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a backbone's initial weights come from: ``pretrained`` (the library's published ones)
+    or a local ``checkpoint`` file; neither: random."""
+
+    pretrained: bool = False
+    checkpoint: str | Path | None = None
 
 
 @dataclass(frozen=True)
 class BackboneFamily:
     """Backbones built alike: which names belong (``matches``), what their blocks output
-    (``features``), and how one is built and split (``create``)."""
+    (``features``), how one is built and split (``create``), and whether published weights exist
+    (``pretrainable``)."""
 
     name: str
     matches: Callable[[str], bool]
     features: Callable[[str], FeatureKind]
-    create: Callable[[str, int, int, int, str | Path | None, dict[str, Any]], BackboneParts]
+    create: Callable[[str, int, int, int, Weights, dict[str, Any]], BackboneParts]
+    pretrainable: bool = False
 
 
 BACKBONE_FAMILIES: tuple[BackboneFamily, ...] = (
     BackboneFamily("small-image ResNet", lambda name: name in SMALL_RESNETS, lambda name: "map", _small_resnet),
     BackboneFamily("MSDNet", lambda name: name in MSDNETS, lambda name: "multiscale", _msdnet),
-    BackboneFamily(
-        "torchvision ResNet", lambda name: name.startswith(TV_PREFIX) and name.removeprefix(TV_PREFIX) in TV_RESNETS,
-        lambda name: "map", _torchvision_resnet,
-    ),
-    BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), _timm_features, _timm_model),
+    BackboneFamily("torchvision", lambda name: name.startswith(TV_PREFIX), _tv_features, _torchvision_model, True),
+    BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), _timm_features, _timm_model, True),
 )
 """The backbone registry: a name belongs to the first family that matches it."""
 
@@ -168,14 +251,63 @@ def backbone_family(name: str) -> BackboneFamily:
         if family.matches(name):
             return family
     raise ValueError(
-        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-1])}, or "
-        f"'{TIMM_PREFIX}<name>' for any timm ResNet or VisionTransformer model (ViT, DeiT, ResNeXt, ...)"
+        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-2])}, "
+        f"'{TV_PREFIX}<name>' for a torchvision classification model, or '{TIMM_PREFIX}<name>' for a timm model"
     )
 
 
 def backbone_features(name: str) -> FeatureKind:
     """What the blocks of backbone ``name`` output; raises ValueError for an unknown name."""
     return backbone_family(name).features(name)
+
+
+def pretrained_weights(name: str) -> str:
+    """The published weights ``pretrained=True`` gives backbone ``name`` (timm's ``model.tag``, or
+    torchvision's weights enum), checked to be on this machine: in the cache, or downloaded now
+    where downloads are allowed. Raises ValueError naming ``model.pretrained`` otherwise."""
+    family = backbone_family(name)
+    if not family.pretrainable:
+        raise ValueError(f"model.pretrained: backbone={name!r} ({family.name}) has no published weights; "
+                         "pretrained weights exist for tv/<name> and timm/<name> backbones")
+    family.features(name)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    if family.name == "timm":
+        cfg = timm.models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise ValueError(f"model.pretrained: timm publishes no weights for {name!r}")
+        tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
+        found = _timm_cached(cfg)
+    else:
+        enum = torchvision.models.get_model_weights(name.removeprefix(TV_PREFIX)).DEFAULT
+        tag = f"{type(enum).__name__}.{enum.name}"
+        found = (Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name).is_file()
+    if not found and offline:
+        raise ValueError(
+            f"model.pretrained: the weights {tag} of backbone={name!r} are not on this machine and it is offline "
+            "(HF_HUB_OFFLINE=1): download them once where there is a network, or save the model's state dict to a "
+            "file and pass it as model.checkpoint (with model.pretrained false)"
+        )
+    return tag
+
+
+def _timm_cached(cfg: Any) -> bool:
+    if cfg.file:
+        return Path(cfg.file).is_file()
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+
+
+def checkpoint_sha256(checkpoint: str | Path) -> str:
+    """The SHA-256 of a local weight file: the identity of the weights a run starts from."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def create_backbone(
@@ -185,18 +317,24 @@ def create_backbone(
     in_chans: int = 3,
     img_size: int = 32,
     checkpoint: str | Path | None = None,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> BackboneParts:
-    """Creates backbone ``name`` (randomly initialised or from a local ``checkpoint``) and splits it."""
+    """Creates backbone ``name`` (randomly initialised, from its published weights where
+    ``pretrained``, or from a local ``checkpoint``) and splits it."""
     family = backbone_family(name)
-    family.features(name)  # a timm name of an unsupported class fails here, before anything is built
+    family.features(name)  # an unknown or unsplittable name fails here, before anything is built
     downloads = {"pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"} & set(kwargs)
     if downloads:
-        raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: weights are "
-                         "never downloaded; pass a local state dict file as checkpoint=")
+        raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: "
+                         "use model.pretrained for published weights, model.checkpoint for a local file")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
-    return family.create(name, num_classes, in_chans, img_size, checkpoint, kwargs)
+    if pretrained and checkpoint is not None:
+        raise ValueError("model.pretrained and model.checkpoint both name initial weights; set one")
+    if pretrained:
+        pretrained_weights(name)
+    return family.create(name, num_classes, in_chans, img_size, Weights(pretrained, checkpoint), kwargs)
 
 
 def _construct(name: str, factory: Any, arch: str, **kwargs: Any) -> nn.Module:
@@ -223,24 +361,6 @@ def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str
         found = "; ".join(f"{what} {keys[:5]}" for what, keys in problems.items() if keys)
         raise ValueError(f"checkpoint={str(checkpoint)!r} does not match the backbone: {found}")
     model.load_state_dict({key: value for key, value in state.items() if key not in fresh}, strict=False)
-
-
-def split_torchvision_resnet(model: torchvision.models.ResNet) -> BackboneParts:
-    """Splits a torchvision ResNet (ImageNet stem with max-pool) into stem, blocks and head."""
-    stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool))
-    blocks = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
-    head = nn.Sequential(OrderedDict(pool=model.avgpool, flatten=nn.Flatten(1), fc=model.fc))
-    return BackboneParts(stem, blocks, head, "map")
-
-
-def split_timm_resnet(model: TimmResNet) -> BackboneParts:
-    """Splits a timm ResNet into stem, blocks and head (pool, dropout, fc)."""
-    stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, act1=model.act1, maxpool=model.maxpool))
-    blocks = [block for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for block in layer]
-    head = nn.Sequential(OrderedDict(
-        global_pool=model.global_pool, drop=nn.Dropout(float(model.drop_rate)), fc=model.fc
-    ))
-    return BackboneParts(stem, blocks, head, "map")
 
 
 def split_timm_vit(model: VisionTransformer) -> BackboneParts:

@@ -147,6 +147,13 @@ class TokenSummary(nn.Module):
         return x[:, 0] if self.pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
 
 
+class ChannelsFirst(nn.Module):
+    """(N, H, W, C) maps as (N, C, H, W) (a view; the channels-last memory order is kept)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
 class Head(nn.Module):
     """An IC: `body` maps block features to `body_features` values, then one Linear.
 
@@ -168,12 +175,15 @@ class Head(nn.Module):
 @dataclass(frozen=True)
 class BodyInput:
     """What a head's body reads: ``in_dim`` channels (maps) or embedding width (tokens); for a
-    ViT, how its tokens are summarised; for an MSDNet, the (C, H, W) of its coarsest scale."""
+    ViT, how its tokens are summarised; for an MSDNet, the (C, H, W) of its coarsest scale; the
+    layout of maps."""
 
     in_dim: int
     token_pool: str = "token"
     num_prefix_tokens: int = 1
     scale_shape: ScaleShape | None = None
+    layout: str = "nchw"
+    """Feature maps' layout: "nchw", or "nhwc" (channels last, as Swin's blocks give them)."""
 
 
 BodyBuilder = Callable[[BodyInput, Mapping[str, Any]], tuple[nn.Module, int]]
@@ -182,6 +192,8 @@ BodyBuilder = Callable[[BodyInput, Mapping[str, Any]], tuple[nn.Module, int]]
 
 def _pooled_body(source: BodyInput, kwargs: Mapping[str, Any], conv_layers: int = 0) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = [CoarsestScale(source.scale_shape)] if source.scale_shape is not None else []
+    if source.layout == "nhwc":
+        layers.append(ChannelsFirst())
     channels = source.in_dim
     for divisor, stride in CONV_LAYOUTS[conv_layers] if conv_layers else ():
         out = max(1, channels // divisor)

@@ -1,0 +1,157 @@
+"""Any timm or torchvision model split generically: every split reproduces its model, gives the
+blocks of its stages, and everything downstream (exits, early exit, MACs, weights, keys) works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from mexit.config import RunConfig
+from mexit.evaluate import sweep
+from mexit.flops import exit_costs
+from mexit.models import build
+from mexit.models.generic import SplitError, split_model
+
+SWIN = {"window_size": 2, "depths": (2, 2, 2), "num_heads": (2, 4, 8), "embed_dim": 16}
+"""A Swin small enough for 16 x 16 images: 4 x 4 patches, windows of 2, three stages."""
+
+TIMM_CASES = [  # (model, constructor keywords, image size, blocks, features, layout)
+    ("resnet10t", {}, 32, 4, "map", "nchw"),
+    ("convnext_atto", {}, 32, 12, "map", "nchw"),
+    ("efficientnet_b0", {}, 32, 16, "map", "nchw"),
+    ("mobilenetv3_small_100", {}, 32, 12, "map", "nchw"),
+    ("regnetx_002", {}, 32, 13, "map", "nchw"),
+    ("swin_tiny_patch4_window7_224", {**SWIN, "img_size": 16}, 16, 6, "map", "nhwc"),
+    ("mixer_s16_224", {"img_size": 32}, 32, 8, "tokens", "nchw"),
+    ("poolformer_s12", {}, 32, 12, "map", "nchw"),
+    ("ghostnet_100", {}, 32, 17, "map", "nchw"),
+    ("edgenext_xx_small", {}, 32, 12, "map", "nchw"),
+]
+TV_CASES = [
+    ("resnet18", {}, 32, 8, "map", "nchw"),
+    ("convnext_tiny", {}, 32, 18, "map", "nchw"),
+    ("efficientnet_b0", {}, 32, 16, "map", "nchw"),
+    ("mobilenet_v3_small", {}, 32, 11, "map", "nchw"),
+    ("regnet_x_400mf", {}, 32, 22, "map", "nchw"),
+    ("swin_t", {}, 32, 12, "map", "nhwc"),
+]
+
+
+def _library(library: str, arch: str, kwargs: dict) -> nn.Module:
+    torch.manual_seed(0)
+    if library == "timm":
+        return timm.create_model(arch, num_classes=5, **kwargs)
+    return torchvision.models.get_model(arch, weights=None, num_classes=5, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("library", "arch", "kwargs", "size", "blocks", "features", "layout"),
+    [("timm", *case) for case in TIMM_CASES] + [("tv", *case) for case in TV_CASES],
+    ids=[f"timm/{c[0]}" for c in TIMM_CASES] + [f"tv/{c[0]}" for c in TV_CASES],
+)
+def test_a_split_reproduces_its_model_and_cuts_it_at_its_blocks(library, arch, kwargs, size, blocks, features, layout) -> None:
+    model = _library(library, arch, kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+        split = split_model(model, (3, size, size), f"{library}/{arch}")
+        h = split.stem(x)
+        for block in split.blocks:
+            h = block(h)
+        got = split.head(h)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    assert (len(split.blocks), split.features, split.layout) == (blocks, features, layout)
+    prefix = f"{'timm' if library == 'timm' else 'tv'}/{arch}"
+    multi = build(prefix, 5, img_size=size, placement="every", **({k: v for k, v in kwargs.items() if k != "img_size"}))
+    assert len(multi.blocks) == blocks and multi.num_exits == blocks  # an IC after every block but the last
+    assert all(out.shape == (2, 5) for out in multi(x))
+
+
+def test_a_model_whose_forward_is_more_than_its_children_in_order_is_refused() -> None:
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.blocks = nn.Sequential(*(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), _Unit()) for _ in range(2)))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            return self.fc(torch.flatten(self.pool(self.blocks(h) + h), 1))  # a skip the children's order does not show
+
+    with pytest.raises(SplitError, match=r"backbone='mine': stem, 2 blocks and head composed do not reproduce the model's output"):
+        split_model(Residual(), (3, 8, 8), "mine")
+    with pytest.raises(ValueError, match=r"backbone='tv/vgg11': no blocks found among its children.*Verified families: timm resnet"):
+        build("tv/vgg11", 5, img_size=32)
+    with pytest.raises(ValueError, match=r"torchvision's ViT adds its position embedding inside its encoder.*timm/vit_"):
+        build("tv/vit_b_16", 5)
+
+
+class _Unit(nn.Module):
+    """A module of the model's own class (not a torch.nn layer): a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) * self.scale
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), [("timm/convnext_atto", {}, 32), ("timm/swin_tiny_patch4_window7_224", SWIN, 16)])
+def test_early_exit_on_a_generic_split_equals_the_offline_sweep(name: str, kwargs: dict, size: int) -> None:
+    torch.manual_seed(0)
+    model = build(name, 10, img_size=size, placement=[2, 4], **kwargs).eval()
+    x = torch.randn(48, 3, size, size)
+    with torch.no_grad():
+        logits = torch.stack(model(x)).numpy()
+    labels = np.random.default_rng(0).integers(0, 10, len(x))
+    confidence = torch.softmax(torch.from_numpy(logits[:-1]), -1).amax(-1).numpy().ravel()
+    for threshold in np.quantile(confidence, [0.2, 0.5, 0.8]):
+        row = sweep(logits, labels, [1.0, 2.0, 3.0], 3.0, thresholds=[float(threshold)]).iloc[0]
+        with torch.no_grad():
+            result = model.early_exit(x, float(threshold))
+        shares = np.bincount(result.exit_index.numpy(), minlength=3) / len(x)
+        np.testing.assert_allclose([row[f"exit_share_{e}"] for e in range(3)], shares, atol=1e-12)
+        assert row["accuracy"] == pytest.approx(100 * np.mean(result.preds.numpy() == labels))
+
+
+def test_exit_costs_of_a_generic_split_rise_to_the_full_forward() -> None:
+    model = build("tv/efficientnet_b0", 10, img_size=32, placement="every4")
+    costs = exit_costs(model)
+    assert list(costs.macs) == sorted(costs.macs) and costs.macs[-1] > costs.backbone_macs > costs.macs[0]
+
+
+def test_pretrained_weights_offline_are_refused_before_anything_is_built() -> None:
+    message = r"model.pretrained: the weights convnext_atto.d2_in1k of backbone='timm/convnext_atto' are not on this machine and it is offline.*model.checkpoint"
+    with pytest.raises(ValueError, match=message):
+        build("timm/convnext_atto", 10, pretrained=True)
+    config = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "pretrained": True}})
+    with pytest.raises(ValueError, match=message):
+        config.validate()  # what a study checks before it trains
+    with pytest.raises(ValueError, match=r"model.pretrained: backbone='resnet20' \(small-image ResNet\) has no published weights"):
+        build("resnet20", 10, pretrained=True)
+
+
+def test_a_transfer_start_from_a_local_weight_file_is_keyed_by_its_contents(tmp_path) -> None:
+    native = _library("timm", "convnext_atto", {}).eval()
+    path = tmp_path / "convnext_atto.pth"
+    torch.save(native.state_dict(), path)
+    scratch = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto"}})
+    transfer = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "checkpoint": str(path)}})
+    before = transfer.key()
+    assert before != scratch.key()
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(path.read_bytes())
+    assert RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "checkpoint": str(moved)}}).key() == before
+    model = build("timm/convnext_atto", 3, img_size=32, checkpoint=str(path), placement=[]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the body is the file's; the classifier of 3 classes is fresh
+        assert torch.allclose(model.forward_blocks(x)[-1], native.forward_features(x), atol=1e-5)
+    torch.save({k: v + 1 for k, v in native.state_dict().items()}, path)
+    assert transfer.key() != before  # the same path, other weights: another run
