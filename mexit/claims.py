@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -410,6 +410,21 @@ def _at_equal_budget(claim: Claim) -> Claim:
 TABLE1_EQUAL_BUDGET_CLAIMS: tuple[Claim, ...] = tuple(_at_equal_budget(c) for c in TABLE1_CLAIMS)
 """Table 1's claims at an equal training budget: the second reading of the headline."""
 
+
+def _on_modern_families(claim: Claim) -> Claim:
+    """``claim`` tested on backbone families the paper never trained (the architectures page)."""
+    return dataclasses.replace(
+        claim,
+        key=f"{claim.key}_architectures",
+        statement=f"{claim.statement}, on a family the paper never trained",
+        source="open question (the paper's summary: more complex architectures)",
+    )
+
+
+ARCHITECTURE_CLAIMS: tuple[Claim, ...] = tuple(_on_modern_families(c) for c in TABLE1_CLAIMS[:2])
+"""The headline's two claims (mixed beats joint at high budgets; disjoint is weakest at low ones)
+on modern families, one verdict per family (the architectures page)."""
+
 # --- the claims the analysis pages test ----------------------------------------------------------
 
 JOINT_ICS_DOMINATE_MIDDLE = Claim(
@@ -573,7 +588,8 @@ EARLY_EXIT_SAVES_TIME = Claim(
 )
 BEYOND_CLAIMS: tuple[Claim, ...] = (MIXED_CALIBRATED, MIXED_AHEAD_UNDER_SHIFT, MIXED_DETECTS_OOD, EARLY_EXIT_SAVES_TIME)
 CLAIMS: tuple[Claim, ...] = (
-    *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, *TIME_CLAIMS, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS
+    *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, *TIME_CLAIMS, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS,
+    *ARCHITECTURE_CLAIMS,
 )
 FAMILIES: dict[str, tuple[Claim, ...]] = {
     "Table 1": TABLE1_CLAIMS,
@@ -582,6 +598,7 @@ FAMILIES: dict[str, tuple[Claim, ...]] = {
     "analyses": ANALYSIS_CLAIMS,
     "ablations": ABLATION_CLAIMS,
     "beyond the paper": BEYOND_CLAIMS,
+    "architectures": ARCHITECTURE_CLAIMS,
 }
 """The book-wide families of simultaneous intervals: a claim's interval level is set by its family's
 size, whichever page decides it (:func:`decide`)."""
@@ -597,10 +614,21 @@ def table1_claims(points: pd.DataFrame, evidence: pd.DataFrame, equal_budget: bo
     return decide(table1_measurements(points, equal_budget), evidence)
 
 
-def table1_measurements(points: pd.DataFrame, equal_budget: bool = False) -> list[dict[str, object]]:
+def architecture_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
+    """:data:`ARCHITECTURE_CLAIMS` per row (a family), measured as Table 1's and decided on
+    ``evidence`` in their own book-wide family."""
+    reading = dict(zip(TABLE1_CLAIMS, ARCHITECTURE_CLAIMS))
+    return decide(table1_measurements(points, reading=reading), evidence)
+
+
+def table1_measurements(
+    points: pd.DataFrame, equal_budget: bool = False, reading: Mapping[Claim, Claim] | None = None
+) -> list[dict[str, object]]:
     """The Table 1 claims measured per row (:func:`assess`), not yet decided: see :func:`table1_claims`
-    (``equal_budget``: as :data:`TABLE1_EQUAL_BUDGET_CLAIMS`, on an equal-budget study's points)."""
-    reading = dict(zip(TABLE1_CLAIMS, TABLE1_EQUAL_BUDGET_CLAIMS if equal_budget else TABLE1_CLAIMS))
+    (``equal_budget``: as :data:`TABLE1_EQUAL_BUDGET_CLAIMS`, on an equal-budget study's points;
+    ``reading``: each Table 1 claim as the claim it is measured as, those it omits left out)."""
+    if reading is None:
+        reading = dict(zip(TABLE1_CLAIMS, TABLE1_EQUAL_BUDGET_CLAIMS if equal_budget else TABLE1_CLAIMS))
     rows = []
     for label, frame in points.groupby("row", sort=False):
         accuracy = frame.pivot_table(index="seed", columns=["regime", "budget"], values="accuracy", aggfunc="first", dropna=False)
@@ -625,7 +653,8 @@ def table1_measurements(points: pd.DataFrame, equal_budget: bool = False) -> lis
             MIXED_GAIN_1_3: (mixed_high - pd.concat([joint_high, disjoint_high], axis=1).max(axis=1, skipna=False), high, every),
         }
         for claim, (effect, budgets, regimes) in effects.items():
-            rows.append(assess(reading[claim], effect, _where(label, budgets), Compared(str(label), regimes)))
+            if claim in reading:
+                rows.append(assess(reading[claim], effect, _where(label, budgets), Compared(str(label), regimes)))
     return rows
 
 

@@ -340,6 +340,30 @@ def counting_table(s: Study) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def block_counts(s: Study) -> pd.DataFrame:
+    """Per row, its backbone as split (from the model of the row's first run): ``backbone``,
+    ``blocks``, ``ICs``, ``backbone MMACs`` (the backbone alone, one input) and ``features`` (what
+    its blocks output: maps in NCHW or NHWC layout, or tokens)."""
+    from mexit.flops import exit_costs
+    from mexit.models.backbones import backbone_features
+    from mexit.models.heads import ChannelsFirst
+
+    first: dict[str, Run] = {}
+    for row, run in s.runs():
+        first.setdefault(row.label, run)
+    records = []
+    for label, run in first.items():
+        model = run.model()
+        features = backbone_features(run.config.model.backbone)
+        if features == "map" and any(isinstance(m, ChannelsFirst) for m in model.ics.modules()):  # its ICs read NHWC maps
+            features = "map (NHWC)"
+        records.append({
+            "row": label, "backbone": run.config.model.backbone, "blocks": len(model.blocks), "ICs": len(model.ics),
+            "backbone MMACs": round(exit_costs(model).backbone_macs / 1e6, 2), "features": features,
+        })
+    return pd.DataFrame(records).set_index("row")
+
+
 def chosen_seeds(s: Study, seeds: list[int] | None, name: str = "seeds") -> list[int]:
     """``seeds`` (None: all of the study's), checked to be some of the study's; a :class:`ParameterError` naming ``name``."""
     if seeds is None:

@@ -340,7 +340,7 @@ def create_backbone(
 def _construct(name: str, factory: Any, arch: str, **kwargs: Any) -> nn.Module:
     try:
         return factory(arch, **kwargs)
-    except (TypeError, AssertionError) as error:  # timm asserts, e.g. a width the heads do not divide
+    except Exception as error:  # timm asserts, e.g. a width the heads do not divide; or fails on a list too short
         raise ValueError(f"backbone={name!r} rejected its keyword arguments {sorted(kwargs)}: {error}") from None
 
 

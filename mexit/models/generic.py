@@ -21,7 +21,8 @@ A multi-exit model needs a backbone as a stem, an ordered list of blocks and a f
    block, or the stem before the first, or the head after the last.
 3. **Verification.** In eval mode, stem, blocks and head composed must reproduce the model's own
    output on a random input to within float rounding (:data:`RTOL`, :data:`ATOL`); otherwise the
-   model is refused with what failed. What the blocks output is read from their output: feature maps
+   model is refused with what failed (on the meta device, which holds no values, only the shapes
+   are checked: a study builds its models there to check them before anything trains). What the blocks output is read from their output: feature maps
    (N, C, H, W), maps in channels-last layout (N, H, W, C), as timm's and torchvision's Swin give
    them, told apart by which dimension keeps the stages' channel count, or tokens (N, L, D), with
    the model's ``num_prefix_tokens`` (0 where it has none).
@@ -110,8 +111,12 @@ def _in_order(module: nn.Module, x: Any) -> tuple[list[nn.Module], list[Any]] | 
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether two outputs agree to within float rounding (on the meta device, which holds no
+    values: whether their shapes agree)."""
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
         return False
+    if a.is_meta or b.is_meta:
+        return True
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL * scale))
 
@@ -213,7 +218,8 @@ def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) 
 
 def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Split:
     model.eval()
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
     with torch.no_grad():
         expected = model(x)
         timm_style = hasattr(model, "forward_features") and hasattr(model, "forward_head")
