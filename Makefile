@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Test workers (pytest-xdist), one a core: every test runs one thread; a file's tests stay on one worker.
+TEST_JOBS ?= $(JOBS)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mexit-installed
 
@@ -33,10 +35,10 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 test-varied: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -p no:cacheprovider $(VARIED_TESTS)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile $(VARIED_TESTS)
 
 test-outputs: $(STAMP)
 	HF_HUB_OFFLINE=1 MEXIT_RUNS=$$(mktemp -d) $(BIN)/python -c "from mexit.book import write_test_outputs; write_test_outputs()"

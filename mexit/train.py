@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from mexit import checkpoint
 from mexit.config import OptimConfig, TrainConfig
+from mexit.data.loading import batch_loader
 from mexit.distributed import DistContext
 from mexit.evaluate.inference import evaluation_split, validation_accuracy
 from mexit.progress import PhaseProgress
@@ -445,8 +446,7 @@ class _PhaseLoop:
             weights = exit_weights(setup.scheme, setup.exits, self.model.num_exits, 0.0)
             started += _record_probe(self.probe, self.model, state, setup.name, setup.exits, weights)
         self.model.train()
-        loader = DataLoader(self.train_set, batch_sampler=_Batches(batches), num_workers=config.num_workers)
-        for images, targets in loader:
+        for images, targets in batch_loader(self.train_set, batches, config.num_workers):
             images, targets = images.to(dist.device), torch.as_tensor(targets).to(dist.device)
             loss, per_exit, weights = self.batch_loss(images, targets, state)
             self.optimizer_step(loss)
@@ -581,19 +581,6 @@ def _evaluate(
         state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in heads.state(model).items()})
         state.best_step = state.step
     state.stopped_early = all(state.bad_evals[i] >= config.patience for i in positions)
-
-
-class _Batches:
-    """A batch sampler over precomputed index lists."""
-
-    def __init__(self, batches: list[list[int]]):
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def _mixup(optim: OptimConfig, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:

@@ -352,3 +352,27 @@ def test_generated_datasets_have_the_real_class_counts_and_layouts(tmp_path: Pat
         generated.write(tmp_path / "x", "mnist")
     with pytest.raises(ValueError, match="train_per_class must be >= 1"):
         generated.write(tmp_path / "x", "imagenet", train_per_class=0)
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits", "cifar10"])
+def test_a_batch_equals_its_items_stacked_with_the_same_random_draws(name: str, roots: dict[str, str]) -> None:
+    """Training batches are built from the images in memory at once (mexit.data.loading.batch_of):
+    the same crops and noise, drawn in the same order, as item by item; other pipelines (CIFAR's
+    flip) go item by item."""
+    from torch.utils.data import Subset
+
+    from mexit.data.loading import batch_loader, batch_of, in_order
+
+    splits = load(config_for(name, roots, noise_std=0.3, image_size=16 if name != "cifar10" else None))
+    positions = [5, 0, 17, 3, 3, 11]
+    for dataset in (splits.train, splits.val, Subset(splits.train, list(range(len(splits.train)))[::-1])):
+        chosen = [p % len(dataset) for p in positions]
+        torch.manual_seed(7)
+        expected = [dataset[p] for p in chosen]
+        torch.manual_seed(7)
+        images, labels = batch_of(dataset, chosen)
+        assert torch.equal(images, torch.stack([image for image, _ in expected]))  # bit for bit
+        assert labels.tolist() == [label for _, label in expected] and labels.dtype == torch.int64
+    loaded = [labels for _, labels in batch_loader(splits.test, in_order(len(splits.test), 7))]
+    assert [len(b) for b in loaded][:-1] == [7] * (len(loaded) - 1)
+    assert torch.cat(loaded).tolist() == splits.targets("test").tolist()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +13,8 @@ import torch
 import torchvision.datasets
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
@@ -40,6 +41,68 @@ class ImageDataset(Dataset):
         if self.noise is not None:
             image = self.noise(image, index)
         return self.pipeline.finish(image).as_subclass(torch.Tensor), int(self.targets[index])
+
+    def batch(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``positions`` stacked: equal to stacking ``self[p]`` for each in order, the same
+        random draws in the same order (each image's crop, then its noise). Images held in memory
+        under a crop-or-nothing pipeline are cropped from one padded batch and normalised together,
+        about 4x faster than one at a time; any other source or pipeline goes item by item."""
+        crop = self.pipeline.to_unit
+        positions = [int(p) for p in positions]
+        targets = torch.as_tensor(self.targets[positions], dtype=torch.int64)
+        if not isinstance(self.source, _Tensors) or not isinstance(crop, (v2.RandomCrop, v2.Identity)):
+            return torch.stack([self[p][0] for p in positions]), targets
+        images = self.source.images[torch.as_tensor(self.indices[positions])]
+        padded: torch.Tensor | None = None
+        out = []
+        for k, position in enumerate(positions):
+            image = images[k]
+            if isinstance(crop, v2.RandomCrop):
+                params = crop.make_params([image])  # the transform's own draws
+                if params["needs_pad"]:
+                    if padded is None:
+                        left, top, right, bottom = params["padding"]
+                        padded = F.pad(images, (left, right, top, bottom))
+                    image = padded[k]
+                top, left = params["top"], params["left"]
+                image = image[:, top:top + params["height"], left:left + params["width"]]
+            if self.noise is not None:
+                image = self.noise(image, position)
+            out.append(image)
+        return self.pipeline.finish(torch.stack(out)).as_subclass(torch.Tensor), targets
+
+
+def batch_of(dataset: Dataset, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items ``positions`` of ``dataset`` as one batch (images, int64 labels), equal to stacking
+    ``dataset[p]`` in order: an :class:`ImageDataset`'s own :meth:`~ImageDataset.batch`, through
+    Subsets; any other dataset item by item."""
+    if isinstance(dataset, Subset):
+        return batch_of(dataset.dataset, [int(dataset.indices[p]) for p in positions])
+    if isinstance(dataset, ImageDataset):
+        return dataset.batch(positions)
+    items = [dataset[p] for p in positions]
+    return torch.stack([torch.as_tensor(image) for image, _ in items]), torch.as_tensor([int(t) for _, t in items])
+
+
+class _Batched(Dataset):
+    """``dataset`` read a batch at a time: item ``positions`` (a list) is :func:`batch_of` them."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_of(self.dataset, positions)
+
+
+def batch_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int = 0) -> DataLoader:
+    """A loader of ``dataset`` that yields one (images, labels) batch per index list of ``batches``,
+    each built by :func:`batch_of` (in the loader's workers where ``num_workers`` > 0)."""
+    return DataLoader(_Batched(dataset), sampler=batches, batch_size=None, num_workers=num_workers)
+
+
+def in_order(size: int, batch_size: int) -> list[list[int]]:
+    """The positions ``0..size-1`` in batches of ``batch_size`` (the last shorter): an evaluation's order."""
+    return [list(range(start, min(start + batch_size, size))) for start in range(0, size, batch_size)]
 
 
 @dataclass

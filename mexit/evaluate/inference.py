@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from mexit.config import TrainConfig
+from mexit.data.loading import batch_loader, in_order
 from mexit.distributed import DistContext
 
 
@@ -23,7 +24,7 @@ def collect_logits(
     model.eval()
     outputs: list[Tensor] = []
     labels: list[Tensor] = []
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+    for images, targets in batch_loader(dataset, in_order(len(dataset), batch_size), num_workers):
         logits = model(images.to(device))
         outputs.append(torch.stack([out.float().cpu() for out in logits]))
         labels.append(torch.as_tensor(targets))
@@ -70,7 +71,7 @@ def validation_accuracy(
     was_training = model.training
     model.eval()
     correct = torch.zeros(model.num_exits if model.ics_active else 1, dtype=torch.float64)
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+    for images, targets in batch_loader(dataset, in_order(len(dataset), batch_size), num_workers):
         predictions = torch.stack([out.argmax(-1) for out in model(images.to(device))])
         correct += (predictions == torch.as_tensor(targets).to(device)).sum(1).cpu()
     model.train(was_training)

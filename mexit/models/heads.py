@@ -23,7 +23,7 @@ for a ViT without one) of the residual stream, i.e. before the backbone's final 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
