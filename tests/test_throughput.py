@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -57,10 +58,13 @@ def test_the_plan_gives_gpu_hours_from_a_throughput_file(tmp_path: Path, capsys:
     runs = sweep.plan("tiny", ROOT, tmp_path)
     rates = throughput.load(tmp_path / "throughput.json")
     table = sweep.plan_table(runs, tmp_path, throughput=rates)
-    expected = [sum(rates.phase_seconds(run.config, sweep.phase_macs(run.config))) / 3600 for run in runs]
-    assert table["gpu_hours"].tolist() == pytest.approx(expected)
+    seconds = [rates.phase_seconds(run.config, sweep.phase_macs(run.config)) for run in runs]
+    expected = [sum(s) / 3600 if s is not None else math.nan for s in seconds]
+    assert table["gpu_hours"].tolist() == pytest.approx(expected, nan_ok=True)  # NaN: a backbone not measured
     total, unmeasured = sweep.total_gpu_hours(runs, rates)
-    assert unmeasured == [] and 0 < total < table["gpu_hours"].sum()  # shared P1s once
+    assert unmeasured == sorted({throughput.entry(run.config) for run, s in zip(runs, seconds) if s is None})
+    assert unmeasured == ["timm/convnext_atto/digits", "timm/swin_tiny_patch4_window7_224/digits"]  # the architectures page's
+    assert 0 < total < table["gpu_hours"].sum()  # shared P1s once
     assert main(["plan", "--profile", "tiny", "--throughput", str(tmp_path / "missing.json")]) == 2
     assert "--throughput: no file at" in capsys.readouterr().err
 
