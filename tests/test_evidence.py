@@ -113,7 +113,7 @@ def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     assert set(phases["phase"]) == {"P1", "P2", "P3"} and not phases["converged"].any()
     assert evidence["why"].str.contains("ended by its schedule").all()  # the tiny config's cosine reaches 0 at its one epoch
     assert evidence.loc[evidence["regime"] == "disjoint", "why"].tolist() == [
-        "P1, P3: ended by its schedule (learning rate annealed to about zero at the cap); no longer schedule measured"] * 2
+        "P1, P3: ended by its schedule (learning rate annealed to about zero at the cap); not checked by a longer schedule"] * 2
     status = claims.table1_claims(run_points(s.outputs(), s.scoring), evidence)
     assert set(status["verdict"]) == {"untested: not converged"}
     time = claims.time_claims(s.phase_costs().groupby(["row", "regime", "seed"], as_index=False)[["wall_time_s", "steps", "train_macs"]].sum(), evidence)
@@ -151,7 +151,7 @@ def test_a_phase_at_its_cap_is_not_evidence_however_flat() -> None:
     at_cap = pd.DataFrame([{"phase": "P2", "stopped_early": False, "epochs_run": 12, "epoch_cap": 12}])
     annealed, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[True])
     assert not annealed["evidence"] and per_phase["ending"].tolist() == ["schedule end"]
-    assert annealed["why"] == "P2: ended by its schedule (learning rate annealed to about zero at the cap); no longer schedule measured"
+    assert annealed["why"] == "P2: ended by its schedule (learning rate annealed to about zero at the cap); not checked by a longer schedule"
     constant, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, annealed=[False])
     assert not constant["evidence"] and per_phase["ending"].tolist() == ["plateau"]
     assert "not ended by early stopping" in constant["why"]

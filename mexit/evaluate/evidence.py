@@ -94,7 +94,7 @@ def phase_ending(
     if annealed:
         ended = "ended by its schedule (learning rate annealed to about zero at the cap)"
         if longer is None or len(longer) == 0 or len(curve) == 0:
-            return "schedule end", f"{ended}; no longer schedule measured"
+            return "schedule end", f"{ended}; not checked by a longer schedule"
         gain = float(np.max(longer) - np.max(curve))
         where = f"a longer schedule gains {gain:+.1f} points, tolerance {tolerance:.1f}"
         if gain <= tolerance:
