@@ -587,9 +587,23 @@ EARLY_EXIT_SAVES_TIME = Claim(
     "points of %",
 )
 BEYOND_CLAIMS: tuple[Claim, ...] = (MIXED_CALIBRATED, MIXED_AHEAD_UNDER_SHIFT, MIXED_DETECTS_OOD, EARLY_EXIT_SAVES_TIME)
+def _under_rules(claim: Claim) -> Claim:
+    """An ablation claim re-decided under each early-exit rule (open question 3 of the paper's summary)."""
+    return dataclasses.replace(
+        claim,
+        key=f"{claim.key}_rules",
+        statement=f"{claim.statement}, under each early-exit rule",
+        source="open question (the paper's summary: exit rules and loss scaling)",
+    )
+
+
+RULE_ABLATION_CLAIMS: tuple[Claim, ...] = (_under_rules(MIXED_AHEAD), _under_rules(SCALING_UNNEEDED_WITH_MIXED))
+"""The loss-scaling ablation's claims under each exit rule: one family, whatever the rules."""
+
+
 CLAIMS: tuple[Claim, ...] = (
     *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, *TIME_CLAIMS, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS,
-    *ARCHITECTURE_CLAIMS,
+    *ARCHITECTURE_CLAIMS, *RULE_ABLATION_CLAIMS,
 )
 FAMILIES: dict[str, tuple[Claim, ...]] = {
     "Table 1": TABLE1_CLAIMS,
@@ -599,6 +613,7 @@ FAMILIES: dict[str, tuple[Claim, ...]] = {
     "ablations": ABLATION_CLAIMS,
     "beyond the paper": BEYOND_CLAIMS,
     "architectures": ARCHITECTURE_CLAIMS,
+    "exit rules x loss scaling": RULE_ABLATION_CLAIMS,
 }
 """The book-wide families of simultaneous intervals: a claim's interval level is set by its family's
 size, whichever page decides it (:func:`decide`)."""
@@ -853,6 +868,30 @@ def ablation_claims(points: pd.DataFrame, evidence: pd.DataFrame, change: tuple[
     row and per variant after the row's first (the reference): ``regime``'s accuracy with the
     variant minus ``reference_regime``'s with the reference. Accuracy is averaged over the budgets
     at which every run compared has a point; pairs are matched by seed. Decided on ``evidence``."""
+    return decide(ablation_measurements(points, change), evidence)
+
+
+def rule_ablation_claims(
+    points_by_rule: Mapping[str, pd.DataFrame], evidence: pd.DataFrame, change: tuple[Claim, str, str] | None = None
+) -> pd.DataFrame:
+    """:func:`ablation_claims` re-measured under each early-exit rule (``{rule: run_points}`` of an
+    ablation study, :func:`mexit.evaluate.rules.rule_tables`), as :data:`RULE_ABLATION_CLAIMS`,
+    decided together as one family, with a ``rule`` column; each ``scale`` names its rule."""
+    reading = {claim.key: ruled for claim, ruled in zip((MIXED_AHEAD, SCALING_UNNEEDED_WITH_MIXED), RULE_ABLATION_CLAIMS)}
+    measured, rules = [], []
+    for rule, points in points_by_rule.items():
+        for item in ablation_measurements(points, change):
+            ruled = reading.get(str(item["key"]))
+            if ruled is None:
+                raise ValueError(f"no rule reading of the ablation claim {item['key']!r}; known: {sorted(reading)}")
+            measured.append({**item, "claim": ruled.statement, "key": ruled.key, "source": ruled.source,
+                             "scale": f"{item['scale']}; rule: {rule}"})
+            rules.append(rule)
+    return decide(measured, evidence).assign(rule=rules)
+
+
+def ablation_measurements(points: pd.DataFrame, change: tuple[Claim, str, str] | None = None) -> list[dict[str, object]]:
+    """The ablation claims measured (:func:`assess`), not yet decided: see :func:`ablation_claims`."""
     rows = []
     for (label, variant), frame in points.groupby(["row", "variant"], sort=False):
         regimes = list(pd.unique(frame["regime"]))
@@ -877,7 +916,7 @@ def ablation_claims(points: pd.DataFrame, evidence: pd.DataFrame, change: tuple[
                 where = _where(f"{label}, {regime} with {variant} vs {reference_regime} with {variants[0]}", budgets)
                 compared = Compared(str(label), tuple(dict.fromkeys((regime, reference_regime))), (str(variants[0]), str(variant)))
                 rows.append(assess(claim, effect, where, compared))
-    return decide(rows, evidence)
+    return rows
 
 
 def _usable(points: pd.DataFrame) -> list[float]:

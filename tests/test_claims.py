@@ -428,3 +428,26 @@ def test_the_headline_names_both_readings_per_row() -> None:
     assert table["verdict"].tolist() == ["inconclusive", "held"] and table["seeds"].tolist() == [5, 5]
     assert table.iloc[1, 0].startswith("2.0 [") and table.iloc[1, 0].endswith("points")
     assert claims.headline(decide([], evidence)).empty
+
+
+def test_the_loss_scaling_claims_under_each_exit_rule_are_one_family() -> None:
+    """Open question 3: the ablation's claims re-decided rule by rule, one book-wide family (its
+    level set by the family's two claims, not by the rules), each row naming its rule."""
+    points = _variant_points(
+        {
+            ("uniform", "joint"): [[60, 70], [61, 71], [62, 72]],
+            ("uniform", "mixed"): [[64, 75], [65, 76], [66, 77]],
+            ("equilibrium", "joint"): [[63, 73], [64, 74], [64, 75]],
+            ("equilibrium", "mixed"): [[64, 74], [65, 76], [66, 76]],
+        }
+    )
+    by_rule = {"maxprob": points, "entropy": points.assign(accuracy=points["accuracy"] - 1)}
+    change = (claims.SCALING_UNNEEDED_WITH_MIXED, "mixed", "mixed")
+    rows = claims.rule_ablation_claims(by_rule, _evidence(points), change)
+    assert rows["rule"].tolist() == ["maxprob"] * 3 + ["entropy"] * 3
+    assert set(rows["key"]) == {"mixed_ahead_rules", "scaling_unneeded_with_mixed_rules"}
+    assert rows["scale"].str.endswith("; rule: entropy").sum() == 3
+    plain = claims.ablation_claims(points, _evidence(points), change)
+    assert rows["effect"].iloc[:3].tolist() == pytest.approx(plain["effect"].tolist())  # the same effects, rule by rule
+    assert (rows["ci_level"] == 1 - 0.05 / 2).all()  # the family's two claims, whatever the number of rules
+    assert claims.family_of(claims.RULE_ABLATION_CLAIMS[0]) == ("exit rules x loss scaling", 2)
