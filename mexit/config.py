@@ -315,12 +315,13 @@ class RunConfig:
 def model_identity(config: ModelConfig) -> dict[str, Any]:
     """The fields of a model config that change the model: the checkpoint by the SHA-256 of its
     file (not its path), and published weights by their name and tag."""
-    from mexit.models.backbones import checkpoint_sha256, pretrained_weights
-
     identity = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint"}
     if config.checkpoint is not None:
-        identity["checkpoint_sha256"] = checkpoint_sha256(config.checkpoint) if Path(config.checkpoint).is_file() else config.checkpoint
-    if config.pretrained:
+        path = Path(config.checkpoint)
+        identity["checkpoint_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else config.checkpoint
+    if config.pretrained:  # the models (torch, timm) are imported only where published weights are named
+        from mexit.models.backbones import pretrained_weights
+
         identity["pretrained"] = pretrained_weights(config.backbone)
     return identity
 

@@ -23,7 +23,6 @@ a classifier of another class count is replaced by a fresh one.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,15 +298,6 @@ def _timm_cached(cfg: Any) -> bool:
         return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str)
                    for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
-
-
-def checkpoint_sha256(checkpoint: str | Path) -> str:
-    """The SHA-256 of a local weight file: the identity of the weights a run starts from."""
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def create_backbone(
