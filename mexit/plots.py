@@ -92,7 +92,7 @@ def flops_accuracy(
         ax.scatter(*backbone, marker="*", s=160, color="black", zorder=4, label="backbone only")
     ax.set_xlabel(COST_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
-    ax.legend(title=hue)
+    ax.legend(title=hue, bbox_to_anchor=(1.01, 1.0), loc="upper left", fontsize="small")  # beside the curves, never over them
     return ax
 
 
