@@ -62,7 +62,7 @@ def test_a_split_reproduces_its_model_and_cuts_it_at_its_blocks(library, arch, k
         h = split.stem(x)
         for block in split.blocks:
             h = block(h)
-        got = split.head(h)
+        got = split.final_head(h)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     assert (len(split.blocks), split.features, split.layout) == (blocks, features, layout)
     prefix = f"{'timm' if library == 'timm' else 'tv'}/{arch}"

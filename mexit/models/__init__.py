@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mexit.models.backbones import BACKBONES, VERIFIED, BackboneParts, backbone_features, create_backbone, pretrained_weights
+from mexit.models.backbones import BACKBONES, VERIFIED, backbone_features, create_backbone, pretrained_weights
 from mexit.models.exit_rules import EXIT_RULES
 from mexit.models.heads import DEFAULT_HEADS, HEADS, BodyInput, check_head, make_head
 from mexit.models.methods import METHODS, make_method
 from mexit.models.multiexit import EarlyExit, MultiExit
+from mexit.models.parts import BackboneParts
 from mexit.models.placement import check_placement, resolve_placement
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import timm
 import torch
@@ -38,10 +38,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mexit.models.generic import SplitError, split_model
+from mexit.models.parts import BackboneParts, FeatureKind
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
-
-FeatureKind = Literal["map", "tokens", "multiscale"]
 
 TIMM_PREFIX = "timm/"
 TV_PREFIX = "tv/"
@@ -59,26 +58,6 @@ VERIFIED: dict[str, tuple[str, ...]] = {
     "torchvision": ("resnet", "convnext", "efficientnet", "mobilenet_v3", "regnet", "swin"),
 }
 """The families whose generic split (ViT: its own) the tests verify, built small with random weights."""
-
-
-@dataclass
-class BackboneParts:
-    """A backbone cut into `stem`, `blocks` and `final_head`.
-
-    `features` says what a block outputs: "map" (N, C, H, W; or (N, H, W, C) where `layout` is
-    "nhwc"), "tokens" (N, L, D) or "multiscale" (MSDNet's scales packed into (N, values); its blocks'
-    `out_shapes` give each scale's (C, H, W)). For tokens, `token_pool` says how an internal
-    classifier summarises them ("token": the class token, "avg": the mean of the patch tokens) and
-    `num_prefix_tokens` counts class/register tokens.
-    """
-
-    stem: nn.Module
-    blocks: list[nn.Module]
-    final_head: nn.Module
-    features: FeatureKind
-    token_pool: str = "token"
-    num_prefix_tokens: int = 0
-    layout: str = "nchw"
 
 
 def _timm_arch(name: str) -> str:
@@ -176,13 +155,11 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weigh
 
 def _generic_parts(model: nn.Module, in_chans: int, img_size: int, name: str) -> BackboneParts:
     try:
-        split = split_model(model, (in_chans, img_size, img_size), name)
+        return split_model(model, (in_chans, img_size, img_size), name)
     except SplitError as error:
         raise ValueError(
             f"{error}. Verified families: timm {', '.join(VERIFIED['timm'])}; torchvision {', '.join(VERIFIED['torchvision'])}"
         ) from None
-    token_pool = "token" if split.num_prefix_tokens else "avg"
-    return BackboneParts(split.stem, split.blocks, split.head, split.features, token_pool, split.num_prefix_tokens, split.layout)
 
 
 def _classifier_name(model: nn.Module) -> str:

@@ -24,7 +24,8 @@ A multi-exit model needs a backbone as a stem, an ordered list of blocks and a f
    model is refused with what failed (on the meta device, which holds no values, only the shapes
    are checked: a study builds its models there to check them before anything trains). What the blocks output is read from their output: feature maps
    (N, C, H, W), maps in channels-last layout (N, H, W, C), as timm's and torchvision's Swin give
-   them, told apart by which dimension keeps the stages' channel count, or tokens (N, L, D), with
+   them, told apart by which pair of dimensions (the spatial sides of a square input) is equal in
+   every block's output, or tokens (N, L, D), with
    the model's ``num_prefix_tokens`` (0 where it has none).
 
 This split is ours; it follows the ordered-children walk of timm's feature extraction
@@ -34,11 +35,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from mexit.models.parts import BackboneParts
 
 RTOL = 1e-4
 """Relative tolerance of the split's verification."""
@@ -48,20 +50,6 @@ ATOL = 1e-5
 
 class SplitError(ValueError):
     """A model that cannot be split into stem, blocks and head, or whose split does not reproduce it."""
-
-
-@dataclass
-class Split:
-    """A model cut by :func:`split_model`: ``stem``, ``blocks``, ``head``, and what the blocks
-    output: ``features`` ("map" or "tokens"), ``layout`` of maps ("nchw" or "nhwc"), and for tokens
-    ``num_prefix_tokens``."""
-
-    stem: nn.Module
-    blocks: list[nn.Module]
-    head: nn.Module
-    features: str
-    layout: str = "nchw"
-    num_prefix_tokens: int = 0
 
 
 def is_layer(module: nn.Module) -> bool:
@@ -104,10 +92,9 @@ def _in_order(module: nn.Module, x: Any) -> tuple[list[nn.Module], list[Any]] | 
             h = child(h)
     except Exception:  # a child that does not take its predecessor's output: not run in order
         return None
-    y = module(x)
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        return children, inputs
-    return (children, inputs) if _same(h, y) else None
+        return children, inputs  # runs its children in order by definition
+    return (children, inputs) if _same(h, module(x)) else None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -201,8 +188,9 @@ def _stage_ids(model: nn.Module) -> set[int]:
     return {id(modules[name]) for name in names if name in modules and not is_layer(modules[name])}
 
 
-def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Split:
-    """``model`` (a timm or torchvision classifier) cut into stem, blocks and head and verified;
+def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
+    """``model`` (a timm or torchvision classifier) cut into stem, blocks and head and verified (an
+    IC reads a token model's class token where it has prefix tokens, else the mean of its tokens);
     raises :class:`SplitError` naming ``name`` and what failed."""
     was_training = model.training
     try:
@@ -216,7 +204,7 @@ def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) 
         model.train(was_training)
 
 
-def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Split:
+def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
@@ -273,7 +261,7 @@ def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Sp
         )
     features, layout = _features_of(outputs[1:], name)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if features == "tokens" else 0
-    return Split(stem, blocks, head, features, layout, prefix)
+    return BackboneParts(stem, blocks, head, features, "token" if prefix else "avg", prefix, layout)
 
 
 def _torchvision_body(called: list[str], children: dict[str, nn.Module], stages: set[int]) -> list[str]:
@@ -285,10 +273,9 @@ def _torchvision_body(called: list[str], children: dict[str, nn.Module], stages:
 
 
 def _features_of(outputs: list[Tensor], name: str) -> tuple[str, str]:
-    """What the blocks output: ("tokens", "nchw") for (N, L, D); ("map", layout) for 4-D maps, the
-    layout the one whose channel dimension (1 in NCHW, 3 in NHWC) changes least along the blocks
-    while the spatial sides shrink."""
-    dims = {tuple(o.shape[1:]) for o in outputs}
+    """What the blocks output: ("tokens", "nchw") for (N, L, D); ("map", layout) for 4-D maps of a
+    square input, the layout whose two spatial dimensions (2 and 3 in NCHW, 1 and 2 in NHWC) are
+    equal in every block's output while the other pair is not in at least one."""
     ranks = {o.dim() for o in outputs}
     if ranks == {3}:
         return "tokens", "nchw"
@@ -299,6 +286,6 @@ def _features_of(outputs: list[Tensor], name: str) -> tuple[str, str]:
     nchw = all(a[1] == a[2] for a in shapes) and not all(a[0] == a[1] for a in shapes)
     nhwc = all(a[0] == a[1] for a in shapes) and not all(a[1] == a[2] for a in shapes)
     if nchw == nhwc:
-        raise SplitError(f"backbone={name!r}: cannot tell channels from space in its blocks' outputs {sorted(dims)}; "
+        raise SplitError(f"backbone={name!r}: cannot tell channels from space in its blocks' outputs {sorted(set(shapes))}; "
                          "use a non-square channel count or another image size")
     return "map", "nchw" if nchw else "nhwc"

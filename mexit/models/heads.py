@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mexit.models.backbones import FeatureKind
+from mexit.models.parts import FeatureKind
 from mexit.models.msdnet import CoarsestScale, ScaleShape, classifier_body
 
 
