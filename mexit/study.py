@@ -23,9 +23,8 @@ from typing import Any
 import pandas as pd
 
 from mexit.config import REGIMES, OptimConfig, ParameterError, RunConfig, load_config, regime_configs
-from mexit.evaluate import ExitOutputs, run_curve, single_exits
+from mexit.evaluate import ExitOutputs, run_curve, single_exits, training_macs_per_sample
 from mexit.evaluate.evidence import DEFAULT_WINDOW, gate_errors, phase_curve, run_evidence
-from mexit.evaluate import training_macs_per_sample
 from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
