@@ -129,10 +129,10 @@ def _finish(
 
 
 def dominance_probe(config: RunConfig, splits: data.Splits) -> Probe:
-    """The gradient-dominance probe a run's P2 records (:func:`mexit.analysis.dominance.training_probe`):
+    """The gradient-dominance probe a run's P2 records (:func:`mexit.dominance.training_probe`):
     on 256 training images with evaluation transforms, or on one evaluation's worth where
     ``train.eval_batches`` caps the evaluations (a smoke run)."""
-    from mexit.analysis.dominance import training_probe
+    from mexit.dominance import training_probe
     from mexit.evaluate.inference import evaluation_size
 
     return training_probe(splits.train_eval, seed=config.train.seed, probe_size=max(2, evaluation_size(256, config.train)))

@@ -29,7 +29,7 @@ from mexit.analysis import (
     recompute_batchnorm,
     training_probe,
 )
-from mexit.analysis.features import sample_indices
+from mexit.data.loading import sample_indices
 from mexit.models import build
 from mexit.regimes import multi_exit_loss
 

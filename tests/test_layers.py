@@ -16,8 +16,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mexit", "mexit.fingerprint", "mexit.memory", "mexit.checkpoint", "mexit.progress", "mexit.distributed", "mexit.reference",
      "mexit.config", "mexit.data", "mexit.models", "mexit.regimes", "mexit.sample_weighting", "mexit.flops", "mexit.throughput"),
     # what is done with a model or its logits: training, inference, scoring, analyses, plots, claims
-    ("mexit.train", "mexit.evaluate", "mexit.analysis.features", "mexit.analysis.rank", "mexit.analysis.mutual_info",
-     "mexit.analysis.dominance", "mexit.analysis.connectivity", "mexit.analysis.plots", "mexit.analysis",
+    ("mexit.train", "mexit.dominance", "mexit.evaluate", "mexit.analysis.features", "mexit.analysis.rank", "mexit.analysis.mutual_info",
+     "mexit.analysis.connectivity", "mexit.analysis.plots", "mexit.analysis",
      "mexit.plots", "mexit.claims"),
     # what is kept
     ("mexit.store", "mexit.stale"),

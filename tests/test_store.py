@@ -539,7 +539,7 @@ def test_gradient_dominance_is_traced_during_training(tmp_path: Path, monkeypatc
     p1_model = _initial_model(traced.config)  # the ICs as built, the backbone after P1
     p1_model.load_phase_state(checkpoint.load_tensors(traced._phase_dirs[0] / "state.pt")["model"])
     splits = data.load(traced.config.data)
-    from mexit.analysis.dominance import training_probe
+    from mexit.dominance import training_probe
 
     weights = torch.full((p1_model.num_exits,), 1.0 / p1_model.num_exits)
     expected = pd.DataFrame(training_probe(splits.train_eval, seed=traced.config.train.seed)(p1_model, 0, weights))

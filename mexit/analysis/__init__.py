@@ -13,6 +13,7 @@ Each takes any :class:`~mexit.models.MultiExit`; block outputs are flattened per
 
 from __future__ import annotations
 
+from mexit.dominance import gradient_dominance, training_probe
 from mexit.analysis.connectivity import (
     barrier,
     bezier_path,
@@ -22,7 +23,6 @@ from mexit.analysis.connectivity import (
     plane_anchors,
     recompute_batchnorm,
 )
-from mexit.analysis.dominance import gradient_dominance, training_probe
 from mexit.analysis.features import BlockFeatures, Representations, block_representations
 from mexit.analysis.mutual_info import block_mutual_information, input_information, mutual_information
 from mexit.analysis.rank import RankResult, block_ranks, numerical_rank

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mexit.analysis.features import sample_indices, stack_items
+from mexit.data.loading import batch_of, sample_indices
 from mexit.evaluate import exit_accuracy
 from mexit.evaluate.inference import collect_logits
 from mexit.progress import StepProgress
@@ -102,7 +102,7 @@ def bezier_path(
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         batch = torch.randint(len(train_set), (batch_size,), generator=generator)  # type: ignore[arg-type]
-        images, labels = stack_items(train_set, batch)
+        images, labels = batch_of(train_set, batch.tolist())
         t = float(torch.rand((), generator=generator))
         logits = torch.func.functional_call(work, on_curve(t), (images.to(device),))
         loss, _ = multi_exit_loss(logits, labels.to(device), exits, uniform)

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mexit.data.loading import sample_indices
+
 
 @dataclass
 class BlockFeatures:
@@ -48,20 +50,6 @@ def feature_subset(total: int, max_features: int | None, seed: int) -> Tensor | 
         return None
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:max_features].sort().values
-
-
-def sample_indices(size: int, samples: int, seed: int) -> Tensor:
-    """A seeded random choice of ``min(samples, size)`` distinct indices of a dataset of ``size`` items."""
-    if samples < 2:
-        raise ValueError(f"samples must be >= 2, got {samples}")
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(size, generator=generator)[: min(samples, size)]
-
-
-def stack_items(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """The images and int64 labels of ``dataset[i]`` for ``i`` in ``indices``, stacked."""
-    items = [dataset[int(i)] for i in indices]
-    return torch.stack([image for image, _ in items]), torch.tensor([int(label) for _, label in items])
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Subset
 
-from mexit.analysis.features import sample_indices
+from mexit.data.loading import sample_indices
 from mexit.analysis.runs import at_least, dataset_splits, inference_device, run_operating_points
 from mexit.config import ParameterError
 from mexit.data.loading import ImageDataset

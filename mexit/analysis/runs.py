@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from mexit import data
 from mexit.analysis.connectivity import barrier, bezier_path, linear_path, loss_plane, plane_anchors
-from mexit.analysis.features import sample_indices
+from mexit.data.loading import sample_indices
 from mexit.analysis.mutual_info import block_mutual_information
 from mexit.analysis.rank import block_ranks
 from mexit.claims import depth_thirds, pair_label

@@ -100,6 +100,14 @@ def batch_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers
     return DataLoader(_Batched(dataset), sampler=batches, batch_size=None, num_workers=num_workers)
 
 
+def sample_indices(size: int, samples: int, seed: int) -> torch.Tensor:
+    """A seeded random choice of ``min(samples, size)`` distinct indices of a dataset of ``size`` items."""
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2, got {samples}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=generator)[: min(samples, size)]
+
+
 def in_order(size: int, batch_size: int) -> list[list[int]]:
     """The positions ``0..size-1`` in batches of ``batch_size`` (the last shorter): an evaluation's order."""
     return [list(range(start, min(start + batch_size, size))) for start in range(0, size, batch_size)]

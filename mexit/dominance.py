@@ -1,5 +1,8 @@
 """Gradient dominance: which exit's loss drives each backbone block's gradient.
 
+Training calls it (the probe a run's P2 records, :func:`training_probe`), so it lies beside
+:mod:`mexit.train`, below the analyses; :mod:`mexit.analysis` exports it with the other three.
+
 Definitions (ours; the paper's exact ones were not reachable). On a fixed batch, with ``L_i`` the
 cross-entropy of exit ``i`` and ``theta_l`` the parameters of block ``l`` (all its tensors as one
 vector):
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from mexit.analysis.features import sample_indices, stack_items
+from mexit.data.loading import batch_of, sample_indices
 
 
 def _exit_blocks(model: nn.Module) -> list[int]:
@@ -124,7 +127,7 @@ def training_probe(dataset: Dataset, seed: int, probe_size: int = 256) -> Callab
     """
     if probe_size < 2:
         raise ValueError(f"probe_size must be >= 2, got {probe_size}")
-    images, labels = stack_items(dataset, sample_indices(len(dataset), probe_size, seed))  # type: ignore[arg-type]
+    images, labels = batch_of(dataset, sample_indices(len(dataset), probe_size, seed).tolist())  # type: ignore[arg-type]
 
     def probe(model: nn.Module, step: int, weights: Tensor) -> list[dict[str, Any]]:
         table = gradient_dominance(model, images, labels, weights=weights)
