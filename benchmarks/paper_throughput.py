@@ -1,8 +1,9 @@
 """Throughput of the paper-scale configs' training and inference steps, on the device at hand.
 
-For every shipped config that reads a real dataset (`mexit/configs/*.yaml` with a `data_root`), this
-builds the model exactly as a run would (dataset's standard class count and input shape), then times,
-on random inputs of that shape:
+For every backbone and dataset that a row of the paper profile trains on a real dataset (one row each:
+a throughput entry stands for a backbone on a dataset), this builds the model exactly as a run would
+(dataset's standard class count and input shape; random weights where the row starts from published
+ones, which do not change the speed), then times, on random inputs of that shape:
 
 - a P2 training step (backbone and ICs, the config's optimiser, bf16 autocast when the config asks
   for it on CUDA), over a P1 step of the same model (backbone only, ICs not in the loss), and a P3
@@ -16,17 +17,19 @@ first on a GPU machine (no dataset needed), after the paper profile's smoke buil
 `mexit plan --profile paper --throughput FILE` estimates every run's GPU-hours.
 
     python benchmarks/paper_throughput.py --device cuda --write runs/throughput.json
-    python benchmarks/paper_throughput.py --device cpu --batch 4 --steps 2 --configs msdnet-cifar100
+    python benchmarks/paper_throughput.py --device cpu --batch 4 --steps 2 --rows "MSDNet / CIFAR-100"
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
 from mexit import throughput
-from mexit.config import load_config, shipped_configs
+from mexit.config import RunConfig, load_config
+from mexit.plan import load_profile
 from mexit.data import STANDARD_CLASSES, input_shape
 from mexit.flops import exit_costs
 from mexit.regimes import PHASE_SPECS, apply_phase, exit_weights, multi_exit_loss
@@ -34,8 +37,16 @@ from mexit.models import build_model
 from mexit.train import make_optimizer
 
 
-def paper_configs() -> list[str]:
-    return [name for name in shipped_configs() if load_config(name).data.data_root is not None]
+def paper_rows() -> dict[str, RunConfig]:
+    """One row of the paper profile per backbone and dataset it trains on a real dataset: ``{label: config}``."""
+    profile = load_profile("paper")
+    rows = [row for group in (profile["global_params"], *profile["notebooks"].values()) if group for row in group.get("rows", [])]
+    chosen: dict[str, tuple[str, RunConfig]] = {}
+    for row in rows:
+        config = load_config(row["config"], row.get("overrides", []))
+        if config.data.data_root is not None:
+            chosen.setdefault(throughput.entry(config), (row["label"], config))
+    return dict(chosen.values())
 
 
 def time_steps(step: callable, steps: int, device: torch.device) -> float:
@@ -54,8 +65,8 @@ def time_steps(step: callable, steps: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure(name: str, device: torch.device, batch: int | None, steps: int, write: str | None) -> None:
-    config = load_config(name)
+def measure(name: str, config: RunConfig, device: torch.device, batch: int | None, steps: int, write: str | None) -> None:
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False, checkpoint=None))
     shape, classes = input_shape(config.data), STANDARD_CLASSES[config.data.name]
     optim = config.train.optim_for(0)
     batch = batch or optim.batch_size
@@ -121,13 +132,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="per-step batch (default: the config's)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=None, help=f"default: {' '.join(paper_configs())}")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="LABEL", help="row labels of the paper profile (default: one a backbone and dataset)")
     parser.add_argument("--write", metavar="FILE", help="record the training rates for `mexit plan --throughput FILE`")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__} on {_device_name(device)}")
-    for name in args.configs or paper_configs():
-        measure(name, device, args.batch, args.steps, args.write)
+    rows = paper_rows()
+    unknown = [label for label in args.rows or [] if label not in rows]
+    if unknown:
+        parser.error(f"--rows: unknown {unknown}; allowed: {', '.join(repr(label) for label in rows)}")
+    for label in args.rows or rows:
+        measure(label, rows[label], device, args.batch, args.steps, args.write)
     if args.write:
         print(f"training rates written to {args.write}: `mexit plan --profile paper --throughput {args.write}`")
 

@@ -27,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from mexit.pipeline import NO_TRAIN_VARIABLE
+from mexit.verdicts import PAGE_VARIABLE, RECORDS_VARIABLE
 from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, needed_runs, notebook_names, notebook_parameters, runs_by_page
 
 GENERATED_DIR = Path("book") / "generated"
+RECORDS_DIR = "records"
+"""Where, beside the executed notebooks, each page records its claims (:mod:`mexit.verdicts`)."""
+SUMMARY_PAGE = "verdicts"
+"""The page that reads every other page's claims (the verdict matrix): executed after all of them,
+and again whenever their records change."""
 TEST_OUTPUT_DIR = Path("tests") / "notebooks"
 BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "book", "notebooks")
 
@@ -177,7 +183,7 @@ def _execute(
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
-    declared = declared_parameters(root, names)
+    declared = declared_parameters(root, sorted({*names, *([SUMMARY_PAGE] if SUMMARY_PAGE in available else [])}))
     by_page = runs_by_page(profile, declared, store)
     needed = {key: run for runs in by_page.values() for key, run in runs.items()}
     if train:
@@ -185,14 +191,26 @@ def _execute(
     else:
         check_stored(profile, declared, store)
     done = []
-    with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1"}):
-        for name in names:
+    records = into / RECORDS_DIR
+    summary = [SUMMARY_PAGE] if SUMMARY_PAGE in available else []
+    with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1", RECORDS_VARIABLE: str(records)}):
+        for name in [n for n in names if n != SUMMARY_PAGE] + summary:  # the summary last: it reads the others' records
             values = {**notebook_parameters(profile, name), "profile": profile_name}
-            parameters = {key: value for key, value in values.items() if key in declared[name]}
-            identity = notebook_identity(root / NOTEBOOK_DIR / f"{name}.ipynb", parameters, sorted(by_page[name]))
-            done.append(_execute_one(root, into, name, parameters, identity, force=force or bool(only)))
+            parameters = {key: value for key, value in values.items() if key in declared.get(name, {})}
+            identity = notebook_identity(root / NOTEBOOK_DIR / f"{name}.ipynb", parameters, sorted(by_page.get(name, {})))
+            if name == SUMMARY_PAGE:
+                identity["records"] = _records_identity(records)
+            with _environment({PAGE_VARIABLE: name}):
+                done.append(_execute_one(root, into, name, parameters, identity, force=(force or bool(only)) and name in names))
     refresh_citing_pages(root, [run.name for run in done if not run.reused])
     return done
+
+
+def _records_identity(records: Path) -> str:
+    """The claims every page recorded (:mod:`mexit.verdicts`), hashed: what the summary page reads."""
+    from mexit.config import stable_hash
+
+    return stable_hash({path.name: path.read_text() for path in sorted(records.glob("*.csv"))})
 
 
 def notebook_identity(source: Path, parameters: Mapping[str, Any], run_keys: Sequence[str]) -> dict[str, str]:
@@ -360,6 +378,7 @@ def build_smoke_book(
     directory = Path(directory).resolve()
     started = time.perf_counter()
     profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
+    smoke.ensure_weights(directory, smoke.pretrained_backbones(load_profile(profile)))
     smoke.ensure_data(directory, smoke.datasets_read(profile_values))
     smoke.ensure_ood_data(directory, smoke.ood_datasets_read(profile_values))
     target = copy_sources(root, directory / "book")

@@ -194,6 +194,12 @@ def _evidence_seeds(
     return None, f"decided on {len(kept)} of {total} seeds, {named} left out: {why}", tuple(e for e, _ in kept), left_out
 
 
+def reading_of(key: str) -> str:
+    """The reading a claim's verdict is (:data:`READINGS`): at convergence, until early stopping or
+    at an equal training budget, from its key."""
+    return READINGS[_claim(key).needs]
+
+
 def _claim(key: str) -> Claim:
     for claim in CLAIMS:
         if claim.key == key:
@@ -262,7 +268,7 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     return pd.DataFrame(
         {
             "claim": rows["claim"],
-            "reading": rows["key"].map(lambda key: READINGS[_claim(key).needs]),
+            "reading": rows["key"].map(reading_of),
             "source": rows["source"],
             "profile": profile or "custom",
             "scale": rows["scale"],
@@ -315,21 +321,51 @@ def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
     ).set_index("claim")
 
 
-AGREEMENT_COLUMNS: tuple[str, ...] = ("claim", "scale", "book seeds", "fresh seeds", "agree", "overturned")
+AGREEMENT_COLUMNS: tuple[str, ...] = ("claim", "scale", "book seeds", "fresh seeds", "the fresh seeds")
+
+FRESH_READINGS: tuple[str, ...] = ("confirmed", "contradicted", "not confirmed (runs not evidence)", "not confirmed (interval)")
+"""How a fresh set of seeds reads a held or not held verdict (:func:`fresh_reading`)."""
+
+
+def fresh_reading(book: str, fresh: str | None) -> str:
+    """How a fresh set of seeds reads the book's verdict ``book`` given its own ``fresh``:
+    "confirmed" (the same verdict), "contradicted" (the other decided one), "not confirmed (runs
+    not evidence)" (untested there) or "not confirmed (interval)" (inconclusive there); "–" where
+    the book decided nothing (inconclusive or untested) or no fresh verdict was made."""
+    if book not in ("held", "not held") or not isinstance(fresh, str) or fresh == "–":
+        return "–"
+    if fresh == book:
+        return "confirmed"
+    if fresh in ("held", "not held"):
+        return "contradicted"
+    return "not confirmed (interval)" if fresh == "inconclusive" else "not confirmed (runs not evidence)"
 
 
 def agreement(book: pd.DataFrame, fresh: pd.DataFrame | None) -> pd.DataFrame:
     """The book's verdicts beside those of a disjoint set of seeds (both :func:`decide` rows of the
-    same claims and rows): ``claim``, ``scale`` (the book's), ``book seeds``, ``fresh seeds``,
-    ``agree`` (the same verdict) and ``overturned`` (the book decided, held or not held, and the
-    fresh seeds did not confirm it). Without ``fresh`` rows (None), an empty frame of those columns."""
+    same claims and rows): ``claim``, ``scale`` (the book's), the verdict on the ``book seeds`` and
+    on the ``fresh seeds``, and how ``the fresh seeds`` read a held or not held one
+    (:func:`fresh_reading`). Without ``fresh`` rows (None), an empty frame of those columns."""
     if fresh is None:
         return pd.DataFrame(columns=list(AGREEMENT_COLUMNS))
     merged = book.merge(fresh[["key", "compared", "verdict"]], on=["key", "compared"], how="left", suffixes=("", "_fresh"))
-    decided = merged["verdict"].isin(("held", "not held"))
-    columns = (merged["claim"], merged["scale"], merged["verdict"], merged["verdict_fresh"].fillna("–"),
-               merged["verdict"] == merged["verdict_fresh"], decided & (merged["verdict"] != merged["verdict_fresh"]))
+    fresh_verdicts = merged["verdict_fresh"].fillna("–")
+    readings = [fresh_reading(b, f) for b, f in zip(merged["verdict"], fresh_verdicts)]
+    columns = (merged["claim"], merged["scale"], merged["verdict"], fresh_verdicts, readings)
     return pd.DataFrame(dict(zip(AGREEMENT_COLUMNS, columns)))
+
+
+def agreement_counts(table: pd.DataFrame) -> dict[str, int]:
+    """What :func:`agreement`'s ``table`` says in numbers: verdicts ``compared``, those that
+    ``agree`` (the same verdict on both sets of seeds), the book's ``decided`` ones (held or not
+    held) and those of them ``not_confirmed`` (contradicted, or not confirmed by the fresh seeds)."""
+    readings = table["the fresh seeds"]
+    return {
+        "compared": len(table),
+        "agree": int((table["book seeds"] == table["fresh seeds"]).sum()),
+        "decided": int(table["book seeds"].isin(("held", "not held")).sum()),
+        "not_confirmed": int(readings.isin(FRESH_READINGS[1:]).sum()),
+    }
 
 
 # --- the claims Table 1 and the training-cost page test -----------------------------------------

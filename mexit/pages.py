@@ -22,6 +22,7 @@ from mexit.claims import Claim
 from mexit.evaluate import ExitOutputs, budget_table, evidence_view, run_points
 from mexit.plots import flops_accuracy, panels, variant_accuracy
 from mexit.study import Study, exit_table, head_costs, p1_sharing, sweep_table
+from mexit.verdicts import claim_record, record_claims
 
 VARIANT_GROUPS: tuple[str, ...] = ("row", "variant", "regime")
 
@@ -33,10 +34,14 @@ def claim_glue(status: pd.DataFrame, profile: str | None, digits: int = 1) -> di
     return {"claims": claims.status_view(status, profile, digits), "claim_measures": claims.measures_view(status)}
 
 
-def glue_claims(status: pd.DataFrame, profile: str | None, digits: int = 1) -> pd.DataFrame:
-    """Glue :func:`claim_glue` into the executing notebook (myst-nb); return the verdicts' view."""
+def glue_claims(status: pd.DataFrame, profile: str | None, digits: int = 1, fresh: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Glue :func:`claim_glue` into the executing notebook (myst-nb), record the same rows for the
+    verdict matrix (:func:`mexit.verdicts.record_claims`, where ``mexit book`` asks for it; with
+    ``fresh``, the same claims decided on a fresh set of seeds, how those read each verdict), and
+    return the verdicts' view."""
     values = claim_glue(status, profile, digits)
     _glue(values)
+    record_claims(claim_record(status, digits, fresh))
     return values["claims"]
 
 
@@ -108,9 +113,11 @@ class AblationPage:
         }
 
     def glue_claims(self, profile: str | None) -> pd.DataFrame:
-        """Glue :meth:`glued` into the executing notebook (myst-nb); return the verdicts' view."""
+        """Glue :meth:`glued` into the executing notebook (myst-nb), record the claims for the
+        verdict matrix (as :func:`glue_claims` does); return the verdicts' view."""
         values = self.glued(profile)
         _glue(values)
+        record_claims(claim_record(self.status))
         return values["claims"]
 
     def summary(self) -> str:

@@ -130,6 +130,7 @@ CHECKS: dict[str, Check] = {
     "severities": distinct(_severities),
     "ood_sets": distinct(_ood_sets),
     "ood_root": text(none=True),
+    "records": text(none=True),
     "equilibrium": boolean,
     "equilibrium_seeds": some_seeds,
     "timed_seeds": some_seeds,

@@ -15,7 +15,11 @@ spent on it. :func:`smoke_profile` turns a profile into its smoke version:
 - the analyses' sizes (path points, plane, Bezier steps, rank and mutual-information samples)
   scaled down (:data:`SMOKE_SIZES`);
 - the out-of-distribution page's datasets (its ``ood_sets`` read from files) generated too, under
-  ``DIR/ood`` (:func:`ensure_ood_data`), its ``ood_root``.
+  ``DIR/ood`` (:func:`ensure_ood_data`), its ``ood_root``;
+- a row that starts from published weights (``model.pretrained``) starts instead from a local
+  weight file of the same model, seeded random weights that the smoke writes under ``DIR/weights``
+  (:func:`ensure_weights`), so that the offline transfer path (``model.checkpoint``: the file
+  loaded, its classifier replaced where the class count differs, its hash in the run key) runs.
 
 The caps are fields of the run config (``train.max_steps``, ``train.eval_batches``), so a smoke run
 never shares a key with a real one; its store is ``DIR/runs`` and its book ``DIR/book``, whose every
@@ -169,4 +173,58 @@ def _smoke_row(row: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
         extra.append("train.dominance_every=1")
     if config.train.num_workers > 1:  # one loader process still goes through the workers' path, without 8 forks a loader
         extra.append("train.num_workers=1")
+    if config.model.pretrained:
+        extra += ["model.pretrained=false", f"model.checkpoint={weights_file(data_dir, config.model.backbone)}"]
     return {**row, "overrides": overrides + extra}
+
+
+WEIGHTS_FOLDER = "weights"
+
+
+def weights_file(data_dir: str | Path, backbone: str) -> Path:
+    """Where a smoke keeps the local weight file that stands in for ``backbone``'s published weights."""
+    return Path(data_dir) / WEIGHTS_FOLDER / f"{backbone.replace('/', '--')}.pt"
+
+
+def pretrained_backbones(profile: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The backbones (name, keywords) that rows of ``profile`` start from published weights, once each."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in _rows(profile):
+        model = load_config(row["config"], row.get("overrides", [])).model
+        if model.pretrained:
+            found.setdefault(model.backbone, dict(model.backbone_kwargs))
+    return sorted(found.items())
+
+
+def ensure_weights(data_dir: str | Path, backbones: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Path]:
+    """For each backbone (name, keywords) of :func:`pretrained_backbones`, the state dict of its
+    library's model at its native class count, seeded random weights, in :func:`weights_file`:
+    written where missing (atomically; the same bytes each time), so that its hash, which keys the
+    smoke's runs, stays the same from one smoke build to the next. Returns the files."""
+    import io
+
+    import timm
+    import torch
+    import torchvision
+
+    from mexit.checkpoint import write_bytes_atomic
+    from mexit.models.backbones import TIMM_PREFIX, TV_PREFIX
+
+    written = []
+    for name, kwargs in backbones:
+        target = weights_file(data_dir, name)
+        if not target.exists():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                if name.startswith(TV_PREFIX):
+                    model = torchvision.models.get_model(name.removeprefix(TV_PREFIX), weights=None, **kwargs)
+                elif name.startswith(TIMM_PREFIX):
+                    model = timm.create_model(name.removeprefix(TIMM_PREFIX), pretrained=False, **kwargs)
+                else:
+                    raise ValueError(f"model.pretrained: backbone={name!r} has no published weights to stand in for")
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(target, buffer.getvalue())
+        written.append(target)
+    return written

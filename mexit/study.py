@@ -275,6 +275,14 @@ def table1_view(table: pd.DataFrame, s: Study, *, ci: bool = False) -> pd.DataFr
     return view
 
 
+def final_exits(exits: pd.DataFrame) -> pd.DataFrame:
+    """The final exit's test accuracy (%) per row and regime, mean over seeds, from
+    :func:`exit_table`'s rows: disjoint's is the backbone trained alone (P1's), joint's and mixed's
+    the backbone trained with its ICs."""
+    last = exits[exits["exit"] == exits.groupby("row")["exit"].transform("max")]
+    return last.groupby(["row", "regime"], sort=False)["accuracy"].mean().unstack("regime")
+
+
 def exit_table(outputs: list[ExitOutputs]) -> pd.DataFrame:
     """Each exit of each run on its own (:func:`mexit.evaluate.single_exits`), with the run's tags."""
     frames = [

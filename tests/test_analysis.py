@@ -222,6 +222,17 @@ def test_bezier_curve_starts_as_the_linear_path_and_training_lowers_its_loss() -
         bezier_path(a, b, data, data, steps=-1)
 
 
+def test_a_bezier_fit_that_makes_the_curve_worse_returns_the_line_it_started_from() -> None:
+    """Adam at a rate far too large for the weights throws the control point away from the line;
+    the fit keeps the curve of lowest training loss it passed through, here the line itself."""
+    a, b = _resnet(0), _resnet(1)
+    data = _images(64)
+    settings = {"points": 5, "bn_batches": 2, "batch_size": 32}
+    line = linear_path(a, b, data, data, **settings)
+    thrown = bezier_path(a, b, data, data, steps=5, lr=10.0, **settings)
+    assert np.allclose(thrown.loss, line.loss, atol=1e-4)
+
+
 def test_barrier_of_a_known_path() -> None:
     path = pd.DataFrame(
         {"alpha": [0.0, 0.5, 1.0], "exit": [0, 0, 0], "loss": [1.0, 3.0, 2.0], "accuracy": [90.0, 50.0, 80.0]}

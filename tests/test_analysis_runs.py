@@ -134,6 +134,8 @@ def test_plane_corners_are_the_three_models_when_they_span_a_right_angle() -> No
         (lambda s: analysis_runs.connectivity_paths(s, "linear", seeds=[7]), "seeds"),
         (lambda s: analysis_runs.connectivity_paths(s, "linear", eval_samples=1), "eval_samples"),
         (lambda s: analysis_runs.connectivity_plane(s, 0, margin=-1), "margin"),
+        (lambda s: analysis_runs.seed_pair_paths(s, regimes=("hybrid",)), "regimes"),
+        (lambda s: analysis_runs.seed_pair_paths(_study(Path(s.runs_root), seeds=[0])), "seeds"),
         (lambda s: analysis_runs.connectivity_plane(s, 5), "seeds"),
         (lambda s: analysis_runs.rank_table(s, eig_threshold=2.0), "eig_threshold"),
         (lambda s: analysis_runs.rank_table(s, samples=1), "samples"),
@@ -194,6 +196,15 @@ def test_paths_barriers_and_plane_are_tagged_and_cached(trained: Study, monkeypa
 
     grid, anchors = analysis_runs.connectivity_plane(trained, 0, points=3, bn_batches=1, eval_samples=64)
     assert len(grid) == 9 * exits and list(anchors["regime"]) == ["disjoint", "joint", "mixed"]
+
+    controls = analysis_runs.seed_pair_paths(trained, points=3, bn_batches=1, eval_samples=64)  # seeds 0 and 1 of joint, of mixed
+    assert list(pd.unique(controls["pair"])) == [analysis_runs.seed_pair_label("joint"), analysis_runs.seed_pair_label("mixed")]
+    assert len(controls) == 2 * 3 * exits and set(controls["seed"]) == {0}
+    assert (controls["regime_a"] == controls["regime_b"]).all()
+    ends = controls[controls["alpha"] == 1.0].set_index(["pair", "exit"])["accuracy"]
+    joint_s1 = linear[(linear["pair"] == "joint–mixed") & (linear["seed"] == 1) & (linear["alpha"] == 0.0)].set_index("exit")["accuracy"]
+    assert np.allclose(ends.loc[analysis_runs.seed_pair_label("joint")].to_numpy(), joint_s1.to_numpy())  # the path ends at joint's seed 1
+    assert analysis_runs.barrier_summary(analysis_runs.barrier_table(controls)).loc[("tiny", analysis_runs.seed_pair_label("mixed"), "linear", "final exit"), "seeds"] == 1
 
     for name in ("linear_path", "bezier_path", "loss_plane"):
         monkeypatch.setattr(analysis_runs, name, _recomputed)

@@ -6,6 +6,7 @@ screenshots of every page land in ``_build/screenshots`` of the repository.
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -15,11 +16,14 @@ import nbformat
 import papermill
 import pytest
 import torch
+import yaml
 
 from mexit.pipeline import train_or_load
-from mexit.book import NotebookError, build_book, copy_sources, execute_notebooks
+from mexit.book import SUMMARY_PAGE, NotebookError, build_book, copy_sources, execute_notebooks
 from mexit.plan import load_profile, notebook_parameters
+from mexit import claims
 from mexit.claims import VERDICTS
+from mexit.verdicts import read_records, verdict_summary
 
 from browser import check_pages
 
@@ -52,6 +56,8 @@ def test_a_profile_can_be_a_yaml_file(tmp_path: Path) -> None:
 
 def test_every_notebook_declares_the_shared_parameters() -> None:
     for name in NOTEBOOKS:
+        if name == SUMMARY_PAGE:  # it reads the other pages' claims, not runs
+            continue
         declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
         assert {"rows", "seeds", "regimes", "runs_root"} <= set(declared), name
         source = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -126,6 +132,11 @@ def test_the_tiny_book_shows_every_page_whole_in_a_browser(tiny_book: Path) -> N
     assert reports["book/analyses.html"].math > 10  # formulas typeset by MathJax, served locally
     status = reports["book/status.html"].text
     assert sum(status.count(verdict) for verdict in VERDICTS) >= 5
+    summary = verdict_summary(read_records(tiny_book / "book" / "generated" / "records"))
+    for page in ("book/status.html", "book/intro.html"):  # both open on the verdict matrix (loaded: no broken image above) and its count
+        assert reports[page].figures >= 1, f"{page} shows no verdict matrix"
+        assert summary in " ".join(reports[page].text.split()), f"{page} lacks the verdicts' summary"
+    assert re.search(r"\d+ verdicts on \d+ claims over \d+ rows of the profile: \d+ held", summary)
     assert len(list(screenshots.glob("*.png"))) >= len(reports)
 
 
@@ -191,10 +202,23 @@ def test_a_warm_rebuild_reuses_unchanged_notebooks_and_rebuilds_the_pages_citing
     status_source, status_page = tiny_book / "book" / "status.md", tiny_book / "_build" / "html" / "book" / "status.html"
     before = status_page.stat().st_mtime_ns
     redone = execute_notebooks("tiny", tiny_book, runs_root=store, only=["training_cost"], train=False)
-    assert [(run.name, run.reused) for run in redone] == [("training_cost", False)]
+    assert [(run.name, run.reused) for run in redone] == [("training_cost", False), (SUMMARY_PAGE, True)]  # the same claims recorded
     assert status_source.stat().st_mtime_ns > before  # it pastes the training-cost page's verdicts: marked changed
     assert render(tiny_book) == 0
     assert status_page.stat().st_mtime_ns > before, "the status page was not rebuilt after a notebook it cites was re-executed"
+
+    # A changed result: the training-cost page on one seed decides nothing. Its record changes, so
+    # the verdict matrix is drawn again, and the status page shows the new count.
+    one_seed = tiny_book / "one_seed.yaml"
+    one_seed.write_text(yaml.safe_dump({**load_profile("tiny"), "notebooks": {**load_profile("tiny")["notebooks"], "training_cost": {"seeds": [0]}}}))
+    before_summary = verdict_summary(read_records(tiny_book / "book" / "generated" / "records"))
+    changed = execute_notebooks(str(one_seed), tiny_book, runs_root=store, only=["training_cost"], train=False)
+    assert [(run.name, run.reused) for run in changed] == [("training_cost", False), (SUMMARY_PAGE, False)]
+    after_summary = verdict_summary(read_records(tiny_book / "book" / "generated" / "records"))
+    assert after_summary != before_summary and claims.NO_INTERVAL.removeprefix("untested").strip() in after_summary
+    assert render(tiny_book) == 0
+    shown = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", status_page.read_text())).split())
+    assert after_summary in shown and before_summary not in shown
 
 
 def test_no_train_names_the_missing_runs_before_any_notebook_executes(tmp_path: Path) -> None:

@@ -410,12 +410,32 @@ def test_agreement_sets_the_books_verdicts_beside_a_fresh_seed_sets() -> None:
     fresh = _points({"disjoint": [[50, 70, 80, 85]] * 3, "joint": [[60, 72, 82, 86], [61, 73, 83, 87], [59, 71, 81, 85]],
                      "mixed": [[58, 74, 84, 88], [60, 75, 80, 80], [59, 73, 83, 87]]})
     together = claims.agreement(table1_claims(book, _evidence(book)), table1_claims(fresh, _evidence(fresh))).set_index("claim")
-    assert list(together.columns) == ["scale", "book seeds", "fresh seeds", "agree", "overturned"]
+    assert list(together.columns) == ["scale", "book seeds", "fresh seeds", "the fresh seeds"]
     high = together.loc["Mixed is more accurate than joint at high budgets"]
-    assert (high["book seeds"], high["fresh seeds"]) == ("held", "inconclusive")
-    assert high["overturned"] and not high["agree"]
+    assert (high["book seeds"], high["fresh seeds"], high["the fresh seeds"]) == ("held", "inconclusive", "not confirmed (interval)")
     low = together.loc["Disjoint is the weakest regime at low budgets"]
-    assert low["agree"] and not low["overturned"]
+    assert low["book seeds"] == low["fresh seeds"]
+    assert low["the fresh seeds"] == ("confirmed" if low["book seeds"] in ("held", "not held") else "–")
+    counts = claims.agreement_counts(together.reset_index())
+    assert counts["compared"] == len(together) and counts["not_confirmed"] >= 1 and counts["agree"] <= counts["compared"] - 1
+
+
+@pytest.mark.parametrize(
+    ("book", "fresh", "reading"),
+    [
+        ("held", "held", "confirmed"),
+        ("not held", "not held", "confirmed"),
+        ("held", "not held", "contradicted"),
+        ("held", "inconclusive", "not confirmed (interval)"),
+        ("not held", claims.NOT_CONVERGED, "not confirmed (runs not evidence)"),
+        ("held", claims.NO_INTERVAL, "not confirmed (runs not evidence)"),
+        ("inconclusive", "held", "–"),
+        (claims.NOT_CONVERGED, "held", "–"),
+        ("held", None, "–"),
+    ],
+)
+def test_a_fresh_set_of_seeds_confirms_contradicts_or_leaves_a_verdict_unconfirmed(book: str, fresh: str | None, reading: str) -> None:
+    assert claims.fresh_reading(book, fresh) == reading
 
 
 def test_the_headline_names_both_readings_per_row() -> None:

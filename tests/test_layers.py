@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # what is done with a model or its logits: training, inference, scoring, analyses, plots, claims
     ("mexit.train", "mexit.dominance", "mexit.evaluate", "mexit.analysis.features", "mexit.analysis.rank", "mexit.analysis.mutual_info",
      "mexit.analysis.connectivity", "mexit.analysis.plots", "mexit.analysis",
-     "mexit.plots", "mexit.claims"),
+     "mexit.plots", "mexit.claims", "mexit.verdicts"),
     # what is kept
     ("mexit.store", "mexit.stale"),
     # runs obtained (trained into the store or loaded from it), and studies of them

@@ -20,7 +20,7 @@ BAD: dict[str, Any] = {
     "rows": [], "seeds": [-1], "regimes": ["fast"], "runs_root": 3, "profile": 3, "budgets": [1.5], "grid": "coarse",
     "variants": "conv", "pick": "first", "aggregate": "median", "ztw_final": "mean", "fresh_seeds": [0, 0],
     "equal_budget": 1, "p1_share": 1.5, "longer_schedule": 1, "samples": 1, "batch_size": 0, "repeats": 0, "bins": 0, "rules": ["maxprob", "oracle"],
-    "corruptions": ["fog"], "severities": [6], "ood_sets": ["svhn"], "ood_root": "", "equilibrium": "yes",
+    "corruptions": ["fog"], "severities": [6], "ood_sets": ["svhn"], "ood_root": "", "records": 3, "equilibrium": "yes",
     "equilibrium_seeds": [99], "timed_seeds": [99], "points": -3, "bn_batches": -1, "eval_samples": 1, "bezier_steps": -1,
     "bezier_lr": 0.0, "path_seed": 99, "plane_points": 1, "plane_bn_batches": -1, "plane_eval_samples": 1,
     "max_features": 0, "probe_dim": 0, "noise_ratio": 0.0, "eig_threshold": 1.0,

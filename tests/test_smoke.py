@@ -13,7 +13,7 @@ from mexit.book import build_smoke_book, copy_sources
 from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.checkpoint import read_json
 from mexit.config import load_config
-from mexit.smoke import SMOKE_SIZES, banner, datasets_read, ensure_data, smoke_profile
+from mexit.smoke import SMOKE_SIZES, banner, datasets_read, ensure_data, ensure_weights, pretrained_backbones, smoke_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_ROWS = ("resnet34-cifar100", "msdnet-cifar100", "vit-tiny-cifar100")
@@ -119,3 +119,36 @@ def test_a_smoke_build_keeps_its_own_store(argv: list[str], capsys: pytest.Captu
 
     assert main(argv) == 2
     assert "--smoke keeps its runs in DIR/runs" in capsys.readouterr().err
+
+
+def test_the_paper_profile_plans_the_peers_pretrained_setting_and_its_smoke_stands_local_files_in(tmp_path: Path) -> None:
+    """The peers' setting (ImageNet-pretrained ConvNeXt-T, EfficientNet-V2-S, Swin-V2-S and ViT-B/16,
+    on ImageNet and transferred to CIFAR-100) is in the paper profile's architectures page; its smoke
+    rows start from weight files the smoke writes, not from a download."""
+    paper = load_profile("paper")
+    pretrained = [row for row in paper["notebooks"]["architectures"]["rows"] if load_config(row["config"], row["overrides"]).model.pretrained]
+    backbones = {load_config(row["config"], row["overrides"]).model.backbone for row in pretrained}
+    assert backbones == {"tv/convnext_tiny", "tv/efficientnet_v2_s", "tv/swin_v2_s", "timm/vit_base_patch16_224"}
+    assert {load_config(row["config"], row["overrides"]).data.name for row in pretrained} == {"imagenet", "cifar100"}
+    assert [name for name, _ in pretrained_backbones(paper)] == sorted(backbones)
+    smoke = smoke_profile(paper, tmp_path)
+    for row in smoke["notebooks"]["architectures"]["rows"][3:]:
+        assert "model.pretrained=false" in row["overrides"]
+        assert any(o.startswith(f"model.checkpoint={tmp_path / 'weights'}") for o in row["overrides"])
+
+
+def test_a_smoke_of_a_pretrained_row_trains_from_the_weight_file_it_writes(tmp_path: Path) -> None:
+    """End to end through the architectures page: the smoke writes the stand-in weights once (the
+    same bytes again), the runs load them (their key holds the file's hash) and the page executes."""
+    row = {"label": "ConvNeXt-atto (weights) / CIFAR-100", "config": "resnet34-cifar100",
+           "overrides": ["model.backbone=timm/convnext_atto", "model.pretrained=true", "train.dominance_every=0"]}
+    profile = tmp_path / "weights.yaml"
+    profile.write_text(yaml.safe_dump({"global_params": {"rows": [row], "seeds": [0], "regimes": ["disjoint", "joint", "mixed"]}, "notebooks": {}}))
+    assert build_smoke_book(str(profile), tmp_path / "smoke", build=False, root=ROOT, only=["architectures"], seeds=[0]) == 0
+    (weights,) = (tmp_path / "smoke" / "weights").iterdir()
+    first = weights.read_bytes()
+    assert ensure_weights(tmp_path / "smoke", pretrained_backbones(load_profile(str(profile)))) == [weights] and weights.read_bytes() == first
+    runs = [read_json(p) for p in (tmp_path / "smoke" / "runs" / "runs").glob("*/config.json")]
+    assert len(runs) == 3 and {r["model"]["checkpoint"] for r in runs} == {str(weights)} and not any(r["model"]["pretrained"] for r in runs)
+    executed = json.loads((tmp_path / "smoke" / "book" / "book" / "generated" / "architectures.ipynb").read_text())
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]

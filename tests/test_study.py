@@ -111,6 +111,21 @@ def test_backbone_only_is_disjoints_final_exit_at_full_cost() -> None:
     assert backbone_only(exits[exits["regime"] == "joint"]) is None
 
 
+def test_final_exits_set_the_backbone_trained_alone_beside_it_trained_with_its_ics() -> None:
+    import pandas as pd
+
+    from mexit.study import final_exits
+
+    exits = pd.DataFrame(
+        {"row": ["A"] * 6 + ["B"] * 3, "regime": ["disjoint"] * 4 + ["joint"] * 2 + ["disjoint", "disjoint", "joint"],
+         "exit": [0, 1, 0, 1, 0, 1, 0, 1, 1], "seed": [0, 0, 1, 1, 0, 0, 0, 0, 0],
+         "accuracy": [50.0, 20.0, 52.0, 30.0, 60.0, 90.0, 40.0, 70.0, 80.0]}
+    )
+    table = final_exits(exits)
+    assert table.loc["A"].to_dict() == {"disjoint": 25.0, "joint": 90.0}  # the last exit of each row, mean over seeds
+    assert table.loc["B"].to_dict() == {"disjoint": 70.0, "joint": 80.0}
+
+
 def test_the_papers_table1_is_six_rows_of_three_regimes() -> None:
     from mexit.reference import paper_accuracy, paper_rows, paper_table1
 

@@ -76,9 +76,21 @@ def test_the_benchmark_writes_what_the_plan_reads(tmp_path: Path) -> None:
     path = tmp_path / "throughput.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "paper_throughput.py"), "--device", "cpu", "--batch", "2", "--steps", "1",
-         "--configs", "msdnet-cifar100", "--write", str(path)],
+         "--rows", "MSDNet / CIFAR-100", "--write", str(path)],
         check=True, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
     )
     values = json.loads(path.read_text())
     assert values["device"] == "CPU" and set(values["rates"]) == {"msdnet/cifar100"}
     assert all(rate > 0 for rate in values["rates"]["msdnet/cifar100"].values())
+
+
+def test_the_benchmark_times_one_row_a_backbone_and_dataset_of_the_paper_profile_pretrained_ones_included() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_throughput", ROOT / "benchmarks" / "paper_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.paper_rows()
+    entries = [f"{c.model.backbone}/{c.data.name}" for c in rows.values()]
+    assert len(entries) == len(set(entries))
+    assert {"tv/swin_v2_s/imagenet", "tv/swin_v2_s/cifar100", "timm/vit_base_patch16_224/cifar100", "msdnet/cifar100"} <= set(entries)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -140,20 +140,69 @@ def connectivity_paths(
     for row in s.rows:
         for seed in chosen:
             for a, b in pairs:
-                run_a, run_b = runs[(row.label, a, seed)], runs[(row.label, b, seed)]
-
-                def compute() -> pd.DataFrame:  # called at once, inside this iteration
-                    train_set, eval_set = _connectivity_data(row.config, eval_samples, seed)
-                    return walk(
-                        run_a.model(inference_device()), run_b.model(inference_device()), train_set, eval_set, points=points,
-                        bn_batches=bn_batches, batch_size=batch_size, seed=seed,
-                        progress_label=f"{path} {row.label} s{seed} {pair_label(a, b)}",
-                    )
-
-                table = store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute, code=__name__)
+                table = _path_between(store, row, runs[(row.label, a, seed)], runs[(row.label, b, seed)], seed, path, walk, options, pair_label(a, b))
                 frames.append(table.assign(row=row.label, seed=seed, pair=pair_label(a, b), regime_a=a, regime_b=b, path=path))
-    columns = ["row", "seed", "pair", "regime_a", "regime_b", "path", "alpha", "exit", "loss", "accuracy"]
-    return pd.concat(frames, ignore_index=True)[columns]
+    return pd.concat(frames, ignore_index=True)[list(PATH_COLUMNS)]
+
+
+PATH_COLUMNS: tuple[str, ...] = ("row", "seed", "pair", "regime_a", "regime_b", "path", "alpha", "exit", "loss", "accuracy")
+
+
+def seed_pair_paths(
+    s: Study,
+    regimes: Sequence[str] = ("joint", "mixed"),
+    points: int = 21,
+    bn_batches: int = 10,
+    eval_samples: int | None = None,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    """The control of "one basin": the linear path between two seeds of the same regime (each seed
+    and the next of the study's, for each of ``regimes`` it trains), read as
+    :func:`connectivity_paths` reads a pair of regimes. Two runs of one regime share nothing but
+    their recipe, so their barrier is the scale at which two solutions count as apart. ``pair`` is
+    :func:`seed_pair_label`; ``seed`` the first of the two, whose data sample is used."""
+    at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1))
+    optional_at_least(eval_samples=(eval_samples, 2))
+    if len(s.seeds) < 2:
+        raise ParameterError(f"seeds must hold two or more seeds to join two runs of one regime, got {list(s.seeds)}")
+    joined = [r for r in regimes if r in s.regimes]
+    if not joined:
+        raise ParameterError(f"regimes {list(regimes)}: the study trains none of them ({list(s.regimes)})")
+    store = RunStore(s.runs_root)
+    runs = _runs_by_regime(s)
+    options: dict[str, Any] = {"points": points, "bn_batches": bn_batches, "batch_size": batch_size, "eval_samples": eval_samples}
+    frames = []
+    for row in s.rows:
+        for regime in joined:
+            label = seed_pair_label(regime)
+            for first, second in zip(s.seeds, s.seeds[1:]):
+                table = _path_between(store, row, runs[(row.label, regime, first)], runs[(row.label, regime, second)], first,
+                                      "linear", linear_path, options, f"{regime} s{first} - s{second}")
+                frames.append(table.assign(row=row.label, seed=first, pair=label, regime_a=regime, regime_b=regime, path="linear"))
+    return pd.concat(frames, ignore_index=True)[list(PATH_COLUMNS)]
+
+
+def seed_pair_label(regime: str) -> str:
+    """The ``pair`` of :func:`seed_pair_paths`' paths between two seeds of ``regime``."""
+    return f"{pair_label(regime, regime)} (two seeds)"
+
+
+def _path_between(
+    store: RunStore, row: Row, run_a: Run, run_b: Run, seed: int, path: str, walk: Callable[..., pd.DataFrame],
+    options: Mapping[str, Any], label: str,
+) -> pd.DataFrame:
+    """The ``path`` from ``run_a``'s weights to ``run_b``'s (cached in the store by both runs' keys
+    and the ``options``), on ``row``'s data with ``seed``'s sample."""
+
+    def compute() -> pd.DataFrame:
+        train_set, eval_set = _connectivity_data(row.config, options["eval_samples"], seed)
+        return walk(
+            run_a.model(inference_device()), run_b.model(inference_device()), train_set, eval_set, points=options["points"],
+            bn_batches=options["bn_batches"], batch_size=options["batch_size"], seed=seed,
+            progress_label=f"{path} {row.label} s{seed} {label}",
+        )
+
+    return store.cached_table(f"{path}_path", {"runs": [run_a.key, run_b.key], **options}, compute, code=__name__)
 
 
 def barrier_table(paths: pd.DataFrame) -> pd.DataFrame:

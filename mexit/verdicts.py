@@ -1,0 +1,258 @@
+"""Every verdict of the book at a glance: each page's decided claims recorded as its table shows
+them, then read back into one matrix (a line a claim, a column a row of the profile) and one
+sentence that counts them.
+
+A page records its claims when it glues them (:func:`mexit.pages.glue_claims`): ``mexit book``
+names the folder (``$MEXIT_CLAIMS_RECORDS``) and the page (``$MEXIT_PAGE``) for each notebook it
+executes, and the verdicts page (``notebooks/verdicts.ipynb``, executed after every other page)
+draws what the records hold. The record is made from the same decided rows as the page's claims
+table (:func:`claim_record`), so the matrix and the tables cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from mexit.claims import (
+    AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, VERDICTS, fresh_reading, reading_of,
+)
+from mexit.evaluate.stats import format_interval
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+RECORDS_VARIABLE = "MEXIT_CLAIMS_RECORDS"
+"""The environment variable naming the folder the pages record their claims in (set by ``mexit book``)."""
+PAGE_VARIABLE = "MEXIT_PAGE"
+"""The environment variable naming the page being executed (set by ``mexit book``): its record's name."""
+
+LINE_KEY: tuple[str, ...] = ("section", "page", "line", "reading")
+"""What makes one line of the matrix."""
+
+RECORD_COLUMNS: tuple[str, ...] = ("row", "line", "claim", "reading", "unit", "effect", "verdict", "why", "fresh seeds")
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Claims of Table 1": ("table1",),
+    "Training time": ("training_cost",),
+    "The paper's explanations": ("gradient_dominance", "mode_connectivity", "numerical_rank", "mutual_information"),
+    "The ablations": ("loss_scaling", "ic_size", "ic_placement", "methods", "phase_split"),
+    "Beyond the paper": ("calibration", "exit_rules", "distribution_shift", "out_of_distribution", "wall_clock"),
+    "Open questions": ("architectures", "rules_loss_scaling"),
+}
+"""The status page's sections and the pages whose claims each holds, in the page's order."""
+
+VERDICT_COLOURS: dict[str, str] = {
+    "held": "#0072B2",
+    "not held": "#D55E00",
+    "inconclusive": "#E5E5E5",
+    NOT_CONVERGED: "#E69F00",
+    NOT_LEARNED: "#CC79A7",
+    AT_THE_CAP: "#56B4E9",
+    NO_INTERVAL: "#FFFFFF",
+}
+"""A colour per verdict, from the Okabe-Ito palette (told apart under the common colour-vision
+deficiencies); each cell also names its verdict in words."""
+
+def claim_record(rows: pd.DataFrame, digits: int = 1, fresh: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A page's :func:`mexit.claims.decide` rows as the matrix reads them, one line each: the
+    profile ``row`` it was measured on, the ``line`` (the claim, with what else its scale names: an
+    ablation's variant, an exit rule), ``reading``, ``unit``, ``effect`` ("mean [low, high]", as the
+    claims table prints it), ``verdict``, ``why`` untested and, where ``fresh`` decided rows of the
+    same claims on other seeds are given, how they read it (:func:`fresh_reading`)."""
+    fresh_verdicts = {} if fresh is None else {(r["key"], r["compared"]): r["verdict"] for _, r in fresh.iterrows()}
+    lines = []
+    for _, r in rows.iterrows():
+        row = r["compared"].row
+        lines.append({
+            "row": row,
+            "line": _line(str(r["claim"]), str(r["scale"]), row),
+            "claim": r["claim"],
+            "reading": reading_of(str(r["key"])),
+            "unit": r["unit"],
+            "effect": format_interval(r["effect"], r["ci_low"], r["ci_high"], digits),
+            "verdict": r["verdict"],
+            "why": r["why"] or "",
+            "fresh seeds": fresh_reading(str(r["verdict"]), fresh_verdicts.get((r["key"], r["compared"]))) if fresh is not None else "–",
+        })
+    return pd.DataFrame(lines, columns=list(RECORD_COLUMNS))
+
+
+def _line(claim: str, scale: str, row: str) -> str:
+    """The claim, with what its scale adds to the row's label (budgets aside)."""
+    extra = scale[len(row):] if scale.startswith(row) else scale
+    extra = re.sub(r"\s*\(budgets?\b[^)]*\)", "", extra)
+    extra = re.sub(r"^[\s,;:]+|[\s,;:]+$", "", extra)
+    return f"{claim}: {extra}" if extra else claim
+
+
+def record_claims(record: pd.DataFrame, folder: str | os.PathLike | None = None, page: str | None = None) -> Path | None:
+    """Write a page's :func:`claim_record` to ``folder/page.csv`` (defaults: ``$MEXIT_CLAIMS_RECORDS``
+    and ``$MEXIT_PAGE``; nothing is written when either is unset, as when a reader runs a notebook
+    by hand); the file appears whole or not at all. Returns its path, or None."""
+    from mexit.checkpoint import write_bytes_atomic
+
+    folder = folder or os.environ.get(RECORDS_VARIABLE)
+    page = page or os.environ.get(PAGE_VARIABLE)
+    if not folder or not page:
+        return None
+    target = Path(folder) / f"{page}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(target, record.to_csv(index=False).encode())
+    return target
+
+
+def records_folder(records: str | None) -> Path:
+    """The folder of the pages' records a summary reads: ``records``, else ``$MEXIT_CLAIMS_RECORDS``
+    (``mexit book`` sets it), else ``./records`` (beside the executed notebooks), else
+    ``book/generated/records``. Raises a :class:`~mexit.config.ParameterError` naming ``records``
+    when the folder is not there."""
+    from mexit.config import ParameterError
+
+    candidates = [records] if records else [os.environ.get(RECORDS_VARIABLE), "records", str(Path("book") / "generated" / "records")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    tried = ", ".join(c for c in candidates if c)
+    raise ParameterError(f"records must be a folder of the pages' claim records (written by 'mexit book'); none found at {tried}")
+
+
+def read_records(folder: str | os.PathLike) -> pd.DataFrame:
+    """Every page's record in ``folder`` (``<page>.csv``), with its ``page`` and status-page
+    ``section``, in the status page's order. Raises a ValueError naming a page no section lists."""
+    folder = Path(folder)
+    order = [page for pages in SECTIONS.values() for page in pages]
+    found = {path.stem: path for path in folder.glob("*.csv")}
+    unknown = sorted(set(found) - set(order))
+    if unknown:
+        raise ValueError(f"pages {unknown} recorded claims but no section of mexit.verdicts.SECTIONS lists them")
+    section_of = {page: section for section, pages in SECTIONS.items() for page in pages}
+    frames = [
+        pd.read_csv(found[page], keep_default_na=False, dtype=str).assign(page=page, section=section_of[page])
+        for page in order if page in found
+    ]
+    if not frames:
+        return pd.DataFrame(columns=[*RECORD_COLUMNS, "page", "section"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def verdict_matrix(records: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
+    """The matrix as a table: one line per (section, page, line, reading), one column per profile
+    row (in the order the records first name them), each cell "verdict: effect" (``value`` names a
+    record column to show instead) and "" where the line was not measured on that row."""
+    rows = list(dict.fromkeys(records["row"]))
+    keyed = records.assign(cell=records["verdict"] + ": " + records["effect"])
+    table = keyed.pivot_table(index=list(LINE_KEY), columns="row", values=value, aggfunc="first", sort=False)
+    return table.reindex(columns=rows).fillna("")
+
+
+def verdict_counts(records: pd.DataFrame) -> dict[str, int]:
+    """How many verdicts of each kind the records hold, in :data:`mexit.claims.VERDICTS`' order (zeros kept)."""
+    counts = records["verdict"].value_counts()
+    unknown = sorted(set(counts.index) - set(VERDICTS))
+    if unknown:
+        raise ValueError(f"unknown verdicts {unknown}; allowed: {VERDICTS}")
+    return {v: int(counts.get(v, 0)) for v in VERDICTS}
+
+
+def counts_by_section(records: pd.DataFrame) -> pd.DataFrame:
+    """How many verdicts of each kind (:func:`verdict_counts`) each status-page section holds, in the
+    page's order; kinds no section has are left out."""
+    sections = list(dict.fromkeys(records["section"]))
+    table = pd.DataFrame([verdict_counts(records[records["section"] == s]) for s in sections], index=pd.Index(sections, name="section"))
+    return table.loc[:, (table != 0).any()]
+
+
+def verdict_summary(records: pd.DataFrame) -> str:
+    """One paragraph that counts the matrix: its verdicts by kind (the untested ones by why), over
+    how many claims and rows, and how fresh seeds read the held and not held ones."""
+    counts = verdict_counts(records)
+    untested = {v: n for v, n in counts.items() if v.startswith("untested") and n}
+    total = sum(counts.values())
+    text = (
+        f"{total} verdicts on {records['line'].nunique()} claims over {records['row'].nunique()} rows of the profile: "
+        f"{counts['held']} held, {counts['not held']} not held, {counts['inconclusive']} inconclusive and "
+        f"{sum(untested.values())} untested"
+    )
+    if untested:
+        text += " (" + ", ".join(f"{n} {v.removeprefix('untested').strip(' :')}" for v, n in untested.items()) + ")"
+    text += "."
+    fresh = records.loc[records["fresh seeds"] != "–", "fresh seeds"]
+    if len(fresh):
+        told = fresh.value_counts()
+        parts = [f"{int(told[r])} {r}" for r in FRESH_READINGS if r in told]
+        text += f" Of the {len(fresh)} held or not held verdicts that a fresh set of seeds re-decided, " + ", ".join(parts) + "."
+    return text
+
+
+LABEL_CHARACTERS = 100
+"""The longest line of a claim's label in the matrix (two at most)."""
+
+
+def matrix_figure(records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.36) -> Figure:
+    """The matrix drawn: per section a heading, then a line per claim (its reading beside it), a
+    column per profile row, each cell coloured by its verdict (:data:`VERDICT_COLOURS`) with the
+    verdict's word and the effect [CI] in it; a legend of the verdicts shown."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    matrix, effects = verdict_matrix(records, "verdict"), verdict_matrix(records, "effect")
+    units = records.drop_duplicates(list(LINE_KEY)).set_index(list(LINE_KEY))["unit"]
+    rows = list(matrix.columns)
+    sections = list(dict.fromkeys(matrix.index.get_level_values("section")))
+    height = line_height * (len(matrix) + len(sections) + 3)
+    figure = plt.figure(figsize=(label_width + column_width * len(rows), height))
+    ax = figure.add_axes((0, 0, 1, 1))
+    total_width = label_width + column_width * len(rows)
+    ax.set_xlim(0, total_width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    y = line_height
+    for j, row in enumerate(rows):
+        ax.text(label_width + (j + 0.5) * column_width, y, _wrapped(row, 24), ha="center", va="center", fontsize=8, weight="bold")
+    y += line_height
+    for section in sections:
+        y += line_height
+        ax.text(0.05, y, section, ha="left", va="center", fontsize=9, weight="bold")
+        for key, cells in matrix.loc[[section]].iterrows():
+            _, _, line, reading = key
+            y += line_height
+            label = f"{line} [{units[key]}]"
+            if reading != READINGS["convergence"] and reading not in line:
+                label += f" ({reading})"
+            ax.text(0.1, y, _wrapped(_shortened(label, 2 * LABEL_CHARACTERS), LABEL_CHARACTERS), ha="left", va="center", fontsize=6, linespacing=1.1)
+            for j, row in enumerate(rows):
+                verdict = cells[row]
+                if not verdict:
+                    continue
+                x = label_width + j * column_width
+                ax.add_patch(Rectangle((x + 0.03, y - line_height / 2 + 0.02), column_width - 0.06, line_height - 0.04,
+                                       facecolor=VERDICT_COLOURS[verdict], edgecolor="#999999", linewidth=0.4))
+                dark = verdict in ("held", "not held")
+                ax.text(x + column_width / 2, y, f"{verdict}\n{effects.loc[key, row]}", ha="center", va="center",
+                        fontsize=6, linespacing=1.1, color="white" if dark else "black")
+    shown = [v for v in VERDICTS if v in set(records["verdict"])]
+    figure.legend(
+        handles=[Patch(facecolor=VERDICT_COLOURS[v], edgecolor="#999999", label=v) for v in shown],
+        loc="upper left", bbox_to_anchor=(0.005, 1.0), ncol=min(4, len(shown)), fontsize=7, frameon=False,
+    )
+    return figure
+
+
+def _wrapped(text: str, width: int) -> str:
+    words, lines, current = text.split(), [], ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return "\n".join([*lines, current])
+
+
+def _shortened(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
