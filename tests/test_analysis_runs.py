@@ -201,9 +201,9 @@ def test_paths_barriers_and_plane_are_tagged_and_cached(trained: Study, monkeypa
     assert list(pd.unique(controls["pair"])) == [analysis_runs.seed_pair_label("joint"), analysis_runs.seed_pair_label("mixed")]
     assert len(controls) == 2 * 3 * exits and set(controls["seed"]) == {0}
     assert (controls["regime_a"] == controls["regime_b"]).all()
-    ends = controls[controls["alpha"] == 1.0].set_index(["pair", "exit"])["accuracy"]
-    joint_s1 = linear[(linear["pair"] == "joint–mixed") & (linear["seed"] == 1) & (linear["alpha"] == 0.0)].set_index("exit")["accuracy"]
-    assert np.allclose(ends.loc[analysis_runs.seed_pair_label("joint")].to_numpy(), joint_s1.to_numpy())  # the path ends at joint's seed 1
+    starts = controls[controls["alpha"] == 0.0].set_index(["pair", "exit"])["accuracy"]
+    joint_s0 = linear[(linear["pair"] == "joint–mixed") & (linear["seed"] == 0) & (linear["alpha"] == 0.0)].set_index("exit")["accuracy"]
+    assert np.allclose(starts.loc[analysis_runs.seed_pair_label("joint")].to_numpy(), joint_s0.to_numpy())  # it starts at joint's seed 0
     assert analysis_runs.barrier_summary(analysis_runs.barrier_table(controls)).loc[("tiny", analysis_runs.seed_pair_label("mixed"), "linear", "final exit"), "seeds"] == 1
 
     for name in ("linear_path", "bezier_path", "loss_plane"):
@@ -229,18 +229,19 @@ def test_rank_and_information_tables_per_run(trained: Study, monkeypatch: pytest
 
 def test_dominance_heatmap_shows_the_mean_share_over_seeds() -> None:
     probes = pd.DataFrame(
-        {"block": [1, 1, 2, 1, 1, 2], "exit_block": [1, 2, 2, 1, 2, 2], "share": [0.2, 0.8, 1.0, 0.4, 0.6, 1.0], "seed": [0, 0, 0, 1, 1, 1]}
+        {"block": [1, 1, 2, 1, 1, 2], "exit": [0, 1, 1, 0, 1, 1], "exit_block": [1, 2, 2, 1, 2, 2],
+         "share": [0.2, 0.8, 1.0, 0.4, 0.6, 1.0], "seed": [0, 0, 0, 1, 1, 1]}
     )
     ax = dominance_heatmap(probes)
     shown = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
-    assert np.allclose(shown[0], [0.3, 0.7]) and np.isnan(shown[1][0]) and shown[1][1] == 1.0  # exit 1 does not reach block 2
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+    assert np.allclose(shown[0], [0.3, 0.7]) and np.isnan(shown[1][0]) and shown[1][1] == 1.0  # exit 0 does not reach block 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0\nb1", "1\nb2"]  # exits 0-based, as every plot numbers them
 
 
 def test_dominance_grid_puts_a_regime_a_row_and_two_moments_a_row() -> None:
     """Two heatmaps a row (not three regimes side by side), so that their cells' values are
     readable once the figure is fitted to the book's text column."""
-    probes = pd.DataFrame({"block": [1, 1], "exit_block": [1, 2], "share": [0.4, 0.6], "seed": [0, 0]})
+    probes = pd.DataFrame({"block": [1, 1], "exit": [0, 1], "exit_block": [1, 2], "share": [0.4, 0.6], "seed": [0, 0]})
     moments = {m: pd.concat(probes.assign(regime=r) for r in ("joint", "mixed")) for m in ("start of P2", "end of P2")}
     figure = dominance_grid(moments, ["disjoint", "joint", "mixed"])
     shown = [ax for ax in figure.axes if ax.get_visible() and ax.images]
@@ -271,3 +272,8 @@ def test_path_grid_and_plane_contour_draw_every_pair_and_every_regime() -> None:
     anchors = pd.DataFrame({"regime": ["disjoint", "joint", "mixed"], "u": [0.0, 2.0, 1.0], "v": [0.0, 0.0, 1.0]})
     ax = plane_contour(grid, anchors)
     assert [t.get_text() for t in ax.texts] == ["disjoint", "joint", "mixed"]
+    bar = ax.figure.axes[-1]  # the colour bar: as tall as the plot, its levels evenly spaced on a log scale and labelled
+    assert bar.get_position().height == pytest.approx(ax.get_position().height, rel=0.05)
+    levels = ax.collections[0].levels if hasattr(ax.collections[0], "levels") else None
+    assert levels is not None and np.allclose(np.diff(np.log(levels)), np.diff(np.log(levels))[0])
+    assert len([t for t in bar.get_yticklabels() if t.get_text()]) >= 5

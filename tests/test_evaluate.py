@@ -488,6 +488,8 @@ def test_format_interval():
     assert format_interval(1.234, -0.5, 2.0, signed=True) == "+1.2 [-0.5, +2.0]"
     assert format_interval(1.25, np.nan, np.nan, digits=2) == "1.25"
     assert format_interval(np.nan, np.nan, np.nan) == "–"
+    assert format_interval(-0.04, -0.3, 0.02) == "0.0 [-0.3, 0.0]"  # never "-0.0"
+    assert format_interval(-0.004, -0.04, 0.1, digits=1, signed=True) == "+0.0 [+0.0, +0.1]"
 
 
 def test_ztw_weights_stay_non_negative_where_a_negative_one_would_fit_better():

@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from mexit.plots import level_colours, set_style
+
+
+EXIT_AXIS = "Exit (0-based, the last is the final exit); under it, bN: the block it reads"
+"""How the dominance plots name an exit: its index, as every plot of the book numbers exits, and its block."""
 
 
 def dominance_heatmap(probes: pd.DataFrame, *, value: str = "share", ax: Axes | None = None) -> Axes:
@@ -22,11 +28,11 @@ def dominance_heatmap(probes: pd.DataFrame, *, value: str = "share", ax: Axes | 
     set_style()
     if ax is None:
         _, ax = plt.subplots()
-    grid = probes.pivot_table(index="block", columns="exit_block", values=value, aggfunc="mean")
+    grid = probes.pivot_table(index="block", columns=["exit", "exit_block"], values=value, aggfunc="mean")
     image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", origin="upper")
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+    ax.set_xticks(range(grid.shape[1]), [f"{e}\nb{b}" for e, b in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
-    ax.set_xlabel("Exit (after block)")
+    ax.set_xlabel(EXIT_AXIS)
     ax.set_ylabel("Backbone block")
     ax.grid(False)
     for (i, j), cell in np.ndenumerate(grid.to_numpy()):
@@ -62,16 +68,17 @@ def dominance_trace(traces: pd.DataFrame, block: int, *, ax: Axes | None = None)
     if ax is None:
         _, ax = plt.subplots()
     at = traces[traces["block"] == block]
-    exits = sorted(at["exit_block"].unique())
+    exits = sorted(at[["exit", "exit_block"]].drop_duplicates().itertuples(index=False))
     colours = dict(zip(exits, sns.color_palette("viridis", n_colors=len(exits))))
-    for exit_block in exits:
-        stats = at[at["exit_block"] == exit_block].groupby("step")["share"].agg(["mean", "min", "max"])
-        ax.plot(stats.index, stats["mean"], color=colours[exit_block], label=str(exit_block))
-        ax.fill_between(stats.index, stats["min"], stats["max"], color=colours[exit_block], alpha=0.15, linewidth=0)
+    for exit_index, exit_block in exits:
+        stats = at[at["exit"] == exit_index].groupby("step")["share"].agg(["mean", "min", "max"])
+        colour = colours[(exit_index, exit_block)]
+        ax.plot(stats.index, stats["mean"], color=colour, label=f"{exit_index} (block {exit_block})")
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("Step of P2")
     ax.set_ylabel(f"Gradient share at block {block}")
     ax.set_ylim(0, 1)
-    ax.legend(title="exit after block", fontsize=7, ncols=2)
+    ax.legend(title="exit (0-based)", fontsize=7, ncols=2)
     return ax
 
 
@@ -112,6 +119,10 @@ def path_grid(paths: pd.DataFrame) -> Figure:
     return figure
 
 
+PLANE_LEVELS = 13
+"""Contour levels of the loss plane (a labelled tick at every second one)."""
+
+
 def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "loss", ax: Axes | None = None) -> Axes:
     """Contours of ``value`` (the final exit's loss or accuracy) on the plane of one row, with the
     three regimes' solutions marked: :func:`mexit.analysis.runs.connectivity_plane`."""
@@ -120,11 +131,22 @@ def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "lo
         _, ax = plt.subplots()
     final = grid[grid["exit"] == grid["exit"].max()]
     table = final.pivot_table(index="v", columns="u", values=value)
-    levels = np.quantile(table.to_numpy(), np.linspace(0, 1, 15)) if value == "loss" else 15
-    filled = ax.contourf(table.columns, table.index, table.to_numpy(), levels=np.unique(levels), cmap="viridis_r" if value == "loss" else "viridis")
+    values = table.to_numpy()
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    if value == "loss":  # levels evenly spaced on a log scale: the basins' floor and the walls between them both resolved
+        levels = np.geomspace(max(low, 1e-3), max(high, 2e-3), PLANE_LEVELS)
+        norm, ticks, fmt = LogNorm(levels[0], levels[-1]), levels[::2], "%.2g"
+        values = np.clip(values, levels[0] / 2, None)  # a loss of 0 (no log) shows in the lowest colour
+    else:
+        levels = np.linspace(low, max(high, low + 1e-6), PLANE_LEVELS)
+        norm, ticks, fmt = None, levels[::2], "%.0f"
+    filled = ax.contourf(table.columns, table.index, values, levels=levels, norm=norm, extend="both",
+                         cmap="viridis_r" if value == "loss" else "viridis")
+    ax.set_aspect("equal")
+    bar_axes = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.1)  # as tall as the plot
     ax.figure.colorbar(
-        filled, ax=ax, format="%.2f" if value == "loss" else "%.0f",
-        label="Test loss, final exit (nats)" if value == "loss" else "Test accuracy, final exit (%)",
+        filled, cax=bar_axes, ticks=ticks, format=fmt,
+        label="Test loss, final exit (nats, log scale)" if value == "loss" else "Test accuracy, final exit (%)",
     )
     for _, anchor in anchors.iterrows():
         ax.plot(anchor["u"], anchor["v"], marker="o", color="white", markeredgecolor="black", markersize=8)
@@ -132,7 +154,6 @@ def plane_contour(grid: pd.DataFrame, anchors: pd.DataFrame, *, value: str = "lo
                     fontsize=9, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0})
     ax.set_xlabel("u (parameter distance)")
     ax.set_ylabel("v (parameter distance)")
-    ax.set_aspect("equal")
     ax.grid(False)
     return ax
 

@@ -30,7 +30,9 @@ def format_interval(mean: float, low: float, high: float, digits: int = 1, signe
     """"mean [low, high]"; "mean" alone without an interval; "–" without a mean."""
     if np.isnan(mean):
         return "–"
-    number = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    def number(value: float) -> str:  # a value that rounds to zero prints as 0, never "-0.0"
+        return f"{{:{'+' if signed else ''}.{digits}f}}".format(0.0 if round(value, digits) == 0 else value)
+
     if np.isnan(low) or np.isnan(high):
         return number(mean)
     return f"{number(mean)} [{number(low)}, {number(high)}]"
