@@ -320,9 +320,9 @@ def model_identity(config: ModelConfig) -> dict[str, Any]:
         path = Path(config.checkpoint)
         identity["checkpoint_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else config.checkpoint
     if config.pretrained:  # the models (torch, timm) are imported only where published weights are named
-        from mexit.models.backbones import pretrained_weights
+        from mexit.models.backbones import pretrained_tag
 
-        identity["pretrained"] = pretrained_weights(config.backbone)
+        identity["pretrained"] = pretrained_tag(config.backbone)
     return identity
 
 

@@ -575,13 +575,17 @@ def _overrides(where: str, value: Mapping[str, Any]) -> list[str]:
     return overrides
 
 
-def _check_builds(config: RunConfig) -> None:
+def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
-    depth, such as IC placement indices beyond it."""
+    depth, such as IC placement indices beyond it, and, with ``require_data``, that published weights
+    it starts from are on this machine (a plan for another machine, ``require_data`` False, builds
+    without them)."""
     import torch
 
     from mexit import data
 
+    if not require_data and config.model.pretrained:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False))
     with torch.device("meta"):
         build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
 
@@ -603,7 +607,7 @@ def _row(index: int, value: Any, where: str | None = None, *, require_data: bool
     try:
         config = load_config(name, overrides)
         config.validate()
-        _check_builds(config)
+        _check_builds(config, require_data=require_data)
     except ValueError as error:
         raise ParameterError(f"{where} ({label!r}): {error}") from None
     root = config.data.data_root

@@ -25,6 +25,7 @@ class PageReport:
     page: str
     problems: list[str] = field(default_factory=list)
     figures: int = 0
+    images: int = 0
     math: int = 0
     text: str = ""
 
@@ -75,6 +76,9 @@ def check_pages(html: Path, screenshots: Path) -> list[PageReport]:
             )
             report.problems += [f"broken image: {src}" for src in broken]
             report.figures = page.evaluate("() => document.querySelectorAll('.cell_output img, .output img').length")
+            report.images = page.evaluate(
+                "() => Array.from(document.querySelectorAll('main img')).filter(i => i.complete && i.naturalWidth > 0).length"
+            )
             report.math = page.evaluate("() => document.querySelectorAll('mjx-container').length")
             report.text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
             tex = [match.group(0) for match in RAW_TEX.finditer(report.text)]

@@ -10,11 +10,12 @@ import torch
 import torchvision
 from torch import nn
 
-from mexit.config import RunConfig
+from mexit.config import RunConfig, model_identity
 from mexit.evaluate import sweep
 from mexit.flops import exit_costs
 from mexit.models import build
 from mexit.models.generic import SplitError, split_model
+from mexit.study import make_study
 
 SWIN = {"window_size": 2, "depths": (2, 2, 2), "num_heads": (2, 4, 8), "embed_dim": 16}
 """A Swin small enough for 16 x 16 images: 4 x 4 patches, windows of 2, three stages."""
@@ -132,8 +133,12 @@ def test_pretrained_weights_offline_are_refused_before_anything_is_built() -> No
     with pytest.raises(ValueError, match=message):
         build("timm/convnext_atto", 10, pretrained=True)
     config = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "pretrained": True}})
+    config.validate()  # the weights are named (the key holds their tag) ...
+    assert model_identity(config.model)["pretrained"] == "convnext_atto.d2_in1k"
+    row = {"label": "weights", "config": "mnist5k-convnext-quick", "overrides": ["model.pretrained=true"]}
     with pytest.raises(ValueError, match=message):
-        config.validate()  # what a study checks before it trains
+        make_study(rows=[row], seeds=[0, 1], regimes=["joint", "mixed"], runs_root=None)  # ... and a page checks they are here before it trains
+    assert make_study(rows=[row], seeds=[0, 1], regimes=["joint", "mixed"], runs_root=None, require_data=False)  # a plan for a GPU machine does not
     with pytest.raises(ValueError, match=r"model.pretrained: backbone='resnet20' \(small-image ResNet\) has no published weights"):
         build("resnet20", 10, pretrained=True)
 

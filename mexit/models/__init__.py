@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mexit.models.backbones import BACKBONES, VERIFIED, backbone_features, create_backbone, pretrained_weights
+from mexit.models.backbones import BACKBONES, VERIFIED, backbone_features, create_backbone, pretrained_tag
 from mexit.models.exit_rules import EXIT_RULES
 from mexit.models.heads import DEFAULT_HEADS, HEADS, BodyInput, check_head, make_head
 from mexit.models.methods import METHODS, make_method
@@ -61,10 +61,11 @@ def validate(
     pretrained: bool = False,
 ) -> None:
     """Check names and options without building anything (indices vs depth are checked by `build`);
-    with `pretrained`, that the published weights are on this machine (`pretrained_weights`)."""
+    with `pretrained`, that the backbone has published weights (`pretrained_tag`; whether they are on
+    this machine is checked where a page is planned with its data, and by `build`)."""
     features = backbone_features(backbone)
     if pretrained:
-        pretrained_weights(backbone)
+        pretrained_tag(backbone)
     check_head(head or DEFAULT_HEADS[features], features, backbone, head_kwargs)
     make_method(method, method_kwargs)
     check_placement(placement)

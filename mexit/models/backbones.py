@@ -237,26 +237,20 @@ def backbone_features(name: str) -> FeatureKind:
     return backbone_family(name).features(name)
 
 
+def pretrained_tag(name: str) -> str:
+    """The published weights ``pretrained=True`` names for backbone ``name`` (timm's
+    ``architecture.tag``, or torchvision's weights enum), what a run's key holds; whether they are on
+    this machine is :func:`pretrained_weights`' check. Raises ValueError naming ``model.pretrained``
+    for a backbone without published weights."""
+    return _published(name)[0]
+
+
 def pretrained_weights(name: str) -> str:
-    """The published weights ``pretrained=True`` gives backbone ``name`` (timm's ``model.tag``, or
-    torchvision's weights enum), checked to be on this machine: in the cache, or downloaded now
-    where downloads are allowed. Raises ValueError naming ``model.pretrained`` otherwise."""
-    family = backbone_family(name)
-    if not family.pretrainable:
-        raise ValueError(f"model.pretrained: backbone={name!r} ({family.name}) has no published weights; "
-                         "pretrained weights exist for tv/<name> and timm/<name> backbones")
-    family.features(name)
+    """:func:`pretrained_tag`, checked to be on this machine: in the cache, or downloaded when
+    building where downloads are allowed. Raises ValueError naming ``model.pretrained`` and the
+    local-file option otherwise: what a page checks before it trains and a build before it starts."""
+    tag, found = _published(name)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    if family.name == "timm":
-        cfg = timm.models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
-        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-            raise ValueError(f"model.pretrained: timm publishes no weights for {name!r}")
-        tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
-        found = _timm_cached(cfg)
-    else:
-        enum = torchvision.models.get_model_weights(name.removeprefix(TV_PREFIX)).DEFAULT
-        tag = f"{type(enum).__name__}.{enum.name}"
-        found = (Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name).is_file()
     if not found and offline:
         raise ValueError(
             f"model.pretrained: the weights {tag} of backbone={name!r} are not on this machine and it is offline "
@@ -264,6 +258,23 @@ def pretrained_weights(name: str) -> str:
             "file and pass it as model.checkpoint (with model.pretrained false)"
         )
     return tag
+
+
+def _published(name: str) -> tuple[str, bool]:
+    """The published weights' tag for backbone ``name`` and whether they are in this machine's cache."""
+    family = backbone_family(name)
+    if not family.pretrainable:
+        raise ValueError(f"model.pretrained: backbone={name!r} ({family.name}) has no published weights; "
+                         "pretrained weights exist for tv/<name> and timm/<name> backbones")
+    family.features(name)
+    if family.name == "timm":
+        cfg = timm.models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise ValueError(f"model.pretrained: timm publishes no weights for {name!r}")
+        tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
+        return tag, _timm_cached(cfg)
+    enum = torchvision.models.get_model_weights(name.removeprefix(TV_PREFIX)).DEFAULT
+    return f"{type(enum).__name__}.{enum.name}", (Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name).is_file()
 
 
 def _timm_cached(cfg: Any) -> bool:
