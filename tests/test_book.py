@@ -21,7 +21,6 @@ import yaml
 from mexit.pipeline import train_or_load
 from mexit.book import SUMMARY_PAGE, NotebookError, build_book, copy_sources, execute_notebooks
 from mexit.plan import load_profile, notebook_parameters
-from mexit import claims
 from mexit.claims import VERDICTS
 from mexit.verdicts import read_records, verdict_summary
 
@@ -207,15 +206,18 @@ def test_a_warm_rebuild_reuses_unchanged_notebooks_and_rebuilds_the_pages_citing
     assert render(tiny_book) == 0
     assert status_page.stat().st_mtime_ns > before, "the status page was not rebuilt after a notebook it cites was re-executed"
 
-    # A changed result: the training-cost page on one seed decides nothing. Its record changes, so
-    # the verdict matrix is drawn again, and the status page shows the new count.
-    one_seed = tiny_book / "one_seed.yaml"
-    one_seed.write_text(yaml.safe_dump({**load_profile("tiny"), "notebooks": {**load_profile("tiny")["notebooks"], "training_cost": {"seeds": [0]}}}))
-    before_summary = verdict_summary(read_records(tiny_book / "book" / "generated" / "records"))
-    changed = execute_notebooks(str(one_seed), tiny_book, runs_root=store, only=["training_cost"], train=False)
-    assert [(run.name, run.reused) for run in changed] == [("training_cost", False), (SUMMARY_PAGE, False)]
-    after_summary = verdict_summary(read_records(tiny_book / "book" / "generated" / "records"))
-    assert after_summary != before_summary and claims.NO_INTERVAL.removeprefix("untested").strip() in after_summary
+    # A changed result: the exit-rules page under one rule decides fewer claims. Its record changes,
+    # so the verdict matrix is drawn again, and the status page shows the new count.
+    one_rule = tiny_book / "one_rule.yaml"
+    profile = load_profile("tiny")
+    profile["notebooks"]["exit_rules"] = {**profile["notebooks"]["exit_rules"], "rules": ["maxprob"]}
+    one_rule.write_text(yaml.safe_dump(profile))
+    records = tiny_book / "book" / "generated" / "records"
+    before_summary, before_lines = verdict_summary(read_records(records)), len(read_records(records))
+    changed = execute_notebooks(str(one_rule), tiny_book, runs_root=store, only=["exit_rules"], train=False)
+    assert [(run.name, run.reused) for run in changed] == [("exit_rules", False), (SUMMARY_PAGE, False)]
+    after_summary = verdict_summary(read_records(records))
+    assert len(read_records(records)) < before_lines and after_summary != before_summary
     assert render(tiny_book) == 0
     shown = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", status_page.read_text())).split())
     assert after_summary in shown and before_summary not in shown
