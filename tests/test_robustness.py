@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mexit import claims
-from mexit.analysis.robustness import check_ood_parameters, check_shift_parameters, severity_means, shift_table
+from mexit.analysis.robustness import check_ood_parameters, check_shift_parameters, rows_without_point, severity_means, shift_table
 from mexit.data import DataConfig
 from mexit.data.generated import write
 from mexit.data.loading import load
@@ -245,3 +245,12 @@ def test_the_smoke_generates_the_out_of_distribution_datasets(tmp_path: Path) ->
     assert ood_datasets_read(smoke) == ["cifar10"]
     root = ensure_ood_data(tmp_path, ["cifar10"])
     assert (root / "cifar-10-batches-py").is_dir() and ensure_ood_data(tmp_path, ["cifar10"]) == root
+
+
+def test_rows_without_an_operating_point_at_a_budget_are_named() -> None:
+    means = pd.DataFrame({
+        "row": ["ResNet", "ResNet", "MSDNet", "MSDNet"], "regime": ["joint", "mixed"] * 2, "seed": 0, "budget": 0.25,
+        "severity": 0, "accuracy": [70.0, 72.0, float("nan"), float("nan")], "cost_pct": [24.0, 23.0, float("nan"), float("nan")],
+    })
+    assert rows_without_point(means) == ["MSDNet"]
+    assert rows_without_point(means[means["row"] == "ResNet"]) == []

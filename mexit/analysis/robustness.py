@@ -132,6 +132,14 @@ def severity_means(shift: pd.DataFrame, budget: float | None = None) -> pd.DataF
     return shift.groupby(keys, as_index=False, sort=False)[["accuracy", "cost_pct"]].mean()
 
 
+def rows_without_point(means: pd.DataFrame, value: str = "cost_pct") -> list[str]:
+    """The rows of :func:`severity_means` at one budget whose runs have no operating point there
+    (``value`` missing for every regime, seed and severity: the first exit costs more than the
+    budget), in the table's order: a panel of theirs would be empty."""
+    empty = means.groupby("row", sort=False)[value].apply(lambda column: bool(column.isna().all()))
+    return [str(row) for row, is_empty in empty.items() if is_empty]
+
+
 def ood_table(
     s: Study,
     points: pd.DataFrame,
