@@ -183,7 +183,8 @@ def _execute(
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
-    declared = declared_parameters(root, sorted({*names, *([SUMMARY_PAGE] if SUMMARY_PAGE in available else [])}))
+    summary = [SUMMARY_PAGE] if SUMMARY_PAGE in available else []  # executed last: it reads the others' records
+    declared = declared_parameters(root, sorted({*names, *summary}))
     by_page = runs_by_page(profile, declared, store)
     needed = {key: run for runs in by_page.values() for key, run in runs.items()}
     if train:
@@ -192,9 +193,8 @@ def _execute(
         check_stored(profile, declared, store)
     done = []
     records = into / RECORDS_DIR
-    summary = [SUMMARY_PAGE] if SUMMARY_PAGE in available else []
     with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1", RECORDS_VARIABLE: str(records)}):
-        for name in [n for n in names if n != SUMMARY_PAGE] + summary:  # the summary last: it reads the others' records
+        for name in [n for n in names if n != SUMMARY_PAGE] + summary:
             values = {**notebook_parameters(profile, name), "profile": profile_name}
             parameters = {key: value for key, value in values.items() if key in declared.get(name, {})}
             identity = notebook_identity(root / NOTEBOOK_DIR / f"{name}.ipynb", parameters, sorted(by_page.get(name, {})))
@@ -377,8 +377,9 @@ def build_smoke_book(
     root = _book_root(root)
     directory = Path(directory).resolve()
     started = time.perf_counter()
-    profile_values = smoke.smoke_profile(load_profile(profile), directory, seeds or smoke.SMOKE_SEEDS)
-    smoke.ensure_weights(directory, smoke.pretrained_backbones(load_profile(profile)))
+    original = load_profile(profile)
+    profile_values = smoke.smoke_profile(original, directory, seeds or smoke.SMOKE_SEEDS)
+    smoke.ensure_weights(directory, smoke.pretrained_backbones(original))
     smoke.ensure_data(directory, smoke.datasets_read(profile_values))
     smoke.ensure_ood_data(directory, smoke.ood_datasets_read(profile_values))
     target = copy_sources(root, directory / "book")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ VERDICT_COLOURS: dict[str, str] = {
 }
 """A colour per verdict, from the Okabe-Ito palette (told apart under the common colour-vision
 deficiencies); each cell also names its verdict in words."""
+
 
 def claim_record(rows: pd.DataFrame, digits: int = 1, fresh: pd.DataFrame | None = None) -> pd.DataFrame:
     """A page's :func:`mexit.claims.decide` rows as the matrix reads them, one line each: the
@@ -213,7 +215,7 @@ def matrix_figure(records: pd.DataFrame, *, label_width: float = 5.4, column_wid
     ax.axis("off")
     y = line_height
     for j, row in enumerate(rows):
-        ax.text(label_width + (j + 0.5) * column_width, y, _wrapped(row, 24), ha="center", va="center", fontsize=8, weight="bold")
+        ax.text(label_width + (j + 0.5) * column_width, y, textwrap.fill(row, 24, break_long_words=False, break_on_hyphens=False), ha="center", va="center", fontsize=8, weight="bold")
     y += line_height
     for section in sections:
         y += line_height
@@ -224,7 +226,7 @@ def matrix_figure(records: pd.DataFrame, *, label_width: float = 5.4, column_wid
             label = f"{line} [{units[key]}]"
             if reading != READINGS["convergence"] and reading not in line:
                 label += f" ({reading})"
-            ax.text(0.1, y, _wrapped(_shortened(label, 2 * LABEL_CHARACTERS), LABEL_CHARACTERS), ha="left", va="center", fontsize=6, linespacing=1.1)
+            ax.text(0.1, y, textwrap.fill(textwrap.shorten(label, 2 * LABEL_CHARACTERS, placeholder="…"), LABEL_CHARACTERS, break_long_words=False, break_on_hyphens=False), ha="left", va="center", fontsize=6, linespacing=1.1)
             for j, row in enumerate(rows):
                 verdict = cells[row]
                 if not verdict:
@@ -241,18 +243,3 @@ def matrix_figure(records: pd.DataFrame, *, label_width: float = 5.4, column_wid
         loc="upper left", bbox_to_anchor=(0.005, 1.0), ncol=min(4, len(shown)), fontsize=7, frameon=False,
     )
     return figure
-
-
-def _wrapped(text: str, width: int) -> str:
-    words, lines, current = text.split(), [], ""
-    for word in words:
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}".strip()
-    return "\n".join([*lines, current])
-
-
-def _shortened(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
