@@ -151,7 +151,24 @@ def declared_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def declared_parameters(root: Path, names: Sequence[str]) -> dict[str, Any]:
-    """The parameters each named notebook's ``parameters`` cell declares (papermill's reading)."""
-    import papermill
+    """The parameters each named notebook's ``parameters`` cell declares: ``{notebook: {name:
+    {"name", "default"}}}``, ``default`` the source of the value (papermill's shape). Read from the
+    cell's syntax tree, so that a value written over several lines is read whole (papermill's own
+    reader takes its first line only)."""
+    return {name: parameters_cell(root / NOTEBOOK_DIR / f"{name}.ipynb") for name in names}
 
-    return {name: papermill.inspect_notebook(str(root / NOTEBOOK_DIR / f"{name}.ipynb")) for name in names}
+
+def parameters_cell(path: Path) -> dict[str, dict[str, str]]:
+    """The names a notebook's cell tagged ``parameters`` assigns, each with its value's source."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    cells = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path} must have one cell tagged 'parameters', has {len(cells)}")
+    source = cells[0].source
+    declared = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            declared[node.targets[0].id] = {"name": node.targets[0].id, "default": ast.get_source_segment(source, node.value) or ""}
+    return declared

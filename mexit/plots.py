@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from mexit.evaluate.stats import format_interval, mean_ci
 
@@ -265,21 +266,28 @@ def format_intervals(frame: pd.DataFrame, by: Sequence[str], values: dict[str, s
 
 def reliability_diagram(table: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
     """Accuracy against mean confidence per confidence bin, one line per ``hue`` level, beside the
-    diagonal of perfect calibration: one row of :func:`mexit.evaluate.pooled_reliability`."""
+    diagonal of perfect calibration, and under it how many images each bin holds (% of the level's
+    images): one row of :func:`mexit.evaluate.pooled_reliability`. Returns the diagram's axes."""
     set_style()
     if ax is None:
         _, ax = plt.subplots()
     levels = list(pd.unique(table[hue]))
     colours = level_colours(levels)
+    counts_ax = make_axes_locatable(ax).append_axes("bottom", size="30%", pad=0.1, sharex=ax)
     ax.plot([0, 1], [0, 100], linestyle=":", color="grey", label="calibrated")
-    for level in levels:
+    width = float((table["high"] - table["low"]).min()) / (len(levels) + 1)
+    for offset, level in enumerate(levels):
         part = table[table[hue] == level]
         ax.plot(part["confidence"], 100 * part["accuracy"], marker="o", markersize=4, color=colours[level], label=str(level))
-    ax.set_xlabel("Confidence (maximum softmax), mean of the bin")
+        share = 100 * part["count"] / part["count"].sum()
+        counts_ax.bar(part["low"] + width * (offset + 0.5), share, width=width, align="edge", color=colours[level])
     ax.set_ylabel("Accuracy of the bin (%)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 100)
-    ax.legend(title=hue)
+    ax.tick_params(labelbottom=False)
+    ax.legend(title=hue, loc="upper left")
+    counts_ax.set_xlabel("Confidence (maximum softmax), mean of the bin")
+    counts_ax.set_ylabel("Images (%)")
     return ax
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from mexit.pipeline import train_or_load
 from mexit.book import SUMMARY_PAGE, NotebookError, build_book, copy_sources, execute_notebooks
-from mexit.plan import load_profile, notebook_parameters
+from mexit.plan import load_profile, notebook_parameters, parameters_cell
 from mexit.claims import VERDICTS
 from mexit.verdicts import read_records, verdict_summary
 
@@ -57,7 +57,7 @@ def test_every_notebook_declares_the_shared_parameters() -> None:
     for name in NOTEBOOKS:
         if name == SUMMARY_PAGE:  # it reads the other pages' claims, not runs
             continue
-        declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        declared = parameters_cell(ROOT / "notebooks" / f"{name}.ipynb")
         assert {"rows", "seeds", "regimes", "runs_root"} <= set(declared), name
         source = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         assert all(not cell.get("outputs") for cell in source.cells if cell.cell_type == "code"), f"{name} has outputs"

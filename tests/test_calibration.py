@@ -126,6 +126,11 @@ def test_pooled_reliability_pools_the_seeds_of_each_group() -> None:
     assert table.groupby("regime")["count"].sum().tolist() == [600, 600]  # 3 seeds x 200 test samples
     figure_ax = reliability_diagram(table[table["row"] == "R"])
     assert [line.get_label() for line in figure_ax.get_lines()] == ["calibrated", "joint", "mixed"]
+    [counts_ax] = [ax for ax in figure_ax.figure.axes if ax is not figure_ax]  # the bin counts, under the diagram
+    heights = [bar.get_height() for bar in counts_ax.patches]
+    part = table[table["row"] == "R"]
+    expected = [100 * c / part.loc[part["regime"] == r, "count"].sum() for r in ("joint", "mixed") for c in part.loc[part["regime"] == r, "count"]]
+    assert heights == pytest.approx(expected) and counts_ax.get_ylabel() == "Images (%)"
 
 
 def _evidence(regimes: tuple[str, ...] = ("joint", "mixed")) -> pd.DataFrame:

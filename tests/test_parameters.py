@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import papermill
 import pytest
 import yaml
 
 from mexit.book import execute_notebooks
 from mexit.config import ParameterError
-from mexit.plan import check_page, declared_parameters, load_profile, notebook_names, page_values
+from mexit.plan import check_page, declared_defaults, declared_parameters, load_profile, notebook_names, page_values, parameters_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,29 @@ def test_a_bad_value_of_any_parameter_is_refused_by_name_before_any_run_is_store
     with pytest.raises(ParameterError, match=parameter):
         check_page(values)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "phases").exists()
+
+
+def test_a_value_written_over_several_lines_is_declared_whole(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook()
+    source = 'seeds = [0, 1]\nvariants = [\n    {"label": "uniform", "overrides": []},  # the paper\'s reference\n    {"label": "linear", "overrides": []},\n]\nroot = None\n'
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]})
+    notebook.cells = [nbformat.v4.new_markdown_cell("# A page"), cell]
+    path = tmp_path / "page.ipynb"
+    nbformat.write(notebook, path)
+    declared = parameters_cell(path)
+    assert list(declared) == ["seeds", "variants", "root"]
+    assert declared_defaults(declared)["variants"] == [{"label": "uniform", "overrides": []}, {"label": "linear", "overrides": []}]
+    notebook.cells = [nbformat.v4.new_markdown_cell("# No parameters")]
+    nbformat.write(notebook, path)
+    with pytest.raises(ValueError, match="one cell tagged 'parameters'"):
+        parameters_cell(path)
+
+
+def test_every_notebooks_own_defaults_are_literals_its_checks_pass(tmp_path: Path) -> None:
+    for notebook, declared in DECLARED.items():
+        defaults = declared_defaults(declared)
+        assert set(defaults) == set(declared), f"{notebook}: {sorted(set(declared) - set(defaults))} are not literals"
+        check_page({**defaults, "runs_root": str(tmp_path)})
 
 
 def test_the_tiny_profiles_values_pass(tmp_path: Path) -> None:
