@@ -37,7 +37,7 @@ SUMMARY_PAGE = "verdicts"
 """The page that reads every other page's claims (the verdict matrix): executed after all of them,
 and again whenever their records change."""
 TEST_OUTPUT_DIR = Path("tests") / "notebooks"
-BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "book", "notebooks")
+BOOK_SOURCES: tuple[str, ...] = ("_config.yml", "_toc.yml", "_static", "book", "notebooks")
 
 
 class NotebookError(RuntimeError):

@@ -256,21 +256,23 @@ def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[
 
 
 def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1) -> pd.DataFrame:
-    """The book's view of :func:`decide` rows: claim, source, profile, scale, seeds, "effect [low,
-    high] unit" (the interval simultaneous over the page's claims), verdict and, for an untested
-    claim, why (``profile`` None: "custom", parameters given by hand)."""
+    """The book's view of :func:`decide` rows, narrow enough for a page: claim (the index, its name
+    saying the profile: ``profile`` None is "custom", parameters given by hand; the claim's statement
+    without the reading it names), reading, source,
+    scale, seeds, "effect [low, high] unit" and the level of that interval (simultaneous over the
+    claim's family), verdict and, for an untested claim, why."""
     def effect(row: pd.Series) -> str:
         text = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
         if text == "–":
             return text
         return f"{text} {row['unit']}" + (" (no CI)" if math.isnan(row["ci_low"]) else "")
 
-    return pd.DataFrame(
+    reading = rows["key"].map(reading_of)
+    view = pd.DataFrame(
         {
-            "claim": rows["claim"],
-            "reading": rows["key"].map(reading_of),
+            "claim": [claim.removesuffix(f", {r}") for claim, r in zip(rows["claim"], reading)],  # the reading has its column
+            "reading": reading,
             "source": rows["source"],
-            "profile": profile or "custom",
             "scale": rows["scale"],
             "seeds": rows["seeds"],
             "effect [CI]": rows.apply(effect, axis=1),
@@ -279,6 +281,8 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
             "why untested": rows["why"].map(lambda w: w or "–"),
         }
     ).set_index("claim")
+    view.index.name = f"claim ({profile or 'custom'} profile)"
+    return view
 
 
 def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> pd.DataFrame:

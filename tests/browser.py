@@ -17,6 +17,16 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]
+PAGE_WIDTH = 1300
+"""The window a reader's page is checked in (px): every table must fit its article at this width."""
+WIDE_TABLES = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  if (!article) return [];
+  const width = article.getBoundingClientRect().width;
+  return Array.from(article.querySelectorAll('table'))
+    .map(t => [Math.round(t.getBoundingClientRect().width), Math.round(width), (t.innerText || '').slice(0, 60).replace(/\\s+/g, ' ')])
+    .filter(([w, a]) => w > a + 1);
+}"""
 RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\(frac|text|mathrm|partial|sum|theta|times|log)\b")
 
 
@@ -63,7 +73,7 @@ def check_pages(html: Path, screenshots: Path) -> list[PageReport]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for name in pages:
             report = PageReport(name)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": PAGE_WIDTH, "height": 900})
             page.on("console", lambda m, r=report: r.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e, r=report: r.problems.append(f"page error: {e}"))
             page.on("requestfailed", lambda q, r=report: r.problems.append(f"request failed: {q.url}"))
@@ -79,6 +89,7 @@ def check_pages(html: Path, screenshots: Path) -> list[PageReport]:
             report.images = page.evaluate(
                 "() => Array.from(document.querySelectorAll('main img')).filter(i => i.complete && i.naturalWidth > 0).length"
             )
+            report.problems += [f"table wider than the page ({w} px > {a} px): {head}" for w, a, head in page.evaluate(WIDE_TABLES)]
             report.math = page.evaluate("() => document.querySelectorAll('mjx-container').length")
             report.text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
             tex = [match.group(0) for match in RAW_TEX.finditer(report.text)]

@@ -78,10 +78,10 @@ def test_decide_computes_the_t_interval_of_the_effects() -> None:
     one = both.iloc[1]
     assert one["seeds"] == 1 and one["verdict"] == "untested at this scale"
     view = status_view(both, profile="quick")
-    assert list(view.columns) == ["reading", "source", "profile", "scale", "seeds", "effect [CI]", "CI level", "verdict", "why untested"]
+    assert list(view.columns) == ["reading", "source", "scale", "seeds", "effect [CI]", "CI level", "verdict", "why untested"]
     assert view.index.tolist() == ["Mixed is the best regime overall"] * 2
     assert set(view["reading"]) == {"at convergence"}
-    assert set(view["profile"]) == {"quick"} and set(status_view(both.iloc[:1])["profile"]) == {"custom"}
+    assert view.index.name == "claim (quick profile)" and status_view(both.iloc[:1]).index.name == "claim (custom profile)"
     assert view["effect [CI]"].tolist() == [f"2.0 [{2 - half:.1f}, {2 + half:.1f}] points", "5.0 points (no CI)"]
     assert view["CI level"].tolist() == ["98.75%", "98.75%"]
 
@@ -156,7 +156,9 @@ def test_an_equal_budget_reading_needs_runs_that_learned_not_converged() -> None
     at_budget = claims.TABLE1_EQUAL_BUDGET_CLAIMS[0]
     row = decide([assess(at_budget, _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "r", mixed)], capped).iloc[0]
     assert row["verdict"] == "held" and row["family"] == "Table 1 at an equal training budget (4 claims a row)"
-    assert status_view(pd.DataFrame([row]))["reading"].tolist() == ["at an equal training budget"]
+    shown = status_view(pd.DataFrame([row]))
+    assert shown["reading"].tolist() == ["at an equal training budget"]
+    assert shown.index.tolist() == [claims.MIXED_BEATS_JOINT_HIGH.statement]  # the reading is said once, in its column
     chance = capped.assign(learned=(capped["seed"] != 2) & (capped["seed"] != 3))
     assert decide([assess(at_budget, _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "r", mixed)], chance).iloc[0]["verdict"] == "untested: not learned"
 
