@@ -285,6 +285,14 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     return view
 
 
+def claim_sentence(row: pd.Series, digits: int = 1) -> str:
+    """One :func:`decide` row as a page's text cites it: "effect [low, high] unit: verdict, on n
+    seeds" ("effect unit: verdict" without an interval; the verdict alone when nothing was measured)."""
+    effect = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
+    seeds = f", on {int(row['seeds'])} seeds" if int(row["seeds"]) else ""
+    return f"{row['verdict']}" if effect == "–" else f"{effect} {row['unit']}: {row['verdict']}{seeds}"
+
+
 def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> pd.DataFrame:
     """``claim`` (None: the paper's headline, :data:`MIXED_BEATS_JOINT_HIGH`) in both readings, from
     the :func:`decide` rows of Table 1 and of its equal-budget twin: one row per profile row and
@@ -473,6 +481,30 @@ ARCHITECTURE_CLAIMS: tuple[Claim, ...] = tuple(_on_modern_families(c) for c in T
 """The headline's two claims (mixed beats joint at high budgets; disjoint is weakest at low ones)
 on modern families, one verdict per family (the architectures page)."""
 
+MIXED_ADVANTAGE_GROWS = Claim(
+    "mixed_advantage_grows",
+    "Mixed's advantage over joint at high budgets grows with the model",
+    "open question (the paper's summary: larger and deeper models)",
+    "per seed, the slope of the least-squares line through mixed - joint accuracy (mean of the 75% and "
+    "100% budgets) at each size of one family against log2 of the size's backbone MACs (ours); held when "
+    "the CI lies above 0, not held (it shrinks) when below",
+    "points per doubling of MACs",
+)
+DISJOINT_DEFICIT_GROWS = Claim(
+    "disjoint_deficit_grows",
+    "Disjoint's deficit at low budgets grows with the model",
+    "open question (the paper's summary: larger and deeper models)",
+    "per seed, the slope of the least-squares line through the worse of joint and mixed - disjoint "
+    "(accuracy at the lowest budget every run of a size can meet) at each size against log2 of the "
+    "size's backbone MACs (ours); held when the CI lies above 0, not held (it shrinks) when below",
+    "points per doubling of MACs",
+)
+SCALING_CLAIMS: tuple[Claim, ...] = (MIXED_ADVANTAGE_GROWS, DISJOINT_DEFICIT_GROWS)
+"""The headline's two effects as trends across the sizes of one family (the scaling page); at each
+size the effects themselves are Table 1's claims, decided as Table 1 decides them."""
+SCALED_EFFECTS: dict[Claim, Claim] = dict(zip(SCALING_CLAIMS, TABLE1_CLAIMS[:2]))
+"""Each trend claim and the per-size claim whose effect it follows."""
+
 # --- the claims the analysis pages test ----------------------------------------------------------
 
 JOINT_ICS_DOMINATE_MIDDLE = Claim(
@@ -653,7 +685,7 @@ RULE_ABLATION_CLAIMS: tuple[Claim, ...] = (_under_rules(MIXED_AHEAD), _under_rul
 
 CLAIMS: tuple[Claim, ...] = (
     *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, *TIME_CLAIMS, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS,
-    *ARCHITECTURE_CLAIMS, *RULE_ABLATION_CLAIMS,
+    *ARCHITECTURE_CLAIMS, *RULE_ABLATION_CLAIMS, *SCALING_CLAIMS,
 )
 FAMILIES: dict[str, tuple[Claim, ...]] = {
     "Table 1": TABLE1_CLAIMS,
@@ -664,6 +696,7 @@ FAMILIES: dict[str, tuple[Claim, ...]] = {
     "beyond the paper": BEYOND_CLAIMS,
     "architectures": ARCHITECTURE_CLAIMS,
     "exit rules x loss scaling": RULE_ABLATION_CLAIMS,
+    "trends across model sizes": SCALING_CLAIMS,
 }
 """The book-wide families of simultaneous intervals: a claim's interval level is set by its family's
 size, whichever page decides it (:func:`decide`)."""
@@ -684,6 +717,90 @@ def architecture_claims(points: pd.DataFrame, evidence: pd.DataFrame) -> pd.Data
     ``evidence`` in their own book-wide family."""
     reading = dict(zip(TABLE1_CLAIMS, ARCHITECTURE_CLAIMS))
     return decide(table1_measurements(points, reading=reading), evidence)
+
+
+def scaling_claims(
+    points: pd.DataFrame, evidence: pd.DataFrame, macs: Mapping[str, float], families: Sequence[Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """The scaling page's claims on ``points`` (:func:`mexit.evaluate.run_points` of the sizes of
+    one or more families, a row each) and ``evidence``: at each size, Table 1's first two claims
+    decided as Table 1 decides them (so a size that is also a Table 1 row gets Table 1's verdict);
+    across the sizes of each of ``families`` (lists of row labels; None: every row, one family),
+    :data:`SCALING_CLAIMS`, each the per-seed slope of its effect against log2 of ``macs`` (each
+    row's backbone MACs: :func:`mexit.evaluate.trends.per_doubling_slopes`), decided on the seeds
+    whose runs are evidence at every size of the family (its row is :func:`trend_label`)."""
+    from mexit.evaluate.trends import per_doubling_slopes
+
+    measured = table1_measurements(points, reading={claim: claim for claim in SCALED_EFFECTS.values()})
+    decided = [decide(measured, evidence)]
+    for sizes in _families(points, families):
+        label = trend_label(sizes)
+        trends = []
+        for trend, effect in SCALED_EFFECTS.items():
+            by_size = {size: values for size, values in _effects_by_size(measured, effect).items() if size in sizes}
+            regimes = next(item["compared"].regimes for item in measured if item["key"] == effect.key)  # type: ignore[union-attr]
+            slopes = per_doubling_slopes(by_size, macs) if len(by_size) >= 2 else pd.Series(dtype=float)
+            trends.append(assess(trend, slopes, label, Compared(label, regimes)))
+        decided.append(decide(trends, evidence_across(evidence, sizes, label)))
+    return pd.concat(decided, ignore_index=True)
+
+
+def scaled_effects(
+    points: pd.DataFrame, macs: Mapping[str, float], families: Sequence[Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """The per-size, per-seed effects the trends of :func:`scaling_claims` are fitted to: ``family``
+    (:func:`trend_label`), ``claim`` (the trend's statement), ``row``, ``macs``, ``seed``, ``effect``
+    (before any seed is left out)."""
+    from mexit.evaluate.trends import size_effects
+
+    measured = table1_measurements(points, reading={claim: claim for claim in SCALED_EFFECTS.values()})
+    frames = [
+        size_effects({size: v for size, v in _effects_by_size(measured, effect).items() if size in sizes}, macs)
+        .assign(family=trend_label(sizes), claim=trend.statement)
+        for sizes in _families(points, families) for trend, effect in SCALED_EFFECTS.items()
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["family", "claim", "row", "macs", "seed", "effect"]]
+
+
+def _families(points: pd.DataFrame, families: Sequence[Sequence[str]] | None) -> list[list[str]]:
+    """The families of sizes (row labels, in the points' order): ``families``, or every row as one."""
+    rows = [str(row) for row in pd.unique(points["row"])]
+    if families is None:
+        return [rows]
+    unknown = sorted({size for family in families for size in family} - set(rows))
+    if unknown:
+        raise ValueError(f"families name rows {unknown} that the points lack; they have {rows}")
+    return [[row for row in rows if row in family] for family in families]
+
+
+def trend_label(sizes: Sequence[str]) -> str:
+    """How a trend across ``sizes`` (rows' labels, smallest first) is named where a row's label would be."""
+    return f"{sizes[0]} to {sizes[-1]} ({len(sizes)} sizes)" if len(sizes) > 1 else str(sizes[0])
+
+
+def _effects_by_size(measured: Sequence[dict[str, object]], effect: Claim) -> dict[str, pd.Series]:
+    """``effect``'s per-seed values at each size, from :func:`table1_measurements`' rows."""
+    return {str(item["compared"].row): pd.Series(item["effects"], index=item["effect_seeds"], dtype=float)  # type: ignore[union-attr]
+            for item in measured if item["key"] == effect.key}
+
+
+def evidence_across(evidence: pd.DataFrame, rows: Sequence[str], label: str) -> pd.DataFrame:
+    """:meth:`mexit.study.Study.evidence` pooled over ``rows`` into one row named ``label``: a
+    regime's run of a seed is evidence only where that seed's runs of the regime are evidence at
+    every row, and its ``why`` names the rows where they are not."""
+    of_rows = evidence[evidence["row"].isin(rows)]
+    pooled = []
+    for (regime, seed), runs in of_rows.groupby(["regime", "seed"], sort=False):
+        failing = runs[~runs["evidence"].astype(bool)]
+        capped = runs[~runs["early_stopped"].astype(bool)]
+        pooled.append({
+            "row": label, "regime": regime, "seed": seed, "evidence": failing.empty,
+            "early_stopped": capped.empty,
+            "learned": bool(runs["learned"].astype(bool).all()) if "learned" in runs.columns else True,
+            "why": "; ".join(f"{r.row}: {r.why}" for r in failing.itertuples()),
+        })
+    return pd.DataFrame(pooled, columns=["row", "regime", "seed", "evidence", "early_stopped", "learned", "why"])
 
 
 def table1_measurements(

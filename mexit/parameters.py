@@ -89,6 +89,21 @@ def one_seed(name: str, value: Any, values: Mapping[str, Any]) -> None:
         raise ParameterError(f"{name} must be null or one of the page's seeds {seeds!r}, got {value!r}")
 
 
+def row_families(name: str, value: Any, values: Mapping[str, Any]) -> None:
+    """None (the page's rows are the sizes of one family) or a list of families, each a list of at
+    least two of the page's row labels, no label in two families."""
+    if value is None:
+        return
+    labels = [row.get("label") for row in values.get("rows") or [] if isinstance(row, dict)]
+    groups = value if isinstance(value, list) and value and all(isinstance(g, list) and len(g) >= 2 for g in value) else None
+    members = [label for group in groups or [] for label in group]
+    if groups is None or len(set(map(repr, members))) != len(members) or any(label not in labels for label in members):
+        raise ParameterError(
+            f"{name} must be null (the page's rows are one family) or a list of families, each a list of at least two "
+            f"of the page's row labels {labels!r}, no label in two families; got {value!r}"
+        )
+
+
 def _corruptions() -> Sequence[str]:
     from mexit.evaluate.corruptions import CORRUPTIONS
 
@@ -147,6 +162,7 @@ CHECKS: dict[str, Check] = {
     "probe_dim": integer(1),
     "noise_ratio": number(0.0, 1.0),
     "eig_threshold": number(0.0, 1.0, high_open=True),
+    "families": row_families,
 }
 """Every notebook parameter beside the study's, by name, with what it allows."""
 

@@ -291,6 +291,33 @@ def reliability_diagram(table: pd.DataFrame, *, hue: str = "regime", ax: Axes | 
     return ax
 
 
+def trend_against_size(frame: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """One effect against the backbone's MACs (a log-2 axis, in millions) over the sizes of one
+    family: each seed's effects joined by a thin line, the mean over seeds with its 95% t-interval
+    at each size, and the least-squares line of the mean slope (what the trend claim decides on):
+    ``frame`` as :func:`mexit.claims.scaled_effects` gives it, one claim."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    mmacs = frame.assign(mmacs=frame["macs"] / 1e6)
+    for _, seed in mmacs.groupby("seed"):
+        ax.plot(seed["mmacs"], seed["effect"], color="grey", alpha=0.5, linewidth=0.8)
+    summary = pd.DataFrame([{"mmacs": m, **mean_ci(part["effect"].tolist())} for m, part in mmacs.groupby("mmacs")])
+    ax.errorbar(summary["mmacs"], summary["mean"], yerr=[summary["mean"] - summary["low"], summary["high"] - summary["mean"]],
+                fmt="o", color="black", capsize=3, label="mean over seeds, 95% CI")
+    x = np.log2(summary["mmacs"].to_numpy())
+    slope, intercept = np.polyfit(x, summary["mean"].to_numpy(), 1) if len(x) >= 2 else (np.nan, np.nan)
+    if np.isfinite(slope):
+        ax.plot(summary["mmacs"], intercept + slope * x, color="#0072B2", label=f"fitted: {slope:+.2f} points a doubling")
+    ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(summary["mmacs"], [f"{m:g}" for m in summary["mmacs"].round(1)])
+    ax.set_xlabel("Backbone MACs (millions, one input; log scale)")
+    ax.set_ylabel("Effect (accuracy points)")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
 def time_against_cost(frame: pd.DataFrame, *, hue: str = "regime", ax: Axes | None = None) -> Axes:
     """Measured wall time (% of the backbone alone) against the MACs' prediction (% of the
     backbone's MACs) at each operating point, one series per ``hue`` level, beside the diagonal
