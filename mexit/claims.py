@@ -287,10 +287,13 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
 
 def claim_sentence(row: pd.Series, digits: int = 1) -> str:
     """One :func:`decide` row as a page's text cites it: "effect [low, high] unit: verdict, on n
-    seeds" ("effect unit: verdict" without an interval; the verdict alone when nothing was measured)."""
+    seeds" ("effect unit: ..." without an interval); an untested claim by its verdict alone (an
+    interval over seeds that are not evidence would read as a result)."""
     effect = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
-    seeds = f", on {int(row['seeds'])} seeds" if int(row["seeds"]) else ""
-    return f"{row['verdict']}" if effect == "–" else f"{effect} {row['unit']}: {row['verdict']}{seeds}"
+    if effect == "–" or str(row["verdict"]).startswith("untested"):
+        return str(row["verdict"])
+    seeds = int(row["seeds"])
+    return f"{effect} {row['unit']}: {row['verdict']}, on {seeds} seed{'s' if seeds != 1 else ''}"
 
 
 def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) -> pd.DataFrame:
@@ -727,62 +730,78 @@ def scaling_claims(
     decided as Table 1 decides them (so a size that is also a Table 1 row gets Table 1's verdict);
     across the sizes of each of ``families`` (lists of row labels; None: every row, one family),
     :data:`SCALING_CLAIMS`, each the per-seed slope of its effect against log2 of ``macs`` (each
-    row's backbone MACs: :func:`mexit.evaluate.trends.per_doubling_slopes`), decided on the seeds
-    whose runs are evidence at every size of the family (its row is :func:`trend_label`)."""
+    row's backbone MACs: :func:`mexit.evaluate.trends.per_doubling_slopes`), the effect measured at
+    every size at the budgets that all of the family's runs can meet (so that the trend does not
+    mix budgets), decided on the seeds whose runs are evidence at every size of the family (its row
+    is :func:`trend_label`). A family of fewer than two distinct MACs gets no trend (untested)."""
     from mexit.evaluate.trends import per_doubling_slopes
 
     measured = table1_measurements(points, reading={claim: claim for claim in SCALED_EFFECTS.values()})
     decided = [decide(measured, evidence)]
-    for sizes in _families(points, families):
+    for sizes in _families(points, families, macs):
         label = trend_label(sizes)
+        by_trend = _family_effects(points, sizes)
         trends = []
-        for trend, effect in SCALED_EFFECTS.items():
-            by_size = {size: values for size, values in _effects_by_size(measured, effect).items() if size in sizes}
-            regimes = next(item["compared"].regimes for item in measured if item["key"] == effect.key)  # type: ignore[union-attr]
-            slopes = per_doubling_slopes(by_size, macs) if len(by_size) >= 2 else pd.Series(dtype=float)
+        for trend, (by_size, regimes) in by_trend.items():
+            distinct = len({float(macs[size]) for size in by_size}) >= 2
+            slopes = per_doubling_slopes(by_size, macs) if distinct else pd.Series(dtype=float)
             trends.append(assess(trend, slopes, label, Compared(label, regimes)))
         decided.append(decide(trends, evidence_across(evidence, sizes, label)))
     return pd.concat(decided, ignore_index=True)
 
 
 def scaled_effects(
-    points: pd.DataFrame, macs: Mapping[str, float], families: Sequence[Sequence[str]] | None = None
+    points: pd.DataFrame, macs: Mapping[str, float], families: Sequence[Sequence[str]] | None = None,
+    decided: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The per-size, per-seed effects the trends of :func:`scaling_claims` are fitted to: ``family``
-    (:func:`trend_label`), ``claim`` (the trend's statement), ``row``, ``macs``, ``seed``, ``effect``
-    (before any seed is left out)."""
+    (:func:`trend_label`), ``claim`` (the trend's statement), ``row``, ``macs``, ``seed``, ``effect``;
+    with ``decided`` (:func:`scaling_claims`' rows), only the seeds each trend was decided on, so
+    that a line fitted to their means has the trend's effect as its slope."""
     from mexit.evaluate.trends import size_effects
 
-    measured = table1_measurements(points, reading={claim: claim for claim in SCALED_EFFECTS.values()})
-    frames = [
-        size_effects({size: v for size, v in _effects_by_size(measured, effect).items() if size in sizes}, macs)
-        .assign(family=trend_label(sizes), claim=trend.statement)
-        for sizes in _families(points, families) for trend, effect in SCALED_EFFECTS.items()
-    ]
+    frames = []
+    for sizes in _families(points, families, macs):
+        label = trend_label(sizes)
+        for trend, (by_size, _) in _family_effects(points, sizes).items():
+            frame = size_effects(by_size, macs).assign(family=label, claim=trend.statement)
+            if decided is not None:
+                row = decided[(decided["key"] == trend.key) & (decided["scale"] == label)].iloc[0]
+                kept = set(row["effect_seeds"] or ()) - set(row["left_out"] or ())
+                frame = frame[frame["seed"].isin(kept)]
+            frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     return frame[["family", "claim", "row", "macs", "seed", "effect"]]
 
 
-def _families(points: pd.DataFrame, families: Sequence[Sequence[str]] | None) -> list[list[str]]:
-    """The families of sizes (row labels, in the points' order): ``families``, or every row as one."""
+def _families(points: pd.DataFrame, families: Sequence[Sequence[str]] | None, macs: Mapping[str, float]) -> list[list[str]]:
+    """The families of sizes (row labels, smallest MACs first): ``families``, or every row as one."""
     rows = [str(row) for row in pd.unique(points["row"])]
-    if families is None:
-        return [rows]
-    unknown = sorted({size for family in families for size in family} - set(rows))
+    groups = [rows] if families is None else [list(family) for family in families]
+    unknown = sorted({size for family in groups for size in family} - set(rows))
     if unknown:
         raise ValueError(f"families name rows {unknown} that the points lack; they have {rows}")
-    return [[row for row in rows if row in family] for family in families]
+    return [sorted(family, key=lambda size: float(macs[size])) for family in groups]
+
+
+def _family_effects(points: pd.DataFrame, sizes: Sequence[str]) -> dict[Claim, tuple[dict[str, pd.Series], tuple[str, ...]]]:
+    """Per trend claim, its effect's per-seed values at each size, measured at the budgets every run
+    of the family can meet, and the regimes it compares."""
+    family = points[points["row"].isin(sizes)]
+    common = set.intersection(*(set(_usable(family[family["row"] == size])) for size in sizes))
+    measured = table1_measurements(family[family["budget"].isin(common)], reading={c: c for c in SCALED_EFFECTS.values()})
+    effects = {}
+    for trend, effect in SCALED_EFFECTS.items():
+        items = [item for item in measured if item["key"] == effect.key]
+        by_size = {str(item["compared"].row): pd.Series(item["effects"], index=item["effect_seeds"], dtype=float) for item in items}  # type: ignore[union-attr]
+        regimes = items[0]["compared"].regimes if items else ("disjoint", "joint", "mixed")  # type: ignore[union-attr]
+        effects[trend] = ({size: by_size[size] for size in sizes if size in by_size}, regimes)
+    return effects
 
 
 def trend_label(sizes: Sequence[str]) -> str:
     """How a trend across ``sizes`` (rows' labels, smallest first) is named where a row's label would be."""
     return f"{sizes[0]} to {sizes[-1]} ({len(sizes)} sizes)" if len(sizes) > 1 else str(sizes[0])
-
-
-def _effects_by_size(measured: Sequence[dict[str, object]], effect: Claim) -> dict[str, pd.Series]:
-    """``effect``'s per-seed values at each size, from :func:`table1_measurements`' rows."""
-    return {str(item["compared"].row): pd.Series(item["effects"], index=item["effect_seeds"], dtype=float)  # type: ignore[union-attr]
-            for item in measured if item["key"] == effect.key}
 
 
 def evidence_across(evidence: pd.DataFrame, rows: Sequence[str], label: str) -> pd.DataFrame:

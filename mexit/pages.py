@@ -27,19 +27,22 @@ from mexit.verdicts import claim_record, record_claims
 VARIANT_GROUPS: tuple[str, ...] = ("row", "variant", "regime")
 
 
-def claim_glue(status: pd.DataFrame, profile: str | None, digits: int = 1) -> dict[str, pd.DataFrame]:
+def claim_glue(status: pd.DataFrame, profile: str | None, digits: int = 1, measures: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """A page's claims as its text cites them, by glue name: ``claims`` (the verdicts under
     ``profile``, effects to ``digits`` decimals: :func:`mexit.claims.status_view`) and
-    ``claim_measures`` (how each is measured)."""
-    return {"claims": claims.status_view(status, profile, digits), "claim_measures": claims.measures_view(status)}
+    ``claim_measures`` (how each claim of ``measures`` is measured; None: each of ``status``'s)."""
+    return {"claims": claims.status_view(status, profile, digits), "claim_measures": claims.measures_view(status if measures is None else measures)}
 
 
-def glue_claims(status: pd.DataFrame, profile: str | None, digits: int = 1, fresh: pd.DataFrame | None = None) -> pd.DataFrame:
+def glue_claims(
+    status: pd.DataFrame, profile: str | None, digits: int = 1, fresh: pd.DataFrame | None = None, measures: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Glue :func:`claim_glue` into the executing notebook (myst-nb), record the same rows for the
     verdict matrix (:func:`mexit.verdicts.record_claims`, where ``mexit book`` asks for it; with
     ``fresh``, the same claims decided on a fresh set of seeds, how those read each verdict), and
-    return the verdicts' view."""
-    values = claim_glue(status, profile, digits)
+    return the verdicts' view. ``measures``: the rows whose claims the page's "measured as" table
+    defines (a page that repeats another page's claims leaves those to it)."""
+    values = claim_glue(status, profile, digits, measures)
     _glue(values)
     record_claims(claim_record(status, digits, fresh))
     return values["claims"]

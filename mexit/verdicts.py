@@ -125,7 +125,9 @@ def records_folder(records: str | None) -> Path:
 
 def read_records(folder: str | os.PathLike) -> pd.DataFrame:
     """Every page's record in ``folder`` (``<page>.csv``), with its ``page`` and status-page
-    ``section``, in the status page's order. Raises a ValueError naming a page no section lists."""
+    ``section``, in the status page's order; a verdict that a later page repeats (the same claim on
+    the same row and reading, as the scaling page repeats Table 1's on a size Table 1 also trains)
+    is kept once, where it first appears. Raises a ValueError naming a page no section lists."""
     folder = Path(folder)
     order = [page for pages in SECTIONS.values() for page in pages]
     found = {path.stem: path for path in folder.glob("*.csv")}
@@ -139,7 +141,7 @@ def read_records(folder: str | os.PathLike) -> pd.DataFrame:
     ]
     if not frames:
         return pd.DataFrame(columns=[*RECORD_COLUMNS, "page", "section"])
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["row", "line", "reading"], keep="first", ignore_index=True)
 
 
 def verdict_matrix(records: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
@@ -176,7 +178,8 @@ def verdict_summary(records: pd.DataFrame) -> str:
     untested = {v: n for v, n in counts.items() if v.startswith("untested") and n}
     total = sum(counts.values())
     text = (
-        f"{total} verdicts on {records['line'].nunique()} claims over {records['row'].nunique()} rows of the profile: "
+        f"{total} verdicts on {records['line'].nunique()} claims over {records['row'].nunique()} rows of the profile "
+        "(a trend across sizes counts as one): "
         f"{counts['held']} held, {counts['not held']} not held, {counts['inconclusive']} inconclusive and "
         f"{sum(untested.values())} untested"
     )

@@ -77,11 +77,16 @@ def test_records_are_written_only_where_the_book_asks_and_read_back_in_the_statu
     monkeypatch.setenv(verdicts.RECORDS_VARIABLE, str(tmp_path / "records"))
     monkeypatch.setenv(verdicts.PAGE_VARIABLE, "ic_size")
     assert verdicts.record_claims(record) == tmp_path / "records" / "ic_size.csv"
-    verdicts.record_claims(record.iloc[:1], page="table1")
+    table1 = record.iloc[:1].assign(line="A claim of Table 1")
+    verdicts.record_claims(table1, page="table1")
     read = verdicts.read_records(tmp_path / "records")
     assert read["page"].tolist() == ["table1"] + ["ic_size"] * 4  # Table 1's section comes first
     assert read["section"].iloc[0] == "Claims of Table 1" and read["section"].iloc[1] == "The ablations"
     assert read["effect"].tolist()[1:] == record["effect"].tolist()  # "–" stays text
+    verdicts.record_claims(pd.concat([table1, record.iloc[1:2].assign(line="A trend")]), page="scaling")  # Table 1's verdict again, and a trend
+    again = verdicts.read_records(tmp_path / "records")
+    assert again["page"].tolist() == ["table1"] + ["ic_size"] * 4 + ["scaling"]  # the repeated verdict once, where it first appears
+    assert again["line"].iloc[-1] == "A trend"
     verdicts.record_claims(record, page="table9")
     with pytest.raises(ValueError, match=r"\['table9'\].*SECTIONS"):
         verdicts.read_records(tmp_path / "records")
@@ -119,7 +124,7 @@ def test_the_matrix_has_a_line_a_claim_and_a_column_a_row() -> None:
 
 def test_the_summary_counts_the_verdicts_the_untested_by_why_and_the_fresh_readings() -> None:
     text = verdicts.verdict_summary(_records())
-    assert text.startswith("4 verdicts on 3 claims over 2 rows of the profile: 1 held, 1 not held, 1 inconclusive and 1 untested (1 not converged).")
+    assert text.startswith("4 verdicts on 3 claims over 2 rows of the profile (a trend across sizes counts as one): 1 held, 1 not held, 1 inconclusive and 1 untested (1 not converged).")
     assert "Of the 2 held or not held verdicts that a fresh set of seeds re-decided, 1 confirmed, 1 contradicted." in text
     counts = verdicts.counts_by_section(_records())
     assert counts.loc["Claims of Table 1"].to_dict() == {"held": 1, "not held": 1, "inconclusive": 1, claims.NOT_CONVERGED: 1}
