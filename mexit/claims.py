@@ -755,23 +755,26 @@ def scaled_effects(
     decided: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The per-size, per-seed effects the trends of :func:`scaling_claims` are fitted to: ``family``
-    (:func:`trend_label`), ``claim`` (the trend's statement), ``row``, ``macs``, ``seed``, ``effect``;
-    with ``decided`` (:func:`scaling_claims`' rows), only the seeds each trend was decided on, so
-    that a line fitted to their means has the trend's effect as its slope."""
+    (:func:`trend_label`), ``claim`` (the trend's statement), ``row``, ``macs``, ``seed``, ``effect``
+    and ``decided`` (whether the trend was decided on them). With ``decided`` rows
+    (:func:`scaling_claims`'), a decided trend keeps only the seeds it was decided on, so that a line
+    fitted to their means has the trend's effect as its slope; an untested one keeps every seed,
+    ``decided`` False (its effects are shown, no line)."""
     from mexit.evaluate.trends import size_effects
 
     frames = []
     for sizes in _families(points, families, macs):
         label = trend_label(sizes)
         for trend, (by_size, _) in _family_effects(points, sizes).items():
-            frame = size_effects(by_size, macs).assign(family=label, claim=trend.statement)
+            frame = size_effects(by_size, macs).assign(family=label, claim=trend.statement, decided=decided is None)
             if decided is not None:
                 row = decided[(decided["key"] == trend.key) & (decided["scale"] == label)].iloc[0]
-                kept = set(row["effect_seeds"] or ()) - set(row["left_out"] or ())
-                frame = frame[frame["seed"].isin(kept)]
+                if not str(row["verdict"]).startswith("untested"):
+                    kept = set(row["effect_seeds"] or ()) - set(row["left_out"] or ())
+                    frame = frame[frame["seed"].isin(kept)].assign(decided=True)
             frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
-    return frame[["family", "claim", "row", "macs", "seed", "effect"]]
+    return frame[["family", "claim", "row", "macs", "seed", "effect", "decided"]]
 
 
 def _families(points: pd.DataFrame, families: Sequence[Sequence[str]] | None, macs: Mapping[str, float]) -> list[list[str]]:

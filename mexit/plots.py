@@ -294,8 +294,9 @@ def reliability_diagram(table: pd.DataFrame, *, hue: str = "regime", ax: Axes | 
 def trend_against_size(frame: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """One effect against the backbone's MACs (a log-2 axis, in millions) over the sizes of one
     family: each seed's effects joined by a thin line, the mean over seeds with its 95% t-interval
-    at each size, and the least-squares line of the mean slope (what the trend claim decides on):
-    ``frame`` as :func:`mexit.claims.scaled_effects` gives it, one claim."""
+    at each size and, where the trend was decided (``decided``), the least-squares line through the
+    means, whose slope is the trend claim's effect: ``frame`` as :func:`mexit.claims.scaled_effects`
+    gives it, one claim and family."""
     set_style()
     if ax is None:
         _, ax = plt.subplots()
@@ -307,8 +308,10 @@ def trend_against_size(frame: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
                 fmt="o", color="black", capsize=3, label="mean over seeds, 95% CI")
     x = np.log2(summary["mmacs"].to_numpy())
     slope, intercept = np.polyfit(x, summary["mean"].to_numpy(), 1) if len(x) >= 2 else (np.nan, np.nan)
-    if np.isfinite(slope):
+    if np.isfinite(slope) and bool(frame["decided"].all()):
         ax.plot(summary["mmacs"], intercept + slope * x, color="#0072B2", label=f"fitted: {slope:+.2f} points a doubling")
+    elif not bool(frame["decided"].all()):
+        ax.plot([], [], linestyle="", label="trend untested: no line")
     ax.axhline(0, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xticks(summary["mmacs"], [f"{m:g}" for m in summary["mmacs"].round(1)])

@@ -63,7 +63,7 @@ def test_the_plan_gives_gpu_hours_from_a_throughput_file(tmp_path: Path, capsys:
     assert table["gpu_hours"].tolist() == pytest.approx(expected, nan_ok=True)  # NaN: a backbone not measured
     total, unmeasured = sweep.total_gpu_hours(runs, rates)
     assert unmeasured == sorted({throughput.entry(run.config) for run, s in zip(runs, seconds) if s is None})
-    assert unmeasured == ["timm/convnext_atto/digits", "timm/swin_tiny_patch4_window7_224/digits"]  # the architectures page's
+    assert unmeasured == ["resnet32/digits", "timm/convnext_atto/digits", "timm/swin_tiny_patch4_window7_224/digits"]  # the scaling and architectures pages'
     assert 0 < total < table["gpu_hours"].sum()  # shared P1s once
     assert main(["plan", "--profile", "tiny", "--throughput", str(tmp_path / "missing.json")]) == 2
     assert "--throughput: no file at" in capsys.readouterr().err

@@ -148,6 +148,12 @@ def test_the_plotted_effects_give_the_trend_its_slope() -> None:
     fitted = [line.get_label() for line in ax.get_lines() if line.get_label().startswith("fitted")]
     assert ax.get_xscale() == "log" and fitted == [f"fitted: {trend['effect']:+.2f} points a doubling"]
     assert len(claims.scaled_effects(points, MACS)) == 2 * 3 * 5  # without decided rows: every seed
+    blocked = claims.scaling_claims(points, _evidence(points, {("large", "joint", 7), ("small", "mixed", 2)}), MACS)
+    shown = claims.scaled_effects(points, MACS, decided=blocked)
+    untested = shown[shown["claim"] == claims.MIXED_ADVANTAGE_GROWS.statement]
+    assert len(untested) == 3 * 5 and not untested["decided"].any()  # every seed's effects shown, the trend untested
+    labels = [line.get_label() for line in trend_against_size(untested).get_lines()]
+    assert "trend untested: no line" in labels and not any(label.startswith("fitted") for label in labels)
 
 
 def test_each_family_gets_its_own_trend() -> None:
