@@ -296,8 +296,13 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 def _execute_one(root: Path, into: Path, name: str, parameters: Mapping[str, Any], identity: Mapping[str, str], force: bool) -> Executed:
     """Execute notebook ``name`` with ``parameters`` into ``into``, or reuse its executed copy when
     it was made with the same ``identity`` (:func:`notebook_identity`) and ``force`` is False; say which and why."""
+    import logging
+
     import papermill
 
+    # papermill reads the parameters cell again only to warn of undeclared parameters (mexit.plan
+    # checks them first), and its reader warns on every line holding two "=" (an override list).
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     source = root / NOTEBOOK_DIR / f"{name}.ipynb"
     target = into / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
