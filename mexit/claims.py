@@ -47,7 +47,9 @@ NOT_CONVERGED = "untested: not converged"
 AT_THE_CAP = "untested: phases ended at the cap"
 NO_INTERVAL = "untested at this scale"
 NOT_LEARNED = "untested: not learned"
-VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED)
+UNTESTED: tuple[str, ...] = (NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED)
+"""The verdicts of a claim that no interval decided."""
+VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", *UNTESTED)
 KINDS: tuple[str, ...] = ("positive", "within")
 NEEDS: tuple[str, ...] = ("convergence", "early_stopping", "learned")
 READINGS: dict[str, str] = {
@@ -290,7 +292,7 @@ def claim_sentence(row: pd.Series, digits: int = 1) -> str:
     seeds" ("effect unit: ..." without an interval); an untested claim by its verdict alone (an
     interval over seeds that are not evidence would read as a result)."""
     effect = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
-    if effect == "–" or str(row["verdict"]).startswith("untested"):
+    if effect == "–" or row["verdict"] in UNTESTED:
         return str(row["verdict"])
     seeds = int(row["seeds"])
     return f"{effect} {row['unit']}: {row['verdict']}, on {seeds} seed{'s' if seeds != 1 else ''}"
@@ -734,7 +736,7 @@ def scaling_claims(
     every size at the budgets that all of the family's runs can meet (so that the trend does not
     mix budgets), decided on the seeds whose runs are evidence at every size of the family (its row
     is :func:`trend_label`). A family of fewer than two distinct MACs gets no trend (untested)."""
-    from mexit.evaluate.trends import per_doubling_slopes
+    from mexit.evaluate.trends import has_trend, per_doubling_slopes
 
     measured = table1_measurements(points, reading={claim: claim for claim in SCALED_EFFECTS.values()})
     decided = [decide(measured, evidence)]
@@ -743,8 +745,7 @@ def scaling_claims(
         by_trend = _family_effects(points, sizes)
         trends = []
         for trend, (by_size, regimes) in by_trend.items():
-            distinct = len({float(macs[size]) for size in by_size}) >= 2
-            slopes = per_doubling_slopes(by_size, macs) if distinct else pd.Series(dtype=float)
+            slopes = per_doubling_slopes(by_size, macs) if has_trend(by_size, macs) else pd.Series(dtype=float)
             trends.append(assess(trend, slopes, label, Compared(label, regimes)))
         decided.append(decide(trends, evidence_across(evidence, sizes, label)))
     return pd.concat(decided, ignore_index=True)
@@ -766,13 +767,14 @@ def scaled_effects(
     for sizes in _families(points, families, macs):
         label = trend_label(sizes)
         for trend, (by_size, _) in _family_effects(points, sizes).items():
-            frame = size_effects(by_size, macs).assign(family=label, claim=trend.statement, decided=decided is None)
+            frame, was_decided = size_effects(by_size, macs), True
             if decided is not None:
                 row = decided[(decided["key"] == trend.key) & (decided["scale"] == label)].iloc[0]
-                if not str(row["verdict"]).startswith("untested"):
+                was_decided = row["verdict"] not in UNTESTED
+                if was_decided:
                     kept = set(row["effect_seeds"] or ()) - set(row["left_out"] or ())
-                    frame = frame[frame["seed"].isin(kept)].assign(decided=True)
-            frames.append(frame)
+                    frame = frame[frame["seed"].isin(kept)]
+            frames.append(frame.assign(family=label, claim=trend.statement, decided=was_decided))
     frame = pd.concat(frames, ignore_index=True)
     return frame[["family", "claim", "row", "macs", "seed", "effect", "decided"]]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mexit.claims import (
-    AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, VERDICTS, fresh_reading, reading_of,
+    AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, UNTESTED, VERDICTS, fresh_reading, reading_of,
 )
 from mexit.evaluate.stats import format_interval
 
@@ -175,7 +175,7 @@ def verdict_summary(records: pd.DataFrame) -> str:
     """One paragraph that counts the matrix: its verdicts by kind (the untested ones by why), over
     how many claims and rows, and how fresh seeds read the held and not held ones."""
     counts = verdict_counts(records)
-    untested = {v: n for v, n in counts.items() if v.startswith("untested") and n}
+    untested = {v: n for v, n in counts.items() if v in UNTESTED and n}
     total = sum(counts.values())
     text = (
         f"{total} verdicts on {records['line'].nunique()} claims over {records['row'].nunique()} rows of the profile "

@@ -10,10 +10,15 @@ mean and t-interval over seeds decide a claim about the trend as any other effec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+
+def has_trend(sizes: Iterable[str], macs: Mapping[str, float]) -> bool:
+    """Whether ``sizes`` span a trend: at least two of them of different MACs."""
+    return len({float(macs[size]) for size in sizes}) >= 2
 
 
 def per_doubling_slopes(effects: Mapping[str, pd.Series], macs: Mapping[str, float]) -> pd.Series:
@@ -25,9 +30,9 @@ def per_doubling_slopes(effects: Mapping[str, pd.Series], macs: Mapping[str, flo
     if missing:
         raise ValueError(f"no MACs for the sizes {missing}; macs has {sorted(macs)}")
     sizes = list(effects)
-    log_macs = np.log2(np.array([float(macs[size]) for size in sizes]))
-    if len(sizes) < 2 or np.ptp(log_macs) == 0:
+    if not has_trend(sizes, macs):
         raise ValueError(f"a trend needs at least two sizes of different MACs, got {dict((s, macs[s]) for s in sizes)}")
+    log_macs = np.log2(np.array([float(macs[size]) for size in sizes]))
     table = pd.concat({size: effects[size] for size in sizes}, axis=1).dropna()
     centred = log_macs - log_macs.mean()
     slopes = (table.to_numpy() - table.to_numpy().mean(axis=1, keepdims=True)) @ centred / float(centred @ centred)
