@@ -75,19 +75,39 @@ def profile_label(name: str) -> str:
     return Path(name).stem if name.endswith((".yaml", ".yml")) else name
 
 
-def train_needed(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, jobs: int = 1) -> None:
+def train_needed(
+    profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path, jobs: int = 1
+) -> dict[str, dict[str, tuple[str, Any]]]:
     """Train (or find stored) every run the notebooks compare (:func:`needed_runs`), once, before
     any notebook executes, so that progress shows on the terminal and a shared phase is trained once.
 
     ``jobs`` > 1 trains in that many processes of one thread each: the runs that share a phase form
     one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
     cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
-    1.3x the work of one process on two threads."""
-    _train_runs(needed_runs(profile, declared, runs_root), runs_root, jobs)
+    1.3x the work of one process on two threads.
+
+    A page whose runs depend on what other runs show (the IC-design page retrains the placements
+    chosen on its dense runs) plans them once those are stored: after a round that trained
+    anything, the notebooks are planned again and the new runs trained, until a plan adds none.
+    Returns every notebook's runs (:func:`mexit.plan.runs_by_page`) as last planned."""
+    by_page = runs_by_page(profile, declared, runs_root)
+    trained = _train_runs(_union(by_page), runs_root, jobs)
+    while trained:
+        again = runs_by_page(profile, declared, runs_root)
+        if set(_union(again)) <= set(_union(by_page)):
+            break
+        by_page = again
+        trained = _train_runs(_union(by_page), runs_root, jobs)
+    return by_page
 
 
-def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
-    """Train the runs of ``needed`` (:func:`mexit.plan.needed_runs`) that ``runs_root`` lacks, in ``jobs`` processes."""
+def _union(by_page: Mapping[str, Mapping[str, tuple[str, Any]]]) -> dict[str, tuple[str, Any]]:
+    """Every run of ``by_page``, once, in the pages' order."""
+    return {key: run for runs in by_page.values() for key, run in runs.items()}
+
+
+def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> int:
+    """Train the runs of ``needed`` (:func:`mexit.plan.needed_runs`) that ``runs_root`` lacks, in ``jobs`` processes; how many it trained."""
     from mexit.pipeline import train_or_load
     from mexit.store import RunStore
 
@@ -96,7 +116,7 @@ def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: in
     stored = sum((runs_root / "runs" / key / "metrics.json").exists() for key in needed)
     print(f"runs: {len(needed)} needed, {stored} stored, {len(needed) - stored} to train", file=sys.stderr, flush=True)
     if stored == len(needed):
-        return
+        return 0
     started = time.perf_counter()
     if jobs == 1:
         store = RunStore(runs_root)
@@ -105,6 +125,7 @@ def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: in
     else:
         _train_in_processes(needed, runs_root, jobs)
     print(f"runs ready in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    return len(needed) - stored
 
 
 def _train_in_processes(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
@@ -185,12 +206,11 @@ def _execute(
         raise ValueError(f"unknown notebook(s) {unknown}; allowed: {', '.join(available)}")
     summary = [SUMMARY_PAGE] if SUMMARY_PAGE in available else []  # executed last: it reads the others' records
     declared = declared_parameters(root, sorted({*names, *summary}))
-    by_page = runs_by_page(profile, declared, store)
-    needed = {key: run for runs in by_page.values() for key, run in runs.items()}
     if train:
-        _train_runs(needed, store, jobs)
+        by_page = train_needed(profile, declared, store, jobs)
     else:
         check_stored(profile, declared, store)
+        by_page = runs_by_page(profile, declared, store)
     done = []
     records = into / RECORDS_DIR
     with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1", RECORDS_VARIABLE: str(records)}):

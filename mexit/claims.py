@@ -510,6 +510,40 @@ size the effects themselves are Table 1's claims, decided as Table 1 decides the
 SCALED_EFFECTS: dict[Claim, Claim] = dict(zip(SCALING_CLAIMS, TABLE1_CLAIMS[:2]))
 """Each trend claim and the per-size claim whose effect it follows."""
 
+TUNED_PLACEMENT_BEATS_EVERY = Claim(
+    "tuned_placement_beats_every",
+    "A placement tuned to a budget, retrained, beats an IC after every block at that budget",
+    "open question (the paper's summary: how many ICs, and where)",
+    "per regime: the chosen placement retrained alone - the dense model (an IC after every block), test "
+    "accuracy at each target budget (each run's most accurate point on validation), averaged over the target "
+    "budgets both meet, paired by seed (ours)",
+    "points",
+)
+PLACEMENT_DEPENDS_ON_REGIME = Claim(
+    "placement_depends_on_regime",
+    "The best placement for a budget depends on the regime",
+    "open question (the paper's summary: how many ICs, and where)",
+    "per regime: on its dense runs' test split, its own chosen placements - the best of the other regimes' "
+    "choices, at each target budget, averaged over the budgets, paired by seed; held when the CI lies above "
+    "0.5 points (ours: a smaller gain is no dependence worth choosing for)",
+    "points",
+    kind="within",
+    interval=(0.5, math.inf),
+)
+DENSE_PREDICTS_RETRAINED = Claim(
+    "dense_predicts_retrained",
+    "A placement's accuracy read from the dense model predicts its accuracy retrained alone",
+    "open question (the paper's summary: how many ICs, and where)",
+    "per regime: the chosen placement retrained alone - the same placement read from the dense model, "
+    "test accuracy at each target budget, averaged over the budgets both meet, paired by seed; held when "
+    "the CI lies within [-2, 2] points (ours: the margin of the prediction)",
+    "points",
+    kind="within",
+    interval=(-2.0, 2.0),
+)
+IC_DESIGN_CLAIMS: tuple[Claim, ...] = (TUNED_PLACEMENT_BEATS_EVERY, PLACEMENT_DEPENDS_ON_REGIME, DENSE_PREDICTS_RETRAINED)
+"""Placements chosen from a dense model for a target budget (the IC-design page)."""
+
 # --- the claims the analysis pages test ----------------------------------------------------------
 
 JOINT_ICS_DOMINATE_MIDDLE = Claim(
@@ -690,7 +724,7 @@ RULE_ABLATION_CLAIMS: tuple[Claim, ...] = (_under_rules(MIXED_AHEAD), _under_rul
 
 CLAIMS: tuple[Claim, ...] = (
     *TABLE1_CLAIMS, *TABLE1_EQUAL_BUDGET_CLAIMS, *TIME_CLAIMS, *ANALYSIS_CLAIMS, *ABLATION_CLAIMS, *BEYOND_CLAIMS,
-    *ARCHITECTURE_CLAIMS, *RULE_ABLATION_CLAIMS, *SCALING_CLAIMS,
+    *ARCHITECTURE_CLAIMS, *RULE_ABLATION_CLAIMS, *SCALING_CLAIMS, *IC_DESIGN_CLAIMS,
 )
 FAMILIES: dict[str, tuple[Claim, ...]] = {
     "Table 1": TABLE1_CLAIMS,
@@ -702,6 +736,7 @@ FAMILIES: dict[str, tuple[Claim, ...]] = {
     "architectures": ARCHITECTURE_CLAIMS,
     "exit rules x loss scaling": RULE_ABLATION_CLAIMS,
     "trends across model sizes": SCALING_CLAIMS,
+    "IC design": IC_DESIGN_CLAIMS,
 }
 """The book-wide families of simultaneous intervals: a claim's interval level is set by its family's
 size, whichever page decides it (:func:`decide`)."""

@@ -104,6 +104,15 @@ def row_families(name: str, value: Any, values: Mapping[str, Any]) -> None:
         )
 
 
+def budget_list(name: str, value: Any, _: Mapping[str, Any]) -> None:
+    """A non-empty list of distinct fractions of the backbone's cost, each in (0, 1]."""
+    fractions = isinstance(value, list) and value and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b <= 1 for b in value
+    )
+    if not fractions or len(set(value)) != len(value):
+        raise ParameterError(f"{name} must be a non-empty list of distinct fractions of the backbone's cost, each in (0, 1], got {value!r}")
+
+
 def _corruptions() -> Sequence[str]:
     from mexit.evaluate.corruptions import CORRUPTIONS
 
@@ -163,6 +172,7 @@ CHECKS: dict[str, Check] = {
     "noise_ratio": number(0.0, 1.0),
     "eig_threshold": number(0.0, 1.0, high_open=True),
     "families": row_families,
+    "target_budgets": budget_list,
 }
 """Every notebook parameter beside the study's, by name, with what it allows."""
 

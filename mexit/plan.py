@@ -91,7 +91,10 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     - the gradient-dominance page's joint runs with gradient equilibrium (``equilibrium``,
       ``equilibrium_seeds``: :func:`mexit.study.equilibrium_configs`);
     - the runs that check phases a schedule ended (``longer_schedule``:
-      :meth:`mexit.study.Study.schedule_checks`).
+      :meth:`mexit.study.Study.schedule_checks`);
+    - the IC-design page's retrained placements (``target_budgets``:
+      :func:`mexit.placement_design.planned_study`), once its dense runs are stored: the placements
+      are chosen on them, so ``mexit book`` plans again after training (:func:`mexit.book.train_needed`).
 
     A page without ``rows``, ``seeds`` and ``regimes`` reads no run."""
     from mexit.study import equal_budget_study, equilibrium_configs, run_label
@@ -106,7 +109,18 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     tagged += [("equal budget", pair) for pair in (equal.configs() if equal is not None else [])]
     if values.get("equilibrium"):
         tagged += [("gradient equilibrium", pair) for pair in equilibrium_configs(s, values.get("equilibrium_seeds"))]
+    if "target_budgets" in values:
+        tagged += [("", pair) for pair in _design_configs(s, values["target_budgets"])]
     return [(run_label(dataclasses.replace(row, variant=tag) if tag else row, config), config) for tag, (row, config) in tagged]
+
+
+def _design_configs(s: Any, budgets: Any) -> list[tuple[Any, Any]]:
+    """The retrained placements' runs of an IC-design page (none until its dense runs are stored)."""
+    from mexit.placement_design import dense_row, planned_study
+
+    dense_row(s)  # one row of independent ICs, checked before anything is trained
+    design = planned_study(s, budgets)
+    return design.configs() if design is not None else []
 
 
 def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool = True) -> Any:

@@ -365,3 +365,31 @@ def threshold_curve(
     ax.set_ylabel(ylabel)
     ax.legend(title=hue)
     return ax
+
+
+def placement_map(choices: pd.DataFrame, blocks: Sequence[int], *, ax: Axes | None = None) -> Axes:
+    """The placements chosen for each regime and budget (:func:`mexit.placement_design.choose_placements`)
+    as a picture: the dense model's IC positions (the block each reads, 1-based) across, one line per
+    regime and budget down, a filled square where the chosen placement keeps an IC (in the regime's
+    colour), an empty one where it does not; the number of ICs kept at the right."""
+    set_style()
+    lines = choices.sort_values(["regime", "budget"], key=lambda c: c.map(REGIME_ORDER.index) if c.name == "regime" else c)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(blocks) + 2.5), 0.4 * len(lines) + 1.2))
+    colours = level_colours(list(pd.unique(lines["regime"])))
+    for y, line in enumerate(lines.itertuples()):
+        kept = set(line.placement or [])
+        for x, block in enumerate(blocks):
+            chosen = block in kept
+            ax.scatter(x, y, marker="s", s=140, facecolor=colours[line.regime] if chosen else "white",
+                       edgecolor=colours[line.regime] if chosen else "lightgrey")
+        ax.text(len(blocks) - 0.3, y, "none fits" if line.placement is None else f"{len(kept)} IC{'s' if len(kept) != 1 else ''}",
+                va="center", fontsize="small")
+    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.set_yticks(range(len(lines)), [f"{line.regime}, {100 * line.budget:g}%" for line in lines.itertuples()])
+    ax.set_xlim(-0.6, len(blocks) + 0.9)
+    ax.set_ylim(len(lines) - 0.5, -0.5)
+    ax.set_xlabel("IC after block (the dense model's positions)")
+    ax.set_ylabel("regime, target budget")
+    ax.grid(False)
+    return ax

@@ -43,7 +43,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "The paper's explanations": ("gradient_dominance", "mode_connectivity", "numerical_rank", "mutual_information"),
     "The ablations": ("loss_scaling", "ic_size", "ic_placement", "methods", "phase_split"),
     "Beyond the paper": ("calibration", "exit_rules", "distribution_shift", "out_of_distribution", "wall_clock"),
-    "Open questions": ("architectures", "scaling", "rules_loss_scaling"),
+    "Open questions": ("architectures", "scaling", "ic_design", "rules_loss_scaling"),
 }
 """The status page's sections and the pages whose claims each holds, in the page's order."""
 

@@ -25,6 +25,7 @@ BAD: dict[str, Any] = {
     "equilibrium_seeds": [99], "timed_seeds": [99], "points": -3, "bn_batches": -1, "eval_samples": 1, "bezier_steps": -1,
     "bezier_lr": 0.0, "path_seed": 99, "plane_points": 1, "plane_bn_batches": -1, "plane_eval_samples": 1,
     "max_features": 0, "probe_dim": 0, "noise_ratio": 0.0, "eig_threshold": 1.0, "families": [["no such row", "nor this"]],
+    "target_budgets": [0.5, 0.0],
 }
 """A bad value of every notebook parameter."""
 
