@@ -89,8 +89,35 @@ def test_a_model_whose_forward_is_more_than_its_children_in_order_is_refused() -
         split_model(Residual(), (3, 8, 8), "mine")
     with pytest.raises(ValueError, match=r"backbone='tv/vgg11': no blocks found among its children.*Verified families: timm resnet"):
         build("tv/vgg11", 5, img_size=32)
-    with pytest.raises(ValueError, match=r"torchvision's ViT adds its position embedding inside its encoder.*timm/vit_"):
-        build("tv/vit_b_16", 5)
+
+
+def test_a_torchvision_vit_is_split_at_its_encoder_layers_and_verified() -> None:
+    from mexit.models.backbones import split_torchvision_vit
+    from mexit.models.generic import verify_split
+    from mexit.models.parts import BackboneParts
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts its classifier at zero: every split would agree
+    x = torch.randn(2, 3, 16, 16)
+    split = split_torchvision_vit(vit, (3, 16, 16), "tv/vit_small")
+    with torch.no_grad():
+        h = split.stem(x)
+        for block in split.blocks:
+            h = block(h)
+        expected = vit(x)
+        assert expected.abs().max() > 0.1 and torch.allclose(split.final_head(h), expected, atol=1e-5)
+    assert (len(split.blocks), split.features, split.token_pool, split.num_prefix_tokens) == (3, "tokens", "token", 1)
+    assert h.shape == (2, 1 + 16, 16)  # the class token and 4 x 4 patches
+    wrong = BackboneParts(split.stem, split.blocks[:2], split.final_head, "tokens")
+    with pytest.raises(SplitError, match=r"backbone='tv/vit_small': stem, 2 blocks and head composed do not reproduce"):
+        verify_split(vit, wrong, (3, 16, 16), "tv/vit_small")
+    multi = build("tv/vit_b_16", 5, img_size=32, placement="every")  # the published architecture, random weights, 2 x 2 patches
+    assert len(multi.blocks) == 12 and multi.num_exits == 12
+    assert all(out.shape == (2, 5) for out in multi(torch.randn(2, 3, 32, 32)))
+    assert len(list(multi.parameters())) == len({id(p) for p in multi.parameters()})
+    with pytest.raises(ValueError, match=r"patch size 16 does not divide the image size 40"):
+        build("tv/vit_b_16", 5, img_size=40)
 
 
 class _Unit(nn.Module):

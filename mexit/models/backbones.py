@@ -7,8 +7,9 @@ Names:
   scales, packed ("multiscale" features); its classifiers read the coarsest;
 - torchvision: `tv/<name>` for a torchvision classification model (`tv/resnet18`, `tv/convnext_tiny`,
   `tv/efficientnet_b0`, `tv/mobilenet_v3_small`, `tv/regnet_x_400mf`, `tv/swin_t`, ...), split by
-  `mexit.models.generic` (its ViTs add their position embedding inside the encoder and are refused:
-  use `timm/vit_*`);
+  `mexit.models.generic`, its ViTs (`tv/vit_b_16`, ...; the image size from `build(img_size=...)`
+  where the weights are random) by their own split (`split_torchvision_vit`, verified as the
+  generic one is);
 - timm: `timm/<name>` for any timm model: a `VisionTransformer` (ViT, DeiT, ...; pass `patch_size` as
   a keyword; the image size comes from `build(img_size=...)`) by its own split (`split_timm_vit`), any
   other by `mexit.models.generic` (ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet, Swin, MLP-Mixer,
@@ -37,7 +38,7 @@ from timm.layers import global_pool_nlc
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from mexit.models.generic import SplitError, split_model
+from mexit.models.generic import SplitError, split_model, verify_split
 from mexit.models.parts import BackboneParts, FeatureKind
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
@@ -55,7 +56,7 @@ BACKBONES: tuple[str, ...] = (
 VERIFIED: dict[str, tuple[str, ...]] = {
     "timm": ("resnet", "convnext", "efficientnet", "mobilenetv3", "regnet", "swin", "mixer", "poolformer",
              "coatnet", "ghostnet", "edgenext", "vit"),
-    "torchvision": ("resnet", "convnext", "efficientnet", "mobilenet_v3", "regnet", "swin"),
+    "torchvision": ("resnet", "convnext", "efficientnet", "mobilenet_v3", "regnet", "swin", "vit"),
 }
 """The families whose generic split (ViT: its own) the tests verify, built small with random weights."""
 
@@ -101,10 +102,7 @@ def _tv_features(name: str) -> FeatureKind:
     if arch not in TV_MODELS:
         raise ValueError(f"backbone={name!r}: torchvision has no classification model {arch!r}; "
                          f"it has {', '.join(TV_MODELS[:8])}, ... (torchvision.models.list_models(module=torchvision.models))")
-    if arch.startswith("vit_"):
-        raise ValueError(f"backbone={name!r}: torchvision's ViT adds its position embedding inside its encoder, "
-                         "so it cannot be split into blocks; use a timm ViT (timm/vit_*)")
-    return "map"
+    return "tokens" if arch.startswith("vit_") else "map"
 
 
 def _small_resnet(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
@@ -123,6 +121,12 @@ def _msdnet(name: str, num_classes: int, in_chans: int, img_size: int, weights: 
 
 def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     arch = name.removeprefix(TV_PREFIX)
+    if arch.startswith("vit_") and not weights.pretrained:  # published weights fix their own image size
+        kwargs = {"image_size": img_size, **kwargs}
+        patch = int(arch.rsplit("_", 1)[1])  # vit_b_16: patches of 16 pixels
+        if kwargs["image_size"] % patch:
+            raise ValueError(f"backbone={name!r}: its patch size {patch} does not divide the image size {kwargs['image_size']}; "
+                             "choose data.image_size as a multiple of it")
     if weights.pretrained:
         tv = _construct(name, torchvision.models.get_model, arch, weights="DEFAULT", **kwargs)
         _fresh_classifier(tv, num_classes)
@@ -131,6 +135,11 @@ def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int
     if in_chans != 3:
         _adapt_first_conv(tv, in_chans)
     _maybe_load(tv, weights.checkpoint, classifier=_classifier_name(tv))
+    if isinstance(tv, torchvision.models.VisionTransformer):
+        if tv.image_size != img_size:
+            raise ValueError(f"backbone={name!r}: its published weights fix the image size at {tv.image_size}; "
+                             f"set data.image_size={tv.image_size}, got {img_size}")
+        return split_torchvision_vit(tv, (in_chans, img_size, img_size), name)
     return _generic_parts(tv, in_chans, img_size, name)
 
 
@@ -387,3 +396,42 @@ class ViTEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.vit.forward_features(x)
+
+
+def split_torchvision_vit(model: torchvision.models.VisionTransformer, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
+    """Splits a torchvision ViT into embedding (what its encoder does before its layers: patches,
+    class token, position embedding, dropout), the encoder's layers and head (the encoder's final
+    LayerNorm, the class token, the classifier); verified (:func:`mexit.models.generic.verify_split`)."""
+    parts = BackboneParts(TorchvisionViTEmbedding(model), list(model.encoder.layers), TorchvisionViTClassifier(model), "tokens", "token", 1)
+    try:
+        return verify_split(model, parts, input_shape, name)
+    except SplitError as error:
+        raise ValueError(str(error)) from None
+
+
+class TorchvisionViTEmbedding(nn.Module):
+    """The start of a torchvision ViT: patch projection, class token, position embedding and dropout."""
+
+    def __init__(self, vit: torchvision.models.VisionTransformer) -> None:
+        super().__init__()
+        self.conv_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.pos_embedding = vit.encoder.pos_embedding
+        self.dropout = vit.encoder.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        patches = self.conv_proj(x).flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, h * w, D)
+        tokens = torch.cat([self.class_token.expand(len(x), -1, -1), patches], dim=1)
+        return self.dropout(tokens + self.pos_embedding)
+
+
+class TorchvisionViTClassifier(nn.Module):
+    """The end of a torchvision ViT: the encoder's final LayerNorm, the class token and the heads."""
+
+    def __init__(self, vit: torchvision.models.VisionTransformer) -> None:
+        super().__init__()
+        self.ln = vit.encoder.ln
+        self.heads = vit.heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads(self.ln(x)[:, 0])

@@ -253,15 +253,40 @@ def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Ba
         for block in blocks:
             outputs.append(block(outputs[-1]))
         got = head(outputs[-1])
-    if not _same(got, expected):
-        difference = float((got - expected).abs().max()) if got.shape == expected.shape else f"shape {tuple(got.shape)}"
-        raise SplitError(
-            f"backbone={name!r}: stem, {len(blocks)} blocks and head composed do not reproduce the model's output "
-            f"(largest difference {difference}): its forward does more than run its children in order"
-        )
+    _check_reproduces(got, expected, len(blocks), name, "its forward does more than run its children in order")
     features, layout = _features_of(outputs[1:], name)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if features == "tokens" else 0
     return BackboneParts(stem, blocks, head, features, "token" if prefix else "avg", prefix, layout)
+
+
+def _check_reproduces(got: Tensor, expected: Tensor, blocks: int, name: str, why: str) -> None:
+    if not _same(got, expected):
+        difference = float((got - expected).abs().max()) if got.shape == expected.shape else f"shape {tuple(got.shape)}"
+        raise SplitError(
+            f"backbone={name!r}: stem, {blocks} blocks and head composed do not reproduce the model's output "
+            f"(largest difference {difference}): {why}"
+        )
+
+
+def verify_split(model: nn.Module, parts: BackboneParts, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
+    """``parts`` of ``model`` cut by hand (a family with its own split), checked as the generic split
+    checks its own: in eval mode, stem, blocks and head composed reproduce ``model``'s output on a
+    random input of ``input_shape``, else :class:`SplitError` naming ``name``. Returns ``parts``."""
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+    try:
+        with torch.no_grad():
+            expected = model(x)
+            h = parts.stem(x)
+            for block in parts.blocks:
+                h = block(h)
+            got = parts.final_head(h)
+    finally:
+        model.train(was_training)
+    _check_reproduces(got, expected, len(parts.blocks), name, "its own split misses part of its forward")
+    return parts
 
 
 def _torchvision_body(called: list[str], children: dict[str, nn.Module], stages: set[int]) -> list[str]:
