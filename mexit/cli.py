@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
     sweep.add_argument("--status", action="store_true", help="show each run's state, and resubmit failed jobs as last submitted")
     sweep.add_argument("--dry-run", action="store_true", help="show the jobs (and SLURM's sbatch script) without submitting")
-    sweep.add_argument("--wait", action="store_true", help="return when no job is pending or running")
+    sweep.add_argument("--wait", action="store_true", help="return when no job is pending or running and the plan, made again once they are done, lists no run more")
     sweep.add_argument("--partition", help="SLURM partition")
     sweep.add_argument("--gpus-per-node", type=int, default=0, help="GPUs of each job; more than one trains under DDP")
     sweep.add_argument("--nodes", type=int, default=1)
@@ -273,6 +273,12 @@ def _sweep(args: argparse.Namespace) -> int:
           + ("" if jobs else ": every run is done, pending or running"))
     if args.wait and not args.dry_run:
         table = sweep.wait(args.profile, root, runs_root)
+        while (table["state"] == "done").all():  # runs planned once others are stored (the IC-design page's retrained placements)
+            more = sweep.submit(args.profile, root, runs_root, args.executor, options)
+            if not more:
+                break
+            print(f"submitted {len(more)} more job(s): runs the plan lists once the first are stored")
+            table = sweep.wait(args.profile, root, runs_root)
         print(sweep.state_counts(table))
         return 0 if (table["state"] == "done").all() else 1
     return 0

@@ -239,51 +239,66 @@ def stored_dense(s: Any) -> list[ExitOutputs] | None:
     from mexit.store import RunStore
 
     store = RunStore(s.runs_root)
-    outputs = []
-    for row, config in s.configs():
-        run = store.load(config)
-        if run is None:
-            return None
-        outputs.append(run.outputs(**row.tags))
-    return outputs
+    runs = [(row, store.load(config)) for row, config in s.configs()]
+    if any(run is None for _, run in runs):
+        return None
+    return [run.outputs(**row.tags) for row, run in runs]
 
 
-def placement_blocks(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
-    """The 1-based blocks ``config``'s ICs sit after (its placement resolved on its backbone)."""
+def ic_positions(s: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The dense row's IC positions (the 1-based blocks they read) and each IC's head MACs, on the
+    input its stored runs were trained on (every dense run must be stored)."""
     import torch
 
     from mexit.models import build_model
+    from mexit.store import RunStore
 
+    row = dense_row(s)
+    run = RunStore(s.runs_root).load(s.configs()[0][1])
+    if run is None:
+        raise ValueError("the dense runs must be stored before their ICs' costs are read")
+    shape, classes = tuple(run.metrics["input_shape"]), run.metrics["num_classes"]
     with torch.device("meta"):
-        return tuple(build_model(config, tuple(int(s) for s in input_shape), num_classes).placement)
+        blocks = tuple(build_model(row.config, shape, classes).placement)
+    return blocks, head_macs(row.config, shape, classes)
 
 
 def design(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_EXHAUSTIVE_ICS) -> Design | None:
     """The dense runs of ``s`` and the placements chosen on them at ``budgets`` (None until every
-    dense run is stored). The choices are kept in the store (:meth:`mexit.store.RunStore.cached_table`,
-    keyed by the dense runs, the budgets, the grid and this code), so that planning again is cheap."""
+    dense run is stored)."""
+    choices = design_choices(s, budgets, max_exhaustive)
+    if choices is None:
+        return None
+    blocks, heads = ic_positions(s)
+    dense = stored_dense(s)
+    assert dense is not None  # stored, as the choices were
+    return Design(dense, blocks, heads, choices)
+
+
+def design_choices(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_EXHAUSTIVE_ICS) -> pd.DataFrame | None:
+    """:func:`choose_placements` on the dense runs of ``s`` (None until every one is stored), kept
+    in the store (:meth:`mexit.store.RunStore.cached_table`, keyed by the dense runs, the budgets, the
+    grid and this code), so that planning again reads it instead of searching again."""
     import json
 
     from mexit.store import RunStore
 
-    row = dense_row(s)
+    dense_row(s)
     budgets = checked_budgets(budgets)
-    dense = stored_dense(s)
-    if dense is None:
+    store = RunStore(s.runs_root)
+    configs = [config for _, config in s.configs()]
+    if any(store.load(config) is None for config in configs):
         return None
-    run = RunStore(s.runs_root).load(s.configs()[0][1])
-    shape, classes = run.metrics["input_shape"], run.metrics["num_classes"]
-    blocks = placement_blocks(row.config, shape, classes)
-    heads = head_macs(row.config, shape, classes)
 
     def compute() -> pd.DataFrame:
-        table = choose_placements(dense, heads, blocks, budgets, s.scoring.grid, max_exhaustive)
+        blocks, heads = ic_positions(s)
+        table = choose_placements(stored_dense(s) or [], heads, blocks, budgets, s.scoring.grid, max_exhaustive)
         return table.assign(placement=table["placement"].map(json.dumps))
 
-    inputs = {"runs": [out.tags["run"] for out in dense], "budgets": list(budgets), "grid": s.scoring.grid, "max_exhaustive": max_exhaustive}
-    table = RunStore(s.runs_root).cached_table("placement_choices", inputs, compute, code=__name__)
+    inputs = {"runs": [config.key() for config in configs], "budgets": list(budgets), "grid": s.scoring.grid, "max_exhaustive": max_exhaustive}
+    table = store.cached_table("placement_choices", inputs, compute, code=__name__)
     table["placement"] = table["placement"].map(lambda text: json.loads(text) if isinstance(text, str) else None)
-    return Design(dense, blocks, heads, table)
+    return table
 
 
 def design_study(s: Any, choices: pd.DataFrame) -> Any:
@@ -306,8 +321,8 @@ def design_study(s: Any, choices: pd.DataFrame) -> Any:
 def planned_study(s: Any, budgets: Sequence[float]) -> Any:
     """The retrained placements' study that ``mexit book`` trains once the dense runs are stored
     (None before: the choices need them)."""
-    chosen = design(s, budgets)
-    return None if chosen is None else design_study(s, chosen.choices)
+    choices = design_choices(s, budgets)
+    return None if choices is None else design_study(s, choices)
 
 
 def retrained_readings(retrained: Sequence[ExitOutputs], choices: pd.DataFrame, grid: str = "dense") -> pd.DataFrame:
