@@ -319,6 +319,25 @@ def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) ->
     ).set_index(["row", "reading"])
 
 
+def headline_sentence(rows: pd.DataFrame, claim: Claim | None = None) -> str:
+    """``claim`` (None: the paper's headline) in words, from the rows :func:`headline` reads: on how
+    many of the build's rows and readings it is held, what the others are, and what that says."""
+    claim = claim or MIXED_BEATS_JOINT_HIGH
+    verdicts = headline(rows, claim)["verdict"]
+    if verdicts.empty:
+        return f"No row of this build tests \u201c{claim.statement}\u201d."
+    held, against = int((verdicts == "held").sum()), int((verdicts == "not held").sum())
+    others = ", ".join(f"{verdict} on {count}" for verdict, count in verdicts[verdicts != "held"].value_counts().items())
+    if held == len(verdicts):
+        conclusion = "this build confirms it"
+    elif held == 0:
+        conclusion = "this build contradicts it" if against else "this build does not confirm it at this scale"
+    else:
+        conclusion = "this build confirms it on some rows and readings only"
+    return (f"\u201c{claim.statement}\u201d is held on {held} of the {len(verdicts)} rows and readings of this build"
+            f"{f' ({others})' if others else ''}: {conclusion}.")
+
+
 def measures_view(rows: pd.DataFrame) -> pd.DataFrame:
     """How each claim of :func:`decide` rows is measured and where it holds, one row per claim."""
     def holds(row: pd.Series) -> str:

@@ -350,6 +350,7 @@ def design_table(dense: pd.DataFrame, retrained: pd.DataFrame, choices: pd.DataF
 
     table = choices.set_index(["regime", "budget"])[["placement", "ics", "val_accuracy"]].copy()
     table["placement"] = table["placement"].map(lambda p: "none fits" if p is None else ", ".join(map(str, p)) or "no IC")
+    table = table.rename(columns={"placement": "ICs after blocks", "ics": "ICs", "val_accuracy": "chosen on (validation)"})
     table["every block (test)"] = mean(every)
     table["chosen, read from dense (test)"] = mean(own)
     table["chosen, retrained (test)"] = mean(retrained) if not retrained.empty else np.nan
@@ -364,7 +365,7 @@ def design_claims(dense: pd.DataFrame, retrained: pd.DataFrame, evidence: pd.Dat
     every run it compares has a point, paired by seed."""
     from mexit import claims
 
-    rows = []
+    rows, regimes_of = [], []
     for (label, regime), own in dense[dense["chosen_by"] == dense["regime"]].groupby(["row", "regime"], sort=False):
         mine = dense[(dense["row"] == label) & (dense["regime"] == regime)]
         every = mine[mine["chosen_by"] == DENSE]
@@ -377,13 +378,24 @@ def design_claims(dense: pd.DataFrame, retrained: pd.DataFrame, evidence: pd.Dat
         ):
             effect, budgets = _paired_budget_mean(minuend, subtrahend)
             rows.append(claims.assess(claim, effect, _scale(label, regime, budgets), compared))
+            regimes_of.append(regime)
         others = mine[~mine["chosen_by"].isin((DENSE, regime))]
         if not others.empty:
             best_other = others.groupby(["seed", "budget"])["accuracy"].max().rename("accuracy").reset_index()
             effect, budgets = _paired_budget_mean(own, best_other)
             regimes = tuple(str(r) for r in pd.unique(dense["regime"]))
             rows.append(claims.assess(claims.PLACEMENT_DEPENDS_ON_REGIME, effect, _scale(label, regime, budgets), claims.Compared(str(label), regimes, (DENSE,))))
-    return claims.decide(rows, evidence)
+            regimes_of.append(regime)
+    return claims.decide(rows, evidence).assign(regime=regimes_of)
+
+
+def regime_sentences(status: pd.DataFrame, claim: Any) -> str:
+    """``claim``'s verdicts of :func:`design_claims`, one per regime, as a page's text cites them:
+    "joint: effect [low, high] points: verdict, on n seeds; ..." (:func:`mexit.claims.claim_sentence`)."""
+    from mexit.claims import claim_sentence
+
+    rows = status[status["key"] == claim.key]
+    return "; ".join(f"{row['regime']}: {claim_sentence(row)}" for _, row in rows.iterrows())
 
 
 def _paired_budget_mean(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, list[float]]:

@@ -450,6 +450,17 @@ def test_the_headline_names_both_readings_per_row() -> None:
     assert table["verdict"].tolist() == ["inconclusive", "held"] and table["seeds"].tolist() == [5, 5]
     assert table.iloc[1, 0].startswith("2.0 [") and table.iloc[1, 0].endswith("points")
     assert claims.headline(decide([], evidence)).empty
+    both = pd.concat([decide([at_convergence], evidence), decide([at_budget], evidence)])
+    assert claims.headline_sentence(both) == (
+        "\u201cMixed is more accurate than joint at high budgets\u201d is held on 1 of the 2 rows and readings of this build "
+        "(inconclusive on 1): this build confirms it on some rows and readings only."
+    )
+    assert claims.headline_sentence(decide([at_convergence], evidence)).endswith("held on 0 of the 1 rows and readings of this build "
+                                                                              "(inconclusive on 1): this build does not confirm it at this scale.")
+    against = assess(claims.MIXED_BEATS_JOINT_HIGH, _seeded([-2.0, -2.1, -1.9, -2.0, -2.2]), "R (budgets 75%, 100%)", mixed)
+    assert claims.headline_sentence(decide([against], evidence)).endswith("(not held on 1): this build contradicts it.")
+    assert claims.headline_sentence(decide([at_budget], evidence)).endswith("held on 1 of the 1 rows and readings of this build: this build confirms it.")
+    assert claims.headline_sentence(decide([], evidence)).startswith("No row of this build tests")
 
 
 def test_the_loss_scaling_claims_under_each_exit_rule_are_one_family() -> None:

@@ -18,7 +18,7 @@ from mexit.flops import exit_costs
 from mexit.models import build_model
 from mexit.placement_design import (
     DENSE, choose_placements, dense_readings, design, design_claims, design_study, design_table, head_macs,
-    retrained_readings, subset_costs,
+    regime_sentences, retrained_readings, subset_costs,
 )
 from mexit.plan import check_page, page_runs
 from mexit.study import make_study
@@ -108,7 +108,7 @@ def test_readings_table_and_claims_from_dense_and_retrained_runs() -> None:
     ]
     again = retrained_readings(retrained, choices)
     table = design_table(readings, again, choices)
-    assert table.loc[("joint", "60%"), "placement"] == "1" and table.loc[("mixed", "60%"), "ics"] == 1
+    assert table.loc[("joint", "60%"), "ICs after blocks"] == "1" and table.loc[("mixed", "60%"), "ICs"] == 1
     assert (table["chosen, retrained (test)"] == table["chosen, read from dense (test)"]).all()
     evidence = pd.DataFrame([
         {"row": "r", "regime": out.tags["regime"], "seed": out.tags["seed"], "variant": variant, "evidence": True,
@@ -122,6 +122,8 @@ def test_readings_table_and_claims_from_dense_and_retrained_runs() -> None:
     depends = status[status["key"] == claims.PLACEMENT_DEPENDS_ON_REGIME.key]
     assert (depends["effect"] > 0.5).all()  # each regime's own IC is the one its runs get right
     assert status["family"].str.startswith("IC design").all()
+    sentence = regime_sentences(status, claims.DENSE_PREDICTS_RETRAINED)
+    assert sentence.startswith("joint: 0.0") and "; mixed: 0.0" in sentence and sentence.count("held") == 2
 
 
 def test_the_page_plans_its_retrained_placements_once_the_dense_runs_are_stored(tmp_path: Path) -> None:
