@@ -198,39 +198,61 @@ LABEL_CHARACTERS = 100
 """The longest line of a claim's label in the matrix (two at most)."""
 
 
-def matrix_figure(records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.36) -> Figure:
-    """The matrix drawn: per section a heading, then a line per claim (its reading beside it), a
-    column per profile row, each cell coloured by its verdict (:data:`VERDICT_COLOURS`) with the
-    verdict's word and the effect [CI] in it; a legend of the verdicts shown."""
+def matrix_bands(records: pd.DataFrame, max_columns: int = 3) -> list[tuple[str, list[str], pd.DataFrame]]:
+    """How :func:`matrix_figure` lays the matrix out: per section, only the profile rows (columns)
+    its claims were measured on, at most ``max_columns`` at a time (a section measured on more rows
+    continues in another band), each band with the lines that have a cell in it:
+    ``[(section, columns, lines of verdict_matrix(records, "verdict"))]``."""
+    matrix = verdict_matrix(records, "verdict")
+    bands = []
+    for section in dict.fromkeys(matrix.index.get_level_values("section")):
+        part = matrix.loc[[section]]
+        used = [row for row in matrix.columns if (part[row] != "").any()]
+        for start in range(0, len(used), max_columns):
+            columns = used[start:start + max_columns]
+            bands.append((section, columns, part[(part[columns] != "").any(axis=1)]))
+    return bands
+
+
+def matrix_figure(
+    records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.36, max_columns: int = 3,
+) -> Figure:
+    """The matrix drawn: per section a heading and the profile rows it was measured on (at most
+    ``max_columns`` a band, :func:`matrix_bands`, so that the figure stays narrow enough to read on
+    a page), then a line per claim (its reading beside it), each cell coloured by its verdict
+    (:data:`VERDICT_COLOURS`) with the verdict's word and the effect [CI] in it; a legend of the
+    verdicts shown."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
-    matrix, effects = verdict_matrix(records, "verdict"), verdict_matrix(records, "effect")
+    effects = verdict_matrix(records, "effect")
     units = records.drop_duplicates(list(LINE_KEY)).set_index(list(LINE_KEY))["unit"]
-    rows = list(matrix.columns)
-    sections = list(dict.fromkeys(matrix.index.get_level_values("section")))
-    height = line_height * (len(matrix) + len(sections) + 3)
-    figure = plt.figure(figsize=(label_width + column_width * len(rows), height))
+    bands = matrix_bands(records, max_columns)
+    width = label_width + column_width * max((len(columns) for _, columns, _ in bands), default=1)
+    height = line_height * (sum(len(lines) + 2 for _, _, lines in bands) + 2)  # a band: its heading, then its lines
+    figure = plt.figure(figsize=(width, height))
     ax = figure.add_axes((0, 0, 1, 1))
-    total_width = label_width + column_width * len(rows)
-    ax.set_xlim(0, total_width)
+    ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
     y = line_height
-    for j, row in enumerate(rows):
-        ax.text(label_width + (j + 0.5) * column_width, y, textwrap.fill(row, 24, break_long_words=False, break_on_hyphens=False), ha="center", va="center", fontsize=8, weight="bold")
-    y += line_height
-    for section in sections:
-        y += line_height
-        ax.text(0.05, y, section, ha="left", va="center", fontsize=9, weight="bold")
-        for key, cells in matrix.loc[[section]].iterrows():
+    seen: set[str] = set()
+    for section, columns, lines in bands:
+        y += 1.5 * line_height
+        ax.text(0.05, y, section if section not in seen else f"{section} (continued)", ha="left", va="center", fontsize=9, weight="bold")
+        seen.add(section)
+        for j, row in enumerate(columns):
+            ax.text(label_width + (j + 0.5) * column_width, y, textwrap.fill(row, 24, break_long_words=False, break_on_hyphens=False),
+                    ha="center", va="center", fontsize=7, weight="bold")
+        y += 0.5 * line_height
+        for key, cells in lines.iterrows():
             _, _, line, reading = key
             y += line_height
             label = f"{line} [{units[key]}]"
             if reading != READINGS["convergence"] and reading not in line:
                 label += f" ({reading})"
             ax.text(0.1, y, textwrap.fill(textwrap.shorten(label, 2 * LABEL_CHARACTERS, placeholder="…"), LABEL_CHARACTERS, break_long_words=False, break_on_hyphens=False), ha="left", va="center", fontsize=6, linespacing=1.1)
-            for j, row in enumerate(rows):
+            for j, row in enumerate(columns):
                 verdict = cells[row]
                 if not verdict:
                     continue

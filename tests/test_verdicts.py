@@ -145,6 +145,19 @@ def test_the_matrix_figure_colours_each_cell_by_its_verdict_in_distinct_colours(
     assert any(t.startswith("held\n2.0 [") for t in texts) and "Claims of Table 1" in texts
 
 
+def test_a_section_shows_only_the_rows_it_was_measured_on_a_few_at_a_time() -> None:
+    records = pd.concat([_records(), _records().iloc[:1].assign(section="Open questions", page="scaling", row="C")], ignore_index=True)
+    bands = verdicts.matrix_bands(records, max_columns=1)
+    assert [(section, columns, len(lines)) for section, columns, lines in bands] == [
+        ("Claims of Table 1", ["A"], 3), ("Claims of Table 1", ["B"], 1), ("Open questions", ["C"], 1),
+    ]  # B's band holds only the one claim measured on B; C's the one line measured there
+    assert [columns for _, columns, _ in verdicts.matrix_bands(records)] == [["A", "B"], ["C"]]
+    figure = verdicts.matrix_figure(records, max_columns=1)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert "Claims of Table 1 (continued)" in texts and len([p for p in figure.axes[0].patches if isinstance(p, Rectangle)]) == len(records)
+    assert figure.get_figwidth() < verdicts.matrix_figure(records, max_columns=3).get_figwidth()
+
+
 def test_every_page_that_decides_claims_has_a_section_and_every_section_page_exists() -> None:
     notebooks = {p.stem: json.loads(p.read_text()) for p in (ROOT / "notebooks").glob("*.ipynb")}
     deciding = {name for name, nb in notebooks.items() if any("glue_claims(" in "".join(c["source"]) for c in nb["cells"])}
