@@ -194,7 +194,7 @@ def verdict_summary(records: pd.DataFrame) -> str:
     return text
 
 
-LABEL_CHARACTERS = 100
+LABEL_CHARACTERS = 80
 """The longest line of a claim's label in the matrix (two at most)."""
 
 
@@ -215,7 +215,7 @@ def matrix_bands(records: pd.DataFrame, max_columns: int = 3) -> list[tuple[str,
 
 
 def matrix_figure(
-    records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.36, max_columns: int = 3,
+    records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.42, max_columns: int = 3,
 ) -> Figure:
     """The matrix drawn: per section a heading and the profile rows it was measured on (at most
     ``max_columns`` a band, :func:`matrix_bands`, so that the figure stays narrow enough to read on
@@ -239,11 +239,11 @@ def matrix_figure(
     seen: set[str] = set()
     for section, columns, lines in bands:
         y += 1.5 * line_height
-        ax.text(0.05, y, section if section not in seen else f"{section} (continued)", ha="left", va="center", fontsize=9, weight="bold")
+        ax.text(0.05, y, section if section not in seen else f"{section} (continued)", ha="left", va="center", fontsize=10, weight="bold")
         seen.add(section)
         for j, row in enumerate(columns):
             ax.text(label_width + (j + 0.5) * column_width, y, textwrap.fill(row, 24, break_long_words=False, break_on_hyphens=False),
-                    ha="center", va="center", fontsize=7, weight="bold")
+                    ha="center", va="center", fontsize=8, weight="bold")
         y += 0.5 * line_height
         for key, cells in lines.iterrows():
             _, _, line, reading = key
@@ -251,7 +251,7 @@ def matrix_figure(
             label = f"{line} [{units[key]}]"
             if reading != READINGS["convergence"] and reading not in line:
                 label += f" ({reading})"
-            ax.text(0.1, y, textwrap.fill(textwrap.shorten(label, 2 * LABEL_CHARACTERS, placeholder="…"), LABEL_CHARACTERS, break_long_words=False, break_on_hyphens=False), ha="left", va="center", fontsize=6, linespacing=1.1)
+            ax.text(0.1, y, textwrap.fill(textwrap.shorten(label, 2 * LABEL_CHARACTERS, placeholder="…"), LABEL_CHARACTERS, break_long_words=False, break_on_hyphens=False), ha="left", va="center", fontsize=7.5, linespacing=1.1)
             for j, row in enumerate(columns):
                 verdict = cells[row]
                 if not verdict:
@@ -261,7 +261,7 @@ def matrix_figure(
                                        facecolor=VERDICT_COLOURS[verdict], edgecolor="#999999", linewidth=0.4))
                 dark = verdict in ("held", "not held")
                 ax.text(x + column_width / 2, y, f"{verdict}\n{effects.loc[key, row]}", ha="center", va="center",
-                        fontsize=6, linespacing=1.1, color="white" if dark else "black")
+                        fontsize=7, linespacing=1.1, color="white" if dark else "black")
     shown = [v for v in VERDICTS if v in set(records["verdict"])]
     figure.legend(
         handles=[Patch(facecolor=VERDICT_COLOURS[v], edgecolor="#999999", label=v) for v in shown],
