@@ -229,7 +229,10 @@ class Design:
 def dense_row(s: Any) -> Any:
     """The one row of study ``s`` whose runs are the dense models; a :class:`ParameterError` unless it has one, training SDN ICs."""
     if len(s.rows) != 1:
-        raise ParameterError(f"rows: the IC-design page reads one dense row, got {len(s.rows)}: {[row.label for row in s.rows]}")
+        raise ParameterError(
+            f"rows: the IC-design page reads one dense row, got {len(s.rows)}: {[row.label for row in s.rows]} "
+            "(in a profile, give it its own: notebooks.ic_design.rows)"
+        )
     check_dense(s.rows[0].config)
     return s.rows[0]
 

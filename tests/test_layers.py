@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # what is kept
     ("mexit.store", "mexit.stale"),
     # runs obtained (trained into the store or loaded from it), and studies of them
-    ("mexit.pipeline", "mexit.study"),
+    ("mexit.pipeline", "mexit.study", "mexit.placement_design"),
     # what a profile is and every run its pages read (below the book and the sweep, which both plan from it)
     ("mexit.parameters", "mexit.plan"),
     # the book's pages, the book, sweeps and the command line
