@@ -105,12 +105,12 @@ def row_families(name: str, value: Any, values: Mapping[str, Any]) -> None:
 
 
 def budget_list(name: str, value: Any, _: Mapping[str, Any]) -> None:
-    """A non-empty list of distinct fractions of the backbone's cost, each in (0, 1]."""
-    fractions = isinstance(value, list) and value and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b <= 1 for b in value
-    )
-    if not fractions or len(set(value)) != len(value):
-        raise ParameterError(f"{name} must be a non-empty list of distinct fractions of the backbone's cost, each in (0, 1], got {value!r}")
+    """A non-empty list of distinct fractions of the backbone's cost, each in (0, 1]
+    (:func:`mexit.evaluate.scoring.checked_budgets`, which names ``name``)."""
+    from mexit.evaluate.scoring import checked_budgets
+
+    if len(set(checked_budgets(value, name))) != len(value):
+        raise ParameterError(f"{name} must be distinct fractions of the backbone's cost, got {value!r}")
 
 
 def _corruptions() -> Sequence[str]:

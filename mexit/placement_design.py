@@ -30,6 +30,7 @@ import pandas as pd
 
 from mexit.config import ParameterError, RunConfig
 from mexit.evaluate import ExitOutputs, run_points
+from mexit.evaluate.tables import group_runs
 from mexit.evaluate.scoring import Scoring, checked_budgets
 from mexit.evaluate.sweeps import sweep
 
@@ -39,21 +40,29 @@ it, the search is greedy."""
 DENSE = "every block (dense)"
 """The variant label of the dense runs, on the page and in the evidence."""
 CHOICE_COLUMNS: tuple[str, ...] = ("regime", "budget", "placement", "ics", "val_accuracy", "search")
+READING_COLUMNS: list[str] = ["row", "regime", "seed", "chosen_by", "budget", "accuracy", "cost_pct"]
+"""A reading of runs at a budget (:func:`dense_readings`, :func:`retrained_readings`)."""
+
+
+def placement_blocks(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
+    """The 1-based blocks ``config``'s ICs read (its placement resolved on its backbone, built on the meta device)."""
+    import torch
+
+    from mexit.models import build_model
+
+    with torch.device("meta"):
+        return tuple(build_model(config, tuple(int(s) for s in input_shape), num_classes).placement)
 
 
 def head_macs(config: RunConfig, input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
     """The MACs of each IC of ``config``'s placement on its own (its head, on one input): a model
     with that IC alone costs, to its final exit, the plain backbone plus the head."""
-    import torch
-
     from mexit.flops import exit_costs
     from mexit.models import build_model
 
     shape = tuple(int(s) for s in input_shape)
-    with torch.device("meta"):
-        blocks = build_model(config, shape, num_classes).placement
     heads = []
-    for block in blocks:
+    for block in placement_blocks(config, shape, num_classes):
         single = dataclasses.replace(config, model=dataclasses.replace(config.model, placement=[block], checkpoint=None, pretrained=False))
         costs = exit_costs(build_model(single, shape, num_classes), shape)
         heads.append(costs.macs[-1] - costs.backbone_macs)
@@ -126,7 +135,7 @@ def choose_placements(
         raise ValueError("every dense run needs validation logits: the placements are chosen on validation")
     n_ics = len(heads)
     rows = []
-    for regime, runs in _by_regime(dense).items():
+    for (regime,), runs in group_runs(dense, ("regime",)).items():
         def score(kept: tuple[int, ...]) -> np.ndarray:
             return np.mean([_val_accuracy(out, heads, kept, budgets_, grid) for out in runs], axis=0)  # NaN if a seed misses
 
@@ -147,13 +156,6 @@ def choose_placements(
     return pd.DataFrame(rows, columns=list(CHOICE_COLUMNS))
 
 
-def _by_regime(outputs: Sequence[ExitOutputs]) -> dict[str, list[ExitOutputs]]:
-    grouped: dict[str, list[ExitOutputs]] = {}
-    for out in outputs:
-        grouped.setdefault(out.tags["regime"], []).append(out)
-    return grouped
-
-
 def _best(scores: dict[tuple[int, ...], np.ndarray], b: int) -> tuple[tuple[int, ...] | None, float]:
     """The subset with the highest score at budget ``b``, the first on a tie (subsets are listed by size, then blocks)."""
     chosen, top = None, -np.inf
@@ -169,8 +171,8 @@ def _greedy(score: Any, n_ics: int, b: int) -> tuple[tuple[int, ...] | None, flo
     current = float(score(kept)[b])
     chosen = (kept, current) if not np.isnan(current) else (None, float("nan"))
     while len(kept) < n_ics:
-        candidates = {tuple(sorted((*kept, k))): score(tuple(sorted((*kept, k)))) for k in range(n_ics) if k not in kept}
-        step, value = _best(candidates, b)
+        trials = [tuple(sorted((*kept, k))) for k in range(n_ics) if k not in kept]
+        step, value = _best({trial: score(trial) for trial in trials}, b)
         if step is None or (not np.isnan(current) and value <= current):
             break
         kept, current = step, value
@@ -209,7 +211,7 @@ def dense_readings(
     budgets = tuple(sorted(set(choices["budget"])))
     frames.append(run_points(list(dense), Scoring(budgets=budgets, grid=grid, pick="best")).assign(chosen_by=DENSE))
     frame = pd.concat(frames, ignore_index=True)
-    return frame[["row", "regime", "seed", "chosen_by", "budget", "accuracy", "cost_pct"]]
+    return frame[READING_COLUMNS]
 
 
 # --- the page's study: the dense runs, the choices made on them, the retrained placements ---------
@@ -237,23 +239,9 @@ def dense_row(s: Any) -> Any:
     return s.rows[0]
 
 
-def stored_dense(s: Any) -> list[ExitOutputs] | None:
-    """The outputs of every run of study ``s`` from its store, None until all are stored (nothing is trained)."""
-    from mexit.store import RunStore
-
-    store = RunStore(s.runs_root)
-    runs = [(row, store.load(config)) for row, config in s.configs()]
-    if any(run is None for _, run in runs):
-        return None
-    return [run.outputs(**row.tags) for row, run in runs]
-
-
 def ic_positions(s: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The dense row's IC positions (the 1-based blocks they read) and each IC's head MACs, on the
     input its stored runs were trained on (every dense run must be stored)."""
-    import torch
-
-    from mexit.models import build_model
     from mexit.store import RunStore
 
     row = dense_row(s)
@@ -261,21 +249,7 @@ def ic_positions(s: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if run is None:
         raise ValueError("the dense runs must be stored before their ICs' costs are read")
     shape, classes = tuple(run.metrics["input_shape"]), run.metrics["num_classes"]
-    with torch.device("meta"):
-        blocks = tuple(build_model(row.config, shape, classes).placement)
-    return blocks, head_macs(row.config, shape, classes)
-
-
-def design(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_EXHAUSTIVE_ICS) -> Design | None:
-    """The dense runs of ``s`` and the placements chosen on them at ``budgets`` (None until every
-    dense run is stored)."""
-    choices = design_choices(s, budgets, max_exhaustive)
-    if choices is None:
-        return None
-    blocks, heads = ic_positions(s)
-    dense = stored_dense(s)
-    assert dense is not None  # stored, as the choices were
-    return Design(dense, blocks, heads, choices)
+    return placement_blocks(row.config, shape, classes), head_macs(row.config, shape, classes)
 
 
 def design_choices(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_EXHAUSTIVE_ICS) -> pd.DataFrame | None:
@@ -295,7 +269,7 @@ def design_choices(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_E
 
     def compute() -> pd.DataFrame:
         blocks, heads = ic_positions(s)
-        table = choose_placements(stored_dense(s) or [], heads, blocks, budgets, s.scoring.grid, max_exhaustive)
+        table = choose_placements(s.outputs(), heads, blocks, budgets, s.scoring.grid, max_exhaustive)  # stored: loaded
         return table.assign(placement=table["placement"].map(json.dumps))
 
     inputs = {"runs": [config.key() for config in configs], "budgets": list(budgets), "grid": s.scoring.grid, "max_exhaustive": max_exhaustive}
@@ -338,7 +312,7 @@ def retrained_readings(retrained: Sequence[ExitOutputs], choices: pd.DataFrame, 
         scoring = Scoring(budgets=(budget_of[out.tags["variant"]],), grid=grid, pick="best")
         frames.append(run_points([out], scoring).assign(chosen_by=out.tags["regime"]))
     frame = pd.concat(frames, ignore_index=True)
-    return frame[["row", "regime", "seed", "chosen_by", "budget", "accuracy", "cost_pct"]]
+    return frame[READING_COLUMNS]
 
 
 def design_table(dense: pd.DataFrame, retrained: pd.DataFrame, choices: pd.DataFrame) -> pd.DataFrame:
@@ -435,9 +409,10 @@ def design_page(s: Any, budgets: Sequence[float]) -> DesignPage:
     """The IC-design page of study ``s`` (one dense row) at the target ``budgets``: its dense runs
     loaded (trained where missing, outside ``mexit book``), the placements chosen on them, the
     chosen placements retrained and every reading, evidence and claim."""
-    s.outputs()  # the dense runs, stored before anything is chosen on them
-    chosen = design(s, budgets)
-    assert chosen is not None  # every dense run is stored now
+    dense_outputs = s.outputs()  # the dense runs, stored before anything is chosen on them
+    choices = design_choices(s, budgets)
+    assert choices is not None  # every dense run is stored now
+    chosen = Design(dense_outputs, *ic_positions(s), choices)
     grid = s.scoring.grid
     dense = dense_readings(chosen.dense, chosen.choices, chosen.heads, chosen.blocks, grid)
     dense_evidence, dense_phases = s.evidence()

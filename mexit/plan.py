@@ -110,17 +110,11 @@ def page_runs(values: Mapping[str, Any], runs_root: Path, *, require_data: bool 
     if values.get("equilibrium"):
         tagged += [("gradient equilibrium", pair) for pair in equilibrium_configs(s, values.get("equilibrium_seeds"))]
     if "target_budgets" in values:
-        tagged += [("", pair) for pair in _design_configs(s, values["target_budgets"])]
+        from mexit.placement_design import planned_study
+
+        design = planned_study(s, values["target_budgets"])  # its one dense row checked first; None until that row's runs are stored
+        tagged += [("", pair) for pair in (design.configs() if design is not None else [])]
     return [(run_label(dataclasses.replace(row, variant=tag) if tag else row, config), config) for tag, (row, config) in tagged]
-
-
-def _design_configs(s: Any, budgets: Any) -> list[tuple[Any, Any]]:
-    """The retrained placements' runs of an IC-design page (none until its dense runs are stored)."""
-    from mexit.placement_design import dense_row, planned_study
-
-    dense_row(s)  # one row of independent ICs, checked before anything is trained
-    design = planned_study(s, budgets)
-    return design.configs() if design is not None else []
 
 
 def page_study(values: Mapping[str, Any], runs_root: Any, *, require_data: bool = True) -> Any:

@@ -17,7 +17,7 @@ from mexit.evaluate import ExitOutputs
 from mexit.flops import exit_costs
 from mexit.models import build_model
 from mexit.placement_design import (
-    DENSE, choose_placements, dense_readings, design, design_claims, design_study, design_table, head_macs,
+    DENSE, choose_placements, dense_readings, design_choices, design_claims, design_study, design_table, head_macs, ic_positions,
     regime_sentences, retrained_readings, subset_costs,
 )
 from mexit.plan import check_page, page_runs
@@ -133,10 +133,10 @@ def test_the_page_plans_its_retrained_placements_once_the_dense_runs_are_stored(
     assert {config.key() for _, config in page_runs(values, tmp_path)} == dense_keys  # nothing to choose from yet
     s = check_page(values)
     s.outputs()  # the dense runs, trained
-    chosen = design(s, values["target_budgets"])
-    assert chosen is not None and len(chosen.choices) == 6 and chosen.blocks == (2, 4, 6)
+    choices = design_choices(s, values["target_budgets"])
+    assert choices is not None and len(choices) == 6 and ic_positions(s)[0] == (2, 4, 6)
     planned = page_runs(values, tmp_path)
-    retrained = design_study(s, chosen.choices)
+    retrained = design_study(s, choices)
     assert retrained is not None
     keys = {config.key() for _, config in retrained.configs()}
     for row, config in retrained.configs():  # a placement other than the dense one is a run of its own; the dense one is its run
@@ -152,8 +152,9 @@ def test_the_page_plans_its_retrained_placements_once_the_dense_runs_are_stored(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"target_budgets": [0.5, 1.5]}, "target_budgets must be a non-empty list of distinct fractions"),
+        ({"target_budgets": [0.5, 1.5]}, r"target_budgets must be fractions of the backbone cost in \(0, 1\], got 1.5"),
         ({"target_budgets": []}, "target_budgets must be a non-empty list"),
+        ({"target_budgets": [0.5, 0.5]}, "target_budgets must be distinct fractions"),
         ({"rows": [{"label": "a", "config": "tiny"}, {"label": "b", "config": "tiny"}]}, "rows: the IC-design page reads one dense row"),
         ({"rows": [{"label": "a", "config": "tiny", "overrides": ["model.method=pbee"]}]}, "independent ICs"),
     ],

@@ -69,16 +69,16 @@ class Scoring:
             )
 
 
-def checked_budgets(budgets: Any) -> tuple[float, ...]:
+def checked_budgets(budgets: Any, name: str = "budgets") -> tuple[float, ...]:
     """Budgets as a tuple of fractions of the backbone-only cost, each in (0, 1]; raises
-    :class:`~mexit.config.ParameterError` naming ``budgets`` otherwise."""
+    :class:`~mexit.config.ParameterError` naming ``name`` (the parameter that holds them) otherwise."""
     if isinstance(budgets, np.ndarray):
         budgets = budgets.tolist()
     if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence) or len(budgets) == 0:
-        raise ParameterError(f"budgets must be a non-empty list of fractions in (0, 1], got {budgets!r}{_YAML_HINT}")
+        raise ParameterError(f"{name} must be a non-empty list of fractions in (0, 1], got {budgets!r}{_YAML_HINT}")
     for value in budgets:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:  # nan fails too
             raise ParameterError(
-                f"budgets must be fractions of the backbone cost in (0, 1], got {value!r} in {list(budgets)}"
+                f"{name} must be fractions of the backbone cost in (0, 1], got {value!r} in {list(budgets)}"
             )
     return tuple(float(b) for b in budgets)

@@ -206,8 +206,7 @@ def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) 
 
 def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+    x = _probe_input(model, input_shape)
     with torch.no_grad():
         expected = model(x)
         timm_style = hasattr(model, "forward_features") and hasattr(model, "forward_head")
@@ -259,6 +258,12 @@ def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Ba
     return BackboneParts(stem, blocks, head, features, "token" if prefix else "avg", prefix, layout)
 
 
+def _probe_input(model: nn.Module, input_shape: tuple[int, int, int]) -> Tensor:
+    """The two seeded random inputs a split is checked on, on ``model``'s device."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+
+
 def _check_reproduces(got: Tensor, expected: Tensor, blocks: int, name: str, why: str) -> None:
     if not _same(got, expected):
         difference = float((got - expected).abs().max()) if got.shape == expected.shape else f"shape {tuple(got.shape)}"
@@ -274,8 +279,7 @@ def verify_split(model: nn.Module, parts: BackboneParts, input_shape: tuple[int,
     random input of ``input_shape``, else :class:`SplitError` naming ``name``. Returns ``parts``."""
     was_training = model.training
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
+    x = _probe_input(model, input_shape)
     try:
         with torch.no_grad():
             expected = model(x)
