@@ -28,7 +28,7 @@ from typing import Any
 
 from mexit.pipeline import NO_TRAIN_VARIABLE
 from mexit.verdicts import PAGE_VARIABLE, RECORDS_VARIABLE
-from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, needed_runs, notebook_names, notebook_parameters, runs_by_page
+from mexit.plan import NOTEBOOK_DIR, declared_parameters, load_profile, notebook_names, notebook_parameters, runs_by_page, union_runs
 
 GENERATED_DIR = Path("book") / "generated"
 RECORDS_DIR = "records"
@@ -91,19 +91,14 @@ def train_needed(
     anything, the notebooks are planned again and the new runs trained, until a plan adds none.
     Returns every notebook's runs (:func:`mexit.plan.runs_by_page`) as last planned."""
     by_page = runs_by_page(profile, declared, runs_root)
-    trained = _train_runs(_union(by_page), runs_root, jobs)
+    trained = _train_runs(union_runs(by_page), runs_root, jobs)
     while trained:
         again = runs_by_page(profile, declared, runs_root)
-        if set(_union(again)) <= set(_union(by_page)):
+        if set(union_runs(again)) <= set(union_runs(by_page)):
             break
         by_page = again
-        trained = _train_runs(_union(by_page), runs_root, jobs)
+        trained = _train_runs(union_runs(by_page), runs_root, jobs)
     return by_page
-
-
-def _union(by_page: Mapping[str, Mapping[str, tuple[str, Any]]]) -> dict[str, tuple[str, Any]]:
-    """Every run of ``by_page``, once, in the pages' order."""
-    return {key: run for runs in by_page.values() for key, run in runs.items()}
 
 
 def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> int:
@@ -209,8 +204,8 @@ def _execute(
     if train:
         by_page = train_needed(profile, declared, store, jobs)
     else:
-        check_stored(profile, declared, store)
         by_page = runs_by_page(profile, declared, store)
+        check_stored(by_page, store)
     done = []
     records = into / RECORDS_DIR
     with _environment({"MEXIT_RUNS": str(store), NO_TRAIN_VARIABLE: "1", RECORDS_VARIABLE: str(records)}):
@@ -283,10 +278,10 @@ def refresh_citing_pages(root: Path, executed: Sequence[str]) -> list[Path]:
     return pages
 
 
-def check_stored(profile: Mapping[str, Any], declared: Mapping[str, Any], runs_root: Path) -> None:
-    """Raise a ValueError naming every run the notebooks read (:func:`mexit.plan.needed_runs`) that
-    ``runs_root`` lacks, and the command that trains them (``mexit book --no-train``)."""
-    needed = needed_runs(profile, declared, runs_root)
+def check_stored(by_page: Mapping[str, Mapping[str, tuple[str, Any]]], runs_root: Path) -> None:
+    """Raise a ValueError naming every run the notebooks read (``by_page``, :func:`mexit.plan.runs_by_page`)
+    that ``runs_root`` lacks, and the command that trains them (``mexit book --no-train``)."""
+    needed = union_runs(by_page)
     missing = [label.strip() for key, (label, _) in needed.items() if not (runs_root / "runs" / key / "metrics.json").exists()]
     if missing:
         shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -404,9 +399,10 @@ def build_smoke_book(
     started = time.perf_counter()
     original = load_profile(profile)
     profile_values = smoke.smoke_profile(original, directory, seeds or smoke.SMOKE_SEEDS)
-    smoke.ensure_weights(directory, smoke.pretrained_backbones(original))
-    smoke.ensure_data(directory, smoke.datasets_read(profile_values))
-    smoke.ensure_ood_data(directory, smoke.ood_datasets_read(profile_values))
+    read = smoke.for_pages(profile_values, only)
+    smoke.ensure_weights(directory, smoke.pretrained_backbones(smoke.for_pages(original, only)))
+    smoke.ensure_data(directory, smoke.datasets_read(read))
+    smoke.ensure_ood_data(directory, smoke.ood_datasets_read(read))
     target = copy_sources(root, directory / "book")
     _add_banner(target / "_config.yml", smoke.banner(profile_label(profile)))
     _execute(profile_values, f"{profile_label(profile)} (smoke)", target, target / GENERATED_DIR, directory / "runs", only, jobs)

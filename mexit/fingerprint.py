@@ -65,8 +65,25 @@ def closure(roots: tuple[str, ...]) -> tuple[str, ...]:
         if module in seen or path is None:
             continue
         seen.add(module)
-        pending.extend(target for _, target in imported(ast.parse(path.read_text())))
+        pending.extend(_imports(module))
     return tuple(sorted(seen))
+
+
+@lru_cache(maxsize=None)
+def _imports(module: str) -> tuple[str, ...]:
+    """The ``mexit`` modules that ``module`` imports: each file parsed once a process, however many
+    closures it is in (a book's pages share most of theirs)."""
+    path = module_path(module)
+    assert path is not None
+    return tuple(target for _, target in imported(ast.parse(path.read_text())))
+
+
+@lru_cache(maxsize=None)
+def _module_code(module: str) -> str:
+    """:func:`code_only` of ``module``'s file, once a process."""
+    path = module_path(module)
+    assert path is not None
+    return code_only(path.read_text())
 
 
 @lru_cache(maxsize=None)
@@ -75,9 +92,7 @@ def code_fingerprint(roots: tuple[str, ...]) -> str:
     :func:`closure` of ``roots``."""
     digest = hashlib.sha256()
     for module in closure(roots):
-        path = module_path(module)
-        assert path is not None
-        digest.update(module.encode() + b"\0" + code_only(path.read_text()).encode() + b"\0")
+        digest.update(module.encode() + b"\0" + _module_code(module).encode() + b"\0")
     return digest.hexdigest()[:12]
 
 

@@ -19,6 +19,7 @@ from mexit.store import Run, RunStore, phase_keys
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from mexit.train import Probe
 
@@ -126,6 +127,15 @@ def _finish(
         "world_size": ctx.world_size,
     }
     store.finish_run(config, logits, {"macs": list(costs.macs), "backbone_macs": costs.backbone_macs, "unit": "MACs"}, metrics)
+
+
+def trained_model(run: Run, device: str | torch.device = "cpu") -> nn.Module:
+    """The stored ``run``'s trained multi-exit model, in eval mode on ``device``: built from its
+    config and its phases' states loaded in order."""
+    model = build_model(run.config, tuple(run.metrics["input_shape"]), run.metrics["num_classes"])
+    for state in run.phase_states():
+        model.load_phase_state(state)
+    return model.to(device).eval()
 
 
 def dominance_probe(config: RunConfig, splits: data.Splits) -> Probe:

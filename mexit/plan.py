@@ -56,8 +56,13 @@ def needed_runs(
     disjoint and mixed, comes first). ``declared`` maps each notebook to the parameters its
     ``parameters`` cell declares; ``require_data`` False plans runs whose ``data_root`` is not on
     this machine."""
+    return union_runs(runs_by_page(profile, declared, runs_root, require_data=require_data))
+
+
+def union_runs(by_page: Mapping[str, Mapping[str, tuple[str, Any]]]) -> dict[str, tuple[str, Any]]:
+    """Every run of :func:`runs_by_page`'s pages once, in the pages' order."""
     needed: dict[str, tuple[str, Any]] = {}
-    for runs in runs_by_page(profile, declared, runs_root, require_data=require_data).values():
+    for runs in by_page.values():
         for key, run in runs.items():
             needed.setdefault(key, run)
     return needed

@@ -156,6 +156,13 @@ def _groups(profile: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [group for group in (profile["global_params"], *profile["notebooks"].values()) if group]
 
 
+def for_pages(profile: Mapping[str, Any], pages: Sequence[str] | None) -> dict[str, Any]:
+    """``profile`` with only the notebook groups of ``pages`` (all where None): what a build of
+    those pages reads, so that it writes no weights and no datasets only other pages would read."""
+    notebooks = profile["notebooks"] if pages is None else {name: group for name, group in profile["notebooks"].items() if name in pages}
+    return {**profile, "notebooks": notebooks}
+
+
 def _rows(profile: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [row for group in _groups(profile) for row in group.get("rows", [])]
 

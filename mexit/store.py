@@ -206,14 +206,10 @@ class Run:
         frames = [pd.read_csv(d / "probes.csv") for d in self._phase_dirs if (d / "probes.csv").exists()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The trained multi-exit model (eval mode)."""
-        from mexit.models import build_model
-
-        model = build_model(self.config, tuple(self.metrics["input_shape"]), self.metrics["num_classes"])
-        for phase_dir in self._phase_dirs:  # a P1 state holds the backbone only
-            model.load_phase_state(checkpoint.load_tensors(phase_dir / "state.pt")["model"])
-        return model.to(device).eval()
+    def phase_states(self) -> list[dict[str, torch.Tensor]]:
+        """The model's state after each phase, in order (a P1 state holds the backbone only): what
+        :func:`mexit.pipeline.trained_model` loads into the model it builds."""
+        return [checkpoint.load_tensors(phase_dir / "state.pt")["model"] for phase_dir in self._phase_dirs]
 
     def outputs(self, **tags: Any) -> ExitOutputs:
         """The run's test (and validation) logits, labels and costs for :mod:`mexit.evaluate`."""

@@ -22,13 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from mexit.config import REGIMES, OptimConfig, ParameterError, RunConfig, load_config, regime_configs
+from mexit.config import REGIMES, OptimConfig, ParameterError, RunConfig, load_config, regime_configs, stable_hash
 from mexit.evaluate import ExitOutputs, run_curve, single_exits, training_macs_per_sample
 from mexit.evaluate.evidence import DEFAULT_WINDOW, gate_errors, phase_curve, run_evidence
 from mexit.evaluate.scoring import Scoring
 from mexit.regimes import PHASE_SPECS
 from mexit.reference import paper_accuracy, paper_rows
-from mexit.pipeline import train_or_load
+from mexit.pipeline import train_or_load, trained_model
 from mexit.models import build_model
 from mexit.store import Run, RunStore, default_root
 
@@ -342,7 +342,7 @@ def counting_table(s: Study) -> pd.DataFrame:
     for row, run in s.runs():
         first.setdefault(row.label, run)
     frames = [
-        counting_difference(run.model(), tuple(run.metrics["input_shape"])).assign(row=label) for label, run in first.items()
+        counting_difference(trained_model(run), tuple(run.metrics["input_shape"])).assign(row=label) for label, run in first.items()
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -360,7 +360,7 @@ def block_counts(s: Study) -> pd.DataFrame:
         first.setdefault(row.label, run)
     records = []
     for label, run in first.items():
-        model = run.model()
+        model = trained_model(run)
         features = backbone_features(run.config.model.backbone)
         if features == "map" and any(isinstance(m, ChannelsFirst) for m in model.ics.modules()):  # its ICs read NHWC maps
             features = "map (NHWC)"
@@ -575,19 +575,27 @@ def _overrides(where: str, value: Mapping[str, Any]) -> list[str]:
     return overrides
 
 
+_BUILT: set[str] = set()  # the configs :func:`_check_builds` has built in this process
+
+
 def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
     depth, such as IC placement indices beyond it, and, with ``require_data``, that published weights
     it starts from are on this machine (a plan for another machine, ``require_data`` False, builds
-    without them)."""
+    without them). A config built once is not built again: pages share rows, and a plan of the
+    paper profile checks each of its rows once, not once a page."""
     import torch
 
     from mexit import data
 
     if not require_data and config.model.pretrained:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False))
+    key = stable_hash(dataclasses.asdict(config))
+    if key in _BUILT:
+        return
     with torch.device("meta"):
         build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
+    _BUILT.add(key)
 
 
 def _row(index: int, value: Any, where: str | None = None, *, require_data: bool = True) -> Row:

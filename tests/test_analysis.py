@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mexit.pipeline import train_or_load
+from mexit.pipeline import train_or_load, trained_model
 from mexit.analysis import (
     barrier,
     bezier_path,
@@ -439,7 +439,7 @@ def test_analyses_on_two_stored_tiny_runs(tmp_path: Path) -> None:
     assert {"step", "block", "exit", "share", "cosine", "dominant"} <= set(probes.columns)
     assert np.allclose(probes.groupby(["step", "block"])["share"].sum(), 1)
     splits = load(joint.config.data)
-    a, b = joint.model(), mixed.model()
+    a, b = trained_model(joint), trained_model(mixed)
     blocks, exits = len(a.blocks), a.num_exits
     path = linear_path(a, b, splits.train_eval, splits.test, points=3, bn_batches=2)
     assert len(path) == 3 * exits and len(barrier(path)) == exits

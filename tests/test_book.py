@@ -7,7 +7,9 @@ screenshots of every page land in ``_build/screenshots`` of the repository.
 from __future__ import annotations
 
 import html
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,9 @@ import torch
 import yaml
 
 from mexit.pipeline import train_or_load
-from mexit.book import SUMMARY_PAGE, NotebookError, build_book, copy_sources, execute_notebooks
-from mexit.plan import load_profile, notebook_parameters, parameters_cell
+from mexit.book import GENERATED_DIR, SUMMARY_PAGE, TEST_OUTPUT_DIR, NotebookError, build_book, copy_sources, execute_notebooks
+from mexit.config import ParameterError
+from mexit.plan import check_page, declared_defaults, load_profile, notebook_parameters, parameters_cell
 from mexit.claims import VERDICTS
 from mexit.verdicts import read_records, verdict_summary
 
@@ -74,14 +77,24 @@ def test_every_notebook_declares_the_shared_parameters() -> None:
         ({"seeds": "0, 1"}, "seeds"),
     ],
 )
-def test_a_bad_parameter_stops_the_notebook_at_its_first_cell(parameters: dict, named: str, tmp_path: Path) -> None:
+def test_a_bad_table1_parameter_is_refused_by_its_name(parameters: dict, named: str, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    defaults = declared_defaults(parameters_cell(ROOT / "notebooks" / "table1.ipynb"))
+    with pytest.raises(ParameterError) as raised:
+        check_page({**defaults, "runs_root": str(store), **parameters})
+    assert str(raised.value).startswith(named)
+    assert not store.exists()
+
+
+def test_a_bad_parameter_stops_the_notebook_at_its_first_cell(tmp_path: Path) -> None:
+    """Through papermill: the error is the notebook's first own cell's, before anything is stored."""
     store = tmp_path / "store"
     with pytest.raises(papermill.PapermillExecutionError) as raised:
         papermill.execute_notebook(
-            str(ROOT / "notebooks" / "table1.ipynb"), str(tmp_path / "out.ipynb"),
-            parameters={"runs_root": str(store), **parameters}, progress_bar=False, kernel_name="python3",
+            str(ROOT / "notebooks" / "table1.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False, kernel_name="python3",
+            parameters={"runs_root": str(store), "rows": [{"label": "x", "config": "tiny", "overrides": ["model.backbone=resnet7"]}]},
         )
-    assert raised.value.ename == "ParameterError" and raised.value.evalue.startswith(named)
+    assert raised.value.ename == "ParameterError" and raised.value.evalue.startswith("rows[0]")
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     failed = [i for i, cell in enumerate(code) if any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
@@ -103,21 +116,29 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path: Path) -> None:
         execute_notebooks("tiny", tmp_path, only=["table2"])
 
 
+TEST_RUNS = Path(os.environ["MEXIT_RUNS"])  # the session's store (tests/conftest.py), shared with the nbval tests
+
+
 @pytest.fixture(scope="module")
 def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny book, its runs trained first by `mexit sweep` through submitit's local executor (two
-    processes of one thread): the book step then only reads the store."""
+    processes of one thread) into the session's store, where the nbval tests read the same runs: the
+    book step then only reads the store. Its notebooks start as the executed test outputs
+    (``tests/notebooks``, made by the same code at the same profile): the book reuses each whose
+    identity (source, parameters, code, runs) still matches and executes the others, so that nbval
+    and the book do not execute the same notebook twice. The warm-rebuild test below executes pages
+    through the book itself."""
     root = copy_sources(ROOT, tmp_path_factory.mktemp("book"))
-    store = root / "runs"
+    shutil.copytree(ROOT / TEST_OUTPUT_DIR, root / GENERATED_DIR)
     swept = subprocess.run(
-        [sys.executable, "-m", "mexit", "sweep", "--profile", "tiny", "--executor", "local", "--wait", "--root", str(store)],
+        [sys.executable, "-m", "mexit", "sweep", "--profile", "tiny", "--executor", "local", "--wait", "--root", str(TEST_RUNS)],
         cwd=root, capture_output=True, text=True,
     )
     assert swept.returncode == 0 and "0 pending, 0 running, 0 failed, 0 not submitted" in swept.stdout, swept.stdout + swept.stderr
-    trained = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
-    assert build_book("tiny", root=root, runs_root=str(store), train=False) == 0  # every run a page reads was planned
-    after = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (store / folder).rglob("*")}
-    assert after == trained, "the book step trained or rewrote runs the sweep had stored"
+    trained = {path: path.stat().st_mtime_ns for folder in ("runs", "phases") for path in (TEST_RUNS / folder).rglob("*")}
+    assert build_book("tiny", root=root, runs_root=str(TEST_RUNS), train=False) == 0  # every run a page reads was planned
+    rewritten = [path for path, stamp in trained.items() if path.stat().st_mtime_ns != stamp]
+    assert not rewritten, f"the book step rewrote runs the sweep had stored: {rewritten[:3]}"
     return root
 
 
@@ -145,7 +166,8 @@ def test_the_pages_name_no_folder_of_the_machine_that_built_them(tiny_book: Path
     pages = list((tiny_book / "_build" / "html" / "book" / "generated").glob("*.html"))
     assert len(pages) == len(NOTEBOOKS)
     for page in pages:
-        assert str(tiny_book) not in page.read_text(), f"{page.name} names the folder the book was built in"
+        text = page.read_text()
+        assert str(tiny_book) not in text and str(TEST_RUNS) not in text, f"{page.name} names a folder of the machine that built it"
 
 
 def test_the_built_book_needs_no_network(tiny_book: Path) -> None:
@@ -195,7 +217,7 @@ def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Pa
 def test_a_warm_rebuild_reuses_unchanged_notebooks_and_rebuilds_the_pages_citing_a_re_executed_one(tiny_book: Path) -> None:
     from mexit.book import render
 
-    store = str(tiny_book / "runs")
+    store = str(TEST_RUNS)
     again = execute_notebooks("tiny", tiny_book, runs_root=store, train=False)
     assert all(run.reused for run in again) and len(again) == len(NOTEBOOKS)
     status_source, status_page = tiny_book / "book" / "status.md", tiny_book / "_build" / "html" / "book" / "status.html"

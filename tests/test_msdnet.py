@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mexit.pipeline import train_or_load
+from mexit.pipeline import train_or_load, trained_model
 from mexit.config import load_config
 from mexit.flops import exit_costs
 from mexit.models import build
@@ -154,7 +154,7 @@ def test_evaluation_and_every_analysis_accept_an_msdnet(tmp_path: Path) -> None:
     runs = [train_or_load(RunStore(tmp_path), load_config("tiny", [*overrides, f"train.regime={r}"])) for r in ("joint", "mixed")]
     table = budget_table([run.outputs() for run in runs], by=("regime",))
     assert len(table) == 2 * 4 and table["final_accuracy_mean"].notna().all()
-    model, other = (run.model() for run in runs)
+    model, other = (trained_model(run) for run in runs)
     data = load(DataConfig(name="digits")).test
     images = torch.stack([data[i][0] for i in range(32)])
     labels = torch.tensor([data[i][1] for i in range(32)])

@@ -13,7 +13,7 @@ from mexit.book import build_smoke_book, copy_sources
 from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.checkpoint import read_json
 from mexit.config import load_config
-from mexit.smoke import SMOKE_SIZES, banner, datasets_read, ensure_data, ensure_weights, pretrained_backbones, smoke_profile
+from mexit.smoke import SMOKE_SIZES, banner, datasets_read, ensure_data, ensure_weights, for_pages, pretrained_backbones, smoke_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_ROWS = ("resnet34-cifar100", "msdnet-cifar100", "vit-tiny-cifar100")
@@ -110,7 +110,16 @@ def test_paper_smoke_ci_part_one_row_per_family_through_table1(tmp_path: Path) -
     assert shapes == {(3, 32, 32)}
     assert (ours.stat().st_mtime_ns if ours.exists() else None) == before  # the repository's book is not touched
     assert set(notebook_names(tmp_path / "smoke" / "book")) == set(notebook_names(ROOT))
+    assert not list((tmp_path / "smoke" / "weights").glob("*")), "stand-in weights written for pages not built"
     print(f"paper smoke CI part: {took:.0f}s")
+
+
+def test_a_smoke_of_some_pages_reads_only_their_rows() -> None:
+    paper = load_profile("paper")
+    table1 = for_pages(paper, ["table1"])
+    assert table1["global_params"] == paper["global_params"] and set(table1["notebooks"]) <= {"table1"}
+    assert pretrained_backbones(table1) == [] and pretrained_backbones(for_pages(paper, ["architectures"]))
+    assert for_pages(paper, None) == paper
 
 
 @pytest.mark.parametrize("argv", [["book", "--smoke", "x", "--root", "y"]])

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mexit.pipeline import train_or_load
+from mexit.pipeline import train_or_load, trained_model
 from mexit import checkpoint, data
 from mexit.checkpoint import CorruptCheckpointError
 from mexit.config import RunConfig, load_config, regime_configs
@@ -127,11 +127,11 @@ def test_p3_over_all_heads_weighs_each_ic_one_in_h(tmp_path: Path) -> None:
     authors = train_or_load(store, load_config("tiny", [*base, "train.p3_loss=all_heads"]))
     ours = train_or_load(store, load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.02}}"]))
     assert authors.key != ours.key and phase_keys(authors.config)[0] == phase_keys(ours.config)[0]  # one P1
-    a, b = authors.model().state_dict(), ours.model().state_dict()
+    a, b = trained_model(authors).state_dict(), trained_model(ours).state_dict()
     ics = [name for name in a if name.startswith("ics.") and a[name].is_floating_point()]
     assert ics and all(torch.allclose(a[name], b[name], atol=1e-5) for name in ics)
     moved = load_config("tiny", [*base, "train.phase_optim={P3: {lr: 0.03}}"])  # the same rate: the ICs differ
-    c = train_or_load(store, moved).model().state_dict()
+    c = trained_model(train_or_load(store, moved)).state_dict()
     assert not all(torch.allclose(a[name], c[name], atol=1e-5) for name in ics)
 
 
@@ -184,7 +184,7 @@ def test_the_model_takes_the_configured_memory_order(channels_last: bool) -> Non
 
 def test_model_reloads_with_the_stored_weights(tmp_path: Path) -> None:
     run = train_or_load(RunStore(tmp_path), load_config("tiny"))
-    model = run.model()
+    model = trained_model(run)
     from mexit.data import load
 
     splits = load(run.config.data)
@@ -205,10 +205,10 @@ def test_corrupted_checkpoint_is_detected_not_used(tmp_path: Path) -> None:
     blob[-100] ^= 0xFF
     state.write_bytes(bytes(blob))
     with pytest.raises(CorruptCheckpointError, match="corrupted"):
-        run.model()
+        trained_model(run)
     state.write_bytes(bytes(blob[: len(blob) // 2]))
     with pytest.raises(CorruptCheckpointError, match="corrupted"):
-        run.model()
+        trained_model(run)
 
 
 def test_stored_files_follow_the_umask_so_a_shared_store_is_readable(tmp_path: Path) -> None:

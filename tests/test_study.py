@@ -231,6 +231,7 @@ def test_scoring_picks_the_best_point_on_validation_and_the_last_on_test() -> No
 
 def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_path: Path) -> None:
     from mexit.flops import exit_costs
+    from mexit.pipeline import trained_model
     from mexit.study import counting_table
 
     s = make_study(**_params(seeds=[0], regimes=["joint"], runs_root=str(tmp_path), rows=[{**TINY_ROW, "overrides": ["train.dominance_every=0"]}]))
@@ -238,7 +239,7 @@ def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_p
     run = s.runs()[0][1]
     assert table["row"].unique().tolist() == ["tiny"] and len(table) == len(run.metrics["test_acc"])
     assert table["macs"].tolist() == list(run.costs["macs"])  # ours: what the run stored
-    authors = exit_costs(run.model(), tuple(run.metrics["input_shape"]), counting="fvcore")
+    authors = exit_costs(trained_model(run), tuple(run.metrics["input_shape"]), counting="fvcore")
     assert table["fvcore"].tolist() == list(authors.macs) and (table["fvcore"] > table["macs"]).all()
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from mexit.data.loading import sample_indices
 from mexit.analysis.runs import at_least, dataset_splits, inference_device, run_operating_points
+from mexit.pipeline import trained_model
 from mexit.config import ParameterError
 from mexit.data.loading import ImageDataset
 from mexit.evaluate.corruptions import CORRUPTIONS, SEVERITIES, Corruption, imagenet_c, imagenet_c_folder, perturbed
@@ -103,7 +104,7 @@ def shift_table(
             chosen = sample_indices(len(stored_labels), samples, SAMPLE_SEED).tolist()
             clean = _at_points(stored[:, chosen], stored_labels[chosen], run, mine)
             frames_of_run = [clean.assign(corruption=CLEAN, severity=0, source="clean")]
-            model, test = run.model(inference_device()), dataset_splits(config).test
+            model, test = trained_model(run, inference_device()), dataset_splits(config).test
             for corruption, severity in itertools.product(corruptions, severities):
                 files = imagenet_c(config, corruption, severity)
                 images: ImageDataset = files or perturbed(test, Corruption(corruption, severity))
@@ -160,7 +161,7 @@ def ood_table(
     grid = threshold_grid(s.scoring.grid)
     for row, run in s.runs():
         mine = run_operating_points(points, row, run, "maxprob")[["budget", "operating_point"]]
-        model = functools.cache(lambda run=run: run.model(inference_device()))  # loaded once a run, where a set is not cached
+        model = functools.cache(lambda run=run: trained_model(run, inference_device()))  # loaded once a run, where a set is not cached
         for name in ood_sets:
             options = {"runs": [run.key], "ood_set": name, "samples": samples, "ood_root": ood_root,
                        "thresholds": mine["operating_point"].round(12).tolist(), "grid": s.scoring.grid}

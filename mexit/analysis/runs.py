@@ -28,7 +28,7 @@ from mexit.analysis.rank import block_ranks
 from mexit.claims import depth_thirds, pair_label
 from mexit.config import RunConfig
 from mexit.evaluate.stats import format_interval, mean_ci
-from mexit.pipeline import train_or_load
+from mexit.pipeline import train_or_load, trained_model
 from mexit.store import Run, RunStore
 from mexit.study import ParameterError, Row, Study, chosen_seeds, equilibrium_configs, run_label
 
@@ -197,7 +197,7 @@ def _path_between(
     def compute() -> pd.DataFrame:
         train_set, eval_set = _connectivity_data(row.config, options["eval_samples"], seed)
         return walk(
-            run_a.model(inference_device()), run_b.model(inference_device()), train_set, eval_set, points=options["points"],
+            trained_model(run_a, inference_device()), trained_model(run_b, inference_device()), train_set, eval_set, points=options["points"],
             bn_batches=options["bn_batches"], batch_size=options["batch_size"], seed=seed,
             progress_label=f"{path} {row.label} s{seed} {label}",
         )
@@ -265,13 +265,13 @@ def connectivity_plane(
             train_set, eval_set = _connectivity_data(row.config, eval_samples, chosen)
             device = inference_device()
             return loss_plane(
-                [run.model(device) for run in trio], train_set, eval_set, points=points, margin=margin,
+                [trained_model(run, device) for run in trio], train_set, eval_set, points=points, margin=margin,
                 bn_batches=bn_batches, batch_size=batch_size, seed=chosen, progress_label=f"plane {row.label} s{chosen}",
             )
 
         grid = store.cached_table("loss_plane", {"runs": [run.key for run in trio], **options}, compute, code=__name__)
         grids.append(grid.assign(row=row.label))
-        where = plane_anchors([run.model() for run in trio])
+        where = plane_anchors([trained_model(run) for run in trio])
         anchors.append(where.assign(row=row.label, regime=[s.regimes[i] for i in where["model"]]))
     return (
         pd.concat(grids, ignore_index=True)[["row", "u", "v", "exit", "loss", "accuracy"]],
@@ -333,7 +333,7 @@ def _per_run(
 
         def compute() -> pd.DataFrame:  # called at once, inside this iteration
             print(f"[{kind}] {run_label(row, run.config)}", file=sys.stderr, flush=True)
-            return measure(run.model(inference_device()), dataset_splits(row.config.data).test, seed)
+            return measure(trained_model(run, inference_device()), dataset_splits(row.config.data).test, seed)
 
         table = store.cached_table(kind, {"runs": [run.key], **options}, compute, code=__name__)
         frames.append(table.assign(row=row.label, regime=run.config.train.regime, seed=seed))
@@ -420,7 +420,7 @@ def wall_clock_table(
         images = torch.stack([test[i][0] for i in range(min(samples, len(test)))]).to(device)
         print(f"[wall clock] {run_label(row, run.config)}", file=sys.stderr, flush=True)
         thresholds = mine["operating_point"].tolist()
-        timed = time_early_exit(run.model(device), images, thresholds, batch_size=batch_size, repeats=repeats, rule=TIMED_RULE)
+        timed = time_early_exit(trained_model(run, device), images, thresholds, batch_size=batch_size, repeats=repeats, rule=TIMED_RULE)
         budgets = [float("nan"), *mine["budget"]]
         predicted = [100.0, *mine["cost_pct"]]
         frames.append(timed.assign(budget=budgets, cost_pct=predicted, row=row.label, regime=regime, seed=seed))
