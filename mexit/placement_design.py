@@ -281,17 +281,20 @@ def design_choices(s: Any, budgets: Sequence[float], max_exhaustive: int = MAX_E
 def design_study(s: Any, choices: pd.DataFrame) -> Any:
     """The retrained placements of ``choices`` as a study: ``s``'s dense row with each chosen
     placement as a variant (:func:`choice_label`) trained under its regime only, on ``s``'s seeds
-    (paired with the dense runs). Disjoint and mixed runs begin with the dense runs' P1, which the
-    ICs do not touch. None when no placement with an IC was chosen."""
+    (paired with the dense runs); a placement other than the dense one trains without
+    gradient-dominance probes (no page reads them), the dense one is the dense run. Disjoint and
+    mixed runs begin with the dense runs' P1, which the ICs do not touch. None when no placement with
+    an IC was chosen."""
     row = dense_row(s)
     rows = []
     for choice in choices.itertuples():
         if choice.placement is None or not len(choice.placement):
             continue
         model = dataclasses.replace(row.config.model, placement=[int(block) for block in choice.placement])
-        rows.append(dataclasses.replace(
-            row, config=dataclasses.replace(row.config, model=model), variant=choice_label(choice.budget, choice.regime), regimes=(choice.regime,),
-        ))
+        config = dataclasses.replace(row.config, model=model)
+        if config.key() != row.config.key():  # a placement of its own (the dense one is the dense run, probed)
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, dominance_every=0))
+        rows.append(dataclasses.replace(row, config=config, variant=choice_label(choice.budget, choice.regime), regimes=(choice.regime,)))
     return dataclasses.replace(s, rows=tuple(rows)) if rows else None
 
 

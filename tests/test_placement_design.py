@@ -141,6 +141,7 @@ def test_the_page_plans_its_retrained_placements_once_the_dense_runs_are_stored(
     keys = {config.key() for _, config in retrained.configs()}
     for row, config in retrained.configs():  # a placement other than the dense one is a run of its own; the dense one is its run
         assert (config.key() in dense_keys) == (list(config.model.placement) == [2, 4, 6])
+        assert (config.train.dominance_every > 0) == (list(config.model.placement) == [2, 4, 6])  # no page reads a retrained run's probes
     assert {config.key() for _, config in planned} == dense_keys | keys
     assert {row.regimes for row in retrained.rows} <= {("disjoint",), ("joint",), ("mixed",)}
     hand = pd.DataFrame([{"regime": "joint", "budget": 0.5, "placement": [4], "ics": 1, "val_accuracy": 50.0, "search": "by hand"}])

@@ -246,7 +246,10 @@ def test_counting_table_compares_each_rows_exit_costs_under_both_countings(tmp_p
 def test_a_study_on_fresh_seeds_keeps_everything_but_the_seeds() -> None:
     s = make_study(**_params(seeds=[0, 1]))
     fresh = s.with_seeds([2, 3])
-    assert fresh is not None and fresh.seeds == (2, 3) and fresh.rows == s.rows and fresh.regimes == s.regimes
+    assert fresh is not None and fresh.seeds == (2, 3) and fresh.regimes == s.regimes
+    assert s.rows[0].config.train.dominance_every > 0  # the tiny config probes; no page reads a fresh seed's probes
+    assert fresh.rows == s.without_probes().rows and fresh.rows[0].config.train.dominance_every == 0
+    assert [row.config.model for row in fresh.rows] == [row.config.model for row in s.rows]
     assert s.with_seeds([]) is None
     with pytest.raises(ParameterError, match=r"fresh_seeds must be disjoint from seeds \[0, 1\]; both hold \[1\]"):
         s.with_seeds([1, 2])

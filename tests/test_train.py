@@ -261,10 +261,11 @@ def test_step_and_evaluation_caps_are_checked() -> None:
             load_config("tiny", [f"train.{name}=0"]).validate()
 
 
-def test_resume_points_are_written_only_where_the_phase_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The end-of-epoch resume checkpoint (partial.pt) is written after every epoch but a phase's
-    last: a finished phase is stored whole, so its last resume point would be written to be deleted."""
-    from mexit import checkpoint
+def test_resume_points_are_written_only_where_the_phase_goes_on_and_one_is_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume point (partial.pt) is written after a phase's first epoch, then after the first
+    epoch ending RESUME_INTERVAL_S after the last one, never after a phase's last epoch: a finished
+    phase is stored whole, so its last resume point would be written to be deleted."""
+    from mexit import checkpoint, train
 
     written: list[str] = []
     save = checkpoint.save_tensors
@@ -274,8 +275,13 @@ def test_resume_points_are_written_only_where_the_phase_goes_on(tmp_path: Path, 
         save(path, tensors)
 
     monkeypatch.setattr(checkpoint, "save_tensors", recording)
-    train_or_load(RunStore(tmp_path), load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"]))
-    assert written.count("partial.pt") == 2 * 2  # two phases, three epochs each: after epochs 1 and 2
+    three_epochs = load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"])
+    train_or_load(RunStore(tmp_path / "default"), three_epochs)
+    assert written.count("partial.pt") == 2  # two phases of three sub-second epochs: after each one's first
+    written.clear()
+    monkeypatch.setattr(train, "RESUME_INTERVAL_S", 0.0)
+    train_or_load(RunStore(tmp_path / "every"), three_epochs)
+    assert written.count("partial.pt") == 2 * 2  # always due: after epochs 1 and 2 of each phase
     written.clear()
     train_or_load(RunStore(tmp_path / "capped"), load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.max_steps=1"]))
     assert "partial.pt" not in written  # each phase ends in its first epoch, at the step cap
