@@ -275,13 +275,13 @@ def test_resume_points_are_written_only_where_the_phase_goes_on_and_one_is_due(t
         save(path, tensors)
 
     monkeypatch.setattr(checkpoint, "save_tensors", recording)
-    three_epochs = load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.patience=null"])
+    three_epochs = load_config("tiny", ["train.regime=joint", "train.epochs=3", "train.patience=null", "train.dominance_every=0"])
     train_or_load(RunStore(tmp_path / "default"), three_epochs)
-    assert written.count("partial.pt") == 2  # two phases of three sub-second epochs: after each one's first
+    assert written.count("partial.pt") == 1  # three sub-second epochs: after the first only
     written.clear()
     monkeypatch.setattr(train, "RESUME_INTERVAL_S", 0.0)
     train_or_load(RunStore(tmp_path / "every"), three_epochs)
-    assert written.count("partial.pt") == 2 * 2  # always due: after epochs 1 and 2 of each phase
+    assert written.count("partial.pt") == 2  # always due: after epochs 1 and 2, not after the last
     written.clear()
     train_or_load(RunStore(tmp_path / "capped"), load_config("tiny", ["train.regime=mixed", "train.epochs=3", "train.max_steps=1"]))
     assert "partial.pt" not in written  # each phase ends in its first epoch, at the step cap

@@ -25,8 +25,6 @@ import math
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -169,6 +167,8 @@ def _principal_components(
     The components are divided by one common factor (unit mean variance on the train part), so the
     probe's L2 strength means the same for any scale of the features.
     """
+    from sklearn.decomposition import PCA  # scikit-learn where the probes run: a second a process otherwise
+
     components = min(probe_dim, x.shape[1], len(train) - 1)
     pca = PCA(n_components=components, svd_solver="full").fit(x[train])
     scale = math.sqrt(max(float(pca.explained_variance_.mean()), 1e-300))
@@ -183,6 +183,8 @@ def _probe_cross_entropy(
     either part: a class the probe never saw (a split of a few samples a class) then costs about
     ``log(classes / UNSEEN_MASS)`` nats, not an infinite or misread one; any mixture is a predictor
     of ``Y``, so the bound stays a bound."""
+    from sklearn.linear_model import LogisticRegression
+
     probe = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y)
     classes = np.union1d(train_y, test_y)
     proba = np.zeros((len(test_y), len(classes)))

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torchvision.datasets
 from PIL import Image
-from sklearn.model_selection import train_test_split
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -334,6 +333,8 @@ def _split(raw: _Raw, config: DataConfig, holdout: bool) -> tuple[np.ndarray, np
 
 def _stratified(rows: np.ndarray, targets: np.ndarray, held: float | int, seed: int, what: str):
     """(kept, held-out) sorted subsets of ``rows``, holding out ``held`` (fraction or count) per class."""
+    from sklearn.model_selection import train_test_split  # imported where a split is made: 1.3 s a process otherwise
+
     try:
         kept, out = train_test_split(rows, test_size=held, stratify=targets[rows], random_state=seed)
     except ValueError as error:

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
-from scipy.stats import rankdata
 
 from mexit.evaluate.scoring import Scoring
 from mexit.evaluate.sweeps import confidences, leaving_exit, to_numpy
@@ -91,7 +90,7 @@ def auroc(positive: Any, negative: Any) -> float:
     positive, negative = np.asarray(positive, dtype=np.float64).ravel(), np.asarray(negative, dtype=np.float64).ravel()
     if positive.size == 0 or negative.size == 0:
         return float("nan")
-    ranks = rankdata(np.concatenate([positive, negative]))  # ties get their mean rank
+    ranks = pd.Series(np.concatenate([positive, negative])).rank(method="average").to_numpy()  # ties get their mean rank
     above = ranks[: positive.size].sum() - positive.size * (positive.size + 1) / 2
     return float(above / (positive.size * negative.size))
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from mexit.evaluate.sweeps import check_labels, to_numpy
@@ -95,6 +94,8 @@ def _fit_exit(logp: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     start = np.zeros(n_members + n_classes)
     start[n_members - 1] = 1.0  # the plain output of this exit
     bounds = [(0.0, None)] * n_members + [(None, None)] * n_classes
+    from scipy.optimize import minimize  # imported where ZTW is fitted: half a second a process otherwise
+
     result = minimize(
         _nll, start, args=(logp, labels), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": MAX_ITER}
     )

@@ -29,19 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 import torchvision
-from timm.layers import global_pool_nlc
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mexit.models.generic import SplitError, split_model, verify_split
 from mexit.models.parts import BackboneParts, FeatureKind
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 TIMM_PREFIX = "timm/"
 TV_PREFIX = "tv/"
@@ -61,9 +62,17 @@ VERIFIED: dict[str, tuple[str, ...]] = {
 """The families whose generic split (ViT: its own) the tests verify, built small with random weights."""
 
 
+def _timm() -> ModuleType:
+    """timm, imported where a timm model is first named: half a second that a process building none
+    (a notebook reading stored ResNet runs, a CLI call) does not pay."""
+    import timm
+
+    return timm
+
+
 def _timm_arch(name: str) -> str:
     arch = name.removeprefix(TIMM_PREFIX).split(".")[0]
-    if not timm.is_model(arch):
+    if not _timm().is_model(arch):
         raise ValueError(f"backbone={name!r}: timm has no model {arch!r} (timm.list_models() lists them)")
     return arch
 
@@ -72,10 +81,12 @@ def _timm_arch(name: str) -> str:
 def _timm_class(arch: str) -> type[nn.Module]:
     """The class timm builds ``arch`` as, found by building it on the meta device (no memory, no weights)."""
     with torch.device("meta"):
-        return type(timm.create_model(arch, pretrained=False))
+        return type(_timm().create_model(arch, pretrained=False))
 
 
 def _is_timm_vit(arch: str) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
     cls = _timm_class(arch)
     return issubclass(cls, VisionTransformer) and cls.forward_head is VisionTransformer.forward_head
 
@@ -87,11 +98,11 @@ def _timm_features(name: str) -> FeatureKind:
     arch = _timm_arch(name)
     if _is_timm_vit(arch):
         return "tokens"
-    cfg = timm.models.get_pretrained_cfg(arch)
+    cfg = _timm().models.get_pretrained_cfg(arch)
     size = tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
     try:
         with torch.device("meta"):
-            features = timm.create_model(arch, pretrained=False).forward_features(torch.zeros(1, *size))
+            features = _timm().create_model(arch, pretrained=False).forward_features(torch.zeros(1, *size))
     except Exception:  # a model the meta device cannot run: its split decides at build time
         return "map"
     return "tokens" if features.dim() == 3 else "map"
@@ -145,10 +156,12 @@ def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int
 
 def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     arch = name.removeprefix(TIMM_PREFIX)
-    cfg = timm.models.get_pretrained_cfg(_timm_arch(name))
+    cfg = _timm().models.get_pretrained_cfg(_timm_arch(name))
     if _is_timm_vit(_timm_arch(name)) or (cfg is not None and cfg.fixed_input_size):
         kwargs = {"img_size": img_size, **kwargs}
-    model = _construct(name, timm.create_model, arch, pretrained=weights.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = _construct(name, _timm().create_model, arch, pretrained=weights.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    from timm.models.vision_transformer import VisionTransformer
+
     if isinstance(model, VisionTransformer) and _is_timm_vit(_timm_arch(name)):
         image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
         if any(i % p for i, p in zip(image, patch)):
@@ -277,7 +290,7 @@ def _published(name: str) -> tuple[str, bool]:
                          "pretrained weights exist for tv/<name> and timm/<name> backbones")
     family.features(name)
     if family.name == "timm":
-        cfg = timm.models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+        cfg = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise ValueError(f"model.pretrained: timm publishes no weights for {name!r}")
         tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else str(cfg.architecture)
@@ -335,7 +348,9 @@ def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str
     """Loads a local state dict strictly, except a classifier whose shape differs (kept fresh)."""
     if checkpoint is None:
         return
-    state = timm.models.load_state_dict(str(checkpoint), weights_only=True)
+    from timm.models import load_state_dict  # timm's reader of torch and safetensors files
+
+    state = load_state_dict(str(checkpoint), weights_only=True)
     own = model.state_dict()
     mismatched = [key for key in state if key in own and state[key].shape != own[key].shape]
     fresh = [key for key in mismatched if key.startswith(classifier + ".")]
@@ -371,13 +386,16 @@ class ViTClassifier(nn.Module):
         self.global_pool = vit.global_pool
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
+        from timm.layers import global_pool_nlc
+
+        self.pool_tokens = global_pool_nlc
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         if self.attn_pool is not None:
             x = self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens:])
         else:
-            x = global_pool_nlc(x, self.global_pool, self.num_prefix_tokens, self.pool_include_prefix)
+            x = self.pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.pool_include_prefix)
         return self.head(self.head_drop(self.fc_norm(x)))
 
 
