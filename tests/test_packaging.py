@@ -59,17 +59,15 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_a_kernel_reading_stored_resnet_runs_imports_neither_timm_nor_scikit_learn() -> None:
     """What every page imports, and a ResNet built as a page's parameter check builds one: timm
-    (half a second) and scikit-learn (a second) are imported where a timm model or a data split or
-    probe needs them, not by every notebook kernel and CLI process; a timm model still builds after."""
+    (half a second) and scikit-learn (a second) are imported where a timm model, a data split or a
+    probe needs them, not by every notebook kernel and CLI process (test_generic builds timm's)."""
     code = (
         "import sys\n"
         "import mexit.analysis, mexit.claims, mexit.evaluate, mexit.pages, mexit.plan, mexit.plots, mexit.study\n"
         "from mexit.models import build\n"
         "build('resnet20', 10, in_chans=1, img_size=16, placement=[3, 6])\n"
         "print(sorted(m for m in ('timm', 'sklearn') if m in sys.modules))\n"
-        "build('timm/resnet10t', 10, in_chans=1, img_size=32, placement=[1])\n"
-        "print('timm' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:2] == ["[]", "True"]
+    assert result.stdout.strip() == "[]"
