@@ -77,8 +77,24 @@ def test_split_vits_compute_what_the_library_model_computes() -> None:
     for model, split in cases:
         model.eval()
         expected = model(x)
-        parts = split(model)
+        parts = split(model, (3, 32, 32), "timm/vit_tiny_patch16_224")
         assert torch.allclose(run_parts(parts, x), expected, atol=1e-5)
+
+
+def test_a_timm_vit_split_is_verified_against_the_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedding takes the blocks and the head out of the timm model, so the split is checked
+    against the output the whole model gave before: a split that drops the final norm is refused."""
+    from mexit.models.backbones import ViTClassifier
+    from mexit.models.generic import SplitError
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5)
+    skipping_norm = lambda self, x: self.head(self.fc_norm(self.pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.pool_include_prefix)))  # noqa: E731
+    monkeypatch.setattr(ViTClassifier, "forward", skipping_norm)
+    with pytest.raises(SplitError, match=r"backbone='timm/vit_tiny_patch16_224': stem, 12 blocks and head composed do not reproduce"):
+        split_timm_vit(model, (3, 32, 32), "timm/vit_tiny_patch16_224")
+    monkeypatch.undo()
+    built = build("timm/vit_tiny_patch16_224", 5, img_size=32, patch_size=8, placement=[6], head="linear")  # the build path verifies it
+    assert built.num_exits == 2 and built.training
 
 
 @pytest.mark.parametrize(

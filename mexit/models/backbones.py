@@ -11,7 +11,7 @@ Names:
   where the weights are random) by their own split (`split_torchvision_vit`, verified as the
   generic one is);
 - timm: `timm/<name>` for any timm model: a `VisionTransformer` (ViT, DeiT, ...; pass `patch_size` as
-  a keyword; the image size comes from `build(img_size=...)`) by its own split (`split_timm_vit`), any
+  a keyword; the image size comes from `build(img_size=...)`) by its own split (`split_timm_vit`, verified), any
   other by `mexit.models.generic` (ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet, Swin, MLP-Mixer,
   MetaFormer, CoAtNet, ...; models of a fixed input size get `img_size`).
 
@@ -36,7 +36,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from mexit.models.generic import SplitError, split_model, verify_split
+from mexit.models.generic import SplitError, reference_output, split_model, verify_split
 from mexit.models.parts import BackboneParts, FeatureKind
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
@@ -170,7 +170,7 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weigh
                 "choose data.image_size (or img_size) as a multiple of model.backbone_kwargs.patch_size"
             )
         _maybe_load(model, weights.checkpoint, classifier="head")
-        return split_timm_vit(model)
+        return split_timm_vit(model, (in_chans, *image), name)
     _maybe_load(model, weights.checkpoint, classifier=_classifier_name(model))
     return _generic_parts(model, in_chans, img_size, name)
 
@@ -365,12 +365,16 @@ def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str
     model.load_state_dict({key: value for key, value in state.items() if key not in fresh}, strict=False)
 
 
-def split_timm_vit(model: VisionTransformer) -> BackboneParts:
-    """Splits a timm ViT into embedding, encoder blocks and head (final norm, pooling, classifier)."""
+def split_timm_vit(model: VisionTransformer, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
+    """Splits a timm ViT into embedding, encoder blocks and head (final norm, pooling, classifier);
+    verified (:func:`mexit.models.generic.verify_split`) against the output the whole model gave
+    before the embedding took its blocks and head out of it."""
+    expected = reference_output(model, input_shape)
     head = ViTClassifier(model)
     blocks = list(model.blocks)
     token_pool = "token" if model.cls_token is not None else "avg"
-    return BackboneParts(ViTEmbedding(model), blocks, head, "tokens", token_pool, model.num_prefix_tokens)
+    parts = BackboneParts(ViTEmbedding(model), blocks, head, "tokens", token_pool, model.num_prefix_tokens)
+    return verify_split(model, parts, input_shape, name, expected=expected)  # a SplitError is a ValueError naming the model
 
 
 class ViTClassifier(nn.Module):

@@ -273,22 +273,41 @@ def _check_reproduces(got: Tensor, expected: Tensor, blocks: int, name: str, why
         )
 
 
-def verify_split(model: nn.Module, parts: BackboneParts, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
-    """``parts`` of ``model`` cut by hand (a family with its own split), checked as the generic split
-    checks its own: in eval mode, stem, blocks and head composed reproduce ``model``'s output on a
-    random input of ``input_shape``, else :class:`SplitError` naming ``name``. Returns ``parts``."""
+def reference_output(model: nn.Module, input_shape: tuple[int, int, int]) -> Tensor:
+    """``model``'s output in eval mode on the seeded input every split is checked on: what
+    :func:`verify_split` compares the parts with, taken first where a split cuts the model in place."""
     was_training = model.training
     model.eval()
-    x = _probe_input(model, input_shape)
     try:
         with torch.no_grad():
-            expected = model(x)
+            return model(_probe_input(model, input_shape))
+    finally:
+        model.train(was_training)
+
+
+def verify_split(
+    model: nn.Module, parts: BackboneParts, input_shape: tuple[int, int, int], name: str, expected: Tensor | None = None
+) -> BackboneParts:
+    """``parts`` of ``model`` cut by hand (a family with its own split), checked as the generic split
+    checks its own: in eval mode, stem, blocks and head composed reproduce ``model``'s output on a
+    random input of ``input_shape`` (``expected``, its :func:`reference_output` taken before a split
+    that cut the model in place), else :class:`SplitError` naming ``name``. Returns ``parts``."""
+    if expected is None:
+        expected = reference_output(model, input_shape)
+    modules = [parts.stem, *parts.blocks, parts.final_head]
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    x = _probe_input(model, input_shape)
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
             h = parts.stem(x)
             for block in parts.blocks:
                 h = block(h)
             got = parts.final_head(h)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     _check_reproduces(got, expected, len(parts.blocks), name, "its own split misses part of its forward")
     return parts
 
