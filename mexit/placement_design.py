@@ -286,13 +286,14 @@ def design_study(s: Any, choices: pd.DataFrame) -> Any:
     mixed runs begin with the dense runs' P1, which the ICs do not touch. None when no placement with
     an IC was chosen."""
     row = dense_row(s)
+    dense_key = row.config.key()
     rows = []
     for choice in choices.itertuples():
         if choice.placement is None or not len(choice.placement):
             continue
         model = dataclasses.replace(row.config.model, placement=[int(block) for block in choice.placement])
         config = dataclasses.replace(row.config, model=model)
-        if config.key() != row.config.key():  # a placement of its own (the dense one is the dense run, probed)
+        if config.key() != dense_key:  # a placement of its own (the dense one is the dense run, probed)
             config = dataclasses.replace(config, train=dataclasses.replace(config.train, dominance_every=0))
         rows.append(dataclasses.replace(row, config=config, variant=choice_label(choice.budget, choice.regime), regimes=(choice.regime,)))
     return dataclasses.replace(s, rows=tuple(rows)) if rows else None

@@ -85,10 +85,9 @@ def _timm_class(arch: str) -> type[nn.Module]:
 
 
 def _is_timm_vit(arch: str) -> bool:
-    from timm.models.vision_transformer import VisionTransformer
-
+    vit = _timm().models.vision_transformer.VisionTransformer
     cls = _timm_class(arch)
-    return issubclass(cls, VisionTransformer) and cls.forward_head is VisionTransformer.forward_head
+    return issubclass(cls, vit) and cls.forward_head is vit.forward_head
 
 
 @lru_cache(maxsize=None)
@@ -160,9 +159,7 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weigh
     if _is_timm_vit(_timm_arch(name)) or (cfg is not None and cfg.fixed_input_size):
         kwargs = {"img_size": img_size, **kwargs}
     model = _construct(name, _timm().create_model, arch, pretrained=weights.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    from timm.models.vision_transformer import VisionTransformer
-
-    if isinstance(model, VisionTransformer) and _is_timm_vit(_timm_arch(name)):
+    if isinstance(model, _timm().models.vision_transformer.VisionTransformer) and _is_timm_vit(_timm_arch(name)):
         image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
         if any(i % p for i, p in zip(image, patch)):
             raise ValueError(
@@ -348,9 +345,7 @@ def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str
     """Loads a local state dict strictly, except a classifier whose shape differs (kept fresh)."""
     if checkpoint is None:
         return
-    from timm.models import load_state_dict  # timm's reader of torch and safetensors files
-
-    state = load_state_dict(str(checkpoint), weights_only=True)
+    state = _timm().models.load_state_dict(str(checkpoint), weights_only=True)  # timm's reader of torch and safetensors files
     own = model.state_dict()
     mismatched = [key for key in state if key in own and state[key].shape != own[key].shape]
     fresh = [key for key in mismatched if key.startswith(classifier + ".")]
@@ -390,9 +385,7 @@ class ViTClassifier(nn.Module):
         self.global_pool = vit.global_pool
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.pool_include_prefix = vit.pool_include_prefix
-        from timm.layers import global_pool_nlc
-
-        self.pool_tokens = global_pool_nlc
+        self.pool_tokens = _timm().layers.global_pool_nlc
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
