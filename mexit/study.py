@@ -585,26 +585,28 @@ def _overrides(where: str, value: Mapping[str, Any]) -> list[str]:
     return overrides
 
 
-_BUILT: set[str] = set()  # the configs :func:`_check_builds` has built in this process
+_BUILT: set[str] = set()  # the models (architecture, input shape, classes) :func:`_check_builds` has built in this process
 
 
 def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
     depth, such as IC placement indices beyond it, and, with ``require_data``, that published weights
     it starts from are on this machine (a plan for another machine, ``require_data`` False, builds
-    without them). A config built once is not built again: pages share rows, and a plan of the
-    paper profile checks each of its rows once, not once a page."""
+    without them). A model is built once a process: pages share rows and rows share architectures
+    (seeds, regimes and recipes do not change the model), so a plan of the paper profile builds each
+    architecture once, not once a row and page."""
     import torch
 
     from mexit import data
 
     if not require_data and config.model.pretrained:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained=False))
-    key = stable_hash(dataclasses.asdict(config))
+    input_shape, classes = data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name]
+    key = stable_hash({"model": dataclasses.asdict(config.model), "input_shape": input_shape, "classes": classes})
     if key in _BUILT:
         return
     with torch.device("meta"):
-        build_model(config, data.input_shape(config.data), data.STANDARD_CLASSES[config.data.name])
+        build_model(config, input_shape, classes)
     _BUILT.add(key)
 
 
