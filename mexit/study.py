@@ -408,7 +408,8 @@ EQUAL_BUDGET_REGIMES: dict[str, tuple[str, ...]] = {"P1 then more": ("disjoint",
 def equal_budget_study(s: Study, epochs: Any, p1_share: Any = 0.6) -> Study | None:
     """The runs of ``s`` again at an equal training budget (None for ``epochs`` None): each regime
     trains ``epochs`` epochs in all, under a cosine schedule over each phase (after the row's
-    warm-up, kept) and without early stopping (the validation split still held out, so every run sees the same training images):
+    warm-up, kept) and without early stopping (the validation split still held out, so every run
+    sees the same training images):
     joint's one phase all of them, disjoint's and mixed's P1 ``round(p1_share * epochs)`` and their
     second phase the rest (P1 shared by both). A reading of the regimes at a matched cost, which
     needs no convergence (:data:`mexit.claims.TABLE1_EQUAL_BUDGET_CLAIMS`); the rows keep their labels.
@@ -585,7 +586,7 @@ def _overrides(where: str, value: Mapping[str, Any]) -> list[str]:
     return overrides
 
 
-_BUILT: set[str] = set()  # the models (architecture, input shape, classes) :func:`_check_builds` has built in this process
+_BUILT: set[str] = set()  # the models (architecture, input shape, classes) built by :func:`_check_builds`
 
 
 def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:

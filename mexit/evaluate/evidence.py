@@ -22,7 +22,8 @@ the run store keeps (each phase's validation curve and how it ended, each exit's
   protocol (a constant learning rate, early stopping inside caps no phase reaches). How often a
   curve test errs is measured by :func:`gate_errors`: a phase that early stopping ended under a
   constant learning rate (after any warm-up, whose length does not depend on the cap) is, cut at any
-  earlier evaluation, exactly the phase a smaller cap would have given, and the rest of its curve says whether a longer run gained.
+  earlier evaluation, exactly the phase a smaller cap would have given, and the rest of its curve
+  says whether a longer run gained.
 - **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
   by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at
   about 0.1%. A run at chance is not evidence, whatever its curves look like.
@@ -132,7 +133,8 @@ def phase_curve(trace: pd.DataFrame, phase: str, exits: Sequence[int]) -> np.nda
 def gate_errors(curves: Sequence[Sequence[float]], window: int, val_size: int, scale: float = 1.0) -> dict[str, float]:
     """How often the plateau test errs, measured on ``curves``: validation curves of phases that
     early stopping ended under a constant learning rate, after any warm-up (so each prefix is the
-    phase a smaller cap would have given). Each curve is cut after every evaluation ``c`` from ``window + 1`` to its end;
+    phase a smaller cap would have given). Each curve is cut after every evaluation ``c`` from
+    ``window + 1`` to its end;
     the truth is whether the rest of the curve gains more than :func:`noise_tolerance` on the
     prefix's best (a longer run gained: truncated), the test is :func:`plateau` over ``window``
     evaluations at ``scale`` times that tolerance. Returns the cuts of each truth (``converged_cuts``, ``truncated_cuts``),
