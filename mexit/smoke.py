@@ -8,8 +8,10 @@ spent on it. :func:`smoke_profile` turns a profile into its smoke version:
   their real class counts and the configs' own input resolutions;
 - every run keeps its config (model at its real size, optimiser, schedule, augmentation, early
   stopping, probes) except what :data:`SMOKE_TRAIN` caps: each phase ends after a few optimiser
-  steps on small batches, each evaluation reads a few batches, gradient dominance is probed at
-  every step (the configs' thousands of steps would never come), and data loaders run one worker
+  steps on small batches, each evaluation reads a few batches, gradient dominance is probed once
+  a phase, before its first step (the configs' probes every few hundred steps would never come; a
+  probe after each step as well doubled what probes cost, about half the smoke's training, for the
+  same function on the same model), and data loaders run one worker
   process where the config asks for several;
 - two seeds (the fewest that give an interval), the fresh seeds (where a page has them) two more;
 - the analyses' sizes (path points, plane, Bezier steps, rank and mutual-information samples)
@@ -168,7 +170,7 @@ def _rows(profile: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _smoke_row(row: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
-    """``row`` with the smoke overrides after its own: the generated data, the caps, probes every step."""
+    """``row`` with the smoke overrides after its own: the generated data, the caps, one probe a phase."""
     from mexit.data import needs_data_root
 
     overrides = list(row.get("overrides", []))
@@ -176,8 +178,8 @@ def _smoke_row(row: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
     extra = [f"{name}={value}" for name, value in SMOKE_TRAIN.items()]
     if needs_data_root(config.data.name):
         extra.append(f"data.data_root={data_dir / config.data.name}")
-    if config.train.dominance_every > 0:
-        extra.append("train.dominance_every=1")
+    if config.train.dominance_every > 0:  # the probe at the phase's start only: the capped steps come before the next
+        extra.append(f"train.dominance_every={SMOKE_TRAIN['train.max_steps'] + 1}")
     if config.train.num_workers > 1:  # one loader process still goes through the workers' path, without 8 forks a loader
         extra.append("train.num_workers=1")
     if config.model.pretrained:

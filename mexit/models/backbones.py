@@ -156,10 +156,11 @@ def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int
 def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
     arch = name.removeprefix(TIMM_PREFIX)
     cfg = _timm().models.get_pretrained_cfg(_timm_arch(name))
-    if _is_timm_vit(_timm_arch(name)) or (cfg is not None and cfg.fixed_input_size):
+    is_vit = _is_timm_vit(_timm_arch(name))
+    if is_vit or (cfg is not None and cfg.fixed_input_size):
         kwargs = {"img_size": img_size, **kwargs}
     model = _construct(name, _timm().create_model, arch, pretrained=weights.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if isinstance(model, _timm().models.vision_transformer.VisionTransformer) and _is_timm_vit(_timm_arch(name)):
+    if is_vit:
         image, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
         if any(i % p for i, p in zip(image, patch)):
             raise ValueError(
