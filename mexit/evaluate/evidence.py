@@ -132,14 +132,13 @@ def phase_curve(trace: pd.DataFrame, phase: str, exits: Sequence[int]) -> np.nda
 
 def gate_errors(curves: Sequence[Sequence[float]], window: int, val_size: int, scale: float = 1.0) -> dict[str, float]:
     """How often the plateau test errs, measured on ``curves``: validation curves of phases that
-    early stopping ended under a constant learning rate, after any warm-up (so each prefix is the
-    phase a smaller cap would have given). Each curve is cut after every evaluation ``c`` from
-    ``window + 1`` to its end;
-    the truth is whether the rest of the curve gains more than :func:`noise_tolerance` on the
-    prefix's best (a longer run gained: truncated), the test is :func:`plateau` over ``window``
-    evaluations at ``scale`` times that tolerance. Returns the cuts of each truth (``converged_cuts``, ``truncated_cuts``),
-    ``false_alarm`` (converged cuts called not converged, %), ``missed`` (truncated cuts called a
-    plateau, %) and ``phases``."""
+    early stopping ended under a constant learning rate, after any warm-up (so each prefix is
+    the phase a smaller cap would have given). Each curve is cut after every evaluation ``c``
+    from ``window + 1`` to its end; the truth is whether the rest of the curve gains more than
+    :func:`noise_tolerance` on the prefix's best (a longer run gained: truncated), the test is
+    :func:`plateau` over ``window`` evaluations at ``scale`` times that tolerance. Returns the
+    cuts of each truth (``converged_cuts``, ``truncated_cuts``), ``false_alarm`` (converged cuts
+    called not converged, %), ``missed`` (truncated cuts called a plateau, %) and ``phases``."""
     counts = {"converged": 0, "truncated": 0, "false_alarm": 0, "missed": 0}
     for curve in curves:
         values = np.asarray(curve, dtype=np.float64)

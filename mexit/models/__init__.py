@@ -21,9 +21,9 @@ classification models and `timm/<name>` for timm's, split generically and verifi
 (`mexit.models.generic`; a timm or torchvision ViT by its own split, verified as well). Randomly
 initialised; `pretrained=True` takes the published weights from this machine, `checkpoint=` loads a
 local state dict. Heads (`HEADS`): "pooled" and "conv" for CNNs (and MSDNets' coarsest scale),
-"linear" and "mlp" for ViTs, "msdnet" (MSDNet's classifier) for MSDNets; `head=None` takes the backbone's
-default (`DEFAULT_HEADS`: "pooled", "linear", "msdnet"), so an MSDNet's ICs are MSDNet's own
-classifiers unless another head is named. Placements: see `resolve_placement`. Methods
+"linear" and "mlp" for ViTs, "msdnet" (MSDNet's classifier) for MSDNets; `head=None` takes the
+backbone's default (`DEFAULT_HEADS`: "pooled", "linear", "msdnet"), so an MSDNet's ICs are MSDNet's
+own classifiers unless another head is named. Placements: see `resolve_placement`. Methods
 (`METHODS`): "sdn", "pbee", "gpf", "ztw", "l2w". Per-exit costs: `mexit.flops.exit_costs(model)`.
 """
 from __future__ import annotations
