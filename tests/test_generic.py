@@ -31,6 +31,7 @@ TIMM_CASES = [  # (model, constructor keywords, image size, blocks, features, la
     ("poolformer_s12", {}, 32, 12, "map", "nchw"),
     ("ghostnet_100", {}, 32, 17, "map", "nchw"),
     ("edgenext_xx_small", {}, 32, 12, "map", "nchw"),
+    ("coatnet_nano_rw_224", {"img_size": 32}, 32, 16, "map", "nchw"),
 ]
 TV_CASES = [
     ("resnet18", {}, 32, 8, "map", "nchw"),
@@ -89,6 +90,8 @@ def test_a_model_whose_forward_is_more_than_its_children_in_order_is_refused() -
         split_model(Residual(), (3, 8, 8), "mine")
     with pytest.raises(ValueError, match=r"backbone='tv/vgg11': no blocks found among its children.*Verified families: timm resnet"):
         build("tv/vgg11", 5, img_size=32)
+    with pytest.raises(ValueError, match=r"backbone='timm/fastvit_t8': its children, run in the order its forward calls them"):
+        build("timm/fastvit_t8", 5, img_size=32)  # a forward that is more than its children in order
 
 
 def test_a_torchvision_vit_is_split_at_its_encoder_layers_and_verified() -> None:
