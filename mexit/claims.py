@@ -41,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from mexit.evaluate.cost import cost_ratio
+from mexit.evaluate.evidence import AT_CHANCE, NEEDS
 from mexit.evaluate.stats import format_interval, mean_ci
 
 NOT_CONVERGED = "untested: not converged"
@@ -51,7 +52,6 @@ UNTESTED: tuple[str, ...] = (NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED
 """The verdicts of a claim that no interval decided."""
 VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", *UNTESTED)
 KINDS: tuple[str, ...] = ("positive", "within")
-NEEDS: tuple[str, ...] = ("convergence", "early_stopping", "learned")
 READINGS: dict[str, str] = {
     "convergence": "at convergence",
     "early_stopping": "until early stopping",
@@ -202,6 +202,11 @@ def reading_of(key: str) -> str:
     return READINGS[_claim(key).needs]
 
 
+def claim_needs(key: str) -> str:
+    """What the runs of the claim ``key`` must show to be evidence (:attr:`Claim.needs`)."""
+    return _claim(key).needs
+
+
 def _claim(key: str) -> Claim:
     for claim in CLAIMS:
         if claim.key == key:
@@ -245,7 +250,7 @@ def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[
     if claim.needs == "learned":  # a reading at a stated training budget: convergence is not asked
         failing = runs[~runs["learned"].astype(bool)] if "learned" in runs.columns else runs.iloc[:0]
         if not failing.empty:
-            return NOT_LEARNED, reasons(failing, "exits at chance"), frozenset(int(s) for s in failing["seed"])
+            return NOT_LEARNED, reasons(failing, AT_CHANCE), frozenset(int(s) for s in failing["seed"])
         return None, "", frozenset()
     failing = runs[~runs["evidence"].astype(bool)]
     if not failing.empty:

@@ -72,9 +72,18 @@ class AblationPage:
     status: pd.DataFrame
     sharing: pd.DataFrame
 
+    @property
+    def needs(self) -> str:
+        """What the page's verdicts ask of a run (:attr:`mexit.claims.Claim.needs`): ``"learned"``
+        where every claim it decides reads runs at a stated training budget (the phase split),
+        else ``"convergence"``."""
+        needs = {claims.claim_needs(str(key)) for key in self.status["key"]} if len(self.status) else set()
+        return "learned" if needs == {"learned"} else "convergence"
+
     def evidence_view(self) -> pd.DataFrame:
-        """Which runs are evidence, and why not where not, per row, variant and regime."""
-        return evidence_view(self.evidence, by=VARIANT_GROUPS)
+        """Per row, variant and regime, the runs the page's verdicts may rest on (:attr:`needs`):
+        which runs are evidence and why not where not, or at a stated budget which runs learned."""
+        return evidence_view(self.evidence, by=VARIANT_GROUPS, needs=self.needs)
 
     def variant_figure(self) -> Figure:
         """Each row's variants side by side at the highest budget: accuracy per regime with its 95% CI."""
@@ -125,14 +134,16 @@ class AblationPage:
 
     def summary(self) -> str:
         """The page's machine-independent summary (what nbval checks): runs per variant and regime,
-        exits per run, P1 states per seed and how many runs are evidence."""
+        exits per run, P1 states per seed and how many runs are evidence (at a stated training
+        budget, :attr:`needs`: how many learned)."""
         exits = exit_table(self.outputs)
         return "\n".join(
             [
                 self.table.groupby(["variant", "regime"], sort=False)["n"].first().to_string(),
                 f"exits per run: {sorted(exits.groupby(['variant', 'regime', 'seed']).size().unique().tolist())}",
                 f"P1 states per seed: {self.sharing['p1_states'].tolist()}",
-                f"evidence runs: {int(self.evidence['evidence'].sum())} of {len(self.evidence)}",
+                (f"runs that learned: {int(self.evidence['learned'].sum())} of {len(self.evidence)}" if self.needs == "learned"
+                 else f"evidence runs: {int(self.evidence['evidence'].sum())} of {len(self.evidence)}"),
             ]
         )
 

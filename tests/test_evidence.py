@@ -105,6 +105,23 @@ def test_evidence_view_counts_the_runs_per_group() -> None:
         evidence_view(evidence.drop(columns="why"))
 
 
+def test_evidence_view_at_a_stated_budget_counts_the_runs_that_learned() -> None:
+    """Fixed-budget runs are never early-stopped: the view a fixed-budget verdict rests on counts
+    the runs that learned and names why the others did not, whatever their phases' endings."""
+    evidence = pd.DataFrame([
+        {"row": "r", "regime": "mixed", "seed": s, "converged": False, "learned": s != 2, "early_stopped": False,
+         "evidence": False, "why": "P1, P2: ended by its schedule" + ("; exits at chance (best 11.0% against 10.0%)" if s == 2 else "")}
+        for s in range(3)
+    ])
+    view = evidence_view(evidence, needs="learned")
+    assert list(view.columns) == ["runs that learned", "not learned"]
+    assert view.loc[("r", "mixed")].tolist() == ["2 of 3", "s2: exits at chance (best 11.0% against 10.0%)"]
+    assert evidence_view(evidence.assign(learned=True), needs="learned").loc[("r", "mixed"), "not learned"] == "–"
+    assert evidence_view(evidence, needs="early_stopping").loc[("r", "mixed"), "converged runs"] == "0 of 3"
+    with pytest.raises(ValueError, match="needs must be one of"):
+        evidence_view(evidence, needs="converged")
+
+
 def test_one_epoch_of_the_tiny_config_decides_no_claim(tmp_path: Path) -> None:
     """Tiny runs (one epoch: one evaluation a phase) are no evidence: every claim is untested."""
     s = make_study(rows=[{"label": "tiny", "config": "tiny"}], seeds=[0, 1], regimes=["disjoint", "joint", "mixed"], runs_root=str(tmp_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -55,6 +57,20 @@ def test_an_ablation_page_draws_a_panel_per_row_and_per_row_and_variant(page) ->
     assert len(page.variant_figure().axes) == 1
     assert [ax.get_title() for ax in page.curve_figure().axes] == ["tiny - pooled", "tiny - conv 1L"]
     assert page.evidence_view().index.names == list(VARIANT_GROUPS)
+
+
+def test_an_ablation_page_whose_claims_read_a_stated_budget_shows_the_runs_that_learned(page) -> None:
+    """The phase split's verdicts need only runs that learned: its evidence table and summary say
+    that, not how many fixed-budget runs (never early-stopped) converged."""
+    assert page.needs == "convergence"
+    assert "converged runs" in page.evidence_view().columns
+    at_budget = dataclasses.replace(page, status=page.status.assign(key=claims.SPLIT_BEATS_JOINT.key))
+    assert at_budget.needs == "learned"
+    assert list(at_budget.evidence_view().columns) == ["runs that learned", "not learned"]
+    learned = int(page.evidence["learned"].sum())
+    assert at_budget.summary().splitlines()[-1] == f"runs that learned: {learned} of 12"
+    mixed_keys = page.status.assign(key=[claims.SPLIT_BEATS_JOINT.key] + [claims.MIXED_AHEAD.key] * (len(page.status) - 1))
+    assert dataclasses.replace(page, status=mixed_keys).needs == "convergence"
 
 
 def test_an_ablation_page_needs_variants(tmp_path) -> None:

@@ -66,6 +66,17 @@ def test_a_phase_cost_is_forward_macs_times_images_times_epochs() -> None:
     assert sweep.phase_macs(config) == [costs.backbone_macs * images * 2, costs.macs[-1] * images * 3]
 
 
+def test_a_phase_cost_needs_no_published_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan for a GPU cluster is made where the published weights are not (offline here): the
+    MACs of a pretrained row are its architecture's, built without its weights."""
+    from mexit.config import load_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = ["model.backbone=tv/resnet18", "data.image_size=32", "train.epochs=[1, 1]"]
+    pretrained = load_config("tiny", [*overrides, "model.pretrained=true"])
+    assert sweep.phase_macs(pretrained) == sweep.phase_macs(load_config("tiny", overrides))
+
+
 def test_the_paper_plan_needs_no_data_here(tmp_path: Path) -> None:
     profile, declared = load_profile("paper"), declared_parameters(ROOT, notebook_names(ROOT))
     with pytest.raises(ValueError, match="is not a folder on this machine"):

@@ -46,6 +46,11 @@ MIN_TOLERANCE = 1.0
 CHANCE_SES = 3.0
 """Binomial standard errors at chance that the best exit must clear to have learned."""
 EVIDENCE_COLUMNS: tuple[str, ...] = ("converged", "learned", "early_stopped", "evidence", "why")
+AT_CHANCE = "exits at chance"
+"""How a run's ``why`` begins the reason that it learned nothing."""
+NEEDS: tuple[str, ...] = ("convergence", "early_stopping", "learned")
+"""What a verdict may ask of its runs (:attr:`mexit.claims.Claim.needs`): that they converged, that
+early stopping ended every phase, or (a reading at a stated training budget) only that they learned."""
 
 
 def noise_tolerance(best: float, val_size: int) -> float:
@@ -195,7 +200,7 @@ def run_evidence(
     learned_ok, chance = learned(max(exit_accuracies), test_labels)
     reasons = [f"{', '.join(phases_)}: {why}" for why, phases_ in problems.items()]
     if not learned_ok:
-        reasons.append(f"exits at chance (best {max(exit_accuracies):.1f}% against {chance:.1f}%)")
+        reasons.append(f"{AT_CHANCE} (best {max(exit_accuracies):.1f}% against {chance:.1f}%)")
     converged = all(r["converged"] for r in rows)
     summary = {
         "converged": converged,
@@ -207,25 +212,44 @@ def run_evidence(
     return summary, pd.DataFrame(rows)
 
 
-def evidence_view(evidence: pd.DataFrame, by: Sequence[str] = ("row", "regime")) -> pd.DataFrame:
+def evidence_view(evidence: pd.DataFrame, by: Sequence[str] = ("row", "regime"), needs: str = "convergence") -> pd.DataFrame:
     """What a results page shows beside its budget table: per ``by`` group, how many runs are
-    evidence (converged and above chance) and, for the others, why not (seed: reason)."""
+    evidence (converged and above chance) and, for the others, why not (seed: reason).
+
+    ``needs`` is what the page's verdicts ask of a run (:data:`NEEDS`). For a reading
+    at a stated training budget (``"learned"``: no phase is early-stopped, so none converges) the
+    view shows instead how many runs learned and, for the others, why not."""
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {list(NEEDS)}, got {needs!r}")
     missing = [c for c in (*by, "seed", *EVIDENCE_COLUMNS) if c not in evidence.columns]
     if missing:
         raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)}")
+
+    def seeds_and_why(failing: pd.DataFrame) -> str:
+        return "; ".join(
+            f"{', '.join(f's{int(seed)}' for seed in runs['seed'])}: {why}" for why, runs in failing.groupby("why", sort=False)
+        ) or "–"
+
     records = []
     for key, group in evidence.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        failing = group[~group["evidence"].astype(bool)]
-        records.append({
-            **dict(zip(by, key)),
-            "converged runs": f"{int(group['evidence'].sum())} of {len(group)}",
-            "ended by early stopping": f"{int(group['early_stopped'].sum())} of {len(group)}",
-            "not evidence": "; ".join(
-                f"{', '.join(f's{int(seed)}' for seed in runs['seed'])}: {why}" for why, runs in failing.groupby("why", sort=False)
-            ) or "–",
-        })
+        if needs == "learned":
+            failing = group[~group["learned"].astype(bool)]
+            at_chance = failing.assign(why=[_at_chance_reason(str(why)) for why in failing["why"]])
+            counts = {"runs that learned": f"{int(group['learned'].sum())} of {len(group)}", "not learned": seeds_and_why(at_chance)}
+        else:
+            counts = {
+                "converged runs": f"{int(group['evidence'].sum())} of {len(group)}",
+                "ended by early stopping": f"{int(group['early_stopped'].sum())} of {len(group)}",
+                "not evidence": seeds_and_why(group[~group["evidence"].astype(bool)]),
+            }
+        records.append({**dict(zip(by, key)), **counts})
     return pd.DataFrame(records).set_index(list(by))
+
+
+def _at_chance_reason(why: str) -> str:
+    """The part of a run's ``why`` (:func:`run_evidence`) that says its exits are at chance."""
+    return next((part for part in why.split("; ") if part.startswith(AT_CHANCE)), AT_CHANCE)
 
 
 def phase_view(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime")) -> pd.DataFrame:
