@@ -118,12 +118,13 @@ class TrainConfig:
     ``all_heads`` (the authors': the frozen final head's constant term too, so each IC weighs 1/H
     of H heads under uniform weights instead of 1/(H-1)).
     ``equilibrium`` is how ``gradient_equilibrium`` (Li et al., ICCV 2019) applies in the phases
-    training backbone and ICs together (without it, it does nothing): ``ours``, the gradient scaling
-    on a block's whole output and the loss the weighted mean; or ``imta`` (their code's), the scaling
-    on MSDNet's coarsest scale only (on other backbones, whose blocks output one scale, as ``ours``)
+    training backbone and ICs together (without it, it does nothing): ``whole-output`` (ours), the
+    gradient scaling on a block's whole output and the loss the weighted mean; or ``coarsest-scale``
+    (IMTA's code's), the scaling on MSDNet's coarsest scale only (on other backbones, whose blocks
+    output one scale, as ``whole-output``)
     and the loss the sum of the exits' losses (the weighted mean times the number of exits in it).
-    ``stopping`` is the early-stopping rule (:mod:`mexit.train`): ``ours`` or ``authors`` (their
-    code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
+    ``stopping`` is the early-stopping rule (:mod:`mexit.train`): ``restore-best`` (ours) or
+    ``restore-on-stop`` (their code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
     kept when the epoch cap ends a phase, and without ``patience`` neither a validation split nor any
     evaluation during training).
     ``max_steps`` ends every phase after that many optimiser steps, whatever its epoch cap (the

@@ -34,7 +34,7 @@ import pandas as pd
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from mexit import checkpoint, fingerprint
-from mexit.config import RunConfig, code_identity, data_identity, stable_hash
+from mexit.config import RunConfig, code_identity, data_identity, model_identity, stable_hash
 
 if TYPE_CHECKING:
     import torch
@@ -67,9 +67,12 @@ def file_lock(path: Path) -> BaseFileLock:
     return SoftFileLock(str(path)) if kind == "soft" else FileLock(str(path))
 
 
-BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "checkpoint")
-"""The model settings a leading P1 depends on: it trains the backbone alone, from initial weights
-drawn before any IC is built (:func:`mexit.models.build_model`), without computing the ICs."""
+BACKBONE_FIELDS: tuple[str, ...] = ("backbone", "backbone_kwargs", "pretrained", "checkpoint_sha256")
+"""The model settings a leading P1 depends on (of :func:`mexit.config.model_identity`): it trains the
+backbone alone, without computing the ICs, from initial weights drawn before any IC is built
+(:func:`mexit.models.build_model`) or loaded: published ones named by their tag, a checkpoint by
+its file's SHA-256 (not its path), so that a transfer start never stands in for a start from scratch
+or from other weights."""
 
 
 PHASE_KEY_EXEMPT: dict[str, str] = {
@@ -84,7 +87,7 @@ def phase_keys(config: RunConfig) -> list[str]:
     A run's first phase, when it is P1, leaves the ICs out (:data:`BACKBONE_FIELDS`), so that the
     disjoint and mixed runs of every IC configuration (placement, head, method) share one P1 per seed."""
     train = config.train
-    model = dataclasses.asdict(config.model)
+    model = model_identity(config.model)
     common = {
         "data": data_identity(config.data),
         "seed": train.seed,
@@ -114,7 +117,7 @@ def phase_keys(config: RunConfig) -> list[str]:
             step.update(gradient_equilibrium=train.gradient_equilibrium, equilibrium=train.equilibrium, dominance_every=train.dominance_every)
         prefix.append(step)
         if prefix == [step] and name == "P1":  # the backbone alone from its initial weights: ICs play no part
-            identity = {field: model[field] for field in BACKBONE_FIELDS}
+            identity = {field: model.get(field) for field in BACKBONE_FIELDS}
         else:
             identity = model
         keys.append(stable_hash({**common, "model": identity, "phases": prefix}))

@@ -452,9 +452,9 @@ def test_costs_per_regime_and_with_shared_phases_once():
         regime_cost(_phases().drop(columns="phase_key"))
 
 
-def test_training_macs_count_the_forward_through_every_exit_and_the_backward_where_gradients_flow():
-    exits, backbone = (10, 30, 100), 90  # two ICs of 10 MACs each, backbone 90 (its final head included)
-    assert training_macs_per_sample("P1", exits, backbone) == 100 + 2 * 90  # only the final head's loss
+def test_training_macs_count_the_forward_a_phase_computes_and_the_backward_where_gradients_flow():
+    exits, backbone = (10, 30, 100), 90  # ICs of 10 MACs in all, backbone 90 (its final head included)
+    assert training_macs_per_sample("P1", exits, backbone) == 3 * 90  # no IC computed, only the final head's loss
     assert training_macs_per_sample("P2", exits, backbone) == 3 * 100
     assert training_macs_per_sample("P3", exits, backbone) == 100 + 2 * 10  # the frozen backbone needs no gradient
     with pytest.raises(ValueError, match="phase must be one of"):

@@ -15,6 +15,7 @@ from mexit.evaluate import sweep
 from mexit.flops import exit_costs
 from mexit.models import build
 from mexit.models.generic import SplitError, split_model
+from mexit.store import phase_keys
 from mexit.study import make_study
 
 SWIN = {"window_size": 2, "depths": (2, 2, 2), "num_heads": (2, 4, 8), "embed_dim": 16}
@@ -165,6 +166,9 @@ def test_pretrained_weights_offline_are_refused_before_anything_is_built() -> No
     config = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "pretrained": True}})
     config.validate()  # the weights are named (the key holds their tag) ...
     assert model_identity(config.model)["pretrained"] == "convnext_atto.d2_in1k"
+    scratch = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto"}, "train": {"regime": "mixed"}})
+    weighted = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "pretrained": True}, "train": {"regime": "mixed"}})
+    assert phase_keys(weighted)[0] != phase_keys(scratch)[0]  # a stored P1 from scratch never stands in for a fine-tuned one
     row = {"label": "weights", "config": "mnist5k-convnext-quick", "overrides": ["model.pretrained=true"]}
     with pytest.raises(ValueError, match=message):
         make_study(rows=[row], seeds=[0, 1], regimes=["joint", "mixed"], runs_root=None)  # ... and a page checks they are here before it trains
@@ -188,5 +192,9 @@ def test_a_transfer_start_from_a_local_weight_file_is_keyed_by_its_contents(tmp_
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # the body is the file's; the classifier of 3 classes is fresh
         assert torch.allclose(model.forward_blocks(x)[-1], native.forward_features(x), atol=1e-5)
+    mixed = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "checkpoint": str(path)}, "train": {"regime": "mixed"}})
+    p1_before = phase_keys(mixed)[0]
+    assert p1_before != phase_keys(RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto"}, "train": {"regime": "mixed"}}))[0]
     torch.save({k: v + 1 for k, v in native.state_dict().items()}, path)
     assert transfer.key() != before  # the same path, other weights: another run
+    assert phase_keys(mixed)[0] != p1_before  # and another P1: phases are keyed by the file's contents too

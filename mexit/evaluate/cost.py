@@ -5,9 +5,9 @@ Input: one row per (run, phase) with the run's tags, ``phase``, ``phase_key``, `
 mixed runs of one seed share their P1 (same ``phase_key``): :func:`regime_cost` charges it to each
 regime that uses it; :func:`shared_cost` counts each stored phase once.
 
-Training MACs (ours, a machine-independent cost): a training step runs the whole multi-exit forward
-(every exit is computed in every phase) and a backward of about twice the forward MACs of the modules
-the gradient flows through (one product for the input gradients, one for the weight gradients: the
+Training MACs (ours, a machine-independent cost): a training step runs the forward of the exits its
+phase computes (the backbone and its final head alone in P1, which computes no IC; every exit in P2
+and P3) and a backward of about twice the forward MACs of the modules the gradient flows through (one product for the input gradients, one for the weight gradients: the
 rule behind the "6 N per token" estimate of Kaplan et al., 2020, "Scaling Laws for Neural Language
 Models", Sec. 2.1). The gradient flows through the backbone alone in P1 (only the final head's loss),
 through everything in P2, and through the ICs alone in P3 (the backbone is frozen and nothing before
@@ -25,16 +25,18 @@ COST_COLUMNS: tuple[str, ...] = ("wall_time_s", "epochs_run", "steps", "train_ma
 
 def training_macs_per_sample(phase: str, exit_macs: Sequence[int], backbone_macs: int) -> int:
     """The MACs one training sample costs in ``phase`` (``P1``, ``P2`` or ``P3``; see the module
-    docstring): the forward through every exit (``exit_macs[-1]``, cumulative) plus twice the MACs
-    of the modules its gradient flows through (the backbone's ``backbone_macs``, the ICs' the rest)."""
-    forward = int(exit_macs[-1])
-    ics = forward - int(backbone_macs)
+    docstring): the forward of what the phase computes (the backbone's ``backbone_macs`` in P1, every
+    exit's ``exit_macs[-1]``, cumulative, in P2 and P3) plus twice the MACs of the modules its
+    gradient flows through (the backbone, the ICs the rest)."""
+    every_exit = int(exit_macs[-1])
+    ics = every_exit - int(backbone_macs)
     if ics < 0 or backbone_macs < 1:
-        raise ValueError(f"exit_macs[-1] ({forward}) must be at least backbone_macs ({backbone_macs}) >= 1")
-    backward = {"P1": backbone_macs, "P2": forward, "P3": ics}
-    if phase not in backward:
-        raise ValueError(f"phase must be one of {sorted(backward)}, got {phase!r}")
-    return forward + 2 * int(backward[phase])
+        raise ValueError(f"exit_macs[-1] ({every_exit}) must be at least backbone_macs ({backbone_macs}) >= 1")
+    forward_backward = {"P1": (backbone_macs, backbone_macs), "P2": (every_exit, every_exit), "P3": (every_exit, ics)}
+    if phase not in forward_backward:
+        raise ValueError(f"phase must be one of {sorted(forward_backward)}, got {phase!r}")
+    forward, backward = forward_backward[phase]
+    return int(forward) + 2 * int(backward)
 
 
 def regime_cost(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime", "seed")) -> pd.DataFrame:

@@ -8,28 +8,27 @@ the run store keeps (each phase's validation curve and how it ended, each exit's
   cap is not evidence, however flat its curve: under a schedule that anneals the learning rate to
   about zero there (cosine to ``min_lr`` near 0) every curve flattens at the cap whether or not a
   longer schedule would gain (``"schedule end"``; evidence only as ``"schedule checked"``: the same
-  run retrained with every phase's schedule stretched over a longer cap, twice by default, gained at
-  most the tolerance below on the phase's best validation accuracy), and under a learning rate that stays up a test of
-  the curve's last evaluations errs too often to decide (measured, not assumed: :func:`gate_errors`;
-  on the quick profile's phases no window and tolerance of the grid measured keeps both its false
-  alarms and its misses rare). Such a phase is still described: ``"plateau"`` when the best of its
-  last ``window`` evaluations gains at most ``tolerance`` accuracy points on the best before them
-  (:func:`plateau`; ``window`` the phase's patience, ``tolerance`` one binomial standard error of
-  the validation split at the curve's best, at least :data:`MIN_TOLERANCE`), else ``"not
-  converged"``. So caps are set where early stopping ends phases first, and readings at a stated
-  training budget (which need no convergence) use their own runs. This gate is ours; it follows the
-  patience rule of early stopping (Prechelt, "Early stopping - but when?", 1998) and the authors'
-  protocol (a constant learning rate, early stopping inside caps no phase reaches). How often a
-  curve test errs is measured by :func:`gate_errors`: a phase that early stopping ended under a
-  constant learning rate (after any warm-up, whose length does not depend on the cap) is, cut at any
-  earlier evaluation, exactly the phase a smaller cap would have given, and the rest of its curve
-  says whether a longer run gained.
-- **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
-  by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at
-  about 0.1%. A run at chance is not evidence, whatever its curves look like.
-- **a phase ended by early stopping** is also what a claim about training time needs: a phase that
-  ran to its cap measures the cap.
-"""
+  run retrained with every phase's schedule stretched over a cap longer by an integer factor (Table
+  1's ``longer_schedule``), gained at most the tolerance below on the phase's best validation
+  accuracy), and under a learning rate that stays up a test of the curve's last evaluations errs too
+  often to decide (measured, not assumed: :func:`gate_errors`; on the quick profile's phases no
+  window and tolerance of the grid measured keeps both its false alarms and its misses rare). Such a
+  phase is still described: ``"plateau"`` when the best of its last ``window`` evaluations gains at
+  most ``tolerance`` accuracy points on the best before them (:func:`plateau`; ``window`` the
+  phase's patience, ``tolerance`` one binomial standard error of the validation split at the curve's
+  best, at least :data:`MIN_TOLERANCE`), else ``"not converged"``. So caps are set where early
+  stopping ends phases first, and readings at a stated training budget (which need no convergence)
+  use their own runs. This gate is ours; it follows the patience rule of early stopping (Prechelt,
+  "Early stopping - but when?", 1998) and the authors' protocol (a constant learning rate, early
+  stopping inside caps no phase reaches). How often a curve test errs is measured by
+  :func:`gate_errors`: a phase that early stopping ended under a constant learning rate (after any
+  warm-up, whose length does not depend on the cap) is, cut at any earlier evaluation, exactly the
+  phase a smaller cap would have given, and the rest of its curve says whether a longer run gained.
+  - **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
+  by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at about
+  0.1%. A run at chance is not evidence, whatever its curves look like. - **a phase ended by early
+  stopping** is also what a claim about training time needs: a phase that ran to its cap measures
+  the cap. """
 
 from __future__ import annotations
 
