@@ -124,9 +124,9 @@ class TrainConfig:
     output one scale, as ``whole-output``)
     and the loss the sum of the exits' losses (the weighted mean times the number of exits in it).
     ``stopping`` is the early-stopping rule (:mod:`mexit.train`): ``restore-best`` (ours) or
-    ``restore-on-stop`` (their code's: P1 evaluated every epoch, ties never count, every computed head tracked, the last state
-    kept when the epoch cap ends a phase, and without ``patience`` neither a validation split nor any
-    evaluation during training).
+    ``restore-on-stop`` (their code's: P1 evaluated every epoch, ties never count, every computed
+    head tracked, the last state kept when the epoch cap ends a phase, and without ``patience``
+    neither a validation split nor any evaluation during training).
     ``max_steps`` ends every phase after that many optimiser steps, whatever its epoch cap (the
     schedule still runs over the cap), and ``eval_batches`` lets every evaluation (early stopping's,
     and the stored validation and test logits) read only the first that many batches of its split:

@@ -7,11 +7,12 @@ regime that uses it; :func:`shared_cost` counts each stored phase once.
 
 Training MACs (ours, a machine-independent cost): a training step runs the forward of the exits its
 phase computes (the backbone and its final head alone in P1, which computes no IC; every exit in P2
-and P3) and a backward of about twice the forward MACs of the modules the gradient flows through (one product for the input gradients, one for the weight gradients: the
-rule behind the "6 N per token" estimate of Kaplan et al., 2020, "Scaling Laws for Neural Language
-Models", Sec. 2.1). The gradient flows through the backbone alone in P1 (only the final head's loss),
-through everything in P2, and through the ICs alone in P3 (the backbone is frozen and nothing before
-an IC needs a gradient). Element-wise work, the optimiser's update and validation are not counted.
+and P3) and a backward of about twice the forward MACs of the modules the gradient flows through
+(one product for the input gradients, one for the weight gradients: the rule behind the "6 N per
+token" estimate of Kaplan et al., 2020, "Scaling Laws for Neural Language Models", Sec. 2.1). The
+gradient flows through the backbone alone in P1 (only the final head's loss), through everything in
+P2, and through the ICs alone in P3 (the backbone is frozen and nothing before an IC needs a
+gradient). Element-wise work, the optimiser's update and validation are not counted.
 """
 
 from __future__ import annotations

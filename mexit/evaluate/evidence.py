@@ -24,11 +24,12 @@ the run store keeps (each phase's validation curve and how it ended, each exit's
   :func:`gate_errors`: a phase that early stopping ended under a constant learning rate (after any
   warm-up, whose length does not depend on the cap) is, cut at any earlier evaluation, exactly the
   phase a smaller cap would have given, and the rest of its curve says whether a longer run gained.
-  - **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
-  by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at about
-  0.1%. A run at chance is not evidence, whatever its curves look like. - **a phase ended by early
-  stopping** is also what a claim about training time needs: a phase that ran to its cap measures
-  the cap. """
+- **a run learned** when its most accurate exit beats chance (the test set's most frequent class)
+  by more than three binomial standard errors at chance (:func:`learned`): a one-sided test at
+  about 0.1%. A run at chance is not evidence, whatever its curves look like.
+- **a phase ended by early stopping** is also what a claim about training time needs: a phase that
+  ran to its cap measures the cap.
+"""
 
 from __future__ import annotations
 
