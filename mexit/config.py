@@ -302,6 +302,12 @@ class RunConfig:
             node[leaf] = _parse_value(raw)
         return RunConfig.from_dict(values)
 
+    def without_weights(self) -> RunConfig:
+        """The same model with no initial weights to load (``model.pretrained`` off, no
+        ``model.checkpoint``): what a count of MACs, which depend on the architecture alone, builds
+        where the weights are not."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, pretrained=False, checkpoint=None))
+
     def key(self) -> str:
         """Stable 12-hex-digit hash of the config, the mexit version and the training code's
         fingerprint (:func:`code_identity`).

@@ -63,7 +63,7 @@ def head_macs(config: RunConfig, input_shape: Sequence[int], num_classes: int) -
     shape = tuple(int(s) for s in input_shape)
     heads = []
     for block in placement_blocks(config, shape, num_classes):
-        single = dataclasses.replace(config, model=dataclasses.replace(config.model, placement=[block], checkpoint=None, pretrained=False))
+        single = dataclasses.replace(config, model=dataclasses.replace(config.model, placement=[block])).without_weights()
         costs = exit_costs(build_model(single, shape, num_classes), shape)
         heads.append(costs.macs[-1] - costs.backbone_macs)
     return tuple(heads)

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +189,7 @@ def _forward_macs(config: RunConfig) -> tuple[float, float]:
     from mexit.models import build_model
 
     shape = data.input_shape(config.data)
-    # MACs do not depend on the weights: a plan made where the published weights are not builds without them
-    unweighted = replace(config, model=replace(config.model, pretrained=False, checkpoint=None))
-    model = build_model(unweighted, shape, data.STANDARD_CLASSES[config.data.name])
+    model = build_model(config.without_weights(), shape, data.STANDARD_CLASSES[config.data.name])  # a plan made where the weights are not
     costs = exit_costs(model, shape)
     return float(costs.backbone_macs), float(costs.macs[-1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -18,6 +19,13 @@ def test_key_is_stable_and_sensitive() -> None:
     assert a.key() == b.key() and len(a.key()) == 12
     assert a.with_overrides(["train.seed=1"]).key() != a.key()
     assert RunConfig.from_dict(a.to_dict()).key() == a.key()
+
+
+def test_a_config_without_weights_is_the_same_model_from_no_weights() -> None:
+    weighted = RunConfig.from_dict({"model": {"backbone": "timm/convnext_atto", "pretrained": True, "placement": [1, 2]}})
+    bare = weighted.without_weights()
+    assert (bare.model.pretrained, bare.model.checkpoint) == (False, None)
+    assert dataclasses.replace(bare.model, pretrained=True) == weighted.model and bare.train == weighted.train and bare.data == weighted.data
 
 
 def test_overrides_parse_yaml_values() -> None:
