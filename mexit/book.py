@@ -233,11 +233,13 @@ def notebook_identity(source: Path, parameters: Mapping[str, Any], run_keys: Seq
     injected, the ``code`` of every ``mexit`` module it imports and what they import
     (:func:`mexit.fingerprint.code_fingerprint`, found from its code cells' imports) and the keys of
     the ``runs`` it reads (which hold the training code and settings; the analyses' cached tables
-    are keyed by those keys, its parameters and the same code). Equal identities: the same page."""
+    are keyed by those keys, its parameters and the same code), and the ``data`` files shipped in
+    the packages of that code (:func:`package_data`: the paper's numbers). Equal identities: the
+    same page."""
     import json
 
     from mexit.config import stable_hash
-    from mexit.fingerprint import code_fingerprint, imported
+    from mexit.fingerprint import closure, code_fingerprint, imported
 
     text = source.read_text()
     roots: set[str] = set()
@@ -251,8 +253,27 @@ def notebook_identity(source: Path, parameters: Mapping[str, Any], run_keys: Seq
         "source": stable_hash(text),
         "parameters": stable_hash(dict(parameters)),
         "code": code_fingerprint(tuple(sorted(roots))),
+        "data": stable_hash(package_data(closure(tuple(sorted(roots))))),
         "runs": stable_hash(list(run_keys)),
     }
+
+
+def package_data(modules: Sequence[str]) -> dict[str, str]:
+    """The sha256 of each data file shipped in a package of ``modules`` (every file but Python
+    beside the package's ``__init__.py``, such as :mod:`mexit.reference`'s ``table1.csv``), by its
+    path in the package: what the code reads besides itself, which its fingerprint leaves out."""
+    import hashlib
+
+    from mexit.fingerprint import PACKAGE, module_path
+
+    hashes = {}
+    for module in modules:
+        path = module_path(module)
+        if path is None or path.name != "__init__.py":
+            continue
+        for data in sorted(p for p in path.parent.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")):
+            hashes[data.relative_to(PACKAGE).as_posix()] = hashlib.sha256(data.read_bytes()).hexdigest()
+    return hashes
 
 
 def _stored_identity(target: Path) -> dict[str, str] | None:
@@ -324,7 +345,7 @@ def _execute_one(root: Path, into: Path, name: str, parameters: Mapping[str, Any
     before = _stored_identity(target)
     changed = [part for part in identity if before is None or before.get(part) != identity[part]]
     if not force and not changed:
-        print(f"reused {name}: its source, parameters, code and runs are unchanged", file=sys.stderr, flush=True)
+        print(f"reused {name}: its source, parameters, code, data and runs are unchanged", file=sys.stderr, flush=True)
         return Executed(name, target, 0.0, reused=True)
     why = "forced" if force else ("never executed here" if before is None else f"its {', '.join(changed)} changed")
     started = time.perf_counter()

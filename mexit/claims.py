@@ -11,6 +11,9 @@ turns them into verdicts, checking first that the compared runs are evidence
   truncation or noise, not the regimes;
 - ``"untested: phases ended at the cap"``: a claim about training time (``needs="early_stopping"``)
   on runs whose phases ran to their epoch caps: their time measures the caps;
+- ``"untested: not learned"`` and ``"untested: stopped before the budget"``: a reading at a stated
+  training budget (``needs="learned"``) on runs at chance, or on runs whose phases early stopping
+  ended before their stated epochs: those runs did not train the budget the reading names;
 - ``"untested at this scale"``: fewer than two seeds, so no interval;
 - otherwise the interval decides: ``"held"`` when it lies wholly where the claim holds,
   ``"not held"`` when it lies wholly where it does not, ``"inconclusive"`` when it straddles.
@@ -41,14 +44,15 @@ from typing import Any
 import pandas as pd
 
 from mexit.evaluate.cost import cost_ratio
-from mexit.evaluate.evidence import AT_CHANCE, NEEDS
+from mexit.evaluate.evidence import AT_CHANCE, NEEDS, STOPPED_EARLY, at_stated_budget
 from mexit.evaluate.stats import format_interval, mean_ci
 
 NOT_CONVERGED = "untested: not converged"
 AT_THE_CAP = "untested: phases ended at the cap"
 NO_INTERVAL = "untested at this scale"
 NOT_LEARNED = "untested: not learned"
-UNTESTED: tuple[str, ...] = (NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED)
+SHORT_OF_BUDGET = "untested: stopped before the budget"
+UNTESTED: tuple[str, ...] = (NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED, SHORT_OF_BUDGET)
 """The verdicts of a claim that no interval decided."""
 VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", *UNTESTED)
 KINDS: tuple[str, ...] = ("positive", "within")
@@ -182,7 +186,7 @@ def _evidence_seeds(
     """``(untested verdict or None, why, the effects decided on, the seeds left out)`` of one measurement."""
     effects: tuple[float, ...] = item["effects"]  # type: ignore[assignment]
     seeds: tuple[int, ...] | None = item.get("effect_seeds")  # type: ignore[assignment]
-    blocked, why, failing = _blocked(claim, item["compared"], evidence)  # type: ignore[arg-type]
+    blocked, why, failing = _blocked(claim, item["compared"], evidence, seeds)  # type: ignore[arg-type]
     if blocked is None:
         return None, "", effects, ()
     if seeds is None or not failing:
@@ -222,12 +226,17 @@ def family_of(claim: Claim) -> tuple[str, int]:
     raise ValueError(f"claim {claim.key!r} is in no family of {list(FAMILIES)}")
 
 
-def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[str | None, str, frozenset[int]]:
-    """The untested verdict the compared runs force (None: they are evidence), why, and the seeds of the failing runs."""
+def _blocked(
+    claim: Claim, compared: Compared, evidence: pd.DataFrame, seeds: Sequence[int] | None = None
+) -> tuple[str | None, str, frozenset[int]]:
+    """The untested verdict the compared runs force (None: they are evidence), why, and the seeds of
+    the failing runs; ``seeds``: the seeds the effect was measured on (None: every seed's runs count)."""
     of_row = evidence[evidence["row"] == compared.row]
     if of_row.empty:
         raise ValueError(f"evidence holds no run of row {compared.row!r}: build it from the same study as the effects")
     runs = of_row[of_row["regime"].isin(compared.regimes)]
+    if seeds is not None:  # a seed the effect does not measure (not timed, no operating point) cannot block it
+        runs = runs[runs["seed"].isin(seeds)]
     if compared.variants is not None:
         runs = runs[runs["variant"].isin(compared.variants)] if "variant" in runs.columns else runs.iloc[:0]
     if runs.empty:  # no run of these regimes: the effect is empty too, and untested at this scale
@@ -248,18 +257,25 @@ def _blocked(claim: Claim, compared: Compared, evidence: pd.DataFrame) -> tuple[
         return f"{len(failing)} of {len(runs)} runs: {named} (not evidence per regime: {per_regime})"
 
     if claim.needs == "learned":  # a reading at a stated training budget: convergence is not asked
-        failing = runs[~runs["learned"].astype(bool)] if "learned" in runs.columns else runs.iloc[:0]
-        if not failing.empty:
-            return NOT_LEARNED, reasons(failing, AT_CHANCE), frozenset(int(s) for s in failing["seed"])
+        at_stated_budget(runs)  # the columns it needs, or a ValueError naming them
+        checks = [(NOT_LEARNED, ~runs["learned"].astype(bool), AT_CHANCE),
+                  (SHORT_OF_BUDGET, ~runs["full_budget"].astype(bool), STOPPED_EARLY)]
+    else:
+        checks = [(NOT_CONVERGED, ~runs["evidence"].astype(bool), "")]
+        if claim.needs == "early_stopping":
+            checks.append((AT_THE_CAP, ~runs["early_stopped"].astype(bool), "a phase ran to its epoch cap"))
+    # every check's failing runs are left out, not only the first check's, each named once (by the
+    # first check it fails); the verdict is the first failing check's
+    failed: list[tuple[str, pd.DataFrame, str]] = []
+    named = pd.Series(False, index=runs.index)
+    for verdict_, mask, what in checks:
+        if (mask & ~named).any():
+            failed.append((verdict_, runs[mask & ~named], what))
+            named |= mask
+    if not failed:
         return None, "", frozenset()
-    failing = runs[~runs["evidence"].astype(bool)]
-    if not failing.empty:
-        return NOT_CONVERGED, reasons(failing, ""), frozenset(int(s) for s in failing["seed"])
-    if claim.needs == "early_stopping":
-        capped = runs[~runs["early_stopped"].astype(bool)]
-        if not capped.empty:
-            return AT_THE_CAP, reasons(capped, "a phase ran to its epoch cap"), frozenset(int(s) for s in capped["seed"])
-    return None, "", frozenset()
+    seeds = frozenset(int(s) for _, failing, _ in failed for s in failing["seed"])
+    return failed[0][0], "; ".join(reasons(failing, what) for _, failing, what in failed), seeds
 
 
 def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1) -> pd.DataFrame:
@@ -881,9 +897,10 @@ def evidence_across(evidence: pd.DataFrame, rows: Sequence[str], label: str) -> 
             "row": label, "regime": regime, "seed": seed, "evidence": failing.empty,
             "early_stopped": capped.empty,
             "learned": bool(runs["learned"].astype(bool).all()) if "learned" in runs.columns else True,
+            "full_budget": bool(runs["full_budget"].astype(bool).all()) if "full_budget" in runs.columns else True,
             "why": "; ".join(f"{r.row}: {r.why}" for r in failing.itertuples()),
         })
-    return pd.DataFrame(pooled, columns=["row", "regime", "seed", "evidence", "early_stopped", "learned", "why"])
+    return pd.DataFrame(pooled, columns=["row", "regime", "seed", "evidence", "early_stopped", "learned", "full_budget", "why"])
 
 
 def table1_measurements(
@@ -1080,7 +1097,7 @@ def wall_clock_claims(timings: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataF
         at_lowest = frame[frame["budget"].isin(lowest)]
         saving = (100 - at_lowest["time_pct"]).groupby(at_lowest["seed"]).mean()  # one replicate a timed seed
         regimes = tuple(pd.unique(frame["regime"]))
-        rows.append(assess(EARLY_EXIT_SAVES_TIME, saving.tolist(), _where(str(label), lowest), Compared(str(label), regimes)))
+        rows.append(assess(EARLY_EXIT_SAVES_TIME, saving, _where(str(label), lowest), Compared(str(label), regimes)))
     return decide(rows, evidence)
 
 

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     book = commands.add_parser("book", parents=[common], help="execute the notebooks at a profile and build the book")
     book.add_argument("--profile", default="quick")
     book.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="re-execute only these notebooks (names in notebooks/); the others keep their executed copies")
-    book.add_argument("--force", action="store_true", help="re-execute every notebook, even those whose source, parameters, code and runs are unchanged")
+    book.add_argument("--force", action="store_true", help="re-execute every notebook, even those whose source, parameters, code, data and runs are unchanged")
     book.add_argument("--no-build", action="store_true", help="execute the notebooks only")
     book.add_argument("--jobs", type=int, default=1, help="train the missing runs in this many single-threaded processes")
     book.add_argument(

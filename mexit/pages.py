@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from mexit import claims
 from mexit.claims import Claim
-from mexit.evaluate import ExitOutputs, budget_table, evidence_view, run_points
+from mexit.evaluate import ExitOutputs, at_stated_budget, budget_table, evidence_view, run_points
 from mexit.plots import flops_accuracy, panels, variant_accuracy
 from mexit.study import Study, exit_table, head_costs, p1_sharing, sweep_table
 from mexit.verdicts import claim_record, record_claims
@@ -135,14 +135,14 @@ class AblationPage:
     def summary(self) -> str:
         """The page's machine-independent summary (what nbval checks): runs per variant and regime,
         exits per run, P1 states per seed and how many runs are evidence (at a stated training
-        budget, :attr:`needs`: how many learned)."""
+        budget, :attr:`needs`: how many learned and trained it)."""
         exits = exit_table(self.outputs)
         return "\n".join(
             [
                 self.table.groupby(["variant", "regime"], sort=False)["n"].first().to_string(),
                 f"exits per run: {sorted(exits.groupby(['variant', 'regime', 'seed']).size().unique().tolist())}",
                 f"P1 states per seed: {self.sharing['p1_states'].tolist()}",
-                (f"runs that learned: {int(self.evidence['learned'].sum())} of {len(self.evidence)}" if self.needs == "learned"
+                (f"runs that learned at the stated budget: {int(at_stated_budget(self.evidence).sum())} of {len(self.evidence)}" if self.needs == "learned"
                  else f"evidence runs: {int(self.evidence['evidence'].sum())} of {len(self.evidence)}"),
             ]
         )

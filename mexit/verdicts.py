@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mexit.claims import (
-    AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, UNTESTED, VERDICTS, fresh_reading, reading_of,
+    AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, SHORT_OF_BUDGET, UNTESTED, VERDICTS, fresh_reading,
+    reading_of,
 )
 from mexit.evaluate.stats import format_interval
 
@@ -54,6 +55,7 @@ VERDICT_COLOURS: dict[str, str] = {
     NOT_CONVERGED: "#E69F00",
     NOT_LEARNED: "#CC79A7",
     AT_THE_CAP: "#56B4E9",
+    SHORT_OF_BUDGET: "#009E73",
     NO_INTERVAL: "#FFFFFF",
 }
 """A colour per verdict, from the Okabe-Ito palette (told apart under the common colour-vision

@@ -269,3 +269,21 @@ def test_a_notebooks_identity_follows_its_source_parameters_code_and_runs(tmp_pa
     edited.write_text(source.read_text().replace("Table 1: accuracy", "Table 1 - accuracy"))
     assert {part for part in base if base[part] != notebook_identity(edited, {"seeds": [0, 1]}, ["a", "b"])[part]} == {"source"}
 
+
+def test_a_notebooks_identity_follows_the_paper_numbers_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Table 1 reads the paper's numbers from mexit/reference/table1.csv, a data file no code
+    fingerprint holds: a corrected number re-executes the pages whose code can read it."""
+    from mexit import fingerprint
+    from mexit.book import notebook_identity
+
+    package = tmp_path / "mexit"
+    shutil.copytree(fingerprint.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", package)
+    source = ROOT / "notebooks" / "table1.ipynb"
+    before = notebook_identity(source, {}, [])
+    assert notebook_identity(source, {}, []) == before
+    csv = package / "reference" / "table1.csv"
+    csv.write_text(csv.read_text() + "\n")
+    after = notebook_identity(source, {}, [])
+    assert {part for part in before if before[part] != after[part]} == {"data"}
+

@@ -43,7 +43,7 @@ def _evidence(frame: pd.DataFrame, failing: dict[tuple, str] | None = None, capp
     failing = failing or {}
     keys = list(zip(runs["regime"], runs["seed"]))
     return runs.assign(
-        converged=[k not in failing for k in keys], learned=True, early_stopped=[k not in capped for k in keys],
+        converged=[k not in failing for k in keys], learned=True, early_stopped=[k not in capped for k in keys], full_budget=True,
         evidence=[k not in failing for k in keys], why=[failing.get(k, "") for k in keys],
     )
 
@@ -123,7 +123,7 @@ def test_a_claim_on_runs_that_are_not_evidence_is_untested() -> None:
         decide(measured, EVIDENCE.assign(row="other"))
 
 
-FIVE = pd.DataFrame([{"row": "r", "regime": r, "seed": s, "evidence": True, "early_stopped": True, "why": ""}
+FIVE = pd.DataFrame([{"row": "r", "regime": r, "seed": s, "evidence": True, "early_stopped": True, "learned": True, "full_budget": True, "why": ""}
                      for r in ("joint", "mixed") for s in range(5)])
 
 
@@ -152,7 +152,7 @@ def test_a_claim_with_three_seeds_of_five_left_out_is_untested() -> None:
 
 def test_an_equal_budget_reading_needs_runs_that_learned_not_converged() -> None:
     mixed = Compared("r", ("joint", "mixed"))
-    capped = FIVE.assign(evidence=False, converged=False, learned=True, why="P2: ended by its schedule")
+    capped = FIVE.assign(evidence=False, converged=False, learned=True, full_budget=True, why="P2: ended by its schedule")
     at_budget = claims.TABLE1_EQUAL_BUDGET_CLAIMS[0]
     row = decide([assess(at_budget, _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "r", mixed)], capped).iloc[0]
     assert row["verdict"] == "held" and row["family"] == "Table 1 at an equal training budget (4 claims a row)"
@@ -161,6 +161,46 @@ def test_an_equal_budget_reading_needs_runs_that_learned_not_converged() -> None
     assert shown.index.tolist() == [claims.MIXED_BEATS_JOINT_HIGH.statement]  # the reading is said once, in its column
     chance = capped.assign(learned=(capped["seed"] != 2) & (capped["seed"] != 3))
     assert decide([assess(at_budget, _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "r", mixed)], chance).iloc[0]["verdict"] == "untested: not learned"
+    with pytest.raises(ValueError, match="full_budget"):  # a reading at a budget cannot pass runs it cannot check
+        decide([assess(at_budget, _seeded([2.0, 2.2, 1.8, 2.1, 2.0]), "r", mixed)], capped.drop(columns="full_budget"))
+
+
+def test_an_equal_budget_reading_leaves_out_runs_that_early_stopping_cut_short() -> None:
+    """Early stopping left on for a reading at a stated budget (the phase split with patience): a
+    run it ended sooner trained fewer epochs than the budget says, so it is not that reading's evidence."""
+    mixed = Compared("r", ("joint", "mixed"))
+    at_budget = claims.SPLIT_BEATS_JOINT
+    effects = _seeded([2.0, 2.2, 1.8, 2.1, 2.0])
+
+    def stopped(*seeds: int) -> pd.DataFrame:
+        short = FIVE["seed"].isin(seeds) & FIVE["regime"].eq("joint")
+        return FIVE.assign(learned=True, full_budget=~short, why="")
+
+    one = decide([assess(at_budget, effects, "r", mixed)], stopped(3)).iloc[0]
+    assert one["verdict"] == "held" and one["left_out"] == (3,)
+    assert "joint s3: a phase ended by early stopping, before its stated epochs" in one["why"]
+    two = decide([assess(at_budget, effects, "r", mixed)], stopped(0, 3)).iloc[0]
+    assert two["verdict"] == "untested: stopped before the budget" and two["left_out"] == (0, 3)
+
+
+def test_a_claim_leaves_out_every_failing_seed_whichever_check_it_fails() -> None:
+    """A time claim on five seeds, s0 not converged and s1 converged but at its cap: both are left
+    out (3 of 5 remain, fewer than the 4 a verdict needs), not only the first check's seed."""
+    costs = pd.DataFrame(
+        [{"row": "R", "regime": regime, "seed": seed, "steps": wall, "wall_time_s": wall, "train_macs": wall}
+         for seed in range(5) for regime, wall in (("joint", 100.0), ("mixed", 73.0))]
+    )
+    evidence = _evidence(costs, failing={("joint", 0): "P2: still rising"}, capped={("mixed", 1)})
+    row = time_claims(costs, evidence).iloc[0]
+    assert row["verdict"] == "untested: not converged" and row["left_out"] == (0, 1)
+    assert "joint s0: P2: still rising" in row["why"] and "mixed s1: a phase ran to its epoch cap" in row["why"]
+
+
+def test_a_seed_the_effect_does_not_measure_cannot_block_it() -> None:
+    mixed = Compared("r", ("joint", "mixed"))
+    untimed = FIVE.assign(evidence=FIVE["seed"] != 4, why=["P2: still rising" if s == 4 else "" for s in FIVE["seed"]])
+    row = decide([assess(claims.MIXED_BEATS_JOINT_HIGH, _seeded([2.0, 2.2, 1.8, 2.1]), "r", mixed)], untimed).iloc[0]
+    assert row["verdict"] == "held" and row["left_out"] == () and row["why"] == ""
 
 
 def _points(accuracy: dict[str, list[list[float]]], budgets=(0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:

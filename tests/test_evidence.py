@@ -79,7 +79,7 @@ def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
     ])
     labels = np.repeat(np.arange(10), 50)
     summary, per_phase = run_evidence(_trace({"P1": RISING[:3], "P2": RISING}), phases, [[1], [0, 1]], 5, [60.0, 79.0], labels, 10_000)
-    assert summary == {"converged": False, "learned": True, "early_stopped": False, "evidence": False,
+    assert summary == {"converged": False, "learned": True, "early_stopped": False, "full_budget": False, "evidence": False,
                        "why": "P2: still rising at the cap (+11.0 points in its last 5 evaluations, tolerance 1.0)"}
     assert per_phase[["phase", "epochs_run", "epoch_cap", "ending"]].values.tolist() == [
         ["P1", 3, 30, "early stopping"], ["P2", 10, 10, "not converged"]]
@@ -88,13 +88,16 @@ def test_run_evidence_names_each_phase_that_did_not_converge() -> None:
     stopped = phases.assign(stopped_early=True)
     at_chance, _ = run_evidence(_trace({"P1": RISING[:3], "P2": FLAT}), stopped, [[1], [0, 1]], 5, [10.0, 11.0], labels, 400)
     assert at_chance["converged"] and not at_chance["evidence"]
+    fixed, _ = run_evidence(_trace({"P1": RISING[:3], "P2": RISING}), phases.assign(stopped_early=False), [[1], [0, 1]], 5,
+                            [60.0, 79.0], labels, 10_000)
+    assert fixed["full_budget"] and not fixed["early_stopped"]  # no phase cut short: each trained its stated epochs
     assert at_chance["why"] == "exits at chance (best 11.0% against 10.0%)"
 
 
 def test_evidence_view_counts_the_runs_per_group() -> None:
     evidence = pd.DataFrame([
         {"row": "r", "regime": "joint", "seed": s, "converged": s != 1, "learned": True, "early_stopped": False,
-         "evidence": s != 1, "why": "P2: still rising" if s == 1 else ""}
+         "full_budget": True, "evidence": s != 1, "why": "P2: still rising" if s == 1 else ""}
         for s in range(3)
     ])
     view = evidence_view(evidence)
@@ -105,19 +108,24 @@ def test_evidence_view_counts_the_runs_per_group() -> None:
         evidence_view(evidence.drop(columns="why"))
 
 
-def test_evidence_view_at_a_stated_budget_counts_the_runs_that_learned() -> None:
-    """Fixed-budget runs are never early-stopped: the view a fixed-budget verdict rests on counts
-    the runs that learned and names why the others did not, whatever their phases' endings."""
+def test_evidence_view_at_a_stated_budget_counts_the_runs_that_learned_it() -> None:
+    """The view a fixed-budget verdict rests on counts the runs that learned and trained the stated
+    budget (no phase cut short by early stopping) and names why the others did not, whatever
+    their phases' endings."""
     evidence = pd.DataFrame([
         {"row": "r", "regime": "mixed", "seed": s, "converged": False, "learned": s != 2, "early_stopped": False,
-         "evidence": False, "why": "P1, P2: ended by its schedule" + ("; exits at chance (best 11.0% against 10.0%)" if s == 2 else "")}
+         "full_budget": True, "evidence": False,
+         "why": "P1, P2: ended by its schedule" + ("; exits at chance (best 11.0% against 10.0%)" if s == 2 else "")}
         for s in range(3)
     ])
     view = evidence_view(evidence, needs="learned")
-    assert list(view.columns) == ["runs that learned", "not learned"]
+    assert list(view.columns) == ["runs that learned at the stated budget", "not evidence"]
     assert view.loc[("r", "mixed")].tolist() == ["2 of 3", "s2: exits at chance (best 11.0% against 10.0%)"]
-    assert evidence_view(evidence.assign(learned=True), needs="learned").loc[("r", "mixed"), "not learned"] == "–"
-    assert evidence_view(evidence, needs="early_stopping").loc[("r", "mixed"), "converged runs"] == "0 of 3"
+    assert evidence_view(evidence.assign(learned=True), needs="learned").loc[("r", "mixed"), "not evidence"] == "–"
+    cut_short = evidence_view(evidence.assign(full_budget=evidence["seed"] != 0), needs="learned").loc[("r", "mixed")]
+    assert cut_short.tolist() == ["1 of 3", "s0: a phase ended by early stopping, before its stated epochs; "
+                                            "s2: exits at chance (best 11.0% against 10.0%)"]
+    assert evidence_view(evidence, needs="early_stopping").loc[("r", "mixed"), "evidence runs (converged, learned)"] == "0 of 3"
     with pytest.raises(ValueError, match="needs must be one of"):
         evidence_view(evidence, needs="converged")
 

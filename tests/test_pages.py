@@ -63,12 +63,12 @@ def test_an_ablation_page_whose_claims_read_a_stated_budget_shows_the_runs_that_
     """The phase split's verdicts need only runs that learned: its evidence table and summary say
     that, not how many fixed-budget runs (never early-stopped) converged."""
     assert page.needs == "convergence"
-    assert "converged runs" in page.evidence_view().columns
+    assert "evidence runs (converged, learned)" in page.evidence_view().columns
     at_budget = dataclasses.replace(page, status=page.status.assign(key=claims.SPLIT_BEATS_JOINT.key))
     assert at_budget.needs == "learned"
-    assert list(at_budget.evidence_view().columns) == ["runs that learned", "not learned"]
-    learned = int(page.evidence["learned"].sum())
-    assert at_budget.summary().splitlines()[-1] == f"runs that learned: {learned} of 12"
+    assert list(at_budget.evidence_view().columns) == ["runs that learned at the stated budget", "not evidence"]
+    learned = int((page.evidence["learned"] & page.evidence["full_budget"]).sum())
+    assert at_budget.summary().splitlines()[-1] == f"runs that learned at the stated budget: {learned} of 12"
     mixed_keys = page.status.assign(key=[claims.SPLIT_BEATS_JOINT.key] + [claims.MIXED_AHEAD.key] * (len(page.status) - 1))
     assert dataclasses.replace(page, status=mixed_keys).needs == "convergence"
 

@@ -221,8 +221,13 @@ def test_the_wall_clock_claim_reads_the_lowest_budget_every_timed_run_meets_one_
     assert one_seed["effects"].item() == (25.0,) and one_seed["scale"].item() == "r (budgets 50%)"
     assert one_seed["verdict"].item() == "untested at this scale"  # one timed seed: no interval
     two = pd.concat([timings, timings.assign(seed=1, time_pct=[100.0, 45.0, 74.0, 100.0, 78.0])], ignore_index=True)
-    both = claims.wall_clock_claims(two, pd.concat([evidence, evidence.assign(seed=1)], ignore_index=True))
-    assert both["effects"].item() == pytest.approx((25.0, 24.0)) and both["seeds"].item() == 2
+    untimed = evidence.assign(seed=2, evidence=False, why="P2: still rising")  # a seed not timed cannot block the claim
+    both = claims.wall_clock_claims(two, pd.concat([evidence, evidence.assign(seed=1), untimed], ignore_index=True))
+    assert both["effects"].item() == pytest.approx((25.0, 24.0)) and both["seeds"].item() == 2 and both["left_out"].item() == ()
+    five = pd.concat([timings.assign(seed=s) for s in range(5)], ignore_index=True)
+    one_failing = pd.concat([evidence.assign(seed=s, evidence=s != 3, why="P2: still rising" if s == 3 else "") for s in range(5)])
+    four = claims.wall_clock_claims(five, one_failing)  # the seed rule, as every claim: decided on 4 of 5
+    assert four["seeds"].item() == 4 and four["left_out"].item() == (3,) and four["verdict"].item() == "held"
 
 
 def test_adding_evaluation_inputs_keys_no_run_anew() -> None:

@@ -43,7 +43,7 @@ from mexit.evaluate.calibration import (
     reliability,
 )
 from mexit.evaluate.cost import cost_ratio, regime_cost, shared_cost, training_macs_per_sample
-from mexit.evaluate.evidence import evidence_view, phase_view
+from mexit.evaluate.evidence import at_stated_budget, evidence_view, phase_view
 from mexit.evaluate.stats import mean_ci, paired_differences
 from mexit.evaluate.scoring import Scoring
 from mexit.evaluate.tables import ExitOutputs, budget_table, rule_comparison, run_curve, run_points
@@ -51,6 +51,7 @@ from mexit.evaluate.ztw import ztw_ensemble
 
 __all__ = [
     "ExitOutputs",
+    "at_stated_budget",
     "budget_table",
     "cost_ratio",
     "confidences",

@@ -29,6 +29,8 @@ the run store keeps (each phase's validation curve and how it ended, each exit's
   about 0.1%. A run at chance is not evidence, whatever its curves look like.
 - **a phase ended by early stopping** is also what a claim about training time needs: a phase that
   ran to its cap measures the cap.
+- **a run trained its stated budget** when no phase was ended by early stopping: what a reading at a
+  stated training budget needs (with early stopping on, a phase's epochs are not the budget's).
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ MIN_TOLERANCE = 1.0
 """The fewest accuracy points the last ``window`` evaluations may gain on the best before them and still be a plateau."""
 CHANCE_SES = 3.0
 """Binomial standard errors at chance that the best exit must clear to have learned."""
-EVIDENCE_COLUMNS: tuple[str, ...] = ("converged", "learned", "early_stopped", "evidence", "why")
+EVIDENCE_COLUMNS: tuple[str, ...] = ("converged", "learned", "early_stopped", "full_budget", "evidence", "why")
 AT_CHANCE = "exits at chance"
 """How a run's ``why`` begins the reason that it learned nothing."""
 NEEDS: tuple[str, ...] = ("convergence", "early_stopping", "learned")
 """What a verdict may ask of its runs (:attr:`mexit.claims.Claim.needs`): that they converged, that
-early stopping ended every phase, or (a reading at a stated training budget) only that they learned."""
+early stopping ended every phase, or (a reading at a stated training budget) that they learned and
+trained that budget, no phase ended by early stopping."""
+STOPPED_EARLY = "a phase ended by early stopping, before its stated epochs"
+"""Why a run read at a stated training budget is not evidence though it learned."""
 
 
 def noise_tolerance(best: float, val_size: int) -> float:
@@ -174,7 +179,9 @@ def run_evidence(
     annealed: Sequence[bool] | None = None,
     longer_trace: pd.DataFrame | None = None,
 ) -> tuple[dict[str, object], pd.DataFrame]:
-    """The evidence of one run: ``({converged, learned, early_stopped, evidence, why}, per-phase frame)``.
+    """The evidence of one run: ``({converged, learned, early_stopped, full_budget, evidence, why},
+    per-phase frame)``: ``early_stopped`` whether early stopping ended every phase, ``full_budget``
+    whether it ended none (each phase trained its stated epochs).
 
     ``trace`` and ``phases`` are the run's (:meth:`mexit.store.Run.trace` and ``phases``, which hold
     ``stopped_early``, ``epochs_run`` and ``epoch_cap``); ``trained_exits[p]`` are the exits phase
@@ -206,6 +213,7 @@ def run_evidence(
         "converged": converged,
         "learned": learned_ok,
         "early_stopped": bool(phases["stopped_early"].astype(bool).all()),
+        "full_budget": not bool(phases["stopped_early"].astype(bool).any()),
         "evidence": converged and learned_ok,
         "why": "; ".join(reasons),
     }
@@ -217,8 +225,8 @@ def evidence_view(evidence: pd.DataFrame, by: Sequence[str] = ("row", "regime"),
     evidence (converged and above chance) and, for the others, why not (seed: reason).
 
     ``needs`` is what the page's verdicts ask of a run (:data:`NEEDS`). For a reading
-    at a stated training budget (``"learned"``: no phase is early-stopped, so none converges) the
-    view shows instead how many runs learned and, for the others, why not."""
+    at a stated training budget (``"learned"``: convergence is not asked) the view shows instead how
+    many runs learned and trained that budget (:func:`at_stated_budget`) and, for the others, why not."""
     if needs not in NEEDS:
         raise ValueError(f"needs must be one of {list(NEEDS)}, got {needs!r}")
     missing = [c for c in (*by, "seed", *EVIDENCE_COLUMNS) if c not in evidence.columns]
@@ -234,12 +242,13 @@ def evidence_view(evidence: pd.DataFrame, by: Sequence[str] = ("row", "regime"),
     for key, group in evidence.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         if needs == "learned":
-            failing = group[~group["learned"].astype(bool)]
-            at_chance = failing.assign(why=[_at_chance_reason(str(why)) for why in failing["why"]])
-            counts = {"runs that learned": f"{int(group['learned'].sum())} of {len(group)}", "not learned": seeds_and_why(at_chance)}
+            ok = at_stated_budget(group)
+            failing = group[~ok]
+            why_not = failing.assign(why=[_stated_budget_reason(run) for _, run in failing.iterrows()])
+            counts = {"runs that learned at the stated budget": f"{int(ok.sum())} of {len(group)}", "not evidence": seeds_and_why(why_not)}
         else:
             counts = {
-                "converged runs": f"{int(group['evidence'].sum())} of {len(group)}",
+                "evidence runs (converged, learned)": f"{int(group['evidence'].sum())} of {len(group)}",
                 "ended by early stopping": f"{int(group['early_stopped'].sum())} of {len(group)}",
                 "not evidence": seeds_and_why(group[~group["evidence"].astype(bool)]),
             }
@@ -247,9 +256,20 @@ def evidence_view(evidence: pd.DataFrame, by: Sequence[str] = ("row", "regime"),
     return pd.DataFrame(records).set_index(list(by))
 
 
-def _at_chance_reason(why: str) -> str:
-    """The part of a run's ``why`` (:func:`run_evidence`) that says its exits are at chance."""
-    return next((part for part in why.split("; ") if part.startswith(AT_CHANCE)), AT_CHANCE)
+def at_stated_budget(evidence: pd.DataFrame) -> pd.Series:
+    """Which runs of ``evidence`` (:func:`run_evidence` rows) a reading at a stated training budget
+    may rest on: those that learned and trained that budget, no phase ended by early stopping."""
+    missing = [c for c in ("learned", "full_budget") if c not in evidence.columns]
+    if missing:
+        raise ValueError(f"evidence lacks columns {missing}; it has {list(evidence.columns)}")
+    return evidence["learned"].astype(bool) & evidence["full_budget"].astype(bool)
+
+
+def _stated_budget_reason(run: pd.Series) -> str:
+    """Why ``run`` is not evidence at a stated training budget: the part of its ``why``
+    (:func:`run_evidence`) that says its exits are at chance, and whether early stopping cut it short."""
+    parts = [] if bool(run["learned"]) else [next((p for p in str(run["why"]).split("; ") if p.startswith(AT_CHANCE)), AT_CHANCE)]
+    return "; ".join([*parts, *([] if bool(run["full_budget"]) else [STOPPED_EARLY])])
 
 
 def phase_view(phases: pd.DataFrame, by: Sequence[str] = ("row", "regime")) -> pd.DataFrame:
