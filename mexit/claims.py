@@ -616,7 +616,8 @@ DISJOINT_MIXED_ONE_BASIN = Claim(
     "Disjoint and mixed solutions lie in one basin",
     "paper (Figure 3)",
     "the final exit's test-error barrier on the linear path between disjoint and mixed (BatchNorm "
-    "recomputed), per seed; held when the CI lies below 2 points (Frankle et al.'s criterion)",
+    "recomputed), per seed; held when the CI lies below 2 points (Frankle et al.'s threshold, on our barrier, "
+    "which rises from the line between the end errors where their instability rises from the end errors' mean)",
     "points",
     kind="within",
     interval=(-math.inf, 2.0),
@@ -626,7 +627,7 @@ JOINT_OTHER_BASIN = Claim(
     "Joint's solution lies in another basin than mixed's",
     "paper (Figure 3)",
     "the final exit's test-error barrier on the linear path between joint and mixed, per seed; held "
-    "when the CI lies above 2 points (Frankle et al.'s criterion)",
+    "when the CI lies above 2 points (Frankle et al.'s threshold, on our barrier: see the basin claim above)",
     "points",
     kind="within",
     interval=(2.0, math.inf),

@@ -97,11 +97,28 @@ def code_fingerprint(roots: tuple[str, ...]) -> str:
 
 
 def code_only(source: str) -> str:
-    """A module's syntax tree as text, docstrings removed (comments and formatting are never in it)."""
+    """A module's syntax tree as text (:func:`tree_text`), every statement that is a bare string
+    removed: a module's, class's or function's docstring and those written under names, which do
+    nothing (comments and formatting are never in the tree)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            if isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if not isinstance(statements, list):
+                continue
+            kept = [s for s in statements if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))]
+            if len(kept) < len(statements):
+                setattr(node, field, kept or ([ast.Pass()] if field == "body" else []))
+    return tree_text(tree)
+
+
+def tree_text(node: object) -> str:
+    """A syntax tree as text, the same on every Python version that parses it alike: each node's
+    fields but those that are None or empty lists, which newer versions add (3.12's
+    ``type_params``) and :func:`ast.dump` prints or not by version."""
+    if isinstance(node, ast.AST):
+        fields = ", ".join(f"{name}={tree_text(value)}" for name, value in ast.iter_fields(node) if value is not None and not (isinstance(value, list) and not value))
+        return f"{type(node).__name__}({fields})"
+    if isinstance(node, list):
+        return "[" + ", ".join(tree_text(item) for item in node) + "]"
+    return repr(node)

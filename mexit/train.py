@@ -122,8 +122,10 @@ class HeadView:
 
 
 def seed_everything(*parts: int) -> int:
-    """Seed torch, numpy and random from a tuple of integers; returns the derived seed."""
-    seed = int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+    """Seed torch, numpy and random from a tuple of integers; returns the derived seed. The tuple's
+    length leads it into the seed sequence, which alone would read ``(s, p, e)`` and ``(s, p, e, 0)``
+    (or ``(s)`` and ``(s, 0, 0)``) as one seed: its short entropy is padded with zeros."""
+    seed = int(np.random.SeedSequence([len(parts), *parts]).generate_state(1)[0])
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -473,6 +475,9 @@ class _PhaseLoop:
                 if self.eval_every is not None and state.step % self.eval_every:  # the state the cap leaves, evaluated once
                     self.evaluate(state)
                 break
+        else:  # the epoch ran to its end: at the epoch cap, the state the cap leaves is evaluated once
+            if state.epoch + 1 == setup.max_epochs and self.eval_every is not None and state.step % self.eval_every:
+                self.evaluate(state)
         state.epoch += 1
         state.wall_time_s += time.perf_counter() - started
 

@@ -165,13 +165,26 @@ def test_dominance_traces_start_and_end_of_p2(trained: Study) -> None:
     assert set(traces["regime"]) == {"joint", "mixed"} and set(traces["seed"]) == {0, 1}
     start, end = analysis_runs.dominance_at(traces, "start"), analysis_runs.dominance_at(traces, "end")
     assert set(start["step"]) == {0}
-    assert end.groupby(["regime", "seed"])["step"].first().eq(traces.groupby(["regime", "seed"])["step"].max()).all()
+    assert end.groupby(["regime", "seed"])["step"].first().eq(traces.groupby(["regime", "seed"])["step"].max()).all()  # no early stop: the last state kept
+    assert (traces["kept_step"] >= traces.groupby(["regime", "seed"])["step"].transform("max")).all()
     assert np.allclose(end.groupby(["regime", "seed", "block"])["share"].sum(), 1)
     with pytest.raises(ValueError, match="when"):
         analysis_runs.dominance_at(traces, "middle")
     final = analysis_runs.middle_final_shares(end)  # tiny: ResNet-20, 9 blocks, exits after 3, 6, 9
     assert set(final["block"]) == {4, 5, 6} and set(final["exit_block"]) == {9}
     assert len(final) == 2 * 2 * 3  # regimes x seeds x middle blocks
+
+
+def test_the_end_of_p2_is_the_last_probe_at_or_before_the_state_the_run_kept() -> None:
+    """Early stopping keeps the best state, up to its patience before the last step: the end's
+    probe describes that stored model (the one every other analysis reads), not a discarded one."""
+    steps = [0, 40, 80, 120]
+    traces = pd.DataFrame([{"row": "r", "regime": regime, "seed": 0, "step": step, "block": 1, "exit_block": 1, "share": 1.0,
+                            "kept_step": kept} for regime, kept in (("joint", 100), ("mixed", 120)) for step in steps])
+    end = analysis_runs.dominance_at(traces, "end")
+    assert end.set_index("regime")["step"].to_dict() == {"joint": 80, "mixed": 120}
+    with pytest.raises(ValueError, match="kept_step"):
+        analysis_runs.dominance_at(traces.drop(columns="kept_step"), "end")
 
 
 def test_equilibrium_traces_come_from_joint_runs_with_gradient_equilibrium(trained: Study) -> None:

@@ -130,11 +130,13 @@ def test_loading_is_deterministic(name: str, roots: dict[str, str]) -> None:
 def test_noise_fixed_on_eval_fresh_on_train(name: str, roots: dict[str, str]) -> None:
     clean = load(config_for(name, roots, image_size=16))
     noisy = load(config_for(name, roots, image_size=16, noise_std=0.5))
-    for split in ("val", "test"):
+    for split in ("train_eval", "val", "test"):
         dataset = getattr(noisy, split)
         assert torch.equal(dataset[0][0], dataset[0][0]), f"{split} noise must be fixed"
-        assert not torch.equal(dataset[0][0], getattr(clean, split)[0][0])
-    assert torch.equal(noisy.train_eval[0][0], clean.train_eval[0][0]), "train_eval has no noise"
+        assert not torch.equal(dataset[0][0], getattr(clean, split)[0][0]), f"{split} is noised as training is"
+    noise = {split: getattr(noisy, split)[0][0] - getattr(clean, split)[0][0] for split in ("train_eval", "val", "test")}
+    assert not torch.allclose(noise["train_eval"], noise["val"]) and not torch.allclose(noise["train_eval"], noise["test"]), \
+        "each split draws its own noise"
     torch.manual_seed(0)
     first = noisy.train[0][0]
     again = noisy.train[0][0]

@@ -107,6 +107,12 @@ def test_a_behaviour_change_in_the_training_path_keys_new_runs_and_a_docstring_d
     before = _keys_in(tmp_path)
     _edit(copy / "evaluate" / "inference.py", '"""', '"""Edited documentation. ')
     assert _keys_in(tmp_path) == before
+    inference = copy / "evaluate" / "inference.py"
+    inference.write_text(inference.read_text() + '\nLIMIT = 3\n"""A name\'s docstring: documentation too."""\n')
+    with_name = _keys_in(tmp_path)
+    assert with_name[0] != before[0]  # a new name is code
+    _edit(inference, "documentation too.", "documentation too, edited.")
+    assert _keys_in(tmp_path) == with_name  # its docstring is not
     _edit(copy / "evaluate" / "inference.py", "* 100", "* 50")  # validation accuracy, which early stopping reads
     edited = _keys_in(tmp_path)
     assert edited[0] != before[0]
@@ -141,3 +147,16 @@ def test_results_made_by_other_code_are_reported_stale(tmp_path: Path) -> None:
     from mexit.cli import main
 
     assert main(["runs", "check", "--root", str(tmp_path)]) == 0
+
+
+def test_the_code_text_is_the_same_on_every_python_that_parses_it_alike() -> None:
+    """ast.dump prints fields newer Pythons add (3.12's type_params=[]) by version: the code text
+    leaves out every empty field, so a store trained on one Python is found on another."""
+    from mexit.fingerprint import code_only
+
+    source = 'def f(x):\n    """Doc."""\n    return x  # a comment\n'
+    assert code_only(source) == (
+        "Module(body=[FunctionDef(name='f', args=arguments(args=[arg(arg='x')]), "
+        "body=[Return(value=Name(id='x', ctx=Load()))])])"
+    )
+    assert code_only("if a:\n    'only a string'\nelse:\n    b = 1\n") == code_only("if a:\n    pass\nelse:\n    b = 1\n")

@@ -6,11 +6,14 @@ Definitions (ours, following Garipov et al., NeurIPS 2018, and Frankle et al., I
   over every floating-point parameter and buffer (integer buffers are model ``a``'s).
 - At every point, BatchNorm running statistics are recomputed before evaluation: reset, then
   accumulated as an exact average (``momentum=None``) over the same ``bn_batches`` seeded batches of
-  training data with eval transforms, with only the BatchNorm layers in train mode. The end points
+  training data through the evaluation transform (the data's fixed input noise included), with only
+  the BatchNorm layers in train mode. The end points
   get the same treatment, so they are not the stored models' exact statistics.
 - The barrier of exit ``i`` is ``max_alpha [L_i(alpha) - ((1 - alpha) L_i(0) + alpha L_i(1))]``: how
   far the loss rises above the straight line between the end losses (0 for a convex path). The same
-  on the error rate (100 - accuracy, in percentage points) is the error barrier.
+  on the error rate (100 - accuracy, in percentage points) is the error barrier. Frankle et al.'s
+  instability measures the highest error from the mean of the end errors instead; the two differ
+  by at most half the end errors' gap.
 - The loss plane through three models (:func:`loss_plane`) is the plane of Garipov et al.'s Figure 1:
   spanned by their parameters, with BatchNorm statistics recomputed at every point of the grid.
 """

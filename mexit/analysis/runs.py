@@ -50,10 +50,11 @@ def check_probed(s: Study) -> None:
 
 def dominance_traces(s: Study) -> pd.DataFrame:
     """Every probe recorded while P2 trained (joint and mixed runs), tagged ``row``, ``regime`` and
-    ``seed``: one row per (step, block, exit), as :func:`mexit.analysis.gradient_dominance`."""
+    ``seed``: one row per (step, block, exit), as :func:`mexit.analysis.gradient_dominance`, with
+    ``kept_step`` (:func:`p2_probes`)."""
     check_probed(s)
     frames = [
-        run.probes().assign(row=row.label, regime=run.config.train.regime, seed=run.config.train.seed)
+        p2_probes(run, row=row.label, regime=run.config.train.regime, seed=run.config.train.seed)
         for row, run in s.runs()
         if "P2" in run.config.train.phase_list
     ]
@@ -72,16 +73,33 @@ def equilibrium_traces(s: Study, seeds: list[int] | None = None) -> pd.DataFrame
     frames = []
     for row, config in equilibrium_configs(s, seeds):
         run = train_or_load(store, config, progress_label=f"{run_label(row, config)}GE ")
-        frames.append(run.probes().assign(row=row.label, regime="joint + GE", seed=config.train.seed))
+        frames.append(p2_probes(run, row=row.label, regime="joint + GE", seed=config.train.seed))
     return pd.concat(frames, ignore_index=True)
 
 
+def p2_probes(run: Run, **tags: Any) -> pd.DataFrame:
+    """``run``'s probes tagged with ``tags`` and ``kept_step``: the step of the P2 state the run
+    kept (its best state where early stopping restored one, else its last), which the stored
+    model, and so every other analysis, is."""
+    phases = run.phases()
+    kept = int(phases.loc[phases["phase"] == "P2", "best_step"].iloc[0])
+    return run.probes().assign(**tags, kept_step=kept)
+
+
 def dominance_at(traces: pd.DataFrame, when: str) -> pd.DataFrame:
-    """The probes of each run at the ``"start"`` (step 0) or the ``"end"`` (last probe) of P2."""
+    """The probes of each run at the ``"start"`` of P2 (step 0) or its ``"end"``: the last probe at
+    or before the state the run kept (``kept_step``, :func:`p2_probes`), so that the end describes
+    the stored model the other analyses read, not the steps early stopping discarded after it."""
     if when not in ("start", "end"):
         raise ValueError(f"when must be 'start' or 'end', got {when!r}")
+    if when == "end" and "kept_step" not in traces.columns:
+        raise ValueError(f"traces lack kept_step (build them with dominance_traces); they have {list(traces.columns)}")
     keys = ["row", "regime", "seed"]
-    step = traces.groupby(keys)["step"].transform("min" if when == "start" else "max")
+    if when == "start":
+        step = traces.groupby(keys)["step"].transform("min")
+    else:
+        last = traces[traces["step"] <= traces["kept_step"]].groupby(keys)["step"].max().rename("at")
+        step = traces.join(last, on=keys)["at"]
     return traces[traces["step"] == step].reset_index(drop=True)
 
 
@@ -156,10 +174,11 @@ def seed_pair_paths(
     eval_samples: int | None = None,
     batch_size: int = 256,
 ) -> pd.DataFrame:
-    """The control of "one basin": the linear path between two seeds of the same regime (each seed
-    and the next of the study's, for each of ``regimes`` it trains), read as
-    :func:`connectivity_paths` reads a pair of regimes. Two runs of one regime share nothing but
-    their recipe, so their barrier is the scale at which two solutions count as apart. ``pair`` is
+    """A same-regime control: the linear path between two seeds of the same regime (each seed and
+    the next of the study's, for each of ``regimes`` it trains), read as :func:`connectivity_paths`
+    reads a pair of regimes. Two runs of one regime share nothing but their recipe (other
+    initialisations, unaligned neurons), so their barrier is that of independent solutions, not
+    the size of one basin. ``pair`` is
     :func:`seed_pair_label`; ``seed`` the first of the two, whose data sample is used."""
     at_least(points=(points, 2), bn_batches=(bn_batches, 1), batch_size=(batch_size, 1))
     optional_at_least(eval_samples=(eval_samples, 2))

@@ -5,8 +5,10 @@ item is ``(float32 C x H x W image, int label)``. Splits are stratified and seed
 
 Input noise (``noise_std``) is Gaussian, in [0, 1] pixel units, added after the geometric transforms
 and before normalisation, without clamping. ``train`` draws fresh noise on every access from torch's
-global RNG; ``val`` and ``test`` draw it from a generator seeded by (seed, split, index), so repeated
-evaluation sees identical inputs. Nothing is downloaded unless ``download=True`` (CIFAR only).
+global RNG; ``train_eval``, ``val`` and ``test`` draw it from a generator seeded by (seed, split,
+index), so repeated evaluation sees identical inputs, each split its own draws. ``train_eval`` (the
+training images through the evaluation transform: probes, BatchNorm statistics of the analyses)
+is noised as training and testing are: the models are measured on the inputs they were trained for. Nothing is downloaded unless ``download=True`` (CIFAR only).
 """
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def load(config: DataConfig, holdout: bool = True) -> Splits:
     return Splits(
         name=config.name,
         train=ImageDataset(raw.train, train_idx, train_pipe, _Noise(std) if std else None),
-        train_eval=ImageDataset(raw.train, train_idx, eval_pipe, None),
+        train_eval=ImageDataset(raw.train, train_idx, eval_pipe, _Noise(std, (seed, 3)) if std else None),
         val=val,
         test=ImageDataset(test_source, test_idx, eval_pipe, _Noise(std, (seed, 2)) if std else None),
         num_classes=raw.num_classes,
