@@ -472,12 +472,10 @@ class _PhaseLoop:
                 if state.stopped_early:
                     break
             if at_step_cap(config, state.step):
-                if self.eval_every is not None and state.step % self.eval_every:  # the state the cap leaves, evaluated once
-                    self.evaluate(state)
                 break
-        else:  # the epoch ran to its end: at the epoch cap, the state the cap leaves is evaluated once
-            if state.epoch + 1 == setup.max_epochs and self.eval_every is not None and state.step % self.eval_every:
-                self.evaluate(state)
+        at_a_cap = at_step_cap(config, state.step) or state.epoch + 1 == setup.max_epochs
+        if at_a_cap and self.eval_every is not None and state.step % self.eval_every:  # the state a cap leaves, evaluated once
+            self.evaluate(state)
         state.epoch += 1
         state.wall_time_s += time.perf_counter() - started
 

@@ -8,7 +8,8 @@ and before normalisation, without clamping. ``train`` draws fresh noise on every
 global RNG; ``train_eval``, ``val`` and ``test`` draw it from a generator seeded by (seed, split,
 index), so repeated evaluation sees identical inputs, each split its own draws. ``train_eval`` (the
 training images through the evaluation transform: probes, BatchNorm statistics of the analyses)
-is noised as training and testing are: the models are measured on the inputs they were trained for. Nothing is downloaded unless ``download=True`` (CIFAR only).
+is noised as training and testing are: the models are measured on the inputs they were trained
+for. Nothing is downloaded unless ``download=True`` (CIFAR only).
 """
 from __future__ import annotations
 
