@@ -133,6 +133,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ic_top = middle[~final]", "ic_top = middle",
         ("tests/test_claims.py::test_dominance_claims_measure_the_ics_lead_and_the_depth_shift",),
     ),
+    Mutation(
+        "a split checked with its zero-initialised terms at zero", "mexit/models/generic.py",
+        "            p.copy_(ZERO_FILL * torch.randn(", "            p.copy_(0 * torch.randn(",
+        ("tests/test_generic.py::test_a_term_whose_weights_start_at_zero_cannot_hide_from_the_check",),
+    ),
+    Mutation(
+        "an untested claim printed with its interval", "mexit/claims.py",
+        '    if row["verdict"] in NOT_EVIDENCE:\n        return "–"', '    if False:\n        return "–"',
+        ("tests/test_verdicts.py::test_a_record_holds_what_the_pages_claims_table_shows",
+         "tests/test_claims.py::test_the_headline_names_both_readings_per_row"),
+    ),
 )
 
 

@@ -54,6 +54,9 @@ NOT_LEARNED = "untested: not learned"
 SHORT_OF_BUDGET = "untested: stopped before the budget"
 UNTESTED: tuple[str, ...] = (NO_INTERVAL, NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED, SHORT_OF_BUDGET)
 """The verdicts of a claim that no interval decided."""
+NOT_EVIDENCE: tuple[str, ...] = (NOT_CONVERGED, AT_THE_CAP, NOT_LEARNED, SHORT_OF_BUDGET)
+"""The untested verdicts of a claim whose runs are not evidence (all but :data:`NO_INTERVAL`, one
+seed's evidence): no view prints an effect for them (:func:`effect_text`)."""
 VERDICTS: tuple[str, ...] = ("held", "not held", "inconclusive", *UNTESTED)
 KINDS: tuple[str, ...] = ("positive", "within")
 READINGS: dict[str, str] = {
@@ -285,7 +288,7 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     scale, seeds, "effect [low, high] unit" and the level of that interval (simultaneous over the
     claim's family), verdict and, for an untested claim, why."""
     def effect(row: pd.Series) -> str:
-        text = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
+        text = effect_text(row, digits)
         if text == "–":
             return text
         return f"{text} {row['unit']}" + (" (no CI)" if math.isnan(row["ci_low"]) else "")
@@ -308,11 +311,19 @@ def status_view(rows: pd.DataFrame, profile: str | None = None, digits: int = 1)
     return view
 
 
+def effect_text(row: pd.Series, digits: int = 1) -> str:
+    """A :func:`decide` row's effect as every view prints it, "mean [low, high]" (:func:`format_interval`);
+    "–" for a claim whose runs are not evidence (:data:`NOT_EVIDENCE`): an interval over them would
+    read as a result."""
+    if row["verdict"] in NOT_EVIDENCE:
+        return "–"
+    return format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
+
+
 def claim_sentence(row: pd.Series, digits: int = 1) -> str:
     """One :func:`decide` row as a page's text cites it: "effect [low, high] unit: verdict, on n
-    seeds" ("effect unit: ..." without an interval); an untested claim by its verdict alone (an
-    interval over seeds that are not evidence would read as a result)."""
-    effect = format_interval(row["effect"], row["ci_low"], row["ci_high"], digits)
+    seeds" ("effect unit: ..." without an interval); an untested claim by its verdict alone."""
+    effect = effect_text(row, digits)
     if effect == "–" or row["verdict"] in UNTESTED:
         return str(row["verdict"])
     seeds = int(row["seeds"])
@@ -332,7 +343,7 @@ def headline(rows: pd.DataFrame, claim: Claim | None = None, digits: int = 1) ->
             "row": chosen["scale"].str.replace(r" \(budgets.*$", "", regex=True),
             "reading": chosen["key"].map(keys),
             f"{claim.statement}: effect [CI]": [
-                f"{format_interval(r['effect'], r['ci_low'], r['ci_high'], digits)} {r['unit']}" for _, r in chosen.iterrows()
+                text if (text := effect_text(r, digits)) == "–" else f"{text} {r['unit']}" for _, r in chosen.iterrows()
             ],
             "seeds": chosen["seeds"],
             "verdict": chosen["verdict"],
@@ -438,14 +449,14 @@ def _restated(claim: Claim, suffix: str, qualifier: str, **changes: Any) -> Clai
 MIXED_BEATS_JOINT_HIGH = Claim(
     "mixed_beats_joint_high",
     "Mixed is more accurate than joint at high budgets",
-    "paper (Table 1)",
+    "paper (Table 1), second-hand",
     "mixed - joint accuracy, mean of the 75% and 100% budgets, paired by seed",
     "points",
 )
 DISJOINT_WEAK_LOW = Claim(
     "disjoint_weak_low",
     "Disjoint is the weakest regime at low budgets",
-    "paper (Table 1)",
+    "paper (Table 1), second-hand",
     "the worse of joint and mixed - disjoint, accuracy at the lowest budget every run can meet "
     "(25% where the first exits allow it), paired by seed",
     "points",
@@ -453,7 +464,7 @@ DISJOINT_WEAK_LOW = Claim(
 MIXED_BEST = Claim(
     "mixed_best",
     "Mixed is the best regime overall",
-    "paper (abstract)",
+    "paper (abstract), second-hand",
     "mixed - the better of disjoint and joint, accuracy averaged over the budgets every run can meet, "
     "paired by seed",
     "points",
@@ -485,8 +496,9 @@ MIXED_TIME_27_MACS = _restated(
     "macs",
     "in training MACs",
     measure="100 x (1 - training MACs of mixed (P1 + P2) / training MACs of joint (P2)) until early stopping "
-    "ends every phase, per seed (ours: each step's forward through every exit plus a backward of twice the "
-    "MACs the gradient flows through, :mod:`mexit.evaluate.cost`); held when the CI lies within [17, 37]% "
+    "ends every phase, per seed (ours: each step's forward of what its phase computes, the backbone alone in P1 "
+    "and every exit in P2, plus a backward of twice the MACs the gradient flows through, :mod:`mexit.evaluate.cost`); "
+    "held when the CI lies within [17, 37]% "
     "(27 +- 10, our tolerance)",
 )
 TIME_CLAIMS: tuple[Claim, ...] = (MIXED_TIME_27, MIXED_TIME_27_MACS)
@@ -589,7 +601,7 @@ IC_DESIGN_CLAIMS: tuple[Claim, ...] = (TUNED_PLACEMENT_BEATS_EVERY, PLACEMENT_DE
 JOINT_ICS_DOMINATE_MIDDLE = Claim(
     "joint_ics_dominate_middle",
     "In joint training, the ICs' gradients dominate the middle of the network",
-    "paper (gradient dominance)",
+    "paper (gradient dominance), second-hand",
     "joint at the end of P2: the largest IC's gradient share minus the final head's, in % of the "
     "block's gradient, mean over the middle third of the blocks, per seed (our reading)",
     "% of the gradient",
@@ -597,7 +609,7 @@ JOINT_ICS_DOMINATE_MIDDLE = Claim(
 JOINT_ICS_TOGETHER_DOMINATE_MIDDLE = Claim(
     "joint_ics_together_dominate_middle",
     "In joint training, the ICs' gradients together outweigh the final head's in the middle of the network",
-    "paper (gradient dominance)",
+    "paper (gradient dominance), second-hand",
     "joint at the end of P2: the ICs' summed gradient share minus the final head's, in % of the block's "
     "gradient, mean over the middle third of the blocks, per seed (our second reading of the claim above: "
     "all ICs together, not the largest one)",
@@ -606,7 +618,7 @@ JOINT_ICS_TOGETHER_DOMINATE_MIDDLE = Claim(
 MIXED_DEEPER_DOMINATE = Claim(
     "mixed_deeper_dominate",
     "In mixed training, deeper classifiers dominate the backbone's gradient",
-    "paper (gradient dominance)",
+    "paper (gradient dominance), second-hand",
     "mixed - joint at the end of P2: the share-weighted mean depth of the exits driving the middle "
     "third of the blocks, in % of the backbone's depth, paired by seed (our reading)",
     "% depth",
@@ -614,10 +626,11 @@ MIXED_DEEPER_DOMINATE = Claim(
 DISJOINT_MIXED_ONE_BASIN = Claim(
     "disjoint_mixed_one_basin",
     "Disjoint and mixed solutions lie in one basin",
-    "paper (Figure 3)",
+    "paper (Figure 3), second-hand",
     "the final exit's test-error barrier on the linear path between disjoint and mixed (BatchNorm "
     "recomputed), per seed; held when the CI lies below 2 points (Frankle et al.'s threshold, on our barrier, "
-    "which rises from the line between the end errors where their instability rises from the end errors' mean)",
+    "which rises from the line between the end errors where their instability rises from the end errors' mean); "
+    "disjoint and mixed start from the same stored P1, so a low barrier is close to given by construction",
     "points",
     kind="within",
     interval=(-math.inf, 2.0),
@@ -625,7 +638,7 @@ DISJOINT_MIXED_ONE_BASIN = Claim(
 JOINT_OTHER_BASIN = Claim(
     "joint_other_basin",
     "Joint's solution lies in another basin than mixed's",
-    "paper (Figure 3)",
+    "paper (Figure 3), second-hand",
     "the final exit's test-error barrier on the linear path between joint and mixed, per seed; held "
     "when the CI lies above 2 points (Frankle et al.'s threshold, on our barrier: see the basin claim above)",
     "points",
@@ -635,7 +648,7 @@ JOINT_OTHER_BASIN = Claim(
 RANK_EARLY_HIGHER = Claim(
     "rank_early_higher",
     "Mixed's early representations have a higher numerical rank than joint's",
-    "paper (numerical rank)",
+    "paper (numerical rank), second-hand",
     "mixed - joint numerical rank in % of the rank measurable, mean over the first third of the "
     "blocks, paired by seed",
     "% of max rank",
@@ -643,7 +656,7 @@ RANK_EARLY_HIGHER = Claim(
 RANK_DEEP_LOWER = Claim(
     "rank_deep_lower",
     "Mixed's deep representations have a lower numerical rank than joint's",
-    "paper (numerical rank)",
+    "paper (numerical rank), second-hand",
     "joint - mixed numerical rank in % of the rank measurable, mean over the last third of the "
     "blocks, paired by seed",
     "% of max rank",
@@ -672,7 +685,7 @@ ANALYSIS_CLAIMS: tuple[Claim, ...] = (
 MIXED_AHEAD = Claim(
     "mixed_ahead",
     "Mixed stays ahead of the other regimes under the ablation's change",
-    "paper (ablations)",
+    "paper (ablations), second-hand",
     "per variant: mixed - the best other regime the variant trains, accuracy averaged over the "
     "budgets every run of the variant can meet, paired by seed",
     "points",
@@ -680,7 +693,7 @@ MIXED_AHEAD = Claim(
 SCALING_UNNEEDED_WITH_MIXED = Claim(
     "scaling_unneeded_with_mixed",
     "Mixed training makes loss scaling and gradient equilibrium unnecessary",
-    "paper (loss scaling, gradient equilibrium)",
+    "paper (loss scaling, gradient equilibrium), second-hand",
     "per scaling variant: mixed with it - mixed with the uniform loss (the page's first variant), "
     "accuracy averaged over the budgets both meet, paired by seed; held when the CI lies below 1 "
     "point (no gain worth having; our tolerance)",

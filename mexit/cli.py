@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--nodes", type=int, default=1)
     sweep.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES", help="each job's wall-time limit")
     sweep.add_argument("--threads", type=int, default=1, help="CPU threads of each task")
-    sweep.add_argument("--jobs", type=int, help="local processes (default: CPU cores / threads)")
+    sweep.add_argument("--jobs", type=int, help="local processes (default: the usable CPU cores / threads, no more than memory holds at 2 GiB each)")
     sweep.add_argument("--max-parallel", type=int, default=64, help="SLURM array tasks running at once")
 
     smoke = commands.add_parser("smoke-data", help="write CIFAR-100, TinyImageNet and ImageNet in their real layouts, random pixels")

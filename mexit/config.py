@@ -321,11 +321,16 @@ class RunConfig:
 
 def model_identity(config: ModelConfig) -> dict[str, Any]:
     """The fields of a model config that change the model: the checkpoint by the SHA-256 of its
-    file (not its path), and published weights by their name and tag."""
+    file (not its path), published weights by their name and tag, and a network of the user's own
+    (``py/<module>:<function>``) by its module's code (:func:`mexit.models.custom.source_identity`)."""
     identity = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint"}
     if config.checkpoint is not None:
         path = Path(config.checkpoint)
         identity["checkpoint_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else config.checkpoint
+    if config.backbone.startswith("py/"):  # a network of the user's own: keyed by its module's code, read without importing it
+        from mexit.models.custom import source_identity
+
+        identity["backbone_source"] = source_identity(config.backbone)
     if config.pretrained:  # the models (torch, timm) are imported only where published weights are named
         from mexit.models.backbones import pretrained_tag
 

@@ -110,10 +110,13 @@ class Study:
     def schedule_checks(self) -> list[tuple[Row, RunConfig]]:
         """The runs that check the phases a schedule ends (:attr:`longer_schedule`): every run of
         :meth:`configs` with a phase whose schedule anneals to about zero, stretched (none when
-        :attr:`longer_schedule` is None)."""
+        :attr:`longer_schedule` is None). A run that holds out no validation split (the authors'
+        protocol without early stopping) has no curve to compare, so it gets none: its phases read
+        "no validation split" (:func:`mexit.evaluate.evidence.phase_ending`)."""
         if self.longer_schedule is None:
             return []
-        return [(row, stretched(config, self.longer_schedule)) for row, config in self.configs() if any(_annealed(config))]
+        return [(row, stretched(config, self.longer_schedule)) for row, config in self.configs()
+                if any(_annealed(config)) and config.train.holds_out_validation]
 
     def runs(self) -> list[tuple[Row, Run]]:
         """Each needed run, loaded from the store or trained into it: ``(row, mexit.store.Run)``."""
@@ -593,9 +596,12 @@ def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
     """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
     depth, such as IC placement indices beyond it, and, with ``require_data``, that published weights
     it starts from are on this machine (a plan for another machine, ``require_data`` False, builds
-    without them). A model is built once a process: pages share rows and rows share architectures
-    (seeds, regimes and recipes do not change the model), so a plan of the paper profile builds each
-    architecture once, not once a row and page."""
+    without them); then once more on the CPU with random weights, since the meta device holds no
+    values and checks a backbone's split by its shapes alone: a split that only real values refuse
+    (a functional op between children that changes values, not shapes) is refused here, before
+    anything trains, not when its run is built. A model is built once a process: pages share rows
+    and rows share architectures (seeds, regimes and recipes do not change the model), so a plan of
+    the paper profile builds each architecture once, not once a row and page."""
     import torch
 
     from mexit import data
@@ -608,6 +614,8 @@ def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
         return
     with torch.device("meta"):
         build_model(config, input_shape, classes)
+    with torch.no_grad():
+        build_model(config.without_weights(), input_shape, classes)
     _BUILT.add(key)
 
 

@@ -21,7 +21,6 @@ filesystems); ``mexit book`` afterwards only reads.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from mexit import checkpoint
+from mexit.machine import available_memory, job_count, usable_cores
 from mexit.plan import declared_parameters, load_profile, needed_runs, notebook_names
 from mexit.config import RunConfig, stable_hash
 from mexit.store import phase_keys
@@ -256,7 +256,7 @@ def job_batches(run_groups: list[list[PlannedRun]], kind: str, options: JobOptio
     first, each to the process with the least estimated work so far."""
     if kind == "slurm":
         return run_groups
-    count = min(len(run_groups), options.jobs or max(1, (os.cpu_count() or 1) // options.threads))
+    count = min(len(run_groups), options.jobs or job_count(usable_cores() // options.threads, available_memory()))
     batches: list[list[PlannedRun]] = [[] for _ in range(count)]
     loads = [0.0] * count
     for cost, group in sorted(((total_train_macs(group), group) for group in run_groups), key=lambda pair: -pair[0]):

@@ -21,9 +21,8 @@ import pandas as pd
 
 from mexit.claims import (
     AT_THE_CAP, FRESH_READINGS, NO_INTERVAL, NOT_CONVERGED, NOT_LEARNED, READINGS, SHORT_OF_BUDGET, UNTESTED, VERDICTS, fresh_reading,
-    reading_of,
+    effect_text, reading_of,
 )
-from mexit.evaluate.stats import format_interval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,14 +51,18 @@ VERDICT_COLOURS: dict[str, str] = {
     "held": "#0072B2",
     "not held": "#D55E00",
     "inconclusive": "#E5E5E5",
-    NOT_CONVERGED: "#E69F00",
-    NOT_LEARNED: "#CC79A7",
-    AT_THE_CAP: "#56B4E9",
-    SHORT_OF_BUDGET: "#009E73",
+    NOT_CONVERGED: "#F5E0B0",
+    NOT_LEARNED: "#EDD5E3",
+    AT_THE_CAP: "#D8ECF8",
+    SHORT_OF_BUDGET: "#FAF4C0",
     NO_INTERVAL: "#FFFFFF",
 }
-"""A colour per verdict, from the Okabe-Ito palette (told apart under the common colour-vision
-deficiencies); each cell also names its verdict in words."""
+"""A colour per verdict: held and not held in the strong blue and vermillion of the Okabe-Ito palette
+(told apart under the common colour-vision deficiencies), inconclusive grey, and each untested verdict
+a pale tint of another of its colours, hatched (:data:`UNTESTED_HATCH`), so that no untested cell reads
+as a result at a glance; each cell also names its verdict in words."""
+UNTESTED_HATCH = "//"
+"""The hatching of an untested verdict's cell and legend entry: its runs are not evidence."""
 
 
 def claim_record(rows: pd.DataFrame, digits: int = 1, fresh: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -78,7 +81,7 @@ def claim_record(rows: pd.DataFrame, digits: int = 1, fresh: pd.DataFrame | None
             "claim": r["claim"],
             "reading": reading_of(str(r["key"])),
             "unit": r["unit"],
-            "effect": format_interval(r["effect"], r["ci_low"], r["ci_high"], digits),
+            "effect": effect_text(r, digits),
             "verdict": r["verdict"],
             "why": r["why"] or "",
             "fresh seeds": fresh_reading(str(r["verdict"]), fresh_verdicts.get((r["key"], r["compared"]))) if fresh is not None else "–",
@@ -216,6 +219,13 @@ def matrix_bands(records: pd.DataFrame, max_columns: int = 3) -> list[tuple[str,
     return bands
 
 
+def _cell_style(verdict: str) -> dict[str, object]:
+    """A verdict's cell as the matrix and its legend draw it: its colour, hatched where untested."""
+    hatched = verdict in UNTESTED
+    return {"facecolor": VERDICT_COLOURS[verdict], "edgecolor": "#999999", "linewidth": 0.4,
+            "hatch": UNTESTED_HATCH if hatched else None, "hatchcolor": "#B0B0B0" if hatched else None}
+
+
 def matrix_figure(
     records: pd.DataFrame, *, label_width: float = 5.4, column_width: float = 1.8, line_height: float = 0.42, max_columns: int = 3,
 ) -> Figure:
@@ -259,14 +269,14 @@ def matrix_figure(
                 if not verdict:
                     continue
                 x = label_width + j * column_width
-                ax.add_patch(Rectangle((x + 0.03, y - line_height / 2 + 0.02), column_width - 0.06, line_height - 0.04,
-                                       facecolor=VERDICT_COLOURS[verdict], edgecolor="#999999", linewidth=0.4))
+                ax.add_patch(Rectangle((x + 0.03, y - line_height / 2 + 0.02), column_width - 0.06, line_height - 0.04, **_cell_style(verdict)))
                 dark = verdict in ("held", "not held")
-                ax.text(x + column_width / 2, y, f"{verdict}\n{effects.loc[key, row]}", ha="center", va="center",
+                effect = effects.loc[key, row]
+                ax.text(x + column_width / 2, y, verdict if effect == "–" else f"{verdict}\n{effect}", ha="center", va="center",
                         fontsize=7, linespacing=1.1, color="white" if dark else "black")
     shown = [v for v in VERDICTS if v in set(records["verdict"])]
     figure.legend(
-        handles=[Patch(facecolor=VERDICT_COLOURS[v], edgecolor="#999999", label=v) for v in shown],
+        handles=[Patch(label=v, **_cell_style(v)) for v in shown],
         loc="upper left", bbox_to_anchor=(0.005, 1.0), ncol=min(4, len(shown)), fontsize=7, frameon=False,
     )
     return figure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import re
 import shutil
 import threading
@@ -12,7 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("MEXIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+"""The browser the pages are opened in (None where none is installed): ``$MEXIT_CHROMIUM``, else
+Debian's ``chromium`` or Ubuntu's ``chromium-browser`` on the path."""
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

@@ -490,6 +490,9 @@ def test_the_headline_names_both_readings_per_row() -> None:
     assert table["verdict"].tolist() == ["inconclusive", "held"] and table["seeds"].tolist() == [5, 5]
     assert table.iloc[1, 0].startswith("2.0 [") and table.iloc[1, 0].endswith("points")
     assert claims.headline(decide([], evidence)).empty
+    unconverged = evidence.assign(evidence=False, why="P2: not converged")
+    blocked = claims.headline(decide([at_convergence], unconverged))
+    assert blocked["verdict"].tolist() == [claims.NOT_CONVERGED] and blocked.iloc[0, 0] == "–"  # no interval over runs that are not evidence
     both = pd.concat([decide([at_convergence], evidence), decide([at_budget], evidence)])
     assert claims.headline_sentence(both) == (
         "\u201cMixed is more accurate than joint at high budgets\u201d is held on 1 of the 2 rows and readings of this build "

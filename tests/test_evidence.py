@@ -212,6 +212,9 @@ def test_a_phase_its_schedule_ended_is_evidence_only_when_a_longer_schedule_gain
     cut, per_phase = run_evidence(_trace({"P2": FLAT}), at_cap, [[0, 1]], 5, [80.0], labels, 400, [True], _trace({"P2": higher}))
     assert not cut["evidence"] and per_phase["ending"].tolist() == ["schedule end"]
     assert "not converged: a longer schedule gains +3.0 points" in cut["why"]
+    no_split = phase_ending([], stopped_early=False, window=5, annealed=True, longer=FLAT)  # trained on every image: no curve
+    assert no_split == ("schedule end", "ended by its schedule (learning rate annealed to about zero at the cap); "
+                                        "no validation split, so a longer schedule cannot check it")
 
 
 def test_a_study_checks_the_phases_its_schedules_ended_on_stretched_runs(tmp_path) -> None:
@@ -229,5 +232,7 @@ def test_a_study_checks_the_phases_its_schedules_ended_on_stretched_runs(tmp_pat
     assert phases["ending"].iloc[0] in ("schedule checked", "schedule end")
     assert "a longer schedule gains" in phases["ended"].iloc[0]
     assert len(list((tmp_path / "runs").iterdir())) == 2
+    authors = [{**rows[0], "overrides": ["train.stopping=restore-on-stop", "train.patience=null"]}]  # every image trains
+    assert make_study(rows=authors, seeds=[0], regimes=["joint"], runs_root=str(tmp_path), longer_schedule=2).schedule_checks() == []
     with pytest.raises(ParameterError, match="longer_schedule must be null or an integer factor >= 2, got 1"):
         make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path), longer_schedule=1)

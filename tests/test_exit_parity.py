@@ -9,6 +9,8 @@ import torch
 from mexit.evaluate import confidences, patience_sweep, sweep
 from mexit.models import build
 
+from floats import separated_thresholds
+
 N, CLASSES = 64, 10
 COSTS, BACKBONE = [1.0, 2.0, 3.0, 4.0], 4.0  # only exit shares and accuracy are compared
 
@@ -23,18 +25,6 @@ def case() -> tuple[torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray]:
         logits = torch.stack(model(x)).numpy()
     labels = np.random.default_rng(0).integers(0, CLASSES, N)
     return model, x, logits, labels
-
-
-def separated_thresholds(scores: np.ndarray, quantiles: tuple[float, ...]) -> list[float]:
-    """Thresholds near the ``quantiles`` of ``scores``, each halfway across a gap wider than float32
-    noise, so that the offline (float64) and online (float32) rules cannot disagree on a tie."""
-    values = np.unique(scores)
-    wide = np.flatnonzero(np.diff(values) > 1e-4)  # gap k lies between values[k] and values[k + 1]
-    thresholds = set()
-    for q in quantiles:
-        k = wide[min(np.searchsorted(wide, int(q * (len(values) - 1))), len(wide) - 1)]
-        thresholds.add(float(values[k] + values[k + 1]) / 2)
-    return sorted(thresholds)
 
 
 def online(model: torch.nn.Module, x: torch.Tensor, threshold: float, rule: str) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,8 @@ from mexit.models.generic import SplitError, split_model
 from mexit.store import phase_keys
 from mexit.study import make_study
 
+from floats import separated_thresholds
+
 SWIN = {"window_size": 2, "depths": (2, 2, 2), "num_heads": (2, 4, 8), "embed_dim": 16}
 """A Swin small enough for 16 x 16 images: 4 x 4 patches, windows of 2, three stages."""
 
@@ -95,6 +97,40 @@ def test_a_model_whose_forward_is_more_than_its_children_in_order_is_refused() -
         build("timm/fastvit_t8", 5, img_size=32)  # a forward that is more than its children in order
 
 
+def test_a_term_whose_weights_start_at_zero_cannot_hide_from_the_check() -> None:
+    """A zero-initialised gate, classifier or class token adds nothing at initialisation: a split
+    that dropped its term would reproduce the output there, and the term would grow in training."""
+    from mexit.models.backbones import TorchvisionViTClassifier, TorchvisionViTEmbedding, split_torchvision_vit
+    from mexit.models.generic import nonzero_parameters, verify_split
+    from mexit.models.parts import BackboneParts
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.blocks = nn.Sequential(_Unit(), _Unit())
+            self.gate = nn.Parameter(torch.zeros(1))  # a layer-scale gate at its usual start
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            return self.fc(torch.flatten(self.pool(self.blocks(h) + self.gate * h), 1))  # a gated skip
+
+    torch.manual_seed(0)
+    gated = Gated()
+    with pytest.raises(SplitError, match=r"backbone='gated': stem, 2 blocks and head composed do not reproduce"):
+        split_model(gated, (3, 8, 8), "gated")
+    assert not gated.gate.any()  # zero again after the check
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5)
+    assert not vit.heads.head.weight.any() and not vit.class_token.any()  # torchvision starts both at zero
+    wrong = BackboneParts(TorchvisionViTEmbedding(vit), list(vit.encoder.layers)[:2], TorchvisionViTClassifier(vit), "tokens", "token", 1)
+    with nonzero_parameters(vit), pytest.raises(SplitError, match=r"backbone='tv/vit_small': stem, 2 blocks and head composed do not reproduce"):
+        verify_split(vit, wrong, (3, 16, 16), "tv/vit_small")  # with the zeros, any split's output is 0 and agrees
+    assert len(split_torchvision_vit(vit, (3, 16, 16), "tv/vit_small").blocks) == 3
+    assert not vit.heads.head.weight.any() and not vit.class_token.any()  # the model's own weights untouched
+
+
 def test_a_torchvision_vit_is_split_at_its_encoder_layers_and_verified() -> None:
     from mexit.models.backbones import split_torchvision_vit
     from mexit.models.generic import verify_split
@@ -144,10 +180,10 @@ def test_early_exit_on_a_generic_split_equals_the_offline_sweep(name: str, kwarg
         logits = torch.stack(model(x)).numpy()
     labels = np.random.default_rng(0).integers(0, 10, len(x))
     confidence = torch.softmax(torch.from_numpy(logits[:-1]), -1).amax(-1).numpy().ravel()
-    for threshold in np.quantile(confidence, [0.2, 0.5, 0.8]):
-        row = sweep(logits, labels, [1.0, 2.0, 3.0], 3.0, thresholds=[float(threshold)]).iloc[0]
+    for threshold in separated_thresholds(confidence, (0.2, 0.5, 0.8)):  # no sample's confidence at a threshold
+        row = sweep(logits, labels, [1.0, 2.0, 3.0], 3.0, thresholds=[threshold]).iloc[0]
         with torch.no_grad():
-            result = model.early_exit(x, float(threshold))
+            result = model.early_exit(x, threshold)
         shares = np.bincount(result.exit_index.numpy(), minlength=3) / len(x)
         np.testing.assert_allclose([row[f"exit_share_{e}"] for e in range(3)], shares, atol=1e-12)
         assert row["accuracy"] == pytest.approx(100 * np.mean(result.preds.numpy() == labels))
@@ -198,3 +234,111 @@ def test_a_transfer_start_from_a_local_weight_file_is_keyed_by_its_contents(tmp_
     torch.save({k: v + 1 for k, v in native.state_dict().items()}, path)
     assert transfer.key() != before  # the same path, other weights: another run
     assert phase_keys(mixed)[0] != p1_before  # and another P1: phases are keyed by the file's contents too
+
+
+OWN_NETWORKS = '''"""Networks of a researcher's own, for the py/ backbone tests."""
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        return x + self.norm(self.conv(x)).relu()
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_chans, width):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, width, 3, padding=1)
+        self.blocks = nn.Sequential(*(Block(width) for _ in range(4)))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+class Patchify(nn.Module):
+    def __init__(self, in_chans, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, 4, stride=4)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mix(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(x))
+
+
+class MeanTokens(nn.Module):
+    def forward(self, x):
+        return x.mean(1)
+
+
+class Tokens(nn.Module):
+    def __init__(self, num_classes, in_chans, dim):
+        super().__init__()
+        self.patchify = Patchify(in_chans, dim)
+        self.blocks = nn.Sequential(*(Mix(dim) for _ in range(3)))
+        self.norm = nn.LayerNorm(dim)
+        self.pool = MeanTokens()
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.norm(self.blocks(self.patchify(x)))))
+
+
+def net(num_classes, in_chans, img_size, width=8):
+    return Net(num_classes, in_chans, width)
+
+
+def tokens(num_classes, in_chans, img_size, dim):  # no default: its features are found only when it is built
+    return Tokens(num_classes, in_chans, dim)
+
+
+def not_a_network(num_classes, in_chans, img_size):
+    return 3
+'''
+
+
+def test_a_network_of_your_own_is_built_split_verified_and_keyed_by_its_code(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = tmp_path / "own_nets.py"
+    module.write_text(OWN_NETWORKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    model = build("py/own_nets:net", 5, in_chans=1, img_size=8, placement=[1, 2, 3], width=6)
+    assert len(model.blocks) == 4 and model.num_exits == 4
+    assert all(out.shape == (2, 5) for out in model(torch.randn(2, 1, 8, 8)))
+    seen = build("py/own_nets:tokens", 5, img_size=16, placement="every", dim=8)  # tokens, found by the real split
+    assert len(seen.blocks) == 3 and all(out.shape == (2, 5) for out in seen(torch.randn(2, 3, 16, 16)))
+
+    def key() -> str:
+        return RunConfig.from_dict({"model": {"backbone": "py/own_nets:net", "backbone_kwargs": {"width": 6}}}).key()
+
+    before = key()
+    module.write_text(OWN_NETWORKS.replace('"""Networks of', '"""Docs of'))  # documentation only: the same runs
+    assert key() == before
+    module.write_text(OWN_NETWORKS.replace("for _ in range(4)", "for _ in range(5)"))  # another network: new runs
+    assert key() != before
+    for name, message in [
+        ("py/own_nets", r"is named 'py/<module>:<function>'"),
+        ("py/no_such_module_here:net", r"no module 'no_such_module_here' is importable here; put it on PYTHONPATH"),
+        ("py/own_nets:missing", r"module 'own_nets' has no function 'missing'"),
+        ("py/own_nets:not_a_network", r"not_a_network returned a int, not a torch.nn.Module"),
+    ]:
+        with pytest.raises(ValueError, match=f"backbone={name!r}.*" + message):
+            build(name, 5, img_size=8)
+    rows = [{"label": "own", "config": "tiny", "overrides": ["model.backbone=py/no_such_module_here:net"]}]
+    with pytest.raises(ValueError, match=r"no module 'no_such_module_here' is importable here"):
+        make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path))  # refused before anything trains

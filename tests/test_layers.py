@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mexit"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundations: settings, files, data, models, the losses of a phase
     ("mexit", "mexit.fingerprint", "mexit.memory", "mexit.checkpoint", "mexit.progress", "mexit.distributed", "mexit.reference",
-     "mexit.config", "mexit.data", "mexit.models", "mexit.regimes", "mexit.sample_weighting", "mexit.flops", "mexit.throughput"),
+     "mexit.config", "mexit.data", "mexit.models", "mexit.regimes", "mexit.sample_weighting", "mexit.flops", "mexit.throughput",
+     "mexit.machine"),
     # what is done with a model or its logits: training, inference, scoring, analyses, plots, claims
     ("mexit.train", "mexit.dominance", "mexit.evaluate", "mexit.analysis.features", "mexit.analysis.rank", "mexit.analysis.mutual_info",
      "mexit.analysis.connectivity", "mexit.analysis.plots", "mexit.analysis",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -23,7 +24,7 @@ def _pyproject_requirements() -> list[str]:
 def _conda_requirements() -> list[str]:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
-    return [req for req in pip_section if not req.startswith("-e")]
+    return [req for req in pip_section if not req.startswith("-")]
 
 
 def test_environment_yml_names_the_same_pins_as_pyproject() -> None:
@@ -51,10 +52,38 @@ def test_every_shipped_config_and_profile_is_valid() -> None:
         assert rows and all(row["config"] in shipped_configs() for row in rows)
 
 
+def _commands(text: str) -> list[str]:
+    """The command of each line, without its comment."""
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "make test" in readme and "make book" in readme
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    setup = readme.split("## Set up: two commands")[1].split("```bash")[1].split("```")[0]
+    assert _commands(setup) == ["make book", "make test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in _commands(ci)
+    assert "export MEXIT_REQUIRE_BROWSER=1" in _commands(ci)  # CI fails, where a reader's make test skips, without Chromium
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[=<>!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_dependency_and_the_environment_uses_it() -> None:
+    """A reader's install is the tested one: every dependency pinned exactly in constraints.txt,
+    which both installs (the Makefile's pip and the conda environment) apply."""
+    lock = {}
+    for line in _commands((ROOT / "constraints.txt").read_text()):
+        name, separator, version = line.partition("==")
+        assert separator and version, f"constraints.txt: {line!r} is not an exact pin"
+        lock[_requirement_name(name)] = version
+    for requirement in _pyproject_requirements():
+        assert _requirement_name(requirement) in lock, f"{requirement} is not in the lock"
+    assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1" and lock["jupyter-book"].startswith("1.")
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "-c constraints.txt" in next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
 
 
 def test_a_kernel_reading_stored_resnet_runs_imports_neither_timm_nor_scikit_learn() -> None:

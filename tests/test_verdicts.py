@@ -59,6 +59,7 @@ def test_a_record_holds_what_the_pages_claims_table_shows() -> None:
     assert record["line"].iloc[3] == "Disjoint is the weakest regime at low budgets: conv 2L"  # the scale's variant, budgets aside
     assert record["line"].iloc[0] == claims.MIXED_BEATS_JOINT_HIGH.statement
     assert "3 of 5 seeds are evidence" in record["why"].iloc[3]
+    assert record["effect"].iloc[3] == shown["effect [CI]"].iloc[3] == "–"  # untested: no interval over runs that are not evidence
     assert set(record["fresh seeds"]) == {"–"}
 
 
@@ -143,6 +144,10 @@ def test_the_matrix_figure_colours_each_cell_by_its_verdict_in_distinct_colours(
     assert len(set(verdicts.VERDICT_COLOURS.values())) == len(claims.VERDICTS)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert any(t.startswith("held\n2.0 [") for t in texts) and "Claims of Table 1" in texts
+    untested = {to_hex(verdicts.VERDICT_COLOURS[v]) for v in claims.UNTESTED}
+    assert {c.get_hatch() for c in cells if to_hex(c.get_facecolor()) in untested} == {verdicts.UNTESTED_HATCH}
+    assert {c.get_hatch() for c in cells if to_hex(c.get_facecolor()) not in untested} == {None}
+    assert claims.NOT_CONVERGED in texts  # an untested cell names its verdict, and no interval over runs that are not evidence
 
 
 def test_a_section_shows_only_the_rows_it_was_measured_on_a_few_at_a_time() -> None:

@@ -109,7 +109,8 @@ def build(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     features = backbone_features(backbone)
-    head = head or DEFAULT_HEADS[features]
+    head_name = head
+    head = head_name or DEFAULT_HEADS[features]
     kwargs = check_head(head, features, backbone, head_kwargs)
     exit_method = make_method(method, method_kwargs)
     check_placement(placement)
@@ -117,6 +118,10 @@ def build(
         backbone, num_classes, in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, pretrained=pretrained,
         **backbone_kwargs,
     )
+    if parts.features != features:  # the name's guess (from a meta build) missed: what the split found decides the ICs
+        features = parts.features
+        kwargs = check_head(head_name or DEFAULT_HEADS[features], features, backbone, head_kwargs)
+        head = head_name or DEFAULT_HEADS[features]
     indices = resolve_placement(placement, len(parts.blocks))
     input_shape = (in_chans, img_size, img_size)
     if features == "multiscale":

@@ -10,6 +10,8 @@ Names:
   `mexit.models.generic`, its ViTs (`tv/vit_b_16`, ...; the image size from `build(img_size=...)`
   where the weights are random) by their own split (`split_torchvision_vit`, verified as the
   generic one is);
+- your own network: `py/<module>:<function>`, a function building an `nn.Module`
+  (`mexit.models.custom`), split by `mexit.models.generic` and keyed by its module's source;
 - timm: `timm/<name>` for any timm model: a `VisionTransformer` (ViT, DeiT, ...; pass `patch_size` as
   a keyword; the image size comes from `build(img_size=...)`) by its own split (`split_timm_vit`, verified), any
   other by `mexit.models.generic` (ResNet, ConvNeXt, EfficientNet, MobileNetV3, RegNet, Swin, MLP-Mixer,
@@ -36,7 +38,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from mexit.models.generic import SplitError, reference_output, split_model, verify_split
+from mexit.models import custom
+from mexit.models.generic import SplitError, nonzero_parameters, reference_output, split_model, verify_split
 from mexit.models.parts import BackboneParts, FeatureKind
 from mexit.models.msdnet import MSDNETS, MSDNet, msdnet_config
 from mexit.models.small_resnet import SMALL_RESNETS, SmallImageResNet
@@ -53,6 +56,7 @@ BACKBONES: tuple[str, ...] = (
     *MSDNETS,
     TV_PREFIX + "<a torchvision classification model>",
     TIMM_PREFIX + "<a timm model>",
+    custom.PREFIX + "<module>:<function>",
 )
 VERIFIED: dict[str, tuple[str, ...]] = {
     "timm": ("resnet", "convnext", "efficientnet", "mobilenetv3", "regnet", "swin", "mixer", "poolformer",
@@ -173,6 +177,26 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weigh
     return _generic_parts(model, in_chans, img_size, name)
 
 
+@lru_cache(maxsize=None)
+def _custom_features(name: str) -> FeatureKind:
+    """What the blocks of ``py/<module>:<function>``'s network output, from its split on the meta
+    device at 224 x 224 without keyword arguments ("map" where that cannot run: the split of the real
+    build decides, :func:`mexit.models.build`). Imports the module: a name that does not import is
+    refused here, before anything is built."""
+    custom.factory(name)
+    try:
+        with torch.device("meta"):
+            return split_model(custom.create(name, 10, 3, 224, {}), (3, 224, 224), name).features
+    except ValueError:
+        return "map"
+
+
+def _custom_model(name: str, num_classes: int, in_chans: int, img_size: int, weights: Weights, kwargs: dict[str, Any]) -> BackboneParts:
+    model = custom.create(name, num_classes, in_chans, img_size, kwargs)
+    _maybe_load(model, weights.checkpoint, classifier=_classifier_name(model))
+    return _generic_parts(model, in_chans, img_size, name)
+
+
 def _generic_parts(model: nn.Module, in_chans: int, img_size: int, name: str) -> BackboneParts:
     try:
         return split_model(model, (in_chans, img_size, img_size), name)
@@ -237,6 +261,7 @@ BACKBONE_FAMILIES: tuple[BackboneFamily, ...] = (
     BackboneFamily("MSDNet", lambda name: name in MSDNETS, lambda name: "multiscale", _msdnet),
     BackboneFamily("torchvision", lambda name: name.startswith(TV_PREFIX), _tv_features, _torchvision_model, True),
     BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), _timm_features, _timm_model, True),
+    BackboneFamily("your own", custom.is_custom, _custom_features, _custom_model),
 )
 """The backbone registry: a name belongs to the first family that matches it."""
 
@@ -247,8 +272,9 @@ def backbone_family(name: str) -> BackboneFamily:
         if family.matches(name):
             return family
     raise ValueError(
-        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-2])}, "
-        f"'{TV_PREFIX}<name>' for a torchvision classification model, or '{TIMM_PREFIX}<name>' for a timm model"
+        f"unknown backbone={name!r}; supported: {', '.join(BACKBONES[:-3])}, "
+        f"'{TV_PREFIX}<name>' for a torchvision classification model, '{TIMM_PREFIX}<name>' for a timm model, "
+        f"or '{custom.PREFIX}<module>:<function>' for a network of your own"
     )
 
 
@@ -285,7 +311,8 @@ def _published(name: str) -> tuple[str, bool]:
     family = backbone_family(name)
     if not family.pretrainable:
         raise ValueError(f"model.pretrained: backbone={name!r} ({family.name}) has no published weights; "
-                         "pretrained weights exist for tv/<name> and timm/<name> backbones")
+                         "pretrained weights exist for tv/<name> and timm/<name> backbones (a network of your own "
+                         "loads its weights in its function, or from model.checkpoint)")
     family.features(name)
     if family.name == "timm":
         cfg = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
@@ -364,13 +391,15 @@ def _maybe_load(model: nn.Module, checkpoint: str | Path | None, classifier: str
 def split_timm_vit(model: VisionTransformer, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
     """Splits a timm ViT into embedding, encoder blocks and head (final norm, pooling, classifier);
     verified (:func:`mexit.models.generic.verify_split`) against the output the whole model gave
-    before the embedding took its blocks and head out of it."""
-    expected = reference_output(model, input_shape)
-    head = ViTClassifier(model)
-    blocks = list(model.blocks)
-    token_pool = "token" if model.cls_token is not None else "avg"
-    parts = BackboneParts(ViTEmbedding(model), blocks, head, "tokens", token_pool, model.num_prefix_tokens)
-    return verify_split(model, parts, input_shape, name, expected=expected)  # a SplitError is a ValueError naming the model
+    before the embedding took its blocks and head out of it, all-zero parameters filled meanwhile
+    (:func:`mexit.models.generic.nonzero_parameters`)."""
+    with nonzero_parameters(model):  # the parameters are taken before the cut, and zeroed again after it
+        expected = reference_output(model, input_shape)
+        head = ViTClassifier(model)
+        blocks = list(model.blocks)
+        token_pool = "token" if model.cls_token is not None else "avg"
+        parts = BackboneParts(ViTEmbedding(model), blocks, head, "tokens", token_pool, model.num_prefix_tokens)
+        return verify_split(model, parts, input_shape, name, expected=expected)  # a SplitError is a ValueError naming the model
 
 
 class ViTClassifier(nn.Module):
@@ -417,9 +446,12 @@ class ViTEmbedding(nn.Module):
 def split_torchvision_vit(model: torchvision.models.VisionTransformer, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
     """Splits a torchvision ViT into embedding (what its encoder does before its layers: patches,
     class token, position embedding, dropout), the encoder's layers and head (the encoder's final
-    LayerNorm, the class token, the classifier); verified (:func:`mexit.models.generic.verify_split`)."""
+    LayerNorm, the class token, the classifier); verified (:func:`mexit.models.generic.verify_split`)
+    with its zero-initialised classifier and class token filled meanwhile, else the check would
+    compare zeros (:func:`mexit.models.generic.nonzero_parameters`)."""
     parts = BackboneParts(TorchvisionViTEmbedding(model), list(model.encoder.layers), TorchvisionViTClassifier(model), "tokens", "token", 1)
-    return verify_split(model, parts, input_shape, name)  # a SplitError is a ValueError naming the model
+    with nonzero_parameters(model):
+        return verify_split(model, parts, input_shape, name)  # a SplitError is a ValueError naming the model
 
 
 class TorchvisionViTEmbedding(nn.Module):

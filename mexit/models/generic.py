@@ -20,7 +20,9 @@ A multi-exit model needs a backbone as a stem, an ordered list of blocks and a f
    What is not a block (a stem, a downsampling layer, a norm after the last stage) joins the next
    block, or the stem before the first, or the head after the last.
 3. **Verification.** In eval mode, stem, blocks and head composed must reproduce the model's own
-   output on a random input to within float rounding (:data:`RTOL`, :data:`ATOL`); otherwise the
+   output on a random input to within float rounding (:data:`RTOL`, :data:`ATOL`), every parameter
+   that is all zeros filled with noise meanwhile (a zero-initialised term would otherwise pass
+   unseen, :func:`nonzero_parameters`); otherwise the
    model is refused with what failed (on the meta device, which holds no values, only the shapes
    are checked: a study builds its models there to check them before anything trains). What the blocks output is read from their output: feature maps
    (N, C, H, W), maps in channels-last layout (N, H, W, C), as timm's and torchvision's Swin give
@@ -34,7 +36,8 @@ This split is ours; it follows the ordered-children walk of timm's feature extra
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,6 +49,9 @@ RTOL = 1e-4
 """Relative tolerance of the split's verification."""
 ATOL = 1e-5
 """Absolute tolerance of the split's verification, in units of the largest output magnitude (at least 1)."""
+ZERO_FILL = 0.02
+"""The standard deviation of the noise an all-zero parameter holds while a split is verified
+(:func:`nonzero_parameters`; a usual initialisation's scale)."""
 
 
 class SplitError(ValueError):
@@ -188,13 +194,35 @@ def _stage_ids(model: nn.Module) -> set[int]:
     return {id(modules[name]) for name in names if name in modules and not is_layer(modules[name])}
 
 
+@contextmanager
+def nonzero_parameters(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` that is all zeros (a zero-initialised classifier, layer-scale gate
+    or residual branch) filled with seeded noise while a split is verified, then zeroed again. A term
+    whose weights are zero adds nothing to the output, so a split that dropped it would pass the check
+    unseen: torchvision's ViT zero-initialises its classifier, so its whole output would be 0. The
+    noise comes from a generator of its own, so the global random state is untouched."""
+    zeros = [p for p in model.parameters() if p.is_floating_point() and not p.is_meta and p.numel() and not bool(p.detach().any())]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in zeros:
+            p.copy_(ZERO_FILL * torch.randn(p.shape, generator=generator).to(p.device, p.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p in zeros:
+                p.zero_()
+
+
 def split_model(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> BackboneParts:
     """``model`` (a timm or torchvision classifier) cut into stem, blocks and head and verified (an
-    IC reads a token model's class token where it has prefix tokens, else the mean of its tokens);
-    raises :class:`SplitError` naming ``name`` and what failed."""
+    IC reads a token model's class token where it has prefix tokens, else the mean of its tokens;
+    parameters that are all zeros take part, :func:`nonzero_parameters`); raises
+    :class:`SplitError` naming ``name`` and what failed."""
     was_training = model.training
     try:
-        return _split(model, input_shape, name)
+        with nonzero_parameters(model):
+            return _split(model, input_shape, name)
     except SplitError:
         raise
     except Exception as error:  # a part run on what another part gives fails: no usable order of children
