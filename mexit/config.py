@@ -8,6 +8,7 @@ load from YAML, take ``key=value`` overrides from the command line and hash stab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -357,9 +358,25 @@ def code_fingerprint() -> str:
     return fingerprint.code_fingerprint(TRAINING_ROOTS)
 
 
-def code_identity() -> dict[str, str]:
-    """What run and phase keys hold of the code: the package version and :func:`code_fingerprint`."""
-    return {"mexit": __version__, "code": code_fingerprint()}
+TRAINING_LIBRARIES: tuple[str, ...] = ("torch", "torchvision", "timm")
+"""The libraries whose code builds and trains a model (layers, initialisations, timm's and
+torchvision's architectures): their versions are part of every key, as mexit's own code is."""
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """The installed version of each of :data:`TRAINING_LIBRARIES` (read from the installed
+    distributions, none imported); the lock (constraints.txt) pins them."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in TRAINING_LIBRARIES}
+
+
+def code_identity() -> dict[str, Any]:
+    """What run and phase keys hold of the code: the package version, :func:`code_fingerprint`, and
+    the versions of the libraries a model's weights depend on (:func:`library_versions`): a run
+    trained under another torch or timm is not reused as if the same code had trained it."""
+    return {"mexit": __version__, "code": code_fingerprint(), "libraries": library_versions()}
 
 
 def stable_hash(value: Any) -> str:

@@ -342,3 +342,17 @@ def test_a_network_of_your_own_is_built_split_verified_and_keyed_by_its_code(tmp
     rows = [{"label": "own", "config": "tiny", "overrides": ["model.backbone=py/no_such_module_here:net"]}]
     with pytest.raises(ValueError, match=r"no module 'no_such_module_here' is importable here"):
         make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path))  # refused before anything trains
+
+
+def test_published_weights_keep_their_stem_on_grey_images_and_a_classifier_that_is_no_linear_is_refused() -> None:
+    from mexit.models.backbones import _adapt_first_conv, _fresh_classifier
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5)
+    rgb = model.conv1.weight.detach().clone()
+    _adapt_first_conv(model, 1, keep_weights=True)  # the published stem, summed over the colours
+    assert model.conv1.in_channels == 1 and torch.allclose(model.conv1.weight, rgb.sum(1, keepdim=True))
+    _adapt_first_conv(model, 6, keep_weights=False)  # random weights: a fresh He-initialised stem
+    assert model.conv1.in_channels == 6 and not torch.equal(model.conv1.weight[:, :1], rgb.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match=r"backbone='tv/squeezenet1_0': its classifier is not a torch.nn.Linear"):
+        _fresh_classifier(torchvision.models.squeezenet1_0(), 5, "tv/squeezenet1_0")

@@ -160,3 +160,19 @@ def test_the_code_text_is_the_same_on_every_python_that_parses_it_alike() -> Non
         "body=[Return(value=Name(id='x', ctx=Load()))])])"
     )
     assert code_only("if a:\n    'only a string'\nelse:\n    b = 1\n") == code_only("if a:\n    pass\nelse:\n    b = 1\n")
+
+
+def test_a_run_trained_under_another_torch_or_timm_keys_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The libraries' code builds and trains the model as mexit's does (layers, initialisations,
+    timm's architectures): a run and its phases under another version are other results."""
+    import mexit.config
+
+    config = regime_configs(load_config("tiny"), ["mixed"], [0])[0]
+    run, phases = config.key(), phase_keys(config)
+    installed = mexit.config.library_versions()
+    assert set(installed) == {"torch", "torchvision", "timm"} and installed["torch"] == "2.14.1"
+    for library in installed:
+        monkeypatch.setattr(mexit.config, "library_versions", lambda: {**installed, library: "0.0.1"})
+        assert config.key() != run and all(a != b for a, b in zip(phase_keys(config), phases, strict=True))
+    monkeypatch.setattr(mexit.config, "library_versions", lambda: dict(installed))
+    assert config.key() == run

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -454,9 +455,17 @@ def test_cli_refuses_bad_parameters_before_training(tmp_path: Path, capsys: pyte
     assert not tmp_path.exists() or not any(tmp_path.rglob("*.pt"))
 
 
-def _torchrun(root: Path, overrides: list[str], port: int) -> subprocess.CompletedProcess[str]:
+def _free_port() -> int:
+    """A port no process listens on now (the OS's choice): two test runs at once, or a service on a
+    fixed port, cannot collide with the ranks' rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _torchrun(root: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
         "-m", "mexit", "--root", str(root), "train", "--config", "tiny", "--device", "cpu", *overrides,
     ]  # fmt: skip
     return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
@@ -464,7 +473,7 @@ def _torchrun(root: Path, overrides: list[str], port: int) -> subprocess.Complet
 
 def test_distributed_ranks_agree_on_early_stopping(tmp_path: Path) -> None:
     overrides = ["train.regime=mixed", "train.epochs=[1, 30]", "train.patience=1", "train.eval_every=2"]
-    result = _torchrun(tmp_path, overrides, 29518)  # a rank that stopped alone would hang the other
+    result = _torchrun(tmp_path, overrides)  # a rank that stopped alone would hang the other
     assert result.returncode == 0, result.stderr[-3000:]
     run = RunStore(tmp_path).runs()[0]
     assert run.metrics["phase_stopped_early"][1] and run.metrics["world_size"] == 2
@@ -473,7 +482,7 @@ def test_distributed_ranks_agree_on_early_stopping(tmp_path: Path) -> None:
 def test_distributed_run_matches_single_process(tmp_path: Path) -> None:
     overrides = ["train.regime=joint", "train.epochs=2", "train.optim.lr=0.001"]
     single = train_or_load(RunStore(tmp_path / "single"), load_config("tiny", overrides))
-    result = _torchrun(tmp_path / "ddp", overrides, 29517)
+    result = _torchrun(tmp_path / "ddp", overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = RunStore(tmp_path / "ddp").runs()
     assert len(ddp) == 1 and ddp[0].metrics["world_size"] == 2
@@ -497,7 +506,7 @@ def test_distributed_run_equals_single_process_without_batch_statistics_or_augme
         "model.placement=[4, 8]", "data.augment=none", "data.train_size=512", "train.dominance_every=0",
     ]  # fmt: skip
     single = train_or_load(RunStore(tmp_path / "single"), load_config("tiny", overrides))
-    result = _torchrun(tmp_path / "ddp", overrides, 29519)
+    result = _torchrun(tmp_path / "ddp", overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = RunStore(tmp_path / "ddp").runs()[0]
     assert ddp.metrics["world_size"] == 2

@@ -143,11 +143,11 @@ def _torchvision_model(name: str, num_classes: int, in_chans: int, img_size: int
                              "choose data.image_size as a multiple of it")
     if weights.pretrained:
         tv = _construct(name, torchvision.models.get_model, arch, weights="DEFAULT", **kwargs)
-        _fresh_classifier(tv, num_classes)
+        _fresh_classifier(tv, num_classes, name)
     else:
         tv = _construct(name, torchvision.models.get_model, arch, weights=None, num_classes=num_classes, **kwargs)
     if in_chans != 3:
-        _adapt_first_conv(tv, in_chans)
+        _adapt_first_conv(tv, in_chans, keep_weights=weights.pretrained)
     _maybe_load(tv, weights.checkpoint, classifier=_classifier_name(tv))
     if isinstance(tv, torchvision.models.VisionTransformer):
         if tv.image_size != img_size:
@@ -213,9 +213,13 @@ def _classifier_name(model: nn.Module) -> str:
     return linears[-1] if linears else ""
 
 
-def _fresh_classifier(model: nn.Module, num_classes: int) -> None:
-    """Replace the model's last ``Linear`` by a fresh one with ``num_classes`` outputs."""
+def _fresh_classifier(model: nn.Module, num_classes: int, backbone: str) -> None:
+    """Replace the model's last ``Linear`` by a fresh one with ``num_classes`` outputs; ValueError
+    naming ``backbone`` for a model whose classifier is not a ``Linear`` (SqueezeNet's convolution)."""
     name = _classifier_name(model)
+    if not name:
+        raise ValueError(f"backbone={backbone!r}: its classifier is not a torch.nn.Linear, so its published weights "
+                         "cannot be given a classifier for this dataset's classes; train it from random weights")
     old = model.get_submodule(name)
     if old.out_features == num_classes:
         return
@@ -224,13 +228,23 @@ def _fresh_classifier(model: nn.Module, num_classes: int) -> None:
     setattr(parent, leaf, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
 
 
-def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
-    """Replace the model's first convolution by one reading ``in_chans`` channels (He-initialised)."""
+def _adapt_first_conv(model: nn.Module, in_chans: int, keep_weights: bool = False) -> None:
+    """Replace the model's first convolution by one reading ``in_chans`` channels: He-initialised,
+    or, with ``keep_weights`` (published weights), its RGB filters carried over as timm carries them
+    (``timm.models.adapt_input_conv``: summed over the colours for one channel; else repeated across
+    the channels and scaled by 3 / ``in_chans``), so that a grey-scale input starts from the
+    pretrained stem rather than a random one."""
     name, old = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     new = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups, old.bias is not None)
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if keep_weights:
+        with torch.no_grad():
+            new.weight.copy_(_timm().models.adapt_input_conv(in_chans, old.weight.detach()))
+            if old.bias is not None:
+                new.bias.copy_(old.bias.detach())
+    else:
+        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     setattr(parent, leaf, new)
 
 
