@@ -8,7 +8,7 @@ PROFILE ?= quick
 # One process a usable core (CPU affinity within a container's quota), no more than memory holds at
 # 2 GiB each: mexit/machine.py, standard library only, so that it answers before the venv exists.
 JOBS ?= $(shell $(PYTHON) -I mexit/machine.py 2>/dev/null || echo 2)
-# Test workers (pytest-xdist), one a core: every test runs one thread; a file's tests stay on one worker.
+# Test workers (pytest-xdist), as many as JOBS: every test runs one thread; a file's tests stay on one worker.
 TEST_JOBS ?= $(JOBS)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mexit-installed
@@ -37,10 +37,10 @@ book: $(STAMP)
 # where root or password-less sudo allows. Where it cannot be, the check is skipped with its reason (CI
 # sets MEXIT_REQUIRE_BROWSER=1, which fails it instead); MEXIT_CHROMIUM names another Chromium or Chrome.
 browser:
-	@[ -n "$$MEXIT_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	@[ -n "$$MEXIT_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
-		echo "make: Chromium could not be installed (it needs root or password-less sudo, and Debian's packages): the browser check will be skipped" >&2
+		echo "make: Chromium could not be installed (it needs root or password-less sudo, and Debian's packages): the browser check will be skipped (with MEXIT_REQUIRE_BROWSER=1, fail)" >&2
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile

@@ -135,7 +135,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "a split checked with its zero-initialised terms at zero", "mexit/models/generic.py",
-        "            p.copy_(ZERO_FILL * torch.randn(", "            p.copy_(0 * torch.randn(",
+        "p.copy_(ZERO_FILL * torch.randn(", "p.copy_(0 * torch.randn(",
         ("tests/test_generic.py::test_a_term_whose_weights_start_at_zero_cannot_hide_from_the_check",),
     ),
     Mutation(

@@ -265,7 +265,7 @@ class RunConfig:
         m = self.model
         models.validate(
             m.backbone, placement=m.placement, head=m.head, head_kwargs=m.head_kwargs, method=m.method,
-            method_kwargs=m.method_kwargs, pretrained=m.pretrained,
+            method_kwargs=m.method_kwargs, pretrained=m.pretrained, backbone_kwargs=m.backbone_kwargs,
         )
         if m.checkpoint is not None and not Path(m.checkpoint).is_file():
             raise ValueError(f"model.checkpoint={m.checkpoint!r} is not a file")
@@ -310,8 +310,8 @@ class RunConfig:
         return dataclasses.replace(self, model=dataclasses.replace(self.model, pretrained=False, checkpoint=None))
 
     def key(self) -> str:
-        """Stable 12-hex-digit hash of the config, the mexit version and the training code's
-        fingerprint (:func:`code_identity`).
+        """Stable 12-hex-digit hash of the config, the mexit version, the training code's
+        fingerprint and the versions of torch, torchvision and timm (:func:`code_identity`).
 
         Where the data lives (``data.data_root``, ``data.download``) is left out: the same run on
         another machine or mount has the same key.

@@ -26,7 +26,11 @@ def stale_runs(store: RunStore) -> pd.DataFrame:
         if run_problem(run_dir) is not None:
             continue
         config = RunConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
-        records.append({"key": run_dir.name, "today": config.key(), "current": config.key() == run_dir.name})
+        try:
+            today = config.key()
+        except ValueError:  # a network of someone's own whose module is not importable here: its key cannot be told
+            today = "unknown (its backbone's module is not found here)"
+        records.append({"key": run_dir.name, "today": today, "current": today == run_dir.name})
     return pd.DataFrame(records, columns=["key", "today", "current"])
 
 

@@ -112,7 +112,7 @@ class Study:
         :meth:`configs` with a phase whose schedule anneals to about zero, stretched (none when
         :attr:`longer_schedule` is None). A run that holds out no validation split (the authors'
         protocol without early stopping) has no curve to compare, so it gets none: its phases read
-        "no validation split" (:func:`mexit.evaluate.evidence.phase_ending`)."""
+        "no validation curve" (:func:`mexit.evaluate.evidence.phase_ending`)."""
         if self.longer_schedule is None:
             return []
         return [(row, stretched(config, self.longer_schedule)) for row, config in self.configs()
@@ -374,7 +374,7 @@ def block_counts(s: Study) -> pd.DataFrame:
     records = []
     for label, run in first.items():
         model = trained_model(run)
-        features = backbone_features(run.config.model.backbone)
+        features = backbone_features(run.config.model.backbone, run.config.model.backbone_kwargs)
         if features == "map" and any(isinstance(m, ChannelsFirst) for m in model.ics.modules()):  # its ICs read NHWC maps
             features = "map (NHWC)"
         records.append({

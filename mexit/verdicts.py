@@ -151,10 +151,11 @@ def read_records(folder: str | os.PathLike) -> pd.DataFrame:
 
 def verdict_matrix(records: pd.DataFrame, value: str = "cell") -> pd.DataFrame:
     """The matrix as a table: one line per (section, page, line, reading), one column per profile
-    row (in the order the records first name them), each cell "verdict: effect" (``value`` names a
-    record column to show instead) and "" where the line was not measured on that row."""
+    row (in the order the records first name them), each cell "verdict: effect" (the verdict alone
+    where no effect is shown, :func:`mexit.claims.effect_text`; ``value`` names a record column to
+    show instead) and "" where the line was not measured on that row."""
     rows = list(dict.fromkeys(records["row"]))
-    keyed = records.assign(cell=records["verdict"] + ": " + records["effect"])
+    keyed = records.assign(cell=records["verdict"].where(records["effect"] == "–", records["verdict"] + ": " + records["effect"]))
     table = keyed.pivot_table(index=list(LINE_KEY), columns="row", values=value, aggfunc="first", sort=False)
     return table.reindex(columns=rows).fillna("")
 

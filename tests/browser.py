@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHROMIUM = os.environ.get("MEXIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = os.environ.get("MEXIT_CHROMIUM") or shutil.which("chromium")
 """The browser the pages are opened in (None where none is installed): ``$MEXIT_CHROMIUM``, else
-Debian's ``chromium`` or Ubuntu's ``chromium-browser`` on the path."""
+Debian's ``chromium`` on the path (Ubuntu's ``chromium-browser`` is a snap, which Playwright cannot
+drive: name a Chrome or Chromium binary in ``$MEXIT_CHROMIUM`` there)."""
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

@@ -214,7 +214,7 @@ def test_a_phase_its_schedule_ended_is_evidence_only_when_a_longer_schedule_gain
     assert "not converged: a longer schedule gains +3.0 points" in cut["why"]
     no_split = phase_ending([], stopped_early=False, window=5, annealed=True, longer=FLAT)  # trained on every image: no curve
     assert no_split == ("schedule end", "ended by its schedule (learning rate annealed to about zero at the cap); "
-                                        "no validation split, so a longer schedule cannot check it")
+                                        "no validation curve, so a longer schedule cannot check it")
 
 
 def test_a_study_checks_the_phases_its_schedules_ended_on_stretched_runs(tmp_path) -> None:

@@ -315,22 +315,17 @@ def not_a_network(num_classes, in_chans, img_size):
 def test_a_network_of_your_own_is_built_split_verified_and_keyed_by_its_code(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = tmp_path / "own_nets.py"
     module.write_text(OWN_NETWORKS)
+    (tmp_path / "own_space").mkdir()  # a namespace package: a folder without __init__.py
+    (tmp_path / "own_space" / "nets.py").write_text(OWN_NETWORKS)
     monkeypatch.syspath_prepend(str(tmp_path))
     torch.manual_seed(0)
     model = build("py/own_nets:net", 5, in_chans=1, img_size=8, placement=[1, 2, 3], width=6)
     assert len(model.blocks) == 4 and model.num_exits == 4
     assert all(out.shape == (2, 5) for out in model(torch.randn(2, 1, 8, 8)))
-    seen = build("py/own_nets:tokens", 5, img_size=16, placement="every", dim=8)  # tokens, found by the real split
-    assert len(seen.blocks) == 3 and all(out.shape == (2, 5) for out in seen(torch.randn(2, 3, 16, 16)))
-
-    def key() -> str:
-        return RunConfig.from_dict({"model": {"backbone": "py/own_nets:net", "backbone_kwargs": {"width": 6}}}).key()
-
-    before = key()
-    module.write_text(OWN_NETWORKS.replace('"""Networks of', '"""Docs of'))  # documentation only: the same runs
-    assert key() == before
-    module.write_text(OWN_NETWORKS.replace("for _ in range(4)", "for _ in range(5)"))  # another network: new runs
-    assert key() != before
+    assert len(build("py/own_space.nets:net", 5, img_size=16).blocks) == 4
+    for head in (None, "linear"):  # tokens, found with the run's keyword arguments, so a token head fits
+        seen = build("py/own_nets:tokens", 5, img_size=16, placement="every", head=head, dim=8)
+        assert len(seen.blocks) == 3 and all(out.shape == (2, 5) for out in seen(torch.randn(2, 3, 16, 16)))
     for name, message in [
         ("py/own_nets", r"is named 'py/<module>:<function>'"),
         ("py/no_such_module_here:net", r"no module 'no_such_module_here' is importable here; put it on PYTHONPATH"),
@@ -342,6 +337,17 @@ def test_a_network_of_your_own_is_built_split_verified_and_keyed_by_its_code(tmp
     rows = [{"label": "own", "config": "tiny", "overrides": ["model.backbone=py/no_such_module_here:net"]}]
     with pytest.raises(ValueError, match=r"no module 'no_such_module_here' is importable here"):
         make_study(rows=rows, seeds=[0], regimes=["joint"], runs_root=str(tmp_path))  # refused before anything trains
+
+    def key() -> str:
+        return RunConfig.from_dict({"model": {"backbone": "py/own_nets:net", "backbone_kwargs": {"width": 6}}}).key()
+
+    before = key()
+    module.write_text(OWN_NETWORKS.replace('"""Networks of', '"""Docs of'))  # documentation only: the same runs
+    assert key() == before
+    module.write_text(OWN_NETWORKS.replace("for _ in range(4)", "for _ in range(5)"))  # another network: new runs
+    assert key() != before
+    with pytest.raises(ValueError, match=r"module 'own_nets' changed on disk since this process imported it; restart"):
+        build("py/own_nets:net", 5, img_size=8)  # this process holds the old network: it would train it under the new key
 
 
 def test_published_weights_keep_their_stem_on_grey_images_and_a_classifier_that_is_no_linear_is_refused() -> None:

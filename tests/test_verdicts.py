@@ -121,6 +121,8 @@ def test_the_matrix_has_a_line_a_claim_and_a_column_a_row() -> None:
     assert high["A"].startswith("held: 2.0 [") and high["B"].startswith("not held: -2.0 [")
     best = matrix.xs(claims.MIXED_BEST.statement, level="line").iloc[0]
     assert best["B"] == ""  # not measured on B
+    gated = matrix.xs(f"{claims.DISJOINT_WEAK_LOW.statement}: conv 2L", level="line").iloc[0]
+    assert gated["A"] == claims.NOT_CONVERGED  # untested on runs that are not evidence: the verdict alone
 
 
 def test_the_summary_counts_the_verdicts_the_untested_by_why_and_the_fresh_readings() -> None:

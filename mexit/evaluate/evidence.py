@@ -104,8 +104,8 @@ def phase_ending(
         return "early stopping", "early stopping"
     if annealed:
         ended = "ended by its schedule (learning rate annealed to about zero at the cap)"
-        if len(curve) == 0:  # the authors' protocol without early stopping trains on every image
-            return "schedule end", f"{ended}; no validation split, so a longer schedule cannot check it"
+        if len(curve) == 0:  # the authors' protocol without early stopping holds out no validation split
+            return "schedule end", f"{ended}; no validation curve, so a longer schedule cannot check it"
         if longer is None or len(longer) == 0:
             return "schedule end", f"{ended}; not checked by a longer schedule"
         gain = float(np.max(longer) - np.max(curve))

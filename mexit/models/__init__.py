@@ -60,11 +60,13 @@ def validate(
     method: str = "sdn",
     method_kwargs: Mapping[str, Any] | None = None,
     pretrained: bool = False,
+    backbone_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Check names and options without building anything (indices vs depth are checked by `build`);
+    """Check names and options without building anything (indices vs depth are checked by `build`;
+    a network of your own is split on the meta device to learn what its blocks output);
     with `pretrained`, that the backbone has published weights (`pretrained_tag`; whether they are on
     this machine is checked where a page is planned with its data, and by `build`)."""
-    features = backbone_features(backbone)
+    features = backbone_features(backbone, backbone_kwargs)
     if pretrained:
         pretrained_tag(backbone)
     check_head(head or DEFAULT_HEADS[features], features, backbone, head_kwargs)
@@ -90,7 +92,8 @@ def build(
     """A multi-exit model: `backbone` with one `head` IC after each block of `placement`.
 
     Args:
-        backbone: a name from `BACKBONES`: "tv/<name>" or "timm/<name>" for a torchvision or timm model.
+        backbone: a name from `BACKBONES`: "tv/<name>" or "timm/<name>" for a torchvision or timm model,
+            "py/<module>:<function>" for a network of your own (`mexit.models.custom`).
         num_classes: classes of every exit.
         in_chans, img_size: input images are (in_chans, img_size, img_size).
         placement: 1-based block indices, or a scheme ("every", "every<k>", "resnet50-paper").
@@ -100,7 +103,8 @@ def build(
         method: an exit method from `METHODS`; method_kwargs: its options ({"state_dim"} for gpf).
         checkpoint: a local file with the backbone's own state dict (timm/torchvision format).
         pretrained: start from timm's or torchvision's published weights (from this machine).
-        backbone_kwargs: passed to the timm or torchvision constructor (e.g. patch_size=4).
+        backbone_kwargs: passed to the timm or torchvision constructor (e.g. patch_size=4), or to
+            your own network's function.
 
     Every argument is checked before any module is built, except that placement indices are
     checked against the depth once the backbone exists.
@@ -108,7 +112,7 @@ def build(
     for key, value in {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    features = backbone_features(backbone)
+    features = backbone_features(backbone, backbone_kwargs)
     head_name = head
     head = head_name or DEFAULT_HEADS[features]
     kwargs = check_head(head, features, backbone, head_kwargs)

@@ -26,8 +26,9 @@ a classifier of another class count is replaced by a fresh one.
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,16 +178,21 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int, weigh
     return _generic_parts(model, in_chans, img_size, name)
 
 
-@lru_cache(maxsize=None)
-def _custom_features(name: str) -> FeatureKind:
+def _custom_features(name: str, kwargs: Mapping[str, Any]) -> FeatureKind:
     """What the blocks of ``py/<module>:<function>``'s network output, from its split on the meta
-    device at 224 x 224 without keyword arguments ("map" where that cannot run: the split of the real
-    build decides, :func:`mexit.models.build`). Imports the module: a name that does not import is
-    refused here, before anything is built."""
+    device at 224 x 224 with the run's keyword arguments ("map" where that cannot run: the split of
+    the real build decides, :func:`mexit.models.build`). Imports the module: a name that does not
+    import is refused here, before anything is built."""
     custom.factory(name)
+    return _custom_features_of(name, custom.source_identity(name), json.dumps(dict(kwargs), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=None)
+def _custom_features_of(name: str, identity: str, kwargs: str) -> FeatureKind:
+    """:func:`_custom_features`, cached by the module's code (``identity``) and the keyword arguments."""
     try:
         with torch.device("meta"):
-            return split_model(custom.create(name, 10, 3, 224, {}), (3, 224, 224), name).features
+            return split_model(custom.create(name, 10, 3, 224, json.loads(kwargs)), (3, 224, 224), name).features
     except ValueError:
         return "map"
 
@@ -265,16 +271,16 @@ class BackboneFamily:
 
     name: str
     matches: Callable[[str], bool]
-    features: Callable[[str], FeatureKind]
+    features: Callable[[str, Mapping[str, Any]], FeatureKind]
     create: Callable[[str, int, int, int, Weights, dict[str, Any]], BackboneParts]
     pretrainable: bool = False
 
 
 BACKBONE_FAMILIES: tuple[BackboneFamily, ...] = (
-    BackboneFamily("small-image ResNet", lambda name: name in SMALL_RESNETS, lambda name: "map", _small_resnet),
-    BackboneFamily("MSDNet", lambda name: name in MSDNETS, lambda name: "multiscale", _msdnet),
-    BackboneFamily("torchvision", lambda name: name.startswith(TV_PREFIX), _tv_features, _torchvision_model, True),
-    BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), _timm_features, _timm_model, True),
+    BackboneFamily("small-image ResNet", lambda name: name in SMALL_RESNETS, lambda name, kwargs: "map", _small_resnet),
+    BackboneFamily("MSDNet", lambda name: name in MSDNETS, lambda name, kwargs: "multiscale", _msdnet),
+    BackboneFamily("torchvision", lambda name: name.startswith(TV_PREFIX), lambda name, kwargs: _tv_features(name), _torchvision_model, True),
+    BackboneFamily("timm", lambda name: name.startswith(TIMM_PREFIX), lambda name, kwargs: _timm_features(name), _timm_model, True),
     BackboneFamily("your own", custom.is_custom, _custom_features, _custom_model),
 )
 """The backbone registry: a name belongs to the first family that matches it."""
@@ -292,9 +298,10 @@ def backbone_family(name: str) -> BackboneFamily:
     )
 
 
-def backbone_features(name: str) -> FeatureKind:
-    """What the blocks of backbone ``name`` output; raises ValueError for an unknown name."""
-    return backbone_family(name).features(name)
+def backbone_features(name: str, kwargs: Mapping[str, Any] | None = None) -> FeatureKind:
+    """What the blocks of backbone ``name`` output (built with the keyword arguments ``kwargs``, where
+    that matters: a network of the user's own); raises ValueError for an unknown name."""
+    return backbone_family(name).features(name, kwargs or {})
 
 
 def pretrained_tag(name: str) -> str:
@@ -327,7 +334,7 @@ def _published(name: str) -> tuple[str, bool]:
         raise ValueError(f"model.pretrained: backbone={name!r} ({family.name}) has no published weights; "
                          "pretrained weights exist for tv/<name> and timm/<name> backbones (a network of your own "
                          "loads its weights in its function, or from model.checkpoint)")
-    family.features(name)
+    family.features(name, {})
     if family.name == "timm":
         cfg = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
@@ -362,7 +369,7 @@ def create_backbone(
     """Creates backbone ``name`` (randomly initialised, from its published weights where
     ``pretrained``, or from a local ``checkpoint``) and splits it."""
     family = backbone_family(name)
-    family.features(name)  # an unknown or unsplittable name fails here, before anything is built
+    family.features(name, {})  # an unknown or unsplittable name fails here, before anything is built
     downloads = {"pretrained", "weights", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"} & set(kwargs)
     if downloads:
         raise ValueError(f"backbone keyword arguments {sorted(downloads)} are not accepted: "

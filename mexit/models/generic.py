@@ -24,7 +24,7 @@ A multi-exit model needs a backbone as a stem, an ordered list of blocks and a f
    that is all zeros filled with noise meanwhile (a zero-initialised term would otherwise pass
    unseen, :func:`nonzero_parameters`); otherwise the
    model is refused with what failed (on the meta device, which holds no values, only the shapes
-   are checked: a study builds its models there to check them before anything trains). What the blocks output is read from their output: feature maps
+   are checked: a study builds its models there, and once more on the CPU, before anything trains). What the blocks output is read from their output: feature maps
    (N, C, H, W), maps in channels-last layout (N, H, W, C), as timm's and torchvision's Swin give
    them, told apart by which pair of dimensions (the spatial sides of a square input) is equal in
    every block's output, or tokens (N, L, D), with
@@ -201,12 +201,13 @@ def nonzero_parameters(model: nn.Module) -> Iterator[None]:
     whose weights are zero adds nothing to the output, so a split that dropped it would pass the check
     unseen: torchvision's ViT zero-initialises its classifier, so its whole output would be 0. The
     noise comes from a generator of its own, so the global random state is untouched."""
-    zeros = [p for p in model.parameters() if p.is_floating_point() and not p.is_meta and p.numel() and not bool(p.detach().any())]
+    zeros = [p for p in model.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)
+             and p.is_floating_point() and not p.is_meta and p.numel() and not bool(p.detach().any())]
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in zeros:
-            p.copy_(ZERO_FILL * torch.randn(p.shape, generator=generator).to(p.device, p.dtype))
     try:
+        with torch.no_grad():
+            for p in zeros:
+                p.copy_(ZERO_FILL * torch.randn(p.shape, generator=generator).to(p.device, p.dtype))
         yield
     finally:
         with torch.no_grad():
