@@ -34,7 +34,7 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "P3 trains like P2 (backbone unfrozen)", "mexit/train.py",
-        "phase = PHASE_SPECS[phase_name]", 'phase = PHASE_SPECS["P2" if phase_name == "P3" else phase_name]',
+        "    handle = apply_phase(model, phase)\n", '    handle = apply_phase(model, PHASE_SPECS["P2"] if phase.name == "P3" else phase)\n',
         ("tests/test_store.py::test_p3_of_a_disjoint_run_leaves_the_p1_backbone_untouched",),
     ),
     Mutation(
@@ -64,12 +64,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "mixup / cutmix silently off", "mexit/train.py",
-        "                if mixup is not None:\n", "                if False:\n",
+        "        if self.mixup is not None:\n", "        if False:\n",
         ("tests/test_train.py::test_mixup_cutmix_and_gradient_clipping_act_on_every_step",),
     ),
     Mutation(
         "clip_grad ignored", "mexit/train.py",
-        "                if optim.clip_grad is not None:\n", "                if False:\n",
+        "        if self.setup.optim.clip_grad is not None:\n", "        if False:\n",
         ("tests/test_train.py::test_mixup_cutmix_and_gradient_clipping_act_on_every_step",),
     ),
     Mutation(
@@ -84,13 +84,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "models.validate a no-op", "mexit/models/__init__.py",
-        '    """Check names and options without building anything (indices vs depth are checked by `build`)."""\n',
-        '    """Check names and options without building anything (indices vs depth are checked by `build`)."""\n    return\n',
+        "    features = backbone_features(backbone, backbone_kwargs)\n    if pretrained:\n",
+        "    return\n    features = backbone_features(backbone, backbone_kwargs)\n    if pretrained:\n",
         ("tests/test_models.py",),
     ),
     Mutation(
         "resume without the optimiser's state", "mexit/train.py",
-        'optimizer.load_state_dict(saved["optimizer"])', "pass",
+        'self.optimizer.load_state_dict(saved["optimizer"])', "pass",
         ("tests/test_store.py::test_interrupted_run_resumes_to_the_same_weights",),
     ),
     Mutation(
@@ -120,7 +120,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "analysis cache ignores its parameters", "mexit/store.py",
-        "stable_hash({'kind': kind, 'mexit': __version__, **inputs})", "stable_hash({'kind': kind})",
+        '**inputs})\n', '})\n',
         ("tests/test_analysis_runs.py::test_cached_table_computes_once_per_inputs_and_keeps_the_file",),
     ),
     Mutation(
