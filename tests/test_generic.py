@@ -12,7 +12,7 @@ from torch import nn
 
 from mexit.config import RunConfig, model_identity
 from mexit.evaluate import sweep
-from mexit.flops import exit_costs
+from mexit.flops import _count_macs, exit_costs
 from mexit.models import build
 from mexit.models.generic import SplitError, split_model
 from mexit.store import phase_keys
@@ -43,6 +43,8 @@ TV_CASES = [
     ("mobilenet_v3_small", {}, 32, 11, "map", "nchw"),
     ("regnet_x_400mf", {}, 32, 22, "map", "nchw"),
     ("swin_t", {}, 32, 12, "map", "nhwc"),
+    ("efficientnet_v2_s", {}, 32, 40, "map", "nchw"),  # the paper profile's transfer rows
+    ("swin_v2_s", {}, 32, 24, "map", "nhwc"),
 ]
 
 
@@ -73,7 +75,33 @@ def test_a_split_reproduces_its_model_and_cuts_it_at_its_blocks(library, arch, k
     prefix = f"{'timm' if library == 'timm' else 'tv'}/{arch}"
     multi = build(prefix, 5, img_size=size, placement="every", **({k: v for k, v in kwargs.items() if k != "img_size"}))
     assert len(multi.blocks) == blocks and multi.num_exits == blocks  # an IC after every block but the last
+    with torch.no_grad():  # the split's cost is the model's: no op counted twice or missed at a cut
+        assert exit_costs(multi).backbone_macs == _count_macs(lambda: model(torch.zeros(1, 3, size, size)))
     assert all(out.shape == (2, 5) for out in multi(x))
+
+
+@pytest.mark.parametrize(("arch", "stage_ends"), [("convnext_atto", [2, 4, 10, 12]), ("resnet18", [None, 2, 4, 6, 8]), ("efficientnet_b0", [1, 3, 5, 11, 16])])
+def test_an_ic_reads_the_tensor_its_block_gives_in_the_model_itself(arch: str, stage_ends: list[int | None]) -> None:
+    """The split's block outputs are the model's own intermediates: each stage's output, as timm's
+    forward_intermediates gives it, is the output of that stage's last block and of no other (the
+    weights moved off their initialisation first: ConvNeXt's blocks start near the identity, so at
+    initialisation every block of a stage would agree; ResNet's first intermediate is its stem's, no block's)."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        stages = model.forward_intermediates(x, intermediates_only=True)
+        split = split_model(model, (3, 32, 32), f"timm/{arch}")
+        outputs, h = [], split.stem(x)
+        for block in split.blocks:
+            h = block(h)
+            outputs.append(h)
+    for stage, end in zip(stages, stage_ends, strict=True):
+        same = [i + 1 for i, out in enumerate(outputs)
+                if out.shape == stage.shape and torch.allclose(out, stage, rtol=1e-4, atol=1e-5 * float(stage.abs().max()))]
+        assert same == ([] if end is None else [end])
 
 
 def test_a_model_whose_forward_is_more_than_its_children_in_order_is_refused() -> None:

@@ -62,7 +62,7 @@ BACKBONES: tuple[str, ...] = (
 VERIFIED: dict[str, tuple[str, ...]] = {
     "timm": ("resnet", "convnext", "efficientnet", "mobilenetv3", "regnet", "swin", "mixer", "poolformer",
              "coatnet", "ghostnet", "edgenext", "vit"),
-    "torchvision": ("resnet", "convnext", "efficientnet", "mobilenet_v3", "regnet", "swin", "vit"),
+    "torchvision": ("resnet", "convnext", "efficientnet", "efficientnet_v2", "mobilenet_v3", "regnet", "swin", "swin_v2", "vit"),
 }
 """The families whose generic split (ViT: its own) the tests verify, built small with random weights."""
 
