@@ -82,9 +82,9 @@ def train_needed(
     any notebook executes, so that progress shows on the terminal and a shared phase is trained once.
 
     ``jobs`` > 1 trains in that many processes of one thread each: the runs that share a phase form
-    one group (:func:`mexit.sweep.groups`), and the groups are dealt over the processes by estimated
-    cost (:func:`mexit.sweep.job_batches`). On a 2-core CPU two single-threaded processes do about
-    1.3x the work of one process on two threads.
+    one group (:func:`mexit.sweep.groups`), and each process takes the next group, the costliest
+    first, when it finishes one (:func:`_train_in_processes`). On a 2-core CPU two single-threaded
+    processes do about 1.3x the work of one process on two threads.
 
     A page whose runs depend on what other runs show (the IC-design page retrains the placements
     chosen on its dense runs) plans them once those are stored: after a round that trained
@@ -124,24 +124,31 @@ def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: in
 
 
 def _train_in_processes(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
+    """Train the groups of runs that share no phase (:func:`mexit.sweep.groups`) in ``jobs``
+    processes that each take the next group when they finish one, the costliest first by estimate:
+    a process never idles while groups wait, however far early stopping moves a run's length from
+    its estimate (groups dealt out in advance left one core idle while the other finished its
+    share). The first failing run's error is raised as soon as it fails, and no further group starts."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from mexit.store import phase_keys
-    from mexit.sweep import JobOptions, PlannedRun, groups, job_batches
+    from mexit.sweep import PlannedRun, groups, total_train_macs
 
     planned = [PlannedRun(key, label, config, tuple(phase_keys(config))) for key, (label, config) in needed.items()]
-    batches = job_batches(groups(planned), "local", JobOptions(threads=1, jobs=jobs))
-    with ProcessPoolExecutor(len(batches), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(_train_batch, str(runs_root), [(run.label, run.config.to_dict()) for run in batch]) for batch in batches
-        ]
-        for future in futures:
-            future.result()  # a failed run's error, raised here
+    queue = sorted(groups(planned), key=total_train_macs, reverse=True)
+    with ProcessPoolExecutor(min(jobs, len(queue)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_batch, str(runs_root), [(run.label, run.config.to_dict()) for run in group]) for group in queue]
+        try:
+            for future in as_completed(futures):
+                future.result()  # a failed run's error, raised here
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None:
-    """One training process's work: each run in order, on one thread."""
+    """One group's runs (they share phases), in order, on one thread of a training process."""
     import torch
 
     from mexit.config import RunConfig
