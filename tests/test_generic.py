@@ -337,6 +337,19 @@ def tokens(num_classes, in_chans, img_size, dim):  # no default: its features ar
 
 def not_a_network(num_classes, in_chans, img_size):
     return 3
+
+
+class Named(nn.Module):
+    def __init__(self, num_classes, in_chans):
+        super().__init__()
+        self.net = Net(num_classes, in_chans, 8)
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+
+def named_outputs(num_classes, in_chans, img_size):  # as many libraries' models return
+    return Named(num_classes, in_chans)
 '''
 
 
@@ -359,6 +372,7 @@ def test_a_network_of_your_own_is_built_split_verified_and_keyed_by_its_code(tmp
         ("py/no_such_module_here:net", r"no module 'no_such_module_here' is importable here; put it on PYTHONPATH"),
         ("py/own_nets:missing", r"module 'own_nets' has no function 'missing'"),
         ("py/own_nets:not_a_network", r"not_a_network returned a int, not a torch.nn.Module"),
+        ("py/own_nets:named_outputs", r"its forward returns a dict, not a tensor of logits \(N, classes\): wrap the model"),
     ]:
         with pytest.raises(ValueError, match=f"backbone={name!r}.*" + message):
             build(name, 5, img_size=8)

@@ -238,6 +238,7 @@ def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Ba
     x = _probe_input(model, input_shape)
     with torch.no_grad():
         expected = model(x)
+        _check_logits(expected, name)
         timm_style = hasattr(model, "forward_features") and hasattr(model, "forward_head")
         runner: Callable[[], Any] = (lambda: model.forward_features(x)) if timm_style else (lambda: model(x))
         called = _called_children(model, runner)
@@ -285,6 +286,17 @@ def _split(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> Ba
     features, layout = _features_of(outputs[1:], name)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if features == "tokens" else 0
     return BackboneParts(stem, blocks, head, features, "token" if prefix else "avg", prefix, layout)
+
+
+def _check_logits(output: Any, name: str) -> None:
+    """A classifier's output: a tensor of logits (N, classes); else :class:`SplitError` saying what
+    the forward returns and what to do (a model returning a dict or a tuple, as many libraries' do)."""
+    if not isinstance(output, Tensor):
+        raise SplitError(f"backbone={name!r}: its forward returns a {type(output).__name__}, not a tensor of logits "
+                         "(N, classes): wrap the model in a module whose forward returns its logits")
+    if output.dim() != 2:
+        raise SplitError(f"backbone={name!r}: its forward returns a tensor of shape {tuple(output.shape)}, not logits "
+                         "(N, classes): wrap the model in a module whose forward returns its logits")
 
 
 def _probe_input(model: nn.Module, input_shape: tuple[int, int, int]) -> Tensor:
