@@ -15,6 +15,7 @@ shows the parameters a reader can reuse, not a folder of the machine that built 
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import shutil
 import subprocess
@@ -126,25 +127,33 @@ def _train_runs(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: in
 def _train_in_processes(needed: Mapping[str, tuple[str, Any]], runs_root: Path, jobs: int) -> None:
     """Train the groups of runs that share no phase (:func:`mexit.sweep.groups`) in ``jobs``
     processes that each take the next group when they finish one, the costliest first by estimate:
-    a process never idles while groups wait, however far early stopping moves a run's length from
-    its estimate (groups dealt out in advance left one core idle while the other finished its
-    share). The first failing run's error is raised as soon as it fails, and no further group starts."""
+    no process idles while groups wait, however far early stopping moves a run's length from its
+    estimate (groups dealt out in advance left one core idle while the other finished its share).
+    At most ``jobs`` groups are handed out at a time, so after a failing run no further group
+    starts: its error is raised once the groups already training finish."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     from mexit.store import phase_keys
     from mexit.sweep import PlannedRun, groups, total_train_macs
 
     planned = [PlannedRun(key, label, config, tuple(phase_keys(config))) for key, (label, config) in needed.items()]
-    queue = sorted(groups(planned), key=total_train_macs, reverse=True)
-    with ProcessPoolExecutor(min(jobs, len(queue)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_batch, str(runs_root), [(run.label, run.config.to_dict()) for run in group]) for group in queue]
-        try:
-            for future in as_completed(futures):
-                future.result()  # a failed run's error, raised here
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    ordered = sorted(groups(planned), key=total_train_macs, reverse=True)
+    queue = iter(ordered)
+    with ProcessPoolExecutor(min(jobs, len(ordered)), mp_context=multiprocessing.get_context("spawn")) as pool:
+
+        def hand_out(count: int) -> set[Future[None]]:
+            handed = set()
+            for group in itertools.islice(queue, count):
+                handed.add(pool.submit(_train_batch, str(runs_root), [(run.label, run.config.to_dict()) for run in group]))
+            return handed
+
+        training = hand_out(jobs)
+        while training:
+            done, training = wait(training, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a failed run's error, raised here: no further group is handed out
+            training |= hand_out(len(done))
 
 
 def _train_batch(runs_root: str, runs: list[tuple[str, dict[str, Any]]]) -> None:

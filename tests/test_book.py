@@ -222,15 +222,17 @@ def test_runs_trained_in_two_processes_are_those_one_process_trains(tmp_path: Pa
         train_needed(profile, declared, tmp_path / "one", jobs=0)
 
 
-def test_a_run_failing_in_a_training_process_is_raised_with_its_reason(tmp_path: Path) -> None:
+def test_a_run_failing_in_a_training_process_is_raised_with_its_reason_and_no_further_group_starts(tmp_path: Path) -> None:
+    """The groups queue in plan order (equal estimates): the two diverging runs are handed out
+    first, fail, and their error is raised before any of the runs queued behind them starts."""
     from mexit.book import train_needed
     from mexit.plan import declared_parameters
 
-    rows = [{"label": "diverges", "config": "tiny", "overrides": ["train.optim.lr=1e30"]}]
-    profile = {"global_params": {"rows": rows, "seeds": [0, 1, 2], "regimes": ["joint"]}, "notebooks": {}}
+    rows = [{"label": "diverges", "config": "tiny", "overrides": ["train.optim.lr=1e30"]}, {"label": "fine", "config": "tiny"}]
+    profile = {"global_params": {"rows": rows, "seeds": [0, 1], "regimes": ["joint"]}, "notebooks": {}}
     with pytest.raises(Exception, match=r"lower train.optim.lr"):
         train_needed(profile, declared_parameters(ROOT, ["training_cost"]), tmp_path, jobs=2)
-    assert not list((tmp_path / "runs").glob("*/metrics.json"))  # nothing stored as finished
+    assert not list((tmp_path / "runs").glob("*/metrics.json"))  # nothing stored as finished, the fine row's runs not started
 
 
 def test_a_warm_rebuild_reuses_unchanged_notebooks_and_rebuilds_the_pages_citing_a_re_executed_one(tiny_book: Path) -> None:

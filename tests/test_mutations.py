@@ -24,8 +24,11 @@ def test_every_mutation_applies_once_and_names_tests_that_exist() -> None:
     mutations = _mutations()
     assert len({m.name for m in mutations}) == len(mutations) >= 20
     for mutation in mutations:
-        found = (ROOT / mutation.path).read_text().count(mutation.old)
+        text = (ROOT / mutation.path).read_text()
+        found = text.count(mutation.old)
         assert found == 1, f"{mutation.name}: its text is found {found} times in {mutation.path} (update the mutation)"
+        assert mutation.new != mutation.old
+        compile(text.replace(mutation.old, mutation.new), mutation.path, "exec")  # the mutant runs: a test fails on what it does
         for test in mutation.tests:
             path, _, name = test.partition("::")
             source = (ROOT / path).read_text()
