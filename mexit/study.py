@@ -593,13 +593,13 @@ _BUILT: set[str] = set()  # the models (architecture, input shape, classes) buil
 
 
 def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
-    """Build the model on the meta device (no memory, no weights): checks what needs the backbone's
-    depth, such as IC placement indices beyond it, and, with ``require_data``, that published weights
-    it starts from are on this machine (a plan for another machine, ``require_data`` False, builds
-    without them); then once more on the CPU with random weights, since the meta device holds no
-    values and checks a backbone's split by its shapes alone: a split that only real values refuse
-    (a functional op between children that changes values, not shapes) is refused here, before
-    anything trains, not when its run is built. A model is built once a process: pages share rows
+    """Build the model on the CPU with random weights: checks what needs the backbone's depth, such
+    as IC placement indices beyond it, and its split with real values (the meta device holds none
+    and checks a split by its shapes alone: a functional op between children that changes values,
+    not shapes, is refused here, before anything trains, not when its run is built). A model that
+    starts from weights (published, with ``require_data`` on this machine: a plan for another
+    machine, ``require_data`` False, builds without them; or a local checkpoint, which must fit) is
+    also built on the meta device (no memory) with them, which checks them. A model is built once a process: pages share rows
     and rows share architectures (seeds, regimes and recipes do not change the model), so a plan of
     the paper profile builds each architecture once, not once a row and page."""
     import torch
@@ -612,8 +612,9 @@ def _check_builds(config: RunConfig, *, require_data: bool = True) -> None:
     key = stable_hash({"model": dataclasses.asdict(config.model), "input_shape": input_shape, "classes": classes})
     if key in _BUILT:
         return
-    with torch.device("meta"):
-        build_model(config, input_shape, classes)
+    if config.model.pretrained or config.model.checkpoint is not None:
+        with torch.device("meta"):
+            build_model(config, input_shape, classes)
     with torch.no_grad():
         build_model(config.without_weights(), input_shape, classes)
     _BUILT.add(key)
